@@ -1,0 +1,58 @@
+"""The `aspo` command: train | eval | score | compare.
+
+Each sub-command lives in ``aspo.commands.<name>`` and is imported only when used, so `aspo --help`
+starts in a fraction of a second. Every ``UserError`` (and a few other predictable failures) becomes a
+one-paragraph message and exit status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "train a policy with RLVR (ASPO by default) on the tiny lab or a local checkpoint",
+    "eval": "sample K responses per problem and report avg@K, pass@1, pass@K, maj@K",
+    "score": "score a JSONL of responses offline with a reward (math, code, lab tasks, file.py:fn)",
+    "compare": "run several algorithms over several seeds and write a report with figures",
+}
+
+USAGE = "usage: aspo {train,eval,score,compare} [args...]\n       aspo COMMAND --help"
+
+
+def _help() -> str:
+    lines = ["aspo -- reinforcement learning with verifiable rewards, built around ASPO.", "", USAGE, "", "commands:"]
+    lines += [f"  {name:<9}{doc}" for name, doc in COMMANDS.items()]
+    lines += ["", "`aspo train` with no arguments trains the embedded tiny lab with ASPO (no download)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_help())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from aspo import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"aspo: unknown command {name!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    from aspo.errors import UserError
+
+    try:
+        module = importlib.import_module(f"aspo.commands.{name}")
+        return int(module.main(rest) or 0)
+    except UserError as err:
+        print(f"aspo {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"aspo {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
