@@ -1,0 +1,54 @@
+"""Evaluation statistics: avg@k, pass@k (unbiased, Chen et al. 2021) and maj@k.
+
+Pure functions over per-sample rewards, so the trainer's held-out eval, `aspo eval` and the comparison
+report all compute the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    # product form avoids huge binomials
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def summarize(rewards_per_problem: Sequence[Sequence[float]], k: int, *, threshold: float = 1.0,
+              answers_per_problem: Sequence[Sequence[Hashable | None]] | None = None) -> dict[str, float]:
+    """avg@k, pass@1, pass@k (and maj@k when answers are given) over problems.
+
+    A sample counts as correct when its reward >= ``threshold``. ``answers_per_problem`` holds each
+    sample's extracted answer (None when it has none); maj@k scores the most common answer's reward.
+    """
+    if not rewards_per_problem:
+        raise ValueError("no problems to summarize")
+    avg, p1, pk, maj = [], [], [], []
+    for i, rewards in enumerate(rewards_per_problem):
+        n = len(rewards)
+        if n < k:
+            raise ValueError(f"problem {i} has {n} samples, fewer than k={k}")
+        correct = sum(r >= threshold for r in rewards)
+        avg.append(float(np.mean(rewards)))
+        p1.append(pass_at_k(n, correct, 1))
+        pk.append(pass_at_k(n, correct, k))
+        if answers_per_problem is not None:
+            answers = answers_per_problem[i]
+            counts = Counter(a for a in answers if a is not None)
+            if counts:
+                top = counts.most_common(1)[0][0]
+                maj.append(float(next(r for a, r in zip(answers, rewards, strict=True) if a == top) >= threshold))
+            else:
+                maj.append(0.0)
+    out = {f"avg@{k}": float(np.mean(avg)), "pass@1": float(np.mean(p1)), f"pass@{k}": float(np.mean(pk))}
+    if answers_per_problem is not None:
+        out[f"maj@{k}"] = float(np.mean(maj))
+    return out
