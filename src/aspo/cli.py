@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"aspo {name}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `aspo train --help | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"aspo {name}: interrupted", file=sys.stderr)
         return 130

@@ -52,3 +52,41 @@ def summarize(rewards_per_problem: Sequence[Sequence[float]], k: int, *, thresho
     if answers_per_problem is not None:
         out[f"maj@{k}"] = float(np.mean(maj))
     return out
+
+
+def repetition_rate(token_ids: Sequence[Sequence[int]], ngram: int = 4) -> float:
+    """Mean over responses of the fraction of repeated ``ngram``-grams (0: no loop, -> 1: one loop).
+
+    The paper's "repetitive outputs" symptom of premature convergence, measured per response on tokens;
+    responses shorter than two n-grams count as 0.
+    """
+    rates = []
+    for ids in token_ids:
+        grams = [tuple(ids[i:i + ngram]) for i in range(len(ids) - ngram + 1)]
+        rates.append(1.0 - len(set(grams)) / len(grams) if len(grams) >= 2 else 0.0)
+    return float(np.mean(rates)) if rates else 0.0
+
+
+def sample_policy(engine, records: Sequence[dict], prompts: Sequence[str], reward, *, n: int,
+                  max_new_tokens: int, temperature: float, top_p: float, seed: int,
+                  workers: int | None = None) -> tuple[list[list[float]], list[dict]]:
+    """Sample ``n`` responses per prompt with ``engine`` and score them with ``reward``.
+
+    Returns (rewards per problem, one row per sample with ``index``, ``sample``, ``response``, ``reward``,
+    ``error``, ``length``, ``truncated``). Used by the trainer's held-out eval and by `aspo eval`.
+    """
+    from aspo.rewards import score_records
+
+    rollout = engine.generate(list(prompts), n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, seed=seed)
+    scored = [dict(records[i // n], response=text) for i, text in enumerate(rollout.responses)]
+    results = score_records(reward, scored, workers=workers)
+    lengths = rollout.response_mask.sum(-1).tolist()
+    rows, per_problem = [], [[] for _ in prompts]
+    for i, result in enumerate(results):
+        per_problem[i // n].append(result.reward)
+        rows.append({"index": i // n, "sample": i % n, "response": rollout.responses[i],
+                     "reward": result.reward, "error": result.error, "length": int(lengths[i]),
+                     "truncated": bool(rollout.truncated[i]),
+                     "token_ids": rollout.response_ids[i, : int(lengths[i])].tolist()})
+    return per_problem, rows

@@ -1,0 +1,321 @@
+"""One config tree for `aspo train`: dataclasses, loaded from YAML, overridden with dotted keys.
+
+    aspo train [CONFIG.yaml] [dotted.key=value ...]
+
+Every key has a ``help`` string in its field metadata; `aspo train --help` prints them all, so this file is
+the manual. The resolved tree is saved as ``config.yaml`` in every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from aspo.errors import UserError
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best in the field list below
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from. With ``model=tiny`` and no files, the lab task generates them."""
+
+    train: str | None = _f(None, "training prompts: JSONL or Parquet with `prompt` and `answer` fields "
+                                 "(other fields are passed to the reward); default: the lab task's generator")
+    test: str | None = _f(None, "held-out prompts (same format); default: the lab task's held-out split")
+    num_train: int = _f(20000, "lab only: number of generated training problems")
+    num_test: int = _f(128, "held-out problems evaluated (the first N of data.test or the lab split)")
+    prompt_template: str = _f("{prompt}", "format string applied to each record; `{prompt}` and any record "
+                                          "field may appear; ignored when `chat_template` is true")
+    chat_template: bool = _f(False, "wrap prompts with the tokenizer's chat template (if it has one)")
+
+
+@dataclass
+class AlgorithmConfig:
+    """The objective (see `aspo.objectives`) and everything that shapes the advantage."""
+
+    loss: str = _f("aspo", "policy loss: aspo, grpo, dapo, gspo, cispo, sapo, no_is, aspo_flip_only, ...")
+    advantage: str = _f("grpo", "advantage estimator: grpo, dr_grpo, rloo, reinforce_plus_plus_baseline")
+    clip_ratio_low: float | None = _f(None, "eps_low of the trust region (None: the objective's default)")
+    clip_ratio_high: float | None = _f(None, "eps_high (None: the objective's default; dapo uses 0.28)")
+    clip_ratio_c: float = _f(3.0, "dual-clip constant c (hard for grpo/dapo, soft for aspo)")
+    loss_agg_mode: str = _f("token-mean", "token-mean | seq-mean-token-mean | seq-mean-token-sum | "
+                                          "seq-mean-token-sum-norm")
+    entropy_split: bool = _f(True, "pass token entropy to the objective (ASPO's entropy-aware clip ranges)")
+    entropy_quantile: float = _f(0.8, "per-response entropy quantile above which the high-entropy range applies")
+    high_entropy_clip_ratio_low: float | None = _f(None, "eps_low for high-entropy tokens (None: the "
+                                                         "objective's default: 0.4 for aspo, no split for others)")
+    high_entropy_clip_ratio_high: float | None = _f(None, "eps_high for high-entropy tokens (None: as above)")
+    kl_coef: float = _f(0.0, "weight of the KL loss to the frozen initial policy (0: no reference model)")
+    kl_estimator: str = _f("k3", "k1 | k2 | k3 (low-variance KL, as the reference recipe)")
+    filter_groups: bool = _f(True, "drop groups whose rewards are all equal (no gradient signal)")
+    dynamic_sampling: bool = _f(False, "DAPO: keep sampling until `prompts_per_step` groups have signal")
+    max_sampling_rounds: int = _f(3, "with dynamic_sampling: rollout rounds per step at most")
+    overlong_buffer: int = _f(0, "DAPO soft overlong penalty buffer B in tokens (0: off)")
+    overlong_penalty: float = _f(1.0, "DAPO soft overlong penalty factor")
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling for training."""
+
+    engine: str = _f("hf", "generation engine: hf (transformers, KV cache) or vllm (GPU, optional extra)")
+    n: int = _f(8, "responses per prompt (the group size G)")
+    max_new_tokens: int | None = _f(None, "response length cap (None: the lab task's, else 256)")
+    temperature: float = _f(1.0, "sampling temperature (log-probs are taken at this temperature too)")
+    top_p: float = _f(1.0, "nucleus sampling threshold")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation before training and every `train.eval_every` steps."""
+
+    n: int = _f(8, "samples per held-out problem (k of pass@k)")
+    temperature: float = _f(1.0, "eval sampling temperature")
+    top_p: float = _f(1.0, "eval nucleus threshold")
+
+
+@dataclass
+class TrainConfig:
+    """The update: mini-batches x epochs per rollout (the off-policy regime ASPO targets)."""
+
+    steps: int = _f(60, "training steps (one rollout each)")
+    prompts_per_step: int = _f(16, "prompts sampled per step (each gets rollout.n responses)")
+    mini_batches: int = _f(4, "optimizer steps per epoch over one rollout")
+    epochs: int = _f(2, "passes over each rollout; mini_batches*epochs > 1 makes later updates off-policy")
+    micro_batch_size: int = _f(0, "sequences per forward/backward (0: the whole mini-batch at once)")
+    lr: float = _f(3e-4, "AdamW learning rate")
+    warmup_steps: int = _f(5, "linear learning-rate warm-up, in optimizer steps")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)")
+    seed: int = _f(0, "seed for sampling, shuffling and the data order")
+    eval_every: int = _f(10, "held-out eval every N steps (0: only before and after training)")
+    save_every: int = _f(20, "checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = _f(2, "newest checkpoints kept on disk")
+    max_nonfinite_steps: int = _f(3, "stop after this many consecutive steps with a non-finite loss")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+
+
+@dataclass
+class Config:
+    """`aspo train` configuration. Dotted keys address nested fields: `rollout.n=16`."""
+
+    model: str = _f("tiny", "a local Hugging Face checkpoint directory, or `tiny` for the embedded lab")
+    task: str = _f("arithmetic", "lab task (arithmetic | countdown) used with model=tiny or as the reward")
+    reward: str | None = _f(None, "reward: a name (math, code, arithmetic, countdown) or path/file.py:fn; "
+                                   "default: the lab task's verifier")
+    output_dir: str | None = _f(None, "run directory (default: runs/<time>-<task>-<loss>-s<seed>)")
+    resume: bool = _f(False, "continue from the newest complete checkpoint in output_dir")
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # -- validation -------------------------------------------------------------------------------
+    def validate(self) -> Config:
+        """Reject impossible values, naming the key."""
+        checks = [
+            ("rollout.n", self.rollout.n >= 1, "must be >= 1"),
+            ("rollout.temperature", self.rollout.temperature > 0, "must be > 0"),
+            ("rollout.top_p", 0 < self.rollout.top_p <= 1, "must be in (0, 1]"),
+            ("rollout.max_new_tokens", self.rollout.max_new_tokens is None or self.rollout.max_new_tokens >= 1,
+             "must be >= 1"),
+            ("eval.n", self.eval.n >= 1, "must be >= 1"),
+            ("eval.temperature", self.eval.temperature > 0, "must be > 0"),
+            ("eval.top_p", 0 < self.eval.top_p <= 1, "must be in (0, 1]"),
+            ("train.steps", self.train.steps >= 0, "must be >= 0"),
+            ("train.prompts_per_step", self.train.prompts_per_step >= 1, "must be >= 1"),
+            ("train.mini_batches", self.train.mini_batches >= 1, "must be >= 1"),
+            ("train.epochs", self.train.epochs >= 1, "must be >= 1"),
+            ("train.micro_batch_size", self.train.micro_batch_size >= 0, "must be >= 0"),
+            ("train.lr", self.train.lr > 0, "must be > 0"),
+            ("train.warmup_steps", self.train.warmup_steps >= 0, "must be >= 0"),
+            ("train.eval_every", self.train.eval_every >= 0, "must be >= 0"),
+            ("train.save_every", self.train.save_every >= 0, "must be >= 0"),
+            ("train.grad_clip", self.train.grad_clip >= 0, "must be >= 0"),
+            ("train.keep_checkpoints", self.train.keep_checkpoints >= 1, "must be >= 1"),
+            ("data.num_test", self.data.num_test >= 1, "must be >= 1"),
+            ("algorithm.kl_coef", self.algorithm.kl_coef >= 0, "must be >= 0"),
+            ("algorithm.clip_ratio_c", self.algorithm.clip_ratio_c > 1, "must be > 1"),
+            ("algorithm.entropy_quantile", 0 <= self.algorithm.entropy_quantile <= 1, "must be in [0, 1]"),
+            ("algorithm.overlong_buffer", self.algorithm.overlong_buffer >= 0, "must be >= 0"),
+            ("algorithm.max_sampling_rounds", self.algorithm.max_sampling_rounds >= 1, "must be >= 1"),
+        ]
+        for key, ok, why in checks:
+            if not ok:
+                raise UserError(f"{key}={get_key(self, key)!r} {why}")
+        if self.train.mini_batches > self.train.prompts_per_step * self.rollout.n:
+            raise UserError(f"train.mini_batches={self.train.mini_batches} is larger than the "
+                            f"{self.train.prompts_per_step * self.rollout.n} responses of one step")
+        for key in ("clip_ratio_low", "clip_ratio_high"):
+            value = getattr(self.algorithm, key)
+            if value is not None and not 0 <= value < 10:
+                raise UserError(f"algorithm.{key}={value!r} must be in [0, 10)")
+        if self.model != "tiny" and not os.path.isdir(self.model):
+            raise UserError(f"model path {self.model!r} does not exist or is not a directory "
+                            "(give a local Hugging Face checkpoint directory, or model=tiny)")
+        for key in ("train", "test"):
+            path = getattr(self.data, key)
+            if path is not None and not os.path.isfile(path):
+                raise UserError(f"data.{key} file {path!r} does not exist")
+        if self.model != "tiny" and self.data.train is None:
+            raise UserError("data.train is required with a checkpoint model (the lab generates data only "
+                            "for model=tiny)")
+        return self
+
+
+# -- dotted keys ----------------------------------------------------------------------------------
+
+
+def _fields(obj: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def all_keys(cfg: Any = None, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """Every leaf key as (dotted name, field, current value)."""
+    cfg = Config() if cfg is None else cfg
+    out = []
+    for name, f in _fields(cfg).items():
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(value):
+            out += all_keys(value, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", f, value))
+    return out
+
+
+def get_key(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _unknown_key(dotted: str) -> UserError:
+    names = [k for k, _, _ in all_keys()]
+    near = difflib.get_close_matches(dotted, names, n=1, cutoff=0.5)
+    if not near:  # a typo in the last part only: compare leaf names
+        leaf = dotted.rsplit(".", 1)[-1]
+        near = [k for k in names if difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], cutoff=0.75)][:1]
+    hint = f"; did you mean {near[0]!r}?" if near else "; `aspo train --help` lists every key"
+    return UserError(f"unknown config key {dotted!r}{hint}")
+
+
+def _coerce(dotted: str, f: dataclasses.Field, value: Any) -> Any:
+    """Check/convert a YAML-parsed value to the field's declared type, naming the key on failure."""
+    hint = typing.get_type_hints(_owner_of(dotted))[f.name]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise UserError(f"{dotted} may not be null")
+    for t in allowed:
+        if t is type(None):
+            continue
+        if t is bool:
+            if isinstance(value, bool):
+                return value
+            continue
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise UserError(f"{dotted}={value!r} has the wrong type: expected {names}")
+
+
+def _owner_of(dotted: str) -> type:
+    cls: type = Config
+    for part in dotted.split(".")[:-1]:
+        cls = typing.get_type_hints(cls)[part]
+    return cls
+
+
+def set_key(cfg: Config, dotted: str, value: Any) -> None:
+    """Set ``dotted`` (e.g. ``rollout.n``) on ``cfg``; unknown keys and wrong types raise UserError."""
+    node: Any = cfg
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(node) or part not in _fields(node) \
+                or not dataclasses.is_dataclass(getattr(node, part)):
+            raise _unknown_key(dotted)
+        node = getattr(node, part)
+    fields = _fields(node) if dataclasses.is_dataclass(node) else {}
+    f = fields.get(parts[-1])
+    if f is None or dataclasses.is_dataclass(getattr(node, parts[-1])):
+        raise _unknown_key(dotted)
+    setattr(node, parts[-1], _coerce(dotted, f, value))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides (values parsed as YAML scalars)."""
+    cfg = Config()
+    if path is not None:
+        if not os.path.isfile(path):
+            raise UserError(f"config file {path!r} does not exist")
+        try:
+            with open(path) as fh:
+                tree = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"config file {path!r} is not valid YAML: {err}") from err
+        if not isinstance(tree, dict):
+            raise UserError(f"config file {path!r} must hold a mapping of keys")
+        for key, value in _flatten(tree).items():
+            set_key(cfg, key, value)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not of the form dotted.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        set_key(cfg, key.strip(), value)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str) -> None:
+    with open(path, "w") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+def describe_keys() -> str:
+    """The manual printed by `aspo train --help`: every key, its default and what it does."""
+    lines = []
+    section = None
+    for dotted, f, value in all_keys():
+        head = dotted.split(".")[0] if "." in dotted else ""
+        if head != section:
+            section = head
+            owner = _owner_of(dotted)
+            lines.append("")
+            lines.append(f"[{head or 'top level'}] {(owner.__doc__ or '').strip().splitlines()[0]}")
+        lines.append(f"  {dotted} = {value!r}")
+        lines.append(f"      {f.metadata.get('help', '')}")
+    return "\n".join(lines).lstrip("\n")

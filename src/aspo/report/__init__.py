@@ -1,0 +1,1 @@
+"""Metrics files, TensorBoard, plots and the comparison report."""

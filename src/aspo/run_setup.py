@@ -1,0 +1,94 @@
+"""What a run starts from: the policy, the data, the run directory, and seeds derived from the config."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aspo.config import Config
+from aspo.errors import UserError
+
+
+def seed_for(*parts: int | str) -> int:
+    """A 31-bit seed derived from (base seed, purpose, step, rank, ...): independent streams per purpose,
+    and nothing to restore on resume because every draw is a pure function of its coordinates."""
+    ints = [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
+    return int(np.random.SeedSequence(ints).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def load_policy(cfg: Config) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, lab task or None). ``model=tiny`` builds or reuses the lab's cached warm start."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    task = None
+    if cfg.model == "tiny" or cfg.reward is None:
+        from aspo.lab import get_task
+
+        try:
+            task = get_task(cfg.task)
+        except (KeyError, ValueError) as err:
+            raise UserError(f"unknown task {cfg.task!r}: {err}") from err
+    path = cfg.model
+    if cfg.model == "tiny":
+        from aspo.lab import warm_start
+
+        path = str(warm_start(cfg.task))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load a causal LM + tokenizer from {path!r}: {err}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"the tokenizer in {path!r} has no EOS token; generation could never stop")
+    return model, tokenizer, task
+
+
+def load_data(cfg: Config, task: Any) -> tuple[list[dict], list[dict]]:
+    """Training and held-out records: files when given, else the lab task's seeded disjoint splits."""
+    from aspo.data import load_prompt_data
+
+    if cfg.data.train:
+        train = load_prompt_data(cfg.data.train)
+    elif task is not None:
+        train = task.make_split("train", cfg.data.num_train, seed=0)
+    else:
+        raise UserError("data.train is required")
+    if cfg.data.test:
+        test = load_prompt_data(cfg.data.test)
+    elif task is not None and not cfg.data.train:
+        test = task.make_split("test", cfg.data.num_test, seed=0)
+    else:
+        test = []
+    return train, test[: cfg.data.num_test]
+
+
+def resolve_run_dir(cfg: Config, accelerator: Any = None) -> str:
+    """``output_dir`` or a new timestamped ``runs/...``; with resume and no output_dir, the newest match."""
+    from aspo.checkpoint import list_checkpoints
+
+    suffix = f"{cfg.task if cfg.model == 'tiny' else Path(cfg.model).name}-{cfg.algorithm.loss}-s{cfg.train.seed}"
+    if cfg.output_dir:
+        path = cfg.output_dir
+    elif cfg.resume:
+        candidates = sorted(p for p in Path("runs").glob(f"*-{suffix}") if list_checkpoints(p))
+        if not candidates:
+            raise UserError(f"resume=true but no run under runs/ matches *-{suffix}; give output_dir=...")
+        path = str(candidates[-1])
+    else:
+        path = os.path.join("runs", f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{suffix}")
+    if accelerator is not None and accelerator.num_processes > 1:  # every rank must agree on the name
+        from accelerate.utils import broadcast_object_list
+
+        path = broadcast_object_list([path])[0]
+    if not cfg.resume and (Path(path) / "metrics.jsonl").exists():
+        raise UserError(f"output_dir {path!r} already holds a run; pass resume=true to continue it, or choose "
+                        "another output_dir (nothing was overwritten)")
+    return path

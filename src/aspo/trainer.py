@@ -1,0 +1,412 @@
+"""The RLVR loop, nothing else (docs/DESIGN.md):
+
+    prompts -> rollout (G responses each, behaviour log-probs) -> reward -> group advantages
+      -> filter (drop zero-variance groups, overlong penalty)
+      -> update (mini_batches x epochs: log-probs + entropy -> objective -> AdamW)
+      -> metrics / held-out eval / checkpoint
+
+All state (model, optimizer, schedule, step) lives here; the math is in `aspo.objectives` and
+`aspo.advantages`, sampling in `aspo.rollout`, scoring in `aspo.rewards`. Data-parallel through
+`accelerate`: each rank samples whole groups for its share of the prompts, gradients are averaged by DDP
+with every part weighted by its share of the global token count, metrics are reduced and written by rank 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aspo.advantages import compute_advantages
+from aspo.checkpoint import list_checkpoints, load_training_state, save_checkpoint
+from aspo.config import Config, save_config
+from aspo.errors import UserError
+from aspo.evaluate import repetition_rate, sample_policy, summarize
+from aspo.objectives import agg_loss, kl_penalty, policy_loss
+from aspo.objectives.base import resolve_params as check_objective
+from aspo.report.metrics import MetricsLogger
+from aspo.rewards import get_reward, score_records
+from aspo.rollout import Rollout, make_engine
+from aspo.run_setup import load_data, load_policy, resolve_run_dir, seed_for
+from aspo.update import (
+    UpdateBatch,
+    mean_metrics,
+    micro_batches,
+    normaliser_scale,
+    objective_params,
+    token_logprobs,
+)
+
+SAMPLES_PER_EVAL = 16  # problems whose every sample is written to samples.jsonl at each eval
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, progress: bool = True) -> None:
+        from accelerate import Accelerator
+
+        self.cfg = cfg.validate()
+        device = cfg.train.device
+        self.accelerator = Accelerator(cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()))
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        if cfg.train.prompts_per_step % self.world:
+            raise UserError(f"train.prompts_per_step={cfg.train.prompts_per_step} must be divisible by the "
+                            f"number of processes ({self.world})")
+        self.progress = progress and self.is_main
+        with self.accelerator.main_process_first():  # rank 0 builds the lab warm start once
+            self.model, self.tokenizer, self.task = load_policy(cfg)
+        self.model.to(self.accelerator.device)
+        self.train_records, self.test_records = load_data(cfg, self.task)
+        self.reward = get_reward(cfg.reward or cfg.task)
+        self.max_new_tokens = cfg.rollout.max_new_tokens or (self.task.max_new_tokens if self.task else 256)
+        self.ref_model = None
+        if cfg.algorithm.kl_coef > 0:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
+                                           weight_decay=cfg.train.weight_decay)
+        warmup = max(cfg.train.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.train_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer)
+        self.params = objective_params(cfg.algorithm)
+        check_objective(cfg.algorithm.loss, self.params)  # fail now, not mid-run, on a bad name or value
+        self.step = 0
+        self.nonfinite_streak = 0
+        self.run_dir = Path(resolve_run_dir(cfg, self.accelerator))
+        self._resume_or_start()
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def _resume_or_start(self) -> None:
+        ckpts = list_checkpoints(self.run_dir) if self.cfg.resume else []
+        resume_step = None
+        if ckpts:
+            resume_step, path = ckpts[-1]
+            from safetensors.torch import load_file
+
+            state = load_file(str(path / "model.safetensors"))
+            self.model.load_state_dict(state, strict=False)  # tied embeddings may be saved once
+            trainer_state = load_training_state(path, self.optimizer, self.scheduler)
+            self.step = int(trainer_state["step"])
+            self.nonfinite_streak = int(trainer_state.get("nonfinite_streak", 0))
+        elif self.cfg.resume and self.is_main:
+            warnings.warn(f"resume=true but {self.run_dir} has no complete checkpoint; starting from step 0",
+                          stacklevel=2)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, str(self.run_dir / "config.yaml"))
+            self.logger = MetricsLogger(self.run_dir, resume_step=resume_step if ckpts else -1)
+        self.accelerator.wait_for_everyone()
+
+    # -- data --------------------------------------------------------------------------------------
+    def prompt_indices(self, step: int, round_: int = 0) -> list[int]:
+        """This rank's training records for ``step``: a fixed walk over seeded permutations of the data.
+
+        A pure function of (seed, step), so a resumed run reads exactly the prompts the original would.
+        """
+        per_step, n_data = self.cfg.train.prompts_per_step, len(self.train_records)
+        start = (step * self.cfg.algorithm.max_sampling_rounds + round_) * per_step
+        out = []
+        for pos in range(start, start + per_step):
+            epoch, offset = divmod(pos, n_data)
+            perm = np.random.default_rng(seed_for(self.cfg.train.seed, "data", epoch)).permutation(n_data)
+            out.append(int(perm[offset]))
+        share = per_step // self.world
+        return out[self.rank * share:(self.rank + 1) * share]
+
+    def format(self, record: dict[str, Any]) -> str:
+        from aspo.data import format_prompt
+
+        return format_prompt(record, self.cfg.data.prompt_template, self.tokenizer, self.cfg.data.chat_template)
+
+    # -- one step ----------------------------------------------------------------------------------
+    def collect(self, step: int) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
+        """Rollout + reward + advantages + group filter; dynamic sampling adds rounds until enough groups."""
+        cfg, alg = self.cfg, self.cfg.algorithm
+        want = cfg.train.prompts_per_step // self.world
+        kept, kept_adv, stats = [], [], {"gen_tokens": 0.0, "t_gen": 0.0, "t_reward": 0.0, "errors": 0.0,
+                                         "rounds": 0.0}
+        all_rewards, raw_rewards, lengths, truncated, rep, groups = [], [], [], [], [], {"all": 0, "none": 0}
+        rounds = alg.max_sampling_rounds if alg.dynamic_sampling else 1
+        for round_ in range(rounds):
+            records = [self.train_records[i] for i in self.prompt_indices(step, round_)]
+            t0 = time.perf_counter()
+            self.model.eval()
+            rollout = self.engine.generate([self.format(r) for r in records], n=cfg.rollout.n,
+                                           max_new_tokens=self.max_new_tokens, temperature=cfg.rollout.temperature,
+                                           top_p=cfg.rollout.top_p, seed=seed_for(cfg.train.seed, "rollout", step,
+                                                                                   self.rank, round_))
+            t1 = time.perf_counter()
+            scored = [dict(records[int(g)], response=text) for g, text in zip(rollout.group_ids, rollout.responses,
+                                                                                strict=True)]
+            results = score_records(self.reward, scored)
+            stats["t_gen"] += t1 - t0
+            stats["t_reward"] += time.perf_counter() - t1
+            stats["errors"] += sum(r.error is not None for r in results)
+            stats["rounds"] += 1
+            raw = torch.tensor([r.reward for r in results], dtype=torch.float32)
+            rewards = raw + self.overlong_penalty(rollout.response_lengths)
+            n_groups = len(records)
+            grouped = rewards.view(n_groups, cfg.rollout.n)
+            raw_grouped = raw.view(n_groups, cfg.rollout.n)
+            has_signal = grouped.max(1).values > grouped.min(1).values
+            groups["all"] += int(((raw_grouped >= 1).all(1) & ~has_signal).sum())
+            groups["none"] += int(((raw_grouped <= 0).all(1) & ~has_signal).sum())
+            advantages = compute_advantages(alg.advantage, rewards, rollout.group_ids)
+            keep = has_signal.repeat_interleave(cfg.rollout.n) if alg.filter_groups else torch.ones(len(rewards), dtype=torch.bool)
+            rows = keep.nonzero().squeeze(-1)
+            kept.append(rollout.select(rows))
+            kept_adv.append(advantages[rows])
+            all_rewards.append(rewards)
+            raw_rewards.append(raw)
+            lengths.append(rollout.response_lengths.float())
+            truncated.append(rollout.truncated.float())
+            rep.append(repetition_rate([ids[m].tolist() for ids, m in zip(rollout.response_ids, rollout.response_mask,
+                                                                          strict=True)]))
+            stats["gen_tokens"] += float(rollout.response_mask.sum())
+            if sum(len(k.responses) for k in kept) >= want * cfg.rollout.n:
+                break
+        batch = Rollout.concat(kept, self.tokenizer.pad_token_id)
+        adv = torch.cat(kept_adv)
+        if alg.dynamic_sampling and len(adv) > want * cfg.rollout.n:  # DAPO keeps exactly the batch size
+            batch, adv = batch.select(torch.arange(want * cfg.rollout.n)), adv[: want * cfg.rollout.n]
+        rewards_all = torch.cat(all_rewards)
+        metrics = {
+            "reward/mean": float(rewards_all.mean()), "reward/raw_mean": float(torch.cat(raw_rewards).mean()),
+            "reward/errors": stats["errors"], "groups/solve_all": float(groups["all"]),
+            "groups/solve_none": float(groups["none"]), "groups/valid": float(len(adv) / cfg.rollout.n),
+            "groups/sampling_rounds": stats["rounds"],
+            "response/length_mean": float(torch.cat(lengths).mean()),
+            "response/truncated_frac": float(torch.cat(truncated).mean()),
+            "response/repetition": float(np.mean(rep)),
+            "time/rollout": stats["t_gen"], "time/reward": stats["t_reward"],
+            "perf/tokens_per_s": stats["gen_tokens"] / max(stats["t_gen"], 1e-9),
+        }
+        if stats["errors"] and self.is_main:
+            warnings.warn(f"step {step}: {int(stats['errors'])} reward call(s) raised; those responses got 0",
+                          stacklevel=2)
+        return batch, adv, metrics
+
+    def overlong_penalty(self, lengths: torch.Tensor) -> torch.Tensor:
+        """DAPO's soft overlong penalty: linear from 0 at L-B to -factor at L (B = overlong_buffer)."""
+        buffer = self.cfg.algorithm.overlong_buffer
+        if buffer <= 0:
+            return torch.zeros(len(lengths))
+        start = self.max_new_tokens - buffer
+        over = (lengths.float() - start).clamp(min=0)
+        return (-over / buffer * self.cfg.algorithm.overlong_penalty).clamp(max=0)
+
+    def update(self, step: int, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
+        """mini_batches x epochs optimizer steps on one rollout."""
+        cfg = self.cfg
+        ref = None
+        if self.ref_model is not None and len(advantages):
+            with torch.no_grad():
+                ref, _ = token_logprobs(self.ref_model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                       rollout.response_mask, temperature=cfg.rollout.temperature, with_entropy=False)
+                ref = ref.cpu()
+        batch = UpdateBatch.from_rollout(rollout, advantages, ref)
+        global_rows = self.reduce_sum(len(batch))
+        if global_rows == 0:
+            return {"actor/skipped_no_signal": 1.0}
+        self.train_model.train()
+        rows_metrics, entropies, grad_norms, nonfinite = [], [], [], 0
+        for epoch in range(cfg.train.epochs):
+            gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, "shuffle", step, self.rank, epoch))
+            order = torch.randperm(len(batch), generator=gen)
+            for chunk in np.array_split(order.numpy(), cfg.train.mini_batches):
+                mini = batch.rows(torch.as_tensor(chunk, dtype=torch.long)) if len(chunk) else None
+                tokens = self.reduce_sum(float(mini.response_mask.sum()) if mini else 0.0)
+                seqs = self.reduce_sum(float(mini.response_mask.any(-1).sum()) if mini else 0.0)
+                parts = micro_batches(mini, cfg.train.micro_batch_size) if mini else [self.dummy_batch(batch)]
+                loss_total = 0.0
+                for i, part in enumerate(parts):
+                    sync = self.accelerator.no_sync(self.train_model) if i < len(parts) - 1 else _nullcontext()
+                    with sync:
+                        loss, metrics, entropy = self.loss(part, tokens, seqs)
+                    loss_total += float(loss)
+                    if mini is not None:
+                        rows_metrics.append(metrics)
+                        if epoch == 0:
+                            entropies.append(entropy)
+                grad_norm = self.accelerator.clip_grad_norm_(self.train_model.parameters(),
+                                                             cfg.train.grad_clip or float("inf"))
+                if not (math.isfinite(loss_total) and math.isfinite(float(grad_norm))):
+                    nonfinite += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                grad_norms.append(float(grad_norm))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        out = {f"actor/{k}": v for k, v in mean_metrics(rows_metrics).items()}
+        valid_entropy = [e for e in entropies if e is not None]
+        out.update({"actor/entropy": float(np.mean(valid_entropy)) if valid_entropy else float("nan"),
+                    "actor/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
+                    "actor/lr": self.scheduler.get_last_lr()[0], "actor/nonfinite_steps": float(nonfinite),
+                    "actor/optimizer_steps": float(len(grad_norms))})
+        return out
+
+    def loss(self, part: UpdateBatch, global_tokens: float, global_seqs: float
+             ) -> tuple[torch.Tensor, dict[str, float], float | None]:
+        """Forward + objective + backward for one micro-batch; returns (loss, metrics, mean entropy)."""
+        cfg, alg = self.cfg, self.cfg.algorithm
+        logprobs, entropy = token_logprobs(self.train_model, part.prompt_ids, part.prompt_mask, part.response_ids,
+                                           part.response_mask, temperature=cfg.rollout.temperature)
+        device = logprobs.device
+        mask = part.response_mask.to(device)
+        loss, metrics = policy_loss(alg.loss, logprobs, part.behaviour_logprobs.to(device),
+                                    part.advantages.to(device), mask,
+                                    entropy=entropy if alg.entropy_split else None, **self.params)
+        if part.ref_logprobs is not None:
+            kl = agg_loss(kl_penalty(logprobs, part.ref_logprobs.to(device), alg.kl_estimator), mask, alg.loss_agg_mode)
+            metrics["kl_loss"] = float(kl)
+            loss = loss + alg.kl_coef * kl
+        scale = normaliser_scale(part.response_mask, alg.loss_agg_mode, global_tokens, global_seqs, self.world)
+        self.accelerator.backward(loss * scale)
+        mean_entropy = float(entropy[mask].mean()) if mask.any() else None
+        return loss.detach(), metrics, mean_entropy
+
+    def dummy_batch(self, batch: UpdateBatch) -> UpdateBatch:
+        """A one-row batch with no valid token: keeps DDP's collective calls matched on a rank without data."""
+        one = batch.rows(torch.arange(min(1, len(batch)))) if len(batch) else self._empty_batch()
+        one.response_mask = torch.zeros_like(one.response_mask)
+        return one
+
+    def _empty_batch(self) -> UpdateBatch:
+        ids = torch.full((1, 1), self.tokenizer.pad_token_id)
+        return UpdateBatch(ids, torch.ones(1, 1, dtype=torch.bool), ids.clone(), torch.zeros(1, 1, dtype=torch.bool),
+                           torch.zeros(1, 1), torch.zeros(1))
+
+    # -- distributed helpers -----------------------------------------------------------------------
+    def reduce_sum(self, value: float) -> float:
+        if self.world == 1:
+            return float(value)
+        t = torch.tensor([float(value)], device=self.accelerator.device)
+        return float(self.accelerator.reduce(t, reduction="sum"))
+
+    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Mean of each metric over ranks (a rank without the key is not counted)."""
+        if self.world == 1:
+            return metrics
+        from accelerate.utils import gather_object
+
+        return mean_metrics(gather_object([metrics]))
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out pass@1 / pass@k at ``eval.*`` sampling settings, same seed at every eval."""
+        cfg = self.cfg
+        if not self.test_records:
+            return {}
+        t0 = time.perf_counter()
+        records = self.test_records[: cfg.data.num_test][self.rank::self.world]
+        self.model.eval()
+        per_problem, rows = sample_policy(
+            self.engine, records, [self.format(r) for r in records], self.reward, n=cfg.eval.n,
+            max_new_tokens=self.max_new_tokens, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+            seed=seed_for(cfg.train.seed, "eval", self.rank))
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            per_problem, rows = gather_object([per_problem]), gather_object([rows])
+            per_problem = [p for part in per_problem for p in part]
+            rows = [r for part in rows for r in part]
+        stats = summarize(per_problem, cfg.eval.n)
+        k = cfg.eval.n
+        metrics = {"eval/pass@1": stats["pass@1"], "eval/pass@k": stats[f"pass@{k}"], f"eval/pass@{k}": stats[f"pass@{k}"],
+                   f"eval/avg@{k}": stats[f"avg@{k}"], "eval/k": float(k),
+                   "eval/response_length": float(np.mean([r["length"] for r in rows])),
+                   "eval/truncated_frac": float(np.mean([r["truncated"] for r in rows])),
+                   "eval/repetition": repetition_rate([r["token_ids"] for r in rows]),
+                   "time/eval": time.perf_counter() - t0}
+        if self.is_main:
+            from aspo.data import write_jsonl
+
+            keep = [{"step": step, "prompt": self.format(self.test_records[r["index"]]),
+                     "answer": self.test_records[r["index"]].get("answer"),
+                     **{k_: r[k_] for k_ in ("sample", "response", "reward", "error")}}
+                    for r in rows if r["index"] < SAMPLES_PER_EVAL] if self.world == 1 else []
+            write_jsonl(str(self.run_dir / "samples.jsonl"), keep)
+        return metrics
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def save(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            save_checkpoint(self.run_dir, self.step, self.accelerator.unwrap_model(self.train_model), self.tokenizer,
+                            self.optimizer, self.scheduler, {"nonfinite_streak": self.nonfinite_streak,
+                                                             "data_position": self.step * self.cfg.train.prompts_per_step},
+                            keep=self.cfg.train.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def train_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        step = self.step + 1
+        rollout, advantages, metrics = self.collect(step)
+        t1 = time.perf_counter()
+        metrics.update(self.update(step, rollout, advantages))
+        metrics["time/update"] = time.perf_counter() - t1
+        metrics["time/step"] = time.perf_counter() - t0
+        metrics = self.reduce_metrics(metrics)
+        self.step = step
+        if metrics.get("actor/nonfinite_steps", 0) > 0 and metrics.get("actor/optimizer_steps", 1) == 0:
+            self.nonfinite_streak += 1
+            warnings.warn(f"step {step}: non-finite loss or gradient; the update was skipped", stacklevel=2)
+            if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
+                raise UserError(f"the loss was non-finite in {self.nonfinite_streak} consecutive steps (up to step "
+                                f"{step}); stopping. The last checkpoint in {self.run_dir / 'checkpoints'} is intact; "
+                                "lower train.lr or check the reward / data")
+        else:
+            self.nonfinite_streak = 0
+        return metrics
+
+    def run(self) -> dict[str, Any]:
+        """Train ``train.steps`` steps (from a checkpoint if resuming); returns the summary."""
+        from aspo.report.console import Progress, print_summary
+
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        if self.step == 0:
+            self.log(0, self.evaluate(0))
+        bar = Progress(total=cfg.train.steps, initial=self.step, enabled=self.progress)
+        last: dict[str, float] = {}
+        try:
+            while self.step < cfg.train.steps:
+                metrics = self.train_step()
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
+                    metrics.update(self.evaluate(self.step))
+                self.log(self.step, metrics)
+                last.update(metrics)
+                bar.update(self.step, metrics)
+                if cfg.train.save_every and self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
+                    self.save()
+        finally:
+            bar.close()
+            if self.is_main:
+                self.logger.close()
+        summary = {"run_dir": str(self.run_dir), "steps": self.step, "wall_s": time.perf_counter() - t_start}
+        if self.is_main:
+            from aspo.report.plots import plot_run
+
+            plot_run(self.run_dir)
+            summary.update(print_summary(self.run_dir, summary["wall_s"], enabled=self.progress))
+        return summary
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.is_main and metrics:
+            self.logger.log(step, metrics)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
