@@ -228,6 +228,11 @@ def _coerce(dotted: str, f: dataclasses.Field, value: Any) -> Any:
             continue
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if t is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if t is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -74,7 +74,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.train_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer)
+        self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer,
+                                  add_special_tokens=not cfg.data.chat_template)
         self.params = objective_params(cfg.algorithm)
         check_objective(cfg.algorithm.loss, self.params)  # fail now, not mid-run, on a bad name or value
         self.step = 0

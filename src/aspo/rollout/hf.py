@@ -38,10 +38,13 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
 class HFEngine:
     """Samples from a `transformers` causal LM that the trainer also updates (weights are shared)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_batch_size: int = 0) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_batch_size: int = 0,
+                 add_special_tokens: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size  # 0: all rows at once
+        # the tokenizer's own convention (e.g. a BOS token); off for chat-templated prompts, which carry it
+        self.add_special_tokens = add_special_tokens
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -58,7 +61,8 @@ class HFEngine:
         side = tok.padding_side
         tok.padding_side = "left"
         try:
-            enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(list(prompts), return_tensors="pt", padding=True,
+                      add_special_tokens=self.add_special_tokens)
         finally:
             tok.padding_side = side
         prompt_ids = enc["input_ids"].repeat_interleave(n, dim=0)

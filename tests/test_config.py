@@ -1,0 +1,75 @@
+import pytest
+import yaml
+
+from aspo.config import Config, describe_keys, load_config, save_config, to_dict
+from aspo.errors import UserError
+
+
+def test_defaults_are_the_off_policy_aspo_regime():
+    cfg = Config()
+    assert cfg.algorithm.loss == "aspo" and cfg.model == "tiny"
+    assert cfg.train.mini_batches * cfg.train.epochs > 1  # several optimizer steps per rollout
+
+
+def test_overrides_parse_yaml_scalars_and_types():
+    cfg = load_config(None, ["rollout.n=16", "train.lr=1e-5", "resume=true", "algorithm.loss=grpo",
+                             "algorithm.clip_ratio_high=0.28", "rollout.max_new_tokens=null"])
+    assert cfg.rollout.n == 16 and cfg.train.lr == 1e-5 and cfg.resume is True
+    assert cfg.algorithm.loss == "grpo" and cfg.algorithm.clip_ratio_high == 0.28
+    assert cfg.rollout.max_new_tokens is None
+    assert isinstance(load_config(None, ["train.lr=1"]).train.lr, float)  # int accepted for a float key
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"rollout": {"n": 4}, "train": {"steps": 7}}))
+    cfg = load_config(str(path), ["train.steps=9"])
+    assert cfg.rollout.n == 4 and cfg.train.steps == 9
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["rollout.n=3", "algorithm.loss=dapo"])
+    save_config(cfg, str(tmp_path / "config.yaml"))
+    assert to_dict(load_config(str(tmp_path / "config.yaml"))) == to_dict(cfg)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("rollout.nn=3", "did you mean 'rollout.n'"),
+    ("lr=3", "did you mean 'train.lr'"),
+    ("trian.steps=3", "did you mean 'train.steps'"),
+    ("rollout=3", "unknown config key 'rollout'"),
+])
+def test_unknown_key_names_it_and_suggests(override, needle):
+    with pytest.raises(UserError, match=needle):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("rollout.n=0", "rollout.n=0 must be >= 1"),
+    ("train.mini_batches=0", "train.mini_batches"),
+    ("rollout.temperature=0", "rollout.temperature"),
+    ("rollout.top_p=1.5", "rollout.top_p"),
+    ("algorithm.clip_ratio_c=0.5", "algorithm.clip_ratio_c"),
+    ("model=/no/such/dir", "/no/such/dir"),
+    ("data.train=/no/such.jsonl", "/no/such.jsonl"),
+])
+def test_impossible_values_name_the_key(override, needle):
+    with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        load_config(None, [override]).validate()
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(UserError, match="rollout.n='abc' has the wrong type"):
+        load_config(None, ["rollout.n=abc"])
+    with pytest.raises(UserError, match="not of the form"):
+        load_config(None, ["rollout.n"])
+
+
+def test_help_documents_every_key():
+    text = describe_keys()
+    for key in ("model", "task", "data.train", "data.test", "reward", "algorithm.loss", "algorithm.advantage",
+                "algorithm.kl_coef", "algorithm.clip_ratio_low", "rollout.n", "rollout.max_new_tokens",
+                "rollout.temperature", "rollout.top_p", "train.prompts_per_step", "train.mini_batches",
+                "train.epochs", "train.steps", "train.lr", "train.seed", "train.eval_every",
+                "train.save_every", "output_dir", "resume"):
+        assert f"  {key} = " in text, key
