@@ -73,6 +73,9 @@ class RolloutConfig:
     max_new_tokens: int | None = _f(None, "response length cap (None: the lab task's, else 256)")
     temperature: float = _f(1.0, "sampling temperature (log-probs are taken at this temperature too)")
     top_p: float = _f(1.0, "nucleus sampling threshold")
+    recompute_logprobs: str = _f("auto", "recompute behaviour log-probs with the trainer's model: auto (only "
+                                         "for engines other than hf, whose log-probs are the trainer's own) | "
+                                         "true | false; the gap is logged as rollout/logprob_abs_diff")
 
 
 @dataclass
@@ -131,6 +134,8 @@ class Config:
             ("rollout.max_new_tokens", self.rollout.max_new_tokens is None or self.rollout.max_new_tokens >= 1,
              "must be >= 1"),
             ("eval.n", self.eval.n >= 1, "must be >= 1"),
+            ("rollout.recompute_logprobs", self.rollout.recompute_logprobs in ("auto", "true", "false"),
+             "must be auto, true or false"),
             ("eval.temperature", self.eval.temperature > 0, "must be > 0"),
             ("eval.top_p", 0 < self.eval.top_p <= 1, "must be in (0, 1]"),
             ("train.steps", self.train.steps >= 0, "must be >= 0"),

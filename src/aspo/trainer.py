@@ -78,6 +78,9 @@ class Trainer:
                                   add_special_tokens=not cfg.data.chat_template)
         self.params = objective_params(cfg.algorithm)
         check_objective(cfg.algorithm.loss, self.params)  # fail now, not mid-run, on a bad name or value
+        recompute = cfg.rollout.recompute_logprobs
+        self.recompute_logprobs = recompute == "true" or (recompute == "auto" and cfg.rollout.engine != "hf")
+        self.weights_version = 0  # optimizer steps taken; engines skip a weight push when unchanged
         self.step = 0
         self.nonfinite_streak = 0
         self.run_dir = Path(resolve_run_dir(cfg, self.accelerator))
@@ -139,10 +142,13 @@ class Trainer:
             records = [self.train_records[i] for i in self.prompt_indices(step, round_)]
             t0 = time.perf_counter()
             self.model.eval()
+            self.engine.sync_weights(self.model, version=self.weights_version)
             rollout = self.engine.generate([self.format(r) for r in records], n=cfg.rollout.n,
                                            max_new_tokens=self.max_new_tokens, temperature=cfg.rollout.temperature,
                                            top_p=cfg.rollout.top_p, seed=seed_for(cfg.train.seed, "rollout", step,
                                                                                    self.rank, round_))
+            if self.recompute_logprobs:
+                stats["logprob_diff"] = self.recompute_behaviour_logprobs(rollout)
             t1 = time.perf_counter()
             scored = [dict(records[int(g)], response=text) for g, text in zip(rollout.group_ids, rollout.responses,
                                                                                 strict=True)]
@@ -189,10 +195,24 @@ class Trainer:
             "time/rollout": stats["t_gen"], "time/reward": stats["t_reward"],
             "perf/tokens_per_s": stats["gen_tokens"] / max(stats["t_gen"], 1e-9),
         }
+        if "logprob_diff" in stats:
+            metrics["rollout/logprob_abs_diff"] = stats["logprob_diff"]
         if stats["errors"] and self.is_main:
             warnings.warn(f"step {step}: {int(stats['errors'])} reward call(s) raised; those responses got 0",
                           stacklevel=2)
         return batch, adv, metrics
+
+    @torch.no_grad()
+    def recompute_behaviour_logprobs(self, rollout: Rollout) -> float:
+        """Replace the engine's log-probs with the trainer model's; returns their mean absolute gap."""
+        logprobs, _ = token_logprobs(self.model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                     rollout.response_mask, temperature=self.cfg.rollout.temperature,
+                                     with_entropy=False)
+        logprobs = logprobs.cpu()
+        mask = rollout.response_mask
+        gap = float((logprobs - rollout.behaviour_logprobs)[mask].abs().mean()) if mask.any() else 0.0
+        rollout.behaviour_logprobs = logprobs
+        return gap
 
     def overlong_penalty(self, lengths: torch.Tensor) -> torch.Tensor:
         """DAPO's soft overlong penalty: linear from 0 at L-B to -factor at L (B = overlong_buffer)."""
@@ -243,6 +263,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     continue
                 grad_norms.append(float(grad_norm))
+                self.weights_version += 1
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)

@@ -81,8 +81,8 @@ class GenerationEngine(Protocol):
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int = 0) -> Rollout: ...
 
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        """Make the engine sample from ``model``'s current weights."""
+    def sync_weights(self, model: torch.nn.Module, version: int | None = None) -> None:
+        """Make the engine sample from ``model``'s current weights (``version``: skip if already synced)."""
         ...
 
 

@@ -49,7 +49,7 @@ class HFEngine:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
         self.eos_ids = _eos_ids(model, tokenizer)
 
-    def sync_weights(self, model: torch.nn.Module) -> None:
+    def sync_weights(self, model: torch.nn.Module, version: int | None = None) -> None:
         self.model = model  # same process, same tensors: nothing to copy
 
     @torch.no_grad()
