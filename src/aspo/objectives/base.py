@@ -1,0 +1,208 @@
+"""Shared pieces of the policy objectives: the registry, loss aggregation, KL estimators, entropy split.
+
+Every objective is a pure function ``fn(tokens: TokenInputs, **params) -> TokenTerms`` registered under a
+name. It returns, per token, the surrogate loss *value* and the analytic *gradient weight* ``w`` defined by
+``dL_t / dlogp_t = -A_t * w_t`` (before aggregation). ``policy_loss`` builds the differentiable per-token
+loss from these two (see ``surrogate_per_token_loss``), so the gradient is the weight table by construction
+and every metric is read off ``w`` in one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from aspo.errors import UserError
+
+LOG_RATIO_CLAMP = 20.0  # |log pi - log pi_old| is clamped here before exp (docs/ASPO.md)
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+# Parameters every objective accepts; an objective may override these defaults in its registration.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "clip_ratio_low": 0.2,
+    "clip_ratio_high": 0.2,
+    "clip_ratio_c": 3.0,
+    "loss_agg_mode": "token-mean",
+    "entropy_quantile": 0.8,
+    # None = same range as the low-entropy tokens, i.e. no entropy split (everything but aspo).
+    "high_entropy_clip_ratio_low": None,
+    "high_entropy_clip_ratio_high": None,
+}
+
+
+@dataclass(frozen=True)
+class TokenInputs:
+    """What an objective sees. All tensors (B, T), float32, no grad; padding holds neutral values.
+
+    log_ratio: clamp(logp - old_logp, -20, 20), 0 at padding.  ratio: exp(log_ratio), 1 at padding.
+    log_prob: current log-probs (detached), 0 at padding -- some reference loss *values* use it.
+    advantages: broadcast to (B, T), 0 at padding.  mask: bool validity.
+    clip_low_bound / clip_high_bound: lo = 1 - eps_low and hi = 1 + eps_high, each a float, or a (B, T)
+    tensor when the entropy split applies.  clip_c: the dual-clip constant c.
+    """
+
+    log_ratio: Tensor
+    ratio: Tensor
+    log_prob: Tensor
+    advantages: Tensor
+    mask: Tensor
+    clip_low_bound: float | Tensor
+    clip_high_bound: float | Tensor
+    clip_c: float
+
+
+@dataclass(frozen=True)
+class TokenTerms:
+    """What an objective returns, all (B, T).
+
+    value: the per-token surrogate loss value (what the reference implementation reports).
+    weight: w_t with dL_t/dlogp_t = -A_t * w_t.
+    clipped: tokens whose weight the trust region cut (to 0, or truncated for cispo); None = never.
+    dual_clipped: tokens in a dual-clip region (hard: weight 0; soft: weight c); None = never.
+    """
+
+    value: Tensor
+    weight: Tensor
+    clipped: Tensor | None = None
+    dual_clipped: Tensor | None = None
+
+
+ObjectiveFn = Callable[..., TokenTerms]
+
+
+POLICY_LOSSES: dict[str, ObjectiveFn] = {}  # name -> objective function
+POLICY_LOSS_DEFAULTS: dict[str, dict[str, Any]] = {}  # name -> every parameter it accepts, with defaults
+
+
+def register_policy_loss(name: str, **defaults: Any) -> Callable[[ObjectiveFn], ObjectiveFn]:
+    """Decorator: register ``fn(tokens: TokenInputs, **params) -> TokenTerms`` under ``name``.
+
+    ``defaults`` override ``COMMON_DEFAULTS`` and declare extra parameters the objective accepts, e.g.
+    ``@register_policy_loss("sapo", tau_pos=1.0, tau_neg=1.05)``. The function receives every parameter
+    that is not a common one (clip ranges, c and the aggregation reach it through ``TokenInputs``).
+    """
+
+    def decorator(fn: ObjectiveFn) -> ObjectiveFn:
+        POLICY_LOSSES[name] = fn
+        POLICY_LOSS_DEFAULTS[name] = {**COMMON_DEFAULTS, **defaults}
+        return fn
+
+    return decorator
+
+
+def resolve_params(name: str, params: dict[str, Any]) -> tuple[ObjectiveFn, dict[str, Any]]:
+    """Look ``name`` up and merge ``params`` over its defaults (None means 'use the default')."""
+    if name not in POLICY_LOSSES:
+        raise UserError(f"unknown policy loss {name!r}; valid names: {', '.join(sorted(POLICY_LOSSES))}")
+    defaults = POLICY_LOSS_DEFAULTS[name]
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise UserError(
+            f"policy loss {name!r} got unknown parameter(s) {unknown}; it accepts {sorted(defaults)}"
+        )
+    merged = dict(defaults)
+    merged.update({k: v for k, v in params.items() if v is not None})
+    if merged["loss_agg_mode"] not in LOSS_AGG_MODES:
+        raise UserError(f"loss_agg_mode {merged['loss_agg_mode']!r} is not one of {list(LOSS_AGG_MODES)}")
+    if not merged["clip_ratio_c"] > 1.0:
+        raise UserError(f"clip_ratio_c must be > 1 (got {merged['clip_ratio_c']})")
+    if not 0.0 <= merged["entropy_quantile"] <= 1.0:
+        raise UserError(f"entropy_quantile must be in [0, 1] (got {merged['entropy_quantile']})")
+    for key in (
+        "clip_ratio_low",
+        "clip_ratio_high",
+        "high_entropy_clip_ratio_low",
+        "high_entropy_clip_ratio_high",
+    ):
+        value = merged[key]
+        if value is not None and not value >= 0.0:
+            raise UserError(f"{key} must be >= 0 (got {value})")
+    return POLICY_LOSSES[name], merged
+
+
+def agg_loss(per_token_loss: Tensor, response_mask: Tensor, loss_agg_mode: str) -> Tensor:
+    """Aggregate a (B, T) per-token loss into a scalar over the valid tokens of ``response_mask``.
+
+    - ``token-mean``: sum / number of valid tokens (every token weighs the same; DAPO, the ASPO recipe).
+    - ``seq-mean-token-mean``: mean over the B rows of each row's token mean (GRPO paper, GSPO).
+    - ``seq-mean-token-sum``: mean over the B rows of each row's token sum.
+    - ``seq-mean-token-sum-norm``: sum / (B * T), a constant normaliser (Dr. GRPO). verl divides by T
+      only; we keep Dr. GRPO's 1/B so the scale does not grow with the batch.
+
+    Rows are always counted B (a constant, as verl); a row with no valid token contributes 0 (not NaN),
+    and an all-padding batch gives 0. Padding values never reach the result or its gradient.
+    """
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise UserError(f"loss_agg_mode {loss_agg_mode!r} is not one of {list(LOSS_AGG_MODES)}")
+    mask = response_mask.bool()
+    masked = torch.where(mask, per_token_loss, 0.0)  # a select: padding NaN/inf cannot leak
+    rows = max(mask.shape[0], 1)
+    if loss_agg_mode == "token-mean":
+        return masked.sum() / mask.sum().clamp(min=1)
+    if loss_agg_mode == "seq-mean-token-sum-norm":
+        return masked.sum() / (rows * mask.shape[-1])
+    row_sums = masked.sum(dim=-1)
+    if loss_agg_mode == "seq-mean-token-mean":
+        row_sums = row_sums / mask.sum(dim=-1).clamp(min=1)
+    return row_sums.sum() / rows
+
+
+def kl_penalty(log_prob: Tensor, ref_log_prob: Tensor, kind: str) -> Tensor:
+    """Per-token KL(pi || pi_ref) estimate, (B, T) -> (B, T); aggregate it with ``agg_loss``.
+
+    kinds (Schulman's estimators, as named in verl), with d = ref_log_prob - log_prob:
+    - ``k1``: -d (unbiased, high variance, can be negative);
+    - ``k2`` / ``mse``: d^2 / 2 (its gradient is the true KL gradient to first order);
+    - ``k3`` / ``low_var_kl``: exp(d) - d - 1 >= 0, clamped to [-10, 10] like verl (the ASPO recipe's
+      KL loss, coefficient 0.001). d is clamped to [-20, 20] first so exp cannot overflow.
+    """
+    if log_prob.shape != ref_log_prob.shape:
+        raise UserError(
+            f"ref_log_prob has shape {tuple(ref_log_prob.shape)} but log_prob has {tuple(log_prob.shape)}"
+        )
+    diff = ref_log_prob - log_prob
+    if kind == "k1":
+        return -diff
+    if kind in ("k2", "mse"):
+        return 0.5 * diff.square()
+    if kind in ("k3", "low_var_kl"):
+        diff = diff.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        return (diff.exp() - diff - 1.0).clamp(-10.0, 10.0)
+    raise UserError(f"unknown KL estimator {kind!r}; valid kinds: k1, k2, mse, k3, low_var_kl")
+
+
+def high_entropy_tokens(entropy: Tensor, mask: Tensor, quantile: float) -> Tensor:
+    """(B, T) bool: valid tokens whose entropy is strictly above their response's ``quantile``.
+
+    Matches the authors' reference (Archer2.0 ``dp_actor``): per row, ``torch.nanquantile`` over the valid
+    tokens with linear interpolation, and "high" means ``entropy > q``; so ties with the quantile, a row
+    with one token and ``quantile=1`` give no high tokens. (Their variable names are swapped --
+    ``high_entropy_mask`` holds the *low* tokens -- but the effect is the one documented here.)
+
+    Fast path: only the top ``n - floor(q (n-1))`` values per row are needed, so a ``topk`` over the row
+    (padding at -inf) replaces the full sort that ``nanquantile`` does.
+    """
+    if entropy.shape[-1] == 0:
+        return mask.clone()
+    with torch.no_grad():
+        values = torch.where(mask, entropy.detach().float(), float("-inf"))
+        counts = mask.sum(dim=-1)  # (B,)
+        position = quantile * (counts - 1).clamp(min=0).to(values.dtype)  # fractional ascending rank
+        lower_rank = position.floor()
+        frac = (position - lower_rank).unsqueeze(-1)
+        lower_rank = lower_rank.long()
+        upper_rank = position.ceil().long()
+        # ascending rank k of the valid values is descending index n-1-k among the top values
+        k_needed = int((counts - lower_rank).max().clamp(min=1)) if counts.numel() else 1
+        top = values.topk(min(k_needed, values.shape[-1]), dim=-1, largest=True, sorted=True).values
+        lower_index = (counts - 1 - lower_rank).clamp(min=0).unsqueeze(-1)
+        upper_index = (counts - 1 - upper_rank).clamp(min=0).unsqueeze(-1)
+        below = top.gather(-1, lower_index)
+        above = top.gather(-1, upper_index)
+        # torch's linear interpolation: lerp(below, above, frac)
+        threshold = torch.lerp(below, above, frac)
+        return (values > threshold) & mask & (counts > 0).unsqueeze(-1)

@@ -1,0 +1,240 @@
+"""``policy_loss``: input checks, the entropy split, the differentiable surrogate, the metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from aspo.errors import UserError
+from aspo.objectives.base import (
+    COMMON_DEFAULTS,
+    LOG_RATIO_CLAMP,
+    TokenInputs,
+    TokenTerms,
+    agg_loss,
+    high_entropy_tokens,
+    resolve_params,
+)
+
+# Buckets of the behaviour probability exp(old_log_prob) for the pos_weight_by_prob/* metrics.
+PROB_BUCKET_EDGES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+PROB_BUCKET_NAMES = tuple(
+    f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(PROB_BUCKET_EDGES[:-1], PROB_BUCKET_EDGES[1:], strict=True)
+)
+
+
+def policy_loss(
+    name: str,
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    *,
+    entropy: Tensor | None = None,
+    **params: Any,
+) -> tuple[Tensor, dict[str, float]]:
+    """Policy-gradient loss ``name`` (see ``POLICY_LOSSES``) and its metrics.
+
+    Args:
+        log_prob: (B, T) log pi_theta(y_t), carries the gradient.
+        old_log_prob: (B, T) behaviour log-probs log pi_old(y_t).
+        advantages: (B, T), or (B,) broadcast over the response.
+        response_mask: (B, T) bool or 0/1; padding positions never affect the loss or any gradient.
+        entropy: optional (B, T) token entropies of pi_theta; when given and the objective's
+            high-entropy ranges differ from its normal ones (aspo: 0.4 vs 0.2), tokens above the
+            per-response ``entropy_quantile`` use ``high_entropy_clip_ratio_low/high``.
+        params: ``clip_ratio_low``, ``clip_ratio_high``, ``clip_ratio_c``, ``loss_agg_mode``,
+            ``entropy_quantile``, ``high_entropy_clip_ratio_low``, ``high_entropy_clip_ratio_high`` and
+            the objective's own (sapo: ``tau_pos``, ``tau_neg``); None means the objective's default.
+
+    Returns:
+        (loss, metrics): a scalar whose gradient w.r.t. ``log_prob`` is -A * w / normaliser per token,
+        w from the objective's weight table, normaliser from ``loss_agg_mode`` (see ``agg_loss``); and
+        a dict of floats (see ``_metrics``).
+
+    Raises:
+        UserError (a ValueError): unknown name or parameter, mismatched shapes, a mask that is not 0/1,
+            NaN or inf inside the mask in log_prob, old_log_prob, advantages or entropy.
+    """
+    objective, settings = resolve_params(name, params)
+    mask = _check_inputs(log_prob, old_log_prob, advantages, response_mask, entropy)
+    with torch.no_grad():
+        # padding gets neutral values (log-probs 0, ratio 1, advantage 0) with one select each
+        current = torch.where(mask, log_prob.detach().float(), 0.0)
+        behaviour = torch.where(mask, old_log_prob.detach().float(), 0.0)
+        adv = advantages.detach().float()
+        adv = torch.where(mask, adv.unsqueeze(-1) if adv.dim() == 1 else adv, 0.0)
+        _check_finite(current, behaviour, adv, entropy, mask)
+
+        log_ratio = (current - behaviour).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        ratio = log_ratio.exp()
+        clip_low_bound, clip_high_bound, high_entropy = _clip_bounds(settings, entropy, mask)
+        tokens = TokenInputs(
+            log_ratio=log_ratio,
+            ratio=ratio,
+            log_prob=current,
+            advantages=adv,
+            mask=mask,
+            clip_low_bound=clip_low_bound,
+            clip_high_bound=clip_high_bound,
+            clip_c=float(settings["clip_ratio_c"]),
+        )
+        own_params = {k: v for k, v in settings.items() if k not in COMMON_DEFAULTS}
+        terms = objective(tokens, **own_params)
+        grad_coef = -adv * terms.weight  # 0 at padding: adv is 0 there and weights are finite
+
+    # Forward: the objective's value. Backward: exactly -A * w, because (x - sg(x)) is 0 with derivative
+    # 1. The select on log_prob (not a multiplication) keeps padding -- even inf -- out of the gradient;
+    # agg_loss selects the valid values the same way.
+    differentiable = torch.where(mask, log_prob, 0.0)
+    per_token_loss = terms.value + grad_coef * (differentiable - differentiable.detach())
+    loss = agg_loss(per_token_loss, mask, settings["loss_agg_mode"])
+    return loss, _metrics(tokens, terms, behaviour, high_entropy)
+
+
+def _check_inputs(
+    log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, response_mask: Tensor, entropy: Tensor | None
+) -> Tensor:
+    """Shape and dtype checks; returns the bool mask. No broadcasting beyond advantages (B,) -> (B, T)."""
+    named = {"log_prob": log_prob, "old_log_prob": old_log_prob, "advantages": advantages}
+    named["response_mask"] = response_mask
+    if entropy is not None:
+        named["entropy"] = entropy
+    for arg, tensor in named.items():
+        if not isinstance(tensor, Tensor):
+            raise UserError(f"{arg} must be a torch.Tensor, got {type(tensor).__name__}")
+    if log_prob.dim() != 2:
+        raise UserError(f"log_prob must be (batch, response_len); got shape {tuple(log_prob.shape)}")
+    shape = log_prob.shape
+    for arg in ("old_log_prob", "response_mask", "entropy"):
+        if arg in named and named[arg].shape != shape:
+            raise UserError(f"{arg} has shape {tuple(named[arg].shape)} but log_prob has {tuple(shape)}")
+    if advantages.shape not in (shape, shape[:1]):
+        raise UserError(
+            f"advantages has shape {tuple(advantages.shape)}; expected {tuple(shape)} or ({shape[0]},)"
+        )
+    for arg in ("log_prob", "old_log_prob", "entropy"):
+        if arg in named and not named[arg].is_floating_point():
+            raise UserError(f"{arg} must be a floating-point tensor, got {named[arg].dtype}")
+    if response_mask.dtype == torch.bool:
+        return response_mask
+    if ((response_mask != 0) & (response_mask != 1)).any():
+        raise UserError("response_mask must be bool or hold only 0 and 1")
+    return response_mask.bool()
+
+
+def _check_finite(
+    current: Tensor, behaviour: Tensor, adv: Tensor, entropy: Tensor | None, mask: Tensor
+) -> None:
+    """NaN/inf at valid positions -> UserError naming the argument.
+
+    Cheap path: the inputs are already zeroed at padding, so one sum per tensor is finite unless some
+    valid entry is not (or the sum overflowed); only then look element by element.
+    """
+    named = {"log_prob": current, "old_log_prob": behaviour, "advantages": adv}
+    if entropy is not None:
+        named["entropy"] = torch.where(mask, entropy.detach().float(), 0.0)
+    if bool(torch.stack([t.sum() for t in named.values()]).isfinite().all()):
+        return
+    for arg, tensor in named.items():
+        if not bool(tensor.isfinite().all()):
+            raise UserError(f"{arg} holds NaN or inf at valid (response_mask) positions")
+
+
+def _clip_bounds(
+    settings: dict[str, Any], entropy: Tensor | None, mask: Tensor
+) -> tuple[float | Tensor, float | Tensor, Tensor | None]:
+    """lo = 1 - eps_low and hi = 1 + eps_high, per token when the entropy split applies."""
+    eps_low, eps_high = float(settings["clip_ratio_low"]), float(settings["clip_ratio_high"])
+    high_low = settings["high_entropy_clip_ratio_low"]
+    high_high = settings["high_entropy_clip_ratio_high"]
+    high_low = eps_low if high_low is None else float(high_low)
+    high_high = eps_high if high_high is None else float(high_high)
+    if entropy is None or (high_low == eps_low and high_high == eps_high):
+        return 1.0 - eps_low, 1.0 + eps_high, None
+    high = high_entropy_tokens(entropy, mask, float(settings["entropy_quantile"]))
+    lo = torch.where(high, 1.0 - high_low, 1.0 - eps_low)
+    hi = torch.where(high, 1.0 + high_high, 1.0 + eps_high)
+    return lo, hi, high
+
+
+def _metrics(
+    tokens: TokenInputs, terms: TokenTerms, behaviour: Tensor, high_entropy: Tensor | None
+) -> dict[str, float]:
+    """All metrics from one batch of reductions and a single host transfer.
+
+    - ``clipfrac/pos``, ``clipfrac/neg``: share of positive / negative valid tokens the trust region
+      clipped (per-sign denominators; Archer logs the same counts over all tokens). 0 with no such token.
+    - ``dualclip/pos``, ``dualclip/neg``: share in a dual-clip region (hard or soft).
+    - ``ppo_kl``: mean of -log r over valid tokens (verl's convention).
+    - ``ratio/min|mean|max``: token ratio r over valid tokens.
+    - ``weight/pos``, ``weight/neg``: mean gradient weight w per advantage sign.
+    - ``pos_weight_by_prob/<lo>-<hi>``: mean w of positive tokens whose behaviour probability
+      exp(old_log_prob) lies in [lo, hi) (the last bucket includes 1.0). Under grpo it rises with the
+      probability (w = r); under aspo it does not.
+    - ``entropy_high_frac``: share of valid tokens given the high-entropy range (only when split).
+    A mean over no tokens is omitted rather than faked.
+    """
+    mask, adv, ratio, weight = tokens.mask, tokens.advantages, tokens.ratio, terms.weight
+    positive = adv > 0  # adv is 0 at padding, so the signs already imply validity
+    negative = adv < 0
+    zero = torch.zeros((), device=mask.device)
+    n_bins = len(PROB_BUCKET_NAMES) + 1  # the last bin collects every non-positive token
+    edges = torch.tensor(PROB_BUCKET_EDGES[1:-1], device=mask.device)
+    bucket = torch.where(positive, torch.bucketize(behaviour.exp(), edges, right=True), n_bins - 1).flatten()
+    ratio_min, ratio_max = torch.aminmax(ratio) if ratio.numel() else (zero, zero)
+    scalars = [
+        mask.sum(),
+        negative.sum(),
+        torch.where(negative, weight, 0.0).sum(),
+        zero if terms.clipped is None else (terms.clipped & positive).sum(),
+        zero if terms.clipped is None else (terms.clipped & negative).sum(),
+        zero if terms.dual_clipped is None else (terms.dual_clipped & positive).sum(),
+        zero if terms.dual_clipped is None else (terms.dual_clipped & negative).sum(),
+        -tokens.log_ratio.sum(),  # log_ratio is 0 at padding
+        ratio.sum(),  # ratio is 1 at padding
+        ratio_min,
+        ratio_max,
+        zero if high_entropy is None else high_entropy.sum(),
+    ]
+    flat = torch.cat(
+        [
+            torch.stack([s.double() for s in scalars]),
+            torch.bincount(bucket, minlength=n_bins).double(),
+            torch.bincount(bucket, weights=weight.flatten().float(), minlength=n_bins).double(),
+        ]
+    ).tolist()
+    (n_valid, n_neg, weight_neg, clip_pos, clip_neg, dual_pos, dual_neg, neg_log_ratio_sum, ratio_sum,
+     ratio_min, ratio_max, n_high) = flat[: len(scalars)]  # fmt: skip
+    counts = flat[len(scalars) : len(scalars) + n_bins - 1]
+    sums = flat[len(scalars) + n_bins : -1]
+    n_pos, weight_pos = sum(counts), sum(sums)
+    n_padding = mask.numel() - n_valid
+    if n_padding and n_valid and (ratio_min == 1.0 or ratio_max == 1.0):
+        # padding's neutral 1 may have won the min or max: recompute over the valid tokens only
+        valid_ratio = ratio[mask]
+        ratio_min, ratio_max = valid_ratio.min().item(), valid_ratio.max().item()
+
+    metrics = {
+        "clipfrac/pos": clip_pos / max(n_pos, 1.0),
+        "clipfrac/neg": clip_neg / max(n_neg, 1.0),
+        "dualclip/pos": dual_pos / max(n_pos, 1.0),
+        "dualclip/neg": dual_neg / max(n_neg, 1.0),
+        "ppo_kl": neg_log_ratio_sum / max(n_valid, 1.0),
+    }
+    if n_valid:
+        metrics["ratio/min"] = ratio_min
+        metrics["ratio/mean"] = (ratio_sum - n_padding) / n_valid
+        metrics["ratio/max"] = ratio_max
+    if n_pos:
+        metrics["weight/pos"] = weight_pos / n_pos
+    if n_neg:
+        metrics["weight/neg"] = weight_neg / n_neg
+    for bucket_name, count, total in zip(PROB_BUCKET_NAMES, counts, sums, strict=True):
+        if count:
+            metrics[f"pos_weight_by_prob/{bucket_name}"] = total / count
+    if high_entropy is not None:
+        metrics["entropy_high_frac"] = n_high / max(n_valid, 1.0)
+    return metrics
