@@ -1,0 +1,298 @@
+"""`aspo compare`: every algorithm preset x every seed on one config, in parallel, resumable, then a report.
+
+Each (algorithm, seed) is its own `python -m aspo train ... output_dir=DIR/runs/<algo>-s<seed> resume=true`
+subprocess, logged to ``train.log`` in its run directory. A bounded pool runs ``--workers`` of them at once,
+each limited to ``cores // workers`` torch threads. Rerunning the same command skips finished runs and
+resumes unfinished ones from their newest checkpoint; a failing run is reported, not fatal to the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aspo.errors import UserError
+
+MANIFEST = "compare.json"  # the settings of the comparison, so `--report-only --output DIR` needs nothing else
+RUN_LOG = "train.log"
+HARNESS_KEYS = ("train.seed", "output_dir", "resume")  # set per run by the harness, never by the user
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # bad input is a UserError (one paragraph, exit 2), as everywhere
+        raise UserError(f"{message} (`aspo compare --help` shows the usage)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from aspo.presets import describe_presets
+
+    parser = _Parser(
+        prog="aspo compare", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run several algorithm presets over several seeds on the same config (the tiny lab by "
+                    "default) and write summary.json, report.md and figures into --output. Rerun the same "
+                    "command to resume: finished runs are skipped, unfinished ones continue from their "
+                    "checkpoints.",
+        epilog="presets (`--algos`):\n" + describe_presets() + "\n\nexample:\n  aspo compare --algos grpo,dapo,"
+               "aspo --seeds 3 --output runs/cmp train.steps=40\n\n`aspo train --help` lists every config key.")
+    parser.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
+                        help="an optional config file, then dotted overrides shared by every run")
+    parser.add_argument("--algos", default="grpo,dapo,aspo", help="comma-separated presets (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every preset (default: 3)")
+    parser.add_argument("--output", help="comparison directory (rerun with the same one to resume)")
+    parser.add_argument("--workers", type=int, default=0, help="runs at once (default: number of cores)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rebuild summary/report/figures from the runs in --output")
+    return parser
+
+
+@dataclass
+class PlannedRun:
+    algo: str
+    seed: int
+    run_dir: Path
+    overrides: list[str]
+    cfg: Any = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.algo}-s{self.seed}"
+
+
+def split_items(items: list[str]) -> tuple[str | None, list[str]]:
+    """(config file, overrides) from the positional arguments, the same rule as `aspo train`."""
+    from aspo.commands.train import parse_args
+
+    return parse_args(items)
+
+
+def plan_runs(config_path: str | None, overrides: list[str], algos: list[str], seeds: list[int],
+              output: Path) -> tuple[list[PlannedRun], Any, int]:
+    """Resolve and validate every run's config before anything starts; returns (runs, base config, cap)."""
+    from aspo.config import load_config
+    from aspo.objectives.base import resolve_params
+    from aspo.presets import PRESETS, preset_keys, preset_overrides, response_cap
+    from aspo.update import objective_params
+
+    unknown = [a for a in algos if a not in PRESETS]
+    if unknown or not algos:
+        raise UserError(f"unknown algorithm preset(s) {unknown or algos}; valid presets: {', '.join(PRESETS)}")
+    reserved = preset_keys(algos) | set(HARNESS_KEYS)
+    clash = sorted({o.partition("=")[0].strip() for o in overrides} & reserved)
+    if clash:
+        raise UserError(f"override(s) {clash} would change what the presets or the harness set per run; shared "
+                        "overrides must apply to every algorithm alike (seeds come from --seeds, run dirs from "
+                        "--output)")
+    base = load_config(config_path, overrides).validate()
+    cap = response_cap(base)
+    runs = []
+    for algo in algos:
+        for seed in seeds:
+            run_dir = (output / "runs" / f"{algo}-s{seed}").resolve()
+            items = [*overrides, *preset_overrides(algo, cap), f"train.seed={seed}",
+                     f"output_dir={json.dumps(str(run_dir))}", "resume=true"]
+            cfg = load_config(config_path, items).validate()
+            resolve_params(cfg.algorithm.loss, objective_params(cfg.algorithm))
+            runs.append(PlannedRun(algo, seed, run_dir, items, cfg))
+    return runs, base, cap
+
+
+def check_existing(run: PlannedRun) -> None:
+    """A run dir from a different config must not be resumed silently: name the keys that differ."""
+    from aspo.config import all_keys, load_config
+
+    saved_path = run.run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = load_config(str(saved_path))
+    diffs = [f"{key}={value!r} (now {v2!r})" for (key, _, value), (_, _, v2) in zip(all_keys(saved),
+                                                                                    all_keys(run.cfg), strict=True)
+             if value != v2 and key not in ("output_dir", "resume")]
+    if diffs:
+        raise UserError(f"{run.run_dir} was run with a different config: {', '.join(diffs)}; use another "
+                        "--output, or delete that run directory to redo it")
+
+
+def is_finished(run: PlannedRun) -> bool:
+    """The final checkpoint exists and the final held-out eval was logged."""
+    from aspo.checkpoint import list_checkpoints
+    from aspo.report.compare import is_complete
+    from aspo.report.metrics import read_metrics
+
+    ckpts = list_checkpoints(run.run_dir)
+    steps = run.cfg.train.steps
+    return bool(ckpts) and ckpts[-1][0] >= steps and is_complete(read_metrics(run.run_dir), steps)
+
+
+@dataclass
+class Job:
+    """One subprocess: ``argv`` with stdout+stderr appended to ``log``."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str]
+
+
+@dataclass
+class JobResult:
+    name: str
+    returncode: int
+    wall_s: float
+    log: Path
+
+
+def run_jobs(jobs: list[Job], workers: int, report: Any = print) -> list[JobResult]:
+    """Run ``jobs`` with at most ``workers`` at once; on Ctrl-C the running children are terminated."""
+    live: dict[str, subprocess.Popen] = {}
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def one(job: Job) -> JobResult:
+        if stop.is_set():
+            return JobResult(job.name, -1, 0.0, job.log)
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with open(job.log, "a") as log:
+            log.write(f"\n=== aspo compare {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(job.argv)}\n")
+            log.flush()
+            proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, env=job.env,
+                                    stdin=subprocess.DEVNULL)
+            with lock:
+                live[job.name] = proc
+            code = proc.wait()
+            with lock:
+                live.pop(job.name, None)
+        return JobResult(job.name, code, time.perf_counter() - start, job.log)
+
+    results = []
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        futures = [pool.submit(one, job) for job in jobs]
+        for future in as_completed(futures):
+            result = future.result()
+            results.append(result)
+            report(result)
+    except KeyboardInterrupt:
+        stop.set()
+        with lock:
+            for proc in live.values():
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+def run_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1",
+                "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def _update_run_state(run_dir: Path, result: JobResult) -> None:
+    from aspo.report.compare import RUN_STATE_FILE
+
+    path = run_dir / RUN_STATE_FILE
+    state = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "attempts": 0}
+    state.update({"wall_s": state["wall_s"] + result.wall_s, "attempts": state["attempts"] + 1,
+                  "returncode": result.returncode, "log": RUN_LOG})
+    path.write_text(json.dumps(state, indent=1) + "\n")
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count()}
+
+
+def execute(args: argparse.Namespace, argv: list[str]) -> int:
+    from aspo.config import to_dict
+    from aspo.presets import preset_overrides
+
+    config_path, overrides = split_items(args.items)
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    if args.seeds < 1:
+        raise UserError(f"--seeds={args.seeds} must be >= 1")
+    output = Path(args.output)
+    runs, base, cap = plan_runs(config_path, overrides, algos, list(range(args.seeds)), output)
+    for run in runs:
+        check_existing(run)
+    cores = os.cpu_count() or 1
+    workers = min(args.workers or cores, len(runs))
+    threads = max(1, cores // workers)
+    output.mkdir(parents=True, exist_ok=True)
+    manifest_path = output / MANIFEST
+    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    todo = [r for r in runs if not is_finished(r)]
+    print(f"aspo compare: {len(runs)} runs ({', '.join(algos)} x {args.seeds} seeds); {len(runs) - len(todo)} "
+          f"already finished, {len(todo)} to run, {workers} at a time x {threads} thread(s)", flush=True)
+    start = time.perf_counter()
+    if todo and base.model == "tiny":
+        from aspo.lab import warm_start
+
+        print("aspo compare: preparing the lab warm start (cached after the first time)", flush=True)
+        warm_start(base.task, progress=False)  # once here, not racing in every run
+    by_name = {r.name: r for r in runs}
+    failed = []
+
+    def report(result: JobResult) -> None:
+        _update_run_state(by_name[result.name].run_dir, result)
+        if result.returncode == 0:
+            print(f"aspo compare: {result.name} finished in {result.wall_s:.0f} s", flush=True)
+        else:
+            failed.append(result)
+            print(f"aspo compare: {result.name} FAILED (exit {result.returncode}); log: {result.log}", flush=True)
+
+    env = run_env(threads)
+    jobs = [Job(r.name, [sys.executable, "-m", "aspo", "train", *([config_path] if config_path else []),
+                         *r.overrides], r.run_dir / RUN_LOG, env) for r in todo]
+    run_jobs(jobs, workers, report)
+    wall = previous.get("wall_s", 0.0) + (time.perf_counter() - start if todo else 0.0)
+    setup = {"name": output.resolve().name, "command": shlex.join(["aspo", "compare", *argv]), "algos": algos,
+             "seeds": list(range(args.seeds)), "config_file": config_path, "overrides": overrides,
+             "presets": {a: preset_overrides(a, cap) for a in algos}, "max_new_tokens": cap,
+             "config": to_dict(base), "machine": machine_info(), "workers": workers, "threads_per_run": threads,
+             "wall_s": wall}
+    manifest_path.write_text(json.dumps(setup, indent=1) + "\n")
+    write_report(output, setup, runs)
+    return 1 if failed else 0
+
+
+def write_report(output: Path, setup: dict[str, Any], runs: list[PlannedRun] | None = None) -> None:
+    from aspo.report.compare import write_compare_report
+
+    planned = [(r.algo, r.seed, r.run_dir) for r in runs] if runs is not None else \
+        [(a, s, output / "runs" / f"{a}-s{s}") for a in setup["algos"] for s in setup["seeds"]]
+    summary = write_compare_report(output, setup, planned)
+    print(f"aspo compare: wrote {output / 'summary.json'}, {output / 'report.md'} and figures", flush=True)
+    for algo, metrics in summary["aggregate"].items():
+        p1 = metrics["pass@1"]
+        if p1["mean"] is not None:
+            ci = f" ± {p1['ci95']:.3f}" if p1["ci95"] is not None else ""
+            print(f"  {algo:<22} final held-out pass@1 {p1['mean']:.3f}{ci} ({p1['n']} seeds)")
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    if not args.output:
+        raise UserError("--output DIR is required (rerunning with the same DIR resumes the comparison)")
+    if args.report_only:
+        manifest = Path(args.output) / MANIFEST
+        if not manifest.is_file():
+            raise UserError(f"--report-only: {manifest} does not exist (run the comparison first)")
+        write_report(Path(args.output), json.loads(manifest.read_text()))
+        return 0
+    return execute(args, argv)
