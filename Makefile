@@ -20,3 +20,27 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# `make test-verl`: the verl plug-in against the real `verl` package, in its own venv (.venv-verl),
+# because verl 0.9.1 pins transformers<5.11 while the main .venv has 5.2x. CPU torch first (as above),
+# then verl itself with --no-deps: its declared deps pull ray[default], wandb, peft, torchdata and more
+# for the full Ray trainer, none of which the policy-loss registry (verl.trainer.ppo.core_algos) imports.
+# requirements/verl.txt lists the few packages that import does need. aspo goes in editable, --no-deps
+# (aspo.objectives and aspo.integrations.verl import only torch).
+VERL_VENV ?= .venv-verl
+VERL_PY := $(VERL_VENV)/bin/python
+VERL_STAMP := $(VERL_VENV)/.installed
+
+.PHONY: test-verl
+
+$(VERL_STAMP): requirements/verl.txt pyproject.toml
+	test -x $(VERL_PY) || $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_PY) -m pip install -q --upgrade pip
+	$(VERL_PY) -m pip install -q torch==2.13.0
+	$(VERL_PY) -m pip install -q --no-deps verl==0.9.1
+	$(VERL_PY) -m pip install -q -r requirements/verl.txt
+	$(VERL_PY) -m pip install -q --no-deps -e .
+	touch $(VERL_STAMP)
+
+test-verl: $(VERL_STAMP)
+	$(VERL_PY) -m pytest -q tests/verl
