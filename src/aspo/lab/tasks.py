@@ -1,0 +1,233 @@
+"""Synthetic verifiable tasks for the tiny lab: seeded generators, strict verifiers, demonstrations.
+
+Each problem belongs to exactly one split, decided by a stable hash of its identity (``Task.key``), so
+held-out problems can never appear in training whatever seeds or sizes are asked for. A prompt ends where
+the response starts; a demonstration is the response text without any end-of-sequence marker.
+
+- ``arithmetic``: ``347+285=`` -> ``7+5+0=12,4+8+1=13,3+2+1=06|236``. One scratchpad column per digit,
+  least-significant first (``a+b+carry=two-digit sum``), then ``|`` and the sum written least-significant
+  digit first (632 -> ``236``), the order in which a left-to-right model can compute it.
+- ``countdown``: ``3,5,7,2>44:`` -> ``(3*5+7)*2``. Any expression over ``+ - * /`` and parentheses that uses
+  each given number exactly once (as a multiset) and equals the target scores 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from aspo.errors import UserError
+from aspo.lab.expr import ExprError, evaluate
+
+SPLITS = ("train", "test")
+
+
+def _split_of(key: str, test_fraction: float) -> str:
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return "test" if digest / 2**64 < test_fraction else "train"
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base class: subclasses define ``sample``, ``key``, ``verify`` and ``demonstration``."""
+
+    name: str = "task"
+    max_new_tokens: int = 48
+    test_fraction: float = 0.2
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:  # one random problem from either split
+        raise NotImplementedError
+
+    def key(self, record: dict[str, Any]) -> str:  # the problem's identity (decides its split)
+        raise NotImplementedError
+
+    def verify(self, prompt: str, response: str, answer: Any, **fields: Any) -> float:
+        raise NotImplementedError
+
+    def demonstration(self, record: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def split_of(self, record: dict[str, Any]) -> str:
+        return _split_of(f"{self.name}:{self.key(record)}", self.test_fraction)
+
+    def stream(self, split: str, seed: int) -> Iterator[dict[str, Any]]:
+        """Endless problems from ``split`` (repeats possible), reproducible from ``seed``."""
+        if split not in SPLITS:
+            raise UserError(f"split must be one of {SPLITS}, got {split!r}")
+        rng = random.Random(f"{self.name}/{split}/{seed}")
+        while True:
+            record = self.sample(rng)
+            if self.split_of(record) == split:
+                yield record
+
+    def make_split(self, split: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
+        """``n`` distinct problems of ``split`` ("train" or "test"), reproducible from ``seed``."""
+        out, seen = [], set()
+        for tries, record in enumerate(self.stream(split, seed)):
+            if len(out) == n:
+                break
+            if tries > 50 * n + 1000:
+                raise UserError(f"task {self.name!r} has too few distinct {split} problems for n={n}")
+            key = self.key(record)
+            if key not in seen:
+                seen.add(key)
+                out.append(record)
+        return out
+
+
+# ---------------------------------------------------------------- arithmetic
+
+_ARITH_PROMPT = re.compile(r"(\d+)\+(\d+)=")
+_ARITH_RESPONSE = re.compile(r"(?:\d\+\d\+\d=\d\d,)*\d\+\d\+\d=\d\d\|(\d+)")
+
+
+@dataclass(frozen=True)
+class ArithmeticTask(Task):
+    """Addition of two ``digits``-digit numbers with a column-by-column scratchpad."""
+
+    name: str = "arithmetic"
+    digits: int = 3
+    max_new_tokens: int = 40
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        lo, hi = 10 ** (self.digits - 1), 10**self.digits - 1
+        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        return {"prompt": f"{a}+{b}=", "answer": str(a + b), "a": a, "b": b}
+
+    def key(self, record: dict[str, Any]) -> str:
+        return record["prompt"]
+
+    def demonstration(self, record: dict[str, Any]) -> str:
+        a, b = str(record["a"])[::-1], str(record["b"])[::-1]
+        width = max(len(a), len(b))
+        a, b = a.ljust(width, "0"), b.ljust(width, "0")
+        columns, carry = [], 0
+        for da, db in zip(a, b, strict=True):
+            total = int(da) + int(db) + carry
+            columns.append(f"{da}+{db}+{carry}={total:02d}")
+            carry = total // 10
+        return ",".join(columns) + "|" + str(int(a[::-1]) + int(b[::-1]))[::-1]
+
+    def verify(self, prompt: str, response: str, answer: Any, **fields: Any) -> float:
+        return arithmetic_reward(prompt, response, answer)
+
+
+def arithmetic_reward(prompt: str, response: str, answer: Any, **fields: Any) -> float:
+    """1.0 iff ``response`` is scratchpad columns, ``|``, then exactly ``answer`` least-significant first."""
+    if not isinstance(response, str) or answer is None:
+        return 0.0
+    match = _ARITH_RESPONSE.fullmatch(response)
+    if match is None:
+        return 0.0
+    return float(match.group(1)[::-1] == str(answer).strip())
+
+
+# ---------------------------------------------------------------- countdown
+
+_CD_PROMPT = re.compile(r"(\d+(?:,\d+)*)>(\d+):")
+
+
+@dataclass(frozen=True)
+class CountdownTask(Task):
+    """Reach ``target`` from ``count`` numbers in 1..``max_number``; each number used exactly once."""
+
+    name: str = "countdown"
+    count: int = 4
+    max_number: int = 9
+    max_target: int = 99
+    max_new_tokens: int = 24
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        while True:
+            numbers = [rng.randint(1, self.max_number) for _ in range(self.count)]
+            solution, value = _random_expression(numbers, rng)
+            if value.denominator == 1 and 0 < value <= self.max_target:
+                target = int(value)
+                prompt = ",".join(map(str, numbers)) + f">{target}:"
+                return {"prompt": prompt, "answer": str(target), "numbers": numbers, "target": target,
+                        "solution": solution}
+
+    def key(self, record: dict[str, Any]) -> str:
+        # order of the given numbers does not make a new problem
+        return ",".join(map(str, sorted(record["numbers"]))) + f">{record['target']}"
+
+    def demonstration(self, record: dict[str, Any]) -> str:
+        return record.get("solution") or solve_countdown(record["numbers"], record["target"])
+
+    def verify(self, prompt: str, response: str, answer: Any, **fields: Any) -> float:
+        return countdown_reward(prompt, response, answer, **fields)
+
+
+def _random_expression(numbers: list[int], rng: random.Random) -> tuple[str, Fraction]:
+    """A random expression using every number once: shuffle, then fold left with random operators."""
+    order = numbers[:]
+    rng.shuffle(order)
+    text, value, prec = str(order[0]), Fraction(order[0]), 3  # prec: 1 for +/-, 2 for * /, 3 atom
+    for n in order[1:]:
+        op = rng.choice("+-*/")
+        if op == "/" and (n == 0 or (value / n).denominator != 1):
+            op = rng.choice("+-*")
+        if op in "*/" and prec == 1:
+            text = f"({text})"
+        text, value, prec = f"{text}{op}{n}", _apply(op, value, Fraction(n)), 1 if op in "+-" else 2
+    return text, value
+
+
+def _apply(op: str, x: Fraction, y: Fraction) -> Fraction:
+    return x + y if op == "+" else x - y if op == "-" else x * y if op == "*" else x / y
+
+
+def solve_countdown(numbers: list[int], target: int) -> str:
+    """Some expression reaching ``target`` using every number exactly once (left folds only); '' if none."""
+    for order in itertools.permutations(numbers):
+        for ops in itertools.product("+-*/", repeat=len(numbers) - 1):
+            text, value, prec, ok = str(order[0]), Fraction(order[0]), 3, True
+            for op, n in zip(ops, order[1:], strict=True):
+                if op == "/" and n == 0:
+                    ok = False
+                    break
+                if op in "*/" and prec == 1:
+                    text = f"({text})"
+                text, value, prec = f"{text}{op}{n}", _apply(op, value, Fraction(n)), 1 if op in "+-" else 2
+            if ok and value == target:
+                return text
+    return ""
+
+
+def countdown_reward(prompt: str, response: str, answer: Any, numbers: Any = None, **fields: Any) -> float:
+    """1.0 iff ``response`` is an expression equal to the target using each given number exactly once.
+
+    The numbers come from the ``numbers`` field when present, else from the prompt (``3,5,7>22:``).
+    """
+    if not isinstance(response, str) or answer is None:
+        return 0.0
+    if numbers is None:
+        match = _CD_PROMPT.search(prompt or "")
+        if match is None:
+            return 0.0
+        numbers = [int(x) for x in match.group(1).split(",")]
+    try:
+        target = int(str(answer).strip())
+        value, used = evaluate(response)
+    except (ExprError, ValueError):
+        return 0.0
+    return float(sorted(used) == sorted(int(n) for n in numbers) and value == target)
+
+
+TASKS: dict[str, type[Task]] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
+
+
+def get_task(name: str, **params: Any) -> Task:
+    """The lab task called ``name`` (``arithmetic`` or ``countdown``), with optional size ``params``."""
+    if name not in TASKS:
+        raise UserError(f"unknown lab task {name!r}; valid: {', '.join(sorted(TASKS))}")
+    try:
+        return TASKS[name](**params)
+    except TypeError as err:
+        raise UserError(f"bad parameters for lab task {name!r}: {err}") from err
