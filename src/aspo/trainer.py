@@ -33,6 +33,7 @@ from aspo.objectives.base import resolve_params as check_objective
 from aspo.report.metrics import MetricsLogger
 from aspo.rewards import get_reward, score_records
 from aspo.rollout import Rollout, make_engine
+from aspo.rollout.base import NonFiniteError
 from aspo.run_setup import load_data, load_policy, resolve_run_dir, seed_for
 from aspo.update import (
     UpdateBatch,
@@ -283,6 +284,8 @@ class Trainer:
                                            part.response_mask, temperature=cfg.rollout.temperature)
         device = logprobs.device
         mask = part.response_mask.to(device)
+        if not bool(torch.isfinite(logprobs[mask]).all()):  # diverged weights: skip, the caller counts it
+            return torch.tensor(float("nan")), {}, None
         loss, metrics = policy_loss(alg.loss, logprobs, part.behaviour_logprobs.to(device),
                                     part.advantages.to(device), mask,
                                     entropy=entropy if alg.entropy_split else None, **self.params)
@@ -292,7 +295,7 @@ class Trainer:
             loss = loss + alg.kl_coef * kl
         scale = normaliser_scale(part.response_mask, alg.loss_agg_mode, global_tokens, global_seqs, self.world)
         self.accelerator.backward(loss * scale)
-        mean_entropy = float(entropy[mask].mean()) if mask.any() else None
+        mean_entropy = float(entropy.detach()[mask].mean()) if mask.any() else None
         return loss.detach(), metrics, mean_entropy
 
     def dummy_batch(self, batch: UpdateBatch) -> UpdateBatch:
@@ -371,9 +374,13 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         step = self.step + 1
-        rollout, advantages, metrics = self.collect(step)
-        t1 = time.perf_counter()
-        metrics.update(self.update(step, rollout, advantages))
+        try:
+            rollout, advantages, metrics = self.collect(step)
+            t1 = time.perf_counter()
+            metrics.update(self.update(step, rollout, advantages))
+        except NonFiniteError:
+            t1 = time.perf_counter()
+            metrics = {"actor/nonfinite_steps": 1.0, "actor/optimizer_steps": 0.0}
         metrics["time/update"] = time.perf_counter() - t1
         metrics["time/step"] = time.perf_counter() - t0
         metrics = self.reduce_metrics(metrics)

@@ -8,6 +8,10 @@ from typing import Any, Protocol
 import torch
 
 
+class NonFiniteError(FloatingPointError):
+    """The policy's numbers went NaN/inf (diverged weights); the trainer counts the step as non-finite."""
+
+
 @dataclass
 class Rollout:
     """G responses for each of B prompts, flattened group by group (row i belongs to prompt i // G).

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from aspo.rollout.base import Rollout
+from aspo.rollout.base import NonFiniteError, Rollout
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
@@ -25,6 +25,8 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
     """
     logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
     probs = logprobs.exp()
+    if not bool(torch.isfinite(probs).all()):
+        raise NonFiniteError("the policy produced non-finite logits while sampling")
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_policy():
+    """A random-init lab-sized Qwen2 (smaller than the default) and the lab's char tokenizer."""
+    from aspo.lab import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128)
+    model.eval()
+    return model, tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    torch.set_num_threads(1)  # tests run beside other work on 2 cores; keep them predictable
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_run_inputs(tmp_path_factory):
+    """A local checkpoint (random tiny Qwen2 + lab tokenizer, saved with save_pretrained) and JSONL data
+    from the lab's arithmetic task: the `model=DIR data.train=FILE reward=NAME` path of `aspo train`."""
+    import json
+
+    from aspo.lab import build_model, build_tokenizer, get_task
+
+    root = tmp_path_factory.mktemp("tiny_inputs")
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, seed=0, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    task = get_task("arithmetic")
+    for split, n in (("train", 64), ("test", 8)):
+        with open(root / f"{split}.jsonl", "w") as fh:
+            for record in task.make_split(split, n, seed=0):
+                fh.write(json.dumps(record) + "\n")
+    return root
+
+
+def tiny_overrides(root, out_dir, *extra):
+    """A few-second training config on ``tiny_run_inputs``."""
+    return [f"model={root / 'model'}", f"data.train={root / 'train.jsonl'}", f"data.test={root / 'test.jsonl'}",
+            f"reward={DATA / 'rewards.py'}:digit_share", "rollout.n=4", "rollout.max_new_tokens=12", "train.prompts_per_step=4",
+            "train.mini_batches=2", "train.epochs=2", "train.steps=3", "train.eval_every=2", "train.save_every=2",
+            "data.num_test=4", "eval.n=2", "train.lr=1e-3", "train.device=cpu", f"output_dir={out_dir}", *extra]

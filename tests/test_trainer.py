@@ -1,0 +1,134 @@
+"""End-to-end `aspo train` on a tiny local checkpoint: run directory, resume after SIGKILL, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import DATA, tiny_overrides
+
+from aspo.config import load_config
+from aspo.report.metrics import read_metrics
+from aspo.trainer import Trainer
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def run_cli(*args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "aspo", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def comparable(rows):
+    """Every metric except wall-time / speed ones, which differ between runs."""
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_run_inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    summary = Trainer(load_config(None, tiny_overrides(tiny_run_inputs, out)), progress=False).run()
+    return out, summary
+
+
+def test_run_directory_is_complete(finished_run):
+    out, summary = finished_run
+    assert summary["steps"] == 3
+    assert (out / "config.yaml").is_file()
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    evals = [r for r in rows if "eval/pass@1" in r]
+    assert [r["step"] for r in evals] == [0, 2, 3]  # before training, every 2 steps, at the end
+    assert all(0 <= r["eval/pass@1"] <= r["eval/pass@k"] <= 1 for r in evals)
+    train_rows = rows[1:]
+    for key in ("reward/mean", "actor/entropy", "actor/clipfrac/pos", "actor/dualclip/neg", "actor/ppo_kl",
+                "groups/valid", "groups/solve_all", "groups/solve_none", "response/length_mean",
+                "time/step", "perf/tokens_per_s", "actor/grad_norm"):
+        assert all(key in r for r in train_rows), key
+    # 2 mini-batches x 2 epochs = 4 optimizer steps per rollout
+    assert all(r["actor/optimizer_steps"] == 4 for r in train_rows)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    for name in ("reward", "eval_pass", "entropy", "clip_fraction", "dual_clip_fraction", "response_length"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+    samples = [json.loads(line) for line in open(out / "samples.jsonl")]
+    assert {s["step"] for s in samples} == {0, 2, 3} and all("response" in s and "reward" in s for s in samples)
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step-2", "step-3"]
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "optimizer.pt", "scheduler.pt", "rng.pt",
+              "trainer_state.json"):
+        assert (out / "checkpoints" / "step-3" / f).is_file(), f
+
+
+def test_checkpoint_is_a_loadable_model(finished_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = finished_run[0] / "checkpoints" / "step-3"
+    AutoModelForCausalLM.from_pretrained(path)
+    AutoTokenizer.from_pretrained(path)
+
+
+def test_existing_run_is_never_overwritten(finished_run, tiny_run_inputs):
+    out = finished_run[0]
+    result = run_cli("train", *tiny_overrides(tiny_run_inputs, out))
+    assert result.returncode == 2 and "already holds a run" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_run_inputs, tmp_path):
+    args = ["train.steps=4", "train.eval_every=1"]
+    whole = tmp_path / "whole"
+    assert run_cli("train", *tiny_overrides(tiny_run_inputs, whole, *args)).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "aspo", "train", *tiny_overrides(tiny_run_inputs, killed, *args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step-2").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its step-2 checkpoint"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoints" / "step-4").exists()
+    resumed = run_cli("train", *tiny_overrides(tiny_run_inputs, killed, *args, "resume=true"))
+    assert resumed.returncode == 0, resumed.stderr
+    want, got = comparable(read_metrics(whole)), comparable(read_metrics(killed))
+    assert [r["step"] for r in got] == [0, 1, 2, 3, 4]
+    assert got == want
+
+
+def test_a_raising_reward_scores_zero_and_training_goes_on(tiny_run_inputs, tmp_path):
+    out = tmp_path / "flaky"
+    cfg = load_config(None, tiny_overrides(tiny_run_inputs, out, f"reward={DATA / 'rewards.py'}:flaky",
+                                           "train.steps=2"))
+    Trainer(cfg, progress=False).run()
+    rows = [r for r in read_metrics(out) if "reward/errors" in r]
+    assert len(rows) == 2 and sum(r["reward/errors"] for r in rows) > 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["model=/no/such/model"], "/no/such/model"),
+    (["rollout.nn=4"], "did you mean 'rollout.n'"),
+    (["algorithm.loss=apso"], "valid names"),
+    (["rollout.n=0"], "rollout.n=0 must be >= 1"),
+    (["reward=nosuch"], "unknown reward 'nosuch'"),
+])
+def test_bad_input_is_one_clear_message(args, needle, tiny_run_inputs, tmp_path):
+    base = tiny_overrides(tiny_run_inputs, tmp_path / "bad")
+    result = run_cli("train", *base, *args)
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_malformed_data_line_names_file_and_line(tiny_run_inputs, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": \n')
+    result = run_cli("train", *tiny_overrides(tiny_run_inputs, tmp_path / "o", f"data.train={bad}"))
+    assert result.returncode == 2 and f"{bad}:2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_repeated_non_finite_loss_stops_with_a_message(tiny_run_inputs, tmp_path):
+    result = run_cli("train", *tiny_overrides(tiny_run_inputs, tmp_path / "nan", "train.lr=1e30",
+                                              "train.grad_clip=0", "train.steps=8", "train.eval_every=0"))
+    assert result.returncode == 2, result.stderr
+    assert "non-finite" in result.stderr and "Traceback" not in result.stderr
