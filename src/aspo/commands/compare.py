@@ -9,14 +9,17 @@ resumes unfinished ones from their newest checkpoint; a failing run is reported,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +197,23 @@ def run_jobs(jobs: list[Job], workers: int, report: Any = print) -> list[JobResu
     return results
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C (children terminated) while runs are going; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1",
@@ -259,7 +279,8 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
     env = run_env(threads)
     jobs = [Job(r.name, [sys.executable, "-m", "aspo", "train", *([config_path] if config_path else []),
                          *r.overrides], r.run_dir / RUN_LOG, env) for r in todo]
-    run_jobs(jobs, workers, report)
+    with _sigterm_as_interrupt():  # a killed harness must not leave its runs training unattended
+        run_jobs(jobs, workers, report)
     wall = previous.get("wall_s", 0.0) + (time.perf_counter() - start if todo else 0.0)
     setup = {"name": output.resolve().name, "command": shlex.join(["aspo", "compare", *argv]), "algos": algos,
              "seeds": list(range(args.seeds)), "config_file": config_path, "overrides": overrides,

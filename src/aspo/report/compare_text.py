@@ -64,15 +64,23 @@ def _versus(agg: dict[str, dict[str, Any]], a: str, b: str, metric: str) -> str:
     return (f"{a} − {b}: {metric} {diff:+.{d}f} ({fmt_stat(sa, d)} vs {fmt_stat(sb, d)}; {overlap})")
 
 
+def comparison_pairs(algos: list[str]) -> list[tuple[str, str]]:
+    """ASPO against each baseline; each ASPO ablation against ASPO (or the baselines when aspo is absent)."""
+    variants = [a for a in algos if a.startswith("aspo")]
+    baselines = [a for a in algos if not a.startswith("aspo")]
+    if "aspo" not in variants:
+        return [(a, b) for a in variants for b in baselines]
+    return [("aspo", b) for b in baselines] + [(a, "aspo") for a in variants if a != "aspo"]
+
+
 def claims_lines(agg: dict[str, dict[str, Any]], algos: list[str], n_seeds: dict[str, int]) -> list[str]:
     lines = []
-    focus = [a for a in algos if a.startswith("aspo")]
-    baselines = [a for a in algos if not a.startswith("aspo")]
+    pairs = comparison_pairs(algos)
     for title, metrics, key, direction in CLAIMS:
         lines += ["", f"### {title}", ""]
         lines += _metric_table(agg, algos, metrics, n_seeds)
         lines += ["", f"The claim predicts {direction} `{key}` for ASPO than for the baselines."]
-        lines += [f"- {_versus(agg, a, b, key)}" for a in focus for b in baselines]
+        lines += [f"- {_versus(agg, a, b, key)}" for a, b in pairs]
     if "dapo" in algos and "dapo_no_is" in algos:
         lines += ["", "### (5) DAPO without IS ratios is not worse than DAPO", ""]
         lines += _metric_table(agg, ["dapo", "dapo_no_is"], ["pass@1", "pass@k", "entropy"], n_seeds)

@@ -1,0 +1,197 @@
+"""`aspo compare`: statistics, presets, the subprocess pool, and a tiny end-to-end comparison that resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import sys
+
+import numpy as np
+import pytest
+from conftest import DATA
+
+from aspo.cli import main
+from aspo.commands.compare import Job, run_jobs
+from aspo.config import load_config
+from aspo.errors import UserError
+from aspo.presets import PRESETS, overlong_buffer, preset_keys, preset_overrides
+from aspo.report.stats import band, mean_ci95, t_quantile_975, trailing_mean
+
+# -- statistics ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("df,expected", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045),
+                                         (60, 2.000), (1000, 1.962), (10**9, 1.960)])
+def test_t_quantiles_match_the_tables(df, expected):
+    assert t_quantile_975(df) == pytest.approx(expected, abs=1.5e-3)
+
+
+def test_t_quantile_decreases_with_df():
+    values = [t_quantile_975(df) for df in range(1, 400)]
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_mean_ci95_by_hand():
+    values = [0.2, 0.4, 0.9]
+    sd = statistics.stdev(values)
+    got = mean_ci95(values)
+    assert got["n"] == 3
+    assert got["mean"] == pytest.approx(0.5)
+    assert got["ci95"] == pytest.approx(4.303 * sd / math.sqrt(3))
+
+
+def test_mean_ci95_drops_missing_values_and_has_no_interval_for_one_seed():
+    assert mean_ci95([None, float("nan"), 0.7]) == {"mean": 0.7, "ci95": None, "n": 1}
+    assert mean_ci95([]) == {"mean": None, "ci95": None, "n": 0}
+
+
+def test_band_is_the_pointwise_interval():
+    stack = np.array([[0.0, 1.0], [2.0, 1.0]])
+    mean, half = band(stack)
+    assert mean.tolist() == [1.0, 1.0]
+    assert half.tolist() == pytest.approx([12.706 * math.sqrt(2) / math.sqrt(2), 0.0])
+
+
+def test_trailing_mean_never_looks_ahead():
+    assert trailing_mean([1, 2, 3, 10], 2).tolist() == [1, 1.5, 2.5, 6.5]
+    assert trailing_mean([1, 2], 1).tolist() == [1, 2]
+
+
+# -- presets ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_is_a_valid_config(name):
+    cfg = load_config(None, preset_overrides(name, max_new_tokens=40)).validate()
+    assert cfg.train == load_config().train  # presets never touch the shared training budget
+    assert cfg.rollout == load_config().rollout
+
+
+def test_presets_set_what_their_papers_change():
+    get = {name: load_config(None, preset_overrides(name, 40)).algorithm for name in PRESETS}
+    assert get["grpo"].loss == "grpo" and not get["grpo"].entropy_split and not get["grpo"].dynamic_sampling
+    assert get["dapo"].dynamic_sampling and get["dapo"].overlong_buffer == overlong_buffer(40) == 8
+    assert get["dapo_no_is"].loss == "no_is" and get["dapo_no_is"].clip_ratio_high == 0.28
+    assert get["aspo"].loss == "aspo" and get["aspo"].entropy_split
+    assert get["aspo_flip_only"].loss == "aspo_flip_only"
+    assert get["aspo_no_entropy_split"].loss == "aspo" and not get["aspo_no_entropy_split"].entropy_split
+    assert get["aspo"].overlong_buffer == 0 and not get["aspo"].dynamic_sampling
+
+
+def test_preset_errors_name_the_preset():
+    with pytest.raises(UserError, match="unknown algorithm preset 'ppo2'"):
+        preset_overrides("ppo2")
+    assert "algorithm.loss" in preset_keys(["grpo"])
+
+
+# -- the pool --------------------------------------------------------------------------------------
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(tmp_path):
+    jobs = [Job("bad", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "bad.log", {}),
+            Job("good", [sys.executable, "-c", "print('fine')"], tmp_path / "good.log", {})]
+    seen = []
+    results = {r.name: r for r in run_jobs(jobs, workers=2, report=seen.append)}
+    assert results["bad"].returncode == 3 and results["good"].returncode == 0
+    assert "boom" in (tmp_path / "bad.log").read_text()
+    assert "fine" in (tmp_path / "good.log").read_text()
+    assert len(seen) == 2
+
+
+# -- command-line errors ---------------------------------------------------------------------------
+
+
+def test_bad_command_lines_are_user_errors(tmp_path, capsys):
+    out = str(tmp_path / "cmp")
+    assert main(["compare", "--algos", "grpo,ppo2", "--output", out]) == 2
+    assert "ppo2" in capsys.readouterr().err
+    assert main(["compare", "--algos", "grpo,aspo", "--output", out, "algorithm.loss=grpo"]) == 2
+    assert "algorithm.loss" in capsys.readouterr().err
+    assert main(["compare", "--output", out, "train.seed=3"]) == 2
+    assert "train.seed" in capsys.readouterr().err
+    assert main(["compare", "--algos", "grpo"]) == 2
+    assert "--output" in capsys.readouterr().err
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+def tiny_compare_overrides(root):
+    """A seconds-long config on the session's tiny checkpoint + JSONL data (conftest.tiny_run_inputs)."""
+    return [f"model={root / 'model'}", f"data.train={root / 'train.jsonl'}", f"data.test={root / 'test.jsonl'}",
+            f"reward={DATA / 'rewards.py'}:digit_share", "rollout.max_new_tokens=12", "rollout.n=4",
+            "train.prompts_per_step=4", "train.mini_batches=2", "train.epochs=2", "train.steps=2", "train.lr=1e-3",
+            "train.eval_every=1", "train.save_every=1", "data.num_test=4", "eval.n=2", "train.device=cpu"]
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_and_resume(tmp_path, capsys, tiny_run_inputs):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--algos", "grpo,aspo", "--seeds", "2", "--output", str(out), "--workers", "2",
+            *tiny_compare_overrides(tiny_run_inputs)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["algo"], r["seed"]) for r in summary["runs"]] == [("grpo", 0), ("grpo", 1), ("aspo", 0), ("aspo", 1)]
+    for run in summary["runs"]:
+        run_dir = out / run["run_dir"]
+        rows = _rows(run_dir)
+        evals = [r for r in rows if "eval/pass@1" in r]
+        assert run["status"] == "finished" and run["steps"] == 2 and [r["step"] for r in evals] == [0, 1, 2]
+        assert run["final"]["pass@1"] == evals[-1]["eval/pass@1"]
+        assert run["final"]["pass@k"] == evals[-1]["eval/pass@k"]
+        assert run["final"]["repetition"] == evals[-1]["eval/repetition"]
+        assert run["final"]["response_length"] == evals[-1]["eval/response_length"]
+        assert run["final"]["entropy"] == [r["actor/entropy"] for r in rows if r.get("actor/entropy") is not None][-1]
+        assert run["initial"]["pass@1"] == evals[0]["eval/pass@1"]
+        loss = load_config(str(run_dir / "config.yaml")).algorithm.loss
+        assert loss == run["algo"]
+    for algo in ("grpo", "aspo"):
+        for metric in ("pass@1", "pass@k", "entropy", "response_length", "repetition"):
+            finals = [r["final"][metric] for r in summary["runs"] if r["algo"] == algo]
+            agg = summary["aggregate"][algo][metric]
+            assert agg["n"] == 2 and agg["mean"] == pytest.approx(np.mean(finals)), metric
+            assert agg["ci95"] == pytest.approx(12.706 * np.std(finals, ddof=1) / math.sqrt(2), abs=1e-12), metric
+    assert summary["aggregate"]["aspo"]["entropy"]["ci95"] > 0  # seeds differ: the interval is not trivially 0
+    # the same seed evaluates the same starting policy with the same samples, whatever the algorithm
+    initial = {r["seed"]: set() for r in summary["runs"]}
+    for r in summary["runs"]:
+        initial[r["seed"]].add(r["initial"]["pass@1"])
+    assert all(len(v) == 1 for v in initial.values())
+    report = (out / "report.md").read_text()
+    for needle in ("grpo", "aspo", "## Claims", "eval_pass_at_1.png", "token_weight.png", "algorithm.loss=aspo"):
+        assert needle in report
+    for name in ("eval_pass_at_1", "eval_pass_at_k", "entropy", "clip_fraction", "dual_clip_fraction",
+                 "response_length", "repetition", "token_weight"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    # interrupt one run after step 1 (drop its final checkpoint), then rerun the same command
+    before = {r["run_dir"]: (out / r["run_dir"] / "metrics.jsonl").read_bytes() for r in summary["runs"]}
+    victim = out / "runs" / "aspo-s1"
+    step1_row = _rows(victim)[1]
+    shutil.rmtree(victim / "checkpoints" / "step-2")
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "3 already finished, 1 to run" in printed
+    for run_dir, content in before.items():
+        if run_dir != "runs/aspo-s1":
+            assert (out / run_dir / "metrics.jsonl").read_bytes() == content, f"{run_dir} was rerun"
+    rows = _rows(victim)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert rows[1] == step1_row  # resumed from the step-1 checkpoint, not restarted (timings would differ)
+    states = {r["run_dir"]: json.loads((out / r["run_dir"] / "compare_run.json").read_text())["attempts"]
+              for r in summary["runs"]}
+    assert states == {"runs/grpo-s0": 1, "runs/grpo-s1": 1, "runs/aspo-s0": 1, "runs/aspo-s1": 2}
+
+    # a changed shared config must not silently resume the old runs
+    assert main([*argv, "eval.n=3"]) == 2
+    assert "eval.n=2 (now 3)" in capsys.readouterr().err
+    # the report can be rebuilt from the runs alone, with a person's notes
+    (out / "notes.md").write_text("The curves are too short to say anything.\n")
+    assert main(["compare", "--report-only", "--output", str(out)]) == 0
+    assert "too short to say anything" in (out / "report.md").read_text()
