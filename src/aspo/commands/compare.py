@@ -17,6 +17,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -42,10 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="aspo compare", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run several algorithm presets over several seeds on the same config (the tiny lab by "
-                    "default) and write summary.json, report.md and figures into --output. Rerun the same "
-                    "command to resume: finished runs are skipped, unfinished ones continue from their "
-                    "checkpoints.",
+        description=textwrap.fill(
+            "Run several algorithm presets over several seeds on the same config (the tiny lab by default) and "
+            "write summary.json, report.md and figures into --output. Rerun the same command to resume: "
+            "finished runs are skipped, unfinished ones continue from their checkpoints.", 100),
         epilog="presets (`--algos`):\n" + describe_presets() + "\n\nexample:\n  aspo compare --algos grpo,dapo,"
                "aspo --seeds 3 --output runs/cmp train.steps=40\n\n`aspo train --help` lists every config key.")
     parser.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
