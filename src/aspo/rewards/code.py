@@ -1,0 +1,189 @@
+"""Code reward: run the candidate program in the sandbox against the record's tests; 1.0 if all pass.
+
+Test formats (a record carries one of them):
+  * ``tests = {"inputs": [stdin, ...], "outputs": [stdout, ...]}`` -- LiveCodeBench / CodeContests; outputs
+    compared line by line, tokens by whitespace, numbers with a 1e-6 tolerance;
+  * ``tests = {"fn_name": f, "inputs": [[args], ...], "outputs": [ret, ...]}`` -- LeetCode style; returns
+    travel out of the sandbox as JSON and are compared here (a candidate object with a rigged ``__eq__``
+    cannot fake a pass);
+  * ``test`` (code defining ``check(candidate)``) + ``entry_point`` -- HumanEval / MBPP. When the code does
+    not define ``entry_point`` and the record has a ``prompt`` that does, the response is a completion of
+    the prompt (HumanEval's convention) and the two are joined.
+``tests`` may also be a JSON string (as LiveCodeBench ships it). Code is taken from the last fenced
+```python block of the response when there is one, else the whole response.
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from aspo.errors import UserError
+from aspo.rewards import ScoreResult
+from aspo.rewards.sandbox import Limits, run_python
+
+_HARNESS = (Path(__file__).parent / "sandbox" / "harness.py").read_text()
+_FENCE = re.compile(r"```[ \t]*(python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+DEFAULT_CASE_TIMEOUT = 6.0  # seconds per test case (LiveCodeBench's default)
+DEFAULT_LIMITS = Limits(cpu_seconds=DEFAULT_CASE_TIMEOUT, wall_seconds=30.0, memory_bytes=1 << 30)
+
+
+def extract_code(response: str) -> str:
+    """The last fenced python block (``` with python/py/no language), else the response itself."""
+    blocks = [(lang, body) for lang, body in _FENCE.findall(response)]
+    python_blocks = [body for lang, body in blocks if lang]
+    if python_blocks:
+        return python_blocks[-1]
+    if blocks:
+        return blocks[-1][1]
+    return response
+
+
+def _tokens_match(got: str, expected: str, tol: float) -> bool:
+    if got == expected:
+        return True
+    try:
+        a, b = float(got), float(expected)
+    except ValueError:
+        return False
+    return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+
+
+def outputs_match(got: str, expected: str, *, tol: float = 1e-6) -> bool:
+    """stdout comparison: same non-trailing lines, same whitespace-separated tokens, floats within tol."""
+    got_lines = got.strip().splitlines()
+    exp_lines = expected.strip().splitlines()
+    if len(got_lines) != len(exp_lines):
+        return False
+    for g, e in zip(got_lines, exp_lines, strict=True):
+        gt, et = g.split(), e.split()
+        if len(gt) != len(et) or not all(_tokens_match(x, y, tol) for x, y in zip(gt, et, strict=True)):
+            return False
+    return True
+
+
+def returns_match(got: Any, expected: Any, *, tol: float = 1e-6) -> bool:
+    """Function-call comparison on JSON values; floats within tol; APPS's ``[ret]`` wrapping accepted."""
+    if _json_equal(got, expected, tol):
+        return True
+    return isinstance(expected, list) and len(expected) == 1 and _json_equal(got, expected[0], tol)
+
+
+def _json_equal(a: Any, b: Any, tol: float) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_equal(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k], tol) for k in a)
+    return a == b
+
+
+def _parse_tests(tests: Any) -> dict:
+    if isinstance(tests, str):
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError as err:
+            raise UserError(f"'tests' is a string but not JSON: {err}") from err
+    if not isinstance(tests, Mapping) or "inputs" not in tests or "outputs" not in tests:
+        raise UserError("'tests' must be an object with 'inputs' and 'outputs' (and optionally 'fn_name')")
+    if len(tests["inputs"]) != len(tests["outputs"]):
+        raise UserError(f"'tests' has {len(tests['inputs'])} inputs but {len(tests['outputs'])} outputs")
+    return dict(tests)
+
+
+def _build_spec(record: Mapping[str, Any], case_timeout: float) -> tuple[dict, dict | None]:
+    """(spec for the harness, expected values kept outside the sandbox)."""
+    code = extract_code(str(record.get("response") or ""))
+    if record.get("tests") is not None:
+        tests = _parse_tests(record["tests"])
+        if tests.get("fn_name"):
+            spec = {"mode": "call", "code": code, "fn_name": tests["fn_name"], "inputs": tests["inputs"]}
+        else:
+            spec = {"mode": "stdio", "code": code, "inputs": [str(x) for x in tests["inputs"]]}
+        return {**spec, "timeout": case_timeout}, tests
+    if record.get("test") and record.get("entry_point"):
+        entry = str(record["entry_point"])
+        prompt = str(record.get("prompt") or "")
+        defines = re.compile(rf"^\s*def\s+{re.escape(entry)}\s*\(", re.MULTILINE)
+        if not defines.search(code) and defines.search(prompt):
+            code = prompt + code
+        return {"mode": "check", "code": code, "test": record["test"], "entry_point": entry,
+                "timeout": case_timeout}, None
+    raise UserError("a code record needs 'tests' {inputs, outputs[, fn_name]} or 'test' + 'entry_point'")
+
+
+def check_code(record: Mapping[str, Any], *, limits: Limits | None = None,
+               backend: str | None = None) -> ScoreResult:
+    """Score one record in a fresh sandbox. Reward 1.0 iff every test passes; error says why not."""
+    case_timeout = float(record.get("time_limit") or DEFAULT_CASE_TIMEOUT)
+    spec, tests = _build_spec(record, case_timeout)
+    n_cases = len(spec.get("inputs", [None]))
+    limits = limits or replace(DEFAULT_LIMITS, cpu_seconds=case_timeout,
+                               wall_seconds=min(case_timeout * n_cases + 5.0, 300.0))
+    nonce = secrets.token_hex(16)
+    run = run_python({"harness.py": _HARNESS, "spec.marshal": marshal.dumps(spec)}, "harness.py",
+                     stdin=(nonce + "\n").encode(), limits=limits, backend=backend)
+    if run.breach:
+        return ScoreResult(0.0, run.breach)
+    lines = [ln for ln in run.stdout.decode(errors="replace").splitlines() if ln.startswith(nonce)]
+    if not lines:
+        tail = run.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        return ScoreResult(0.0, f"no result from the sandbox (exit {run.returncode}){': ' + tail[0] if tail else ''}")
+    result = json.loads(lines[-1][len(nonce):])
+    status = result["status"]
+    failed = [i for i, s in enumerate(status) if s != "ok"]
+    if failed:
+        detail = f": {result['error']}" if result.get("error") else ""
+        return ScoreResult(0.0, f"test {failed[0]}: {status[failed[0]]}{detail}")
+    if spec["mode"] == "check":
+        return ScoreResult(1.0)
+    got = result["outputs"] if spec["mode"] == "stdio" else result["returns"]
+    match = outputs_match if spec["mode"] == "stdio" else returns_match
+    if len(got) != len(tests["outputs"]):
+        return ScoreResult(0.0, f"ran {len(got)} of {len(tests['outputs'])} tests")
+    ok = all(match(g, e) for g, e in zip(got, tests["outputs"], strict=True))
+    return ScoreResult(1.0 if ok else 0.0)
+
+
+def code_reward(prompt: str = "", response: str = "", answer: Any = None, *, tests: Any = None,
+                test: str | None = None, entry_point: str | None = None, time_limit: float | None = None,
+                **_: Any) -> float:
+    """1.0 if the program in ``response`` passes all tests, else 0.0 (see the module docstring)."""
+    record = {"prompt": prompt, "response": response, "tests": tests, "test": test,
+              "entry_point": entry_point, "time_limit": time_limit}
+    return check_code(record).reward
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def score_batch(records: Iterable[Mapping[str, Any]], workers: int | None = None) -> list[ScoreResult]:
+    """Score many records with a bounded pool (one sandbox per record; threads wait on the processes)."""
+    records = list(records)
+
+    def one(record: Mapping[str, Any]) -> ScoreResult:
+        try:
+            return check_code(record)
+        except Exception as err:  # a malformed record scores 0 with its reason, the batch goes on
+            return ScoreResult(0.0, f"{type(err).__name__}: {err}")
+
+    # Each check is ~half sandbox start-up (waiting on the kernel), so a few more threads than cores help.
+    workers = workers or 2 * default_workers()
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(records) or 1))) as pool:
+        return list(pool.map(one, records))
+
+
+score_batch.reward_fn = code_reward  # type: ignore[attr-defined]  # how score_records recognises it

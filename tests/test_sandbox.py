@@ -1,0 +1,264 @@
+"""Hostile programs against the real sandbox: each attack really runs, is contained, leaves nothing running,
+and the scorer then scores an honest candidate correctly.
+
+Runs on every backend that can be tested safely here: bwrap when it works, and the rlimits fallback when
+we are root (it then runs programs as a throw-away uid). The fallback as a normal user cannot contain
+``kill(-1)`` or file deletion, so it is never exercised with hostile code (its warning says so).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+import time
+
+import pytest
+
+from aspo.rewards import sandbox
+from aspo.rewards.code import check_code
+from aspo.rewards.sandbox import Limits, run_python
+
+FAST = Limits(cpu_seconds=1, wall_seconds=1.5, memory_bytes=256 << 20, max_processes=16,
+              max_output_bytes=1 << 20)
+
+
+def _backends() -> list[str]:
+    out = []
+    if sandbox.isolation("rlimits").drops_privileges:
+        out.append("rlimits")
+    try:
+        if sandbox.isolation("bwrap").backend == "bwrap":
+            out.append("bwrap")
+    except ValueError:
+        pass
+    return out
+
+
+BACKENDS = _backends()
+pytestmark = pytest.mark.skipif(not BACKENDS, reason="no backend can safely run hostile code here "
+                                "(bwrap unusable and not root)")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+def _sandbox_pids() -> list[int]:
+    """Live (non-zombie) processes owned by this scorer's sandbox uids."""
+    base = 200_000 + (os.getpid() % 50_000) * 256
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        if "State:\tZ" in status:
+            continue  # a zombie is dead; only its parent's wait() is missing
+        if base <= int(uid_line.split()[1]) < base + 256:
+            pids.append(int(entry))
+    return pids
+
+
+def _run(code: str, backend: str, limits: Limits = FAST, **kw):
+    return run_python({"main.py": textwrap.dedent(code)}, "main.py", limits=limits, backend=backend, **kw)
+
+
+def _honest_still_scores(backend: str) -> None:
+    record = {"response": "```python\nprint(sum(map(int, input().split())))\n```",
+              "tests": {"inputs": ["2 3\n", "10 -4\n"], "outputs": ["5\n", "6\n"]}}
+    assert check_code(record, limits=FAST, backend=backend).reward == 1.0
+    wrong = dict(record, response="print(0)")
+    assert check_code(wrong, limits=FAST, backend=backend).reward == 0.0
+
+
+def _assert_clean(backend: str) -> None:
+    deadline = time.monotonic() + 2
+    while _sandbox_pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sandbox_pids() == [], "sandboxed processes outlived their run"
+    _honest_still_scores(backend)
+
+
+def test_ordinary_program_runs(backend):
+    result = _run("import sys; print(sys.stdin.read().upper()); print('err', file=sys.stderr)", backend,
+                  stdin=b"hello")
+    assert (result.returncode, result.stdout, result.breach) == (0, b"HELLO\n", None)
+    assert b"err" in result.stderr
+
+
+def test_infinite_loop_hits_cpu_limit(backend):
+    limits = Limits(cpu_seconds=1, wall_seconds=10, memory_bytes=256 << 20)
+    start = time.monotonic()
+    result = _run("while True:\n    pass\n", backend, limits)  # only the CPU limit can stop it
+    assert result.breach in ("CPU time limit exceeded", "killed (SIGKILL)")
+    assert time.monotonic() - start < 5
+    _assert_clean(backend)
+
+
+def test_sleep_hits_wall_limit(backend):
+    limits = Limits(cpu_seconds=5, wall_seconds=1, memory_bytes=256 << 20)
+    start = time.monotonic()
+    result = _run("import time\ntime.sleep(60)\n", backend, limits)
+    assert result.timed_out and result.breach == "wall-clock limit exceeded"
+    assert time.monotonic() - start < 4
+    _assert_clean(backend)
+
+
+def test_fork_bomb_is_bounded_then_killed(backend):
+    # children park in sleep; the parent keeps forking: the process limit must stop it
+    result = _run("""
+        import os, time
+        ok = failed = 0
+        for _ in range(500):
+            try:
+                pid = os.fork()
+            except OSError:
+                failed += 1
+                continue
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            ok += 1
+        print(ok, failed, flush=True)
+        while True:  # a real bomb: keep trying until killed
+            try:
+                os.fork()
+            except OSError:
+                pass
+    """, backend)
+    ok, failed = map(int, result.stdout.split())
+    assert ok < FAST.max_processes and failed > 0
+    assert result.breach is not None  # stopped by the CPU or the wall-clock limit
+    _assert_clean(backend)
+
+
+def test_memory_bomb_is_refused(backend):
+    result = _run("""
+        chunks = []
+        try:
+            while True:
+                chunks.append(bytearray(32 << 20))
+        except MemoryError:
+            print(len(chunks) * 32, "MiB")
+            raise
+    """, backend)
+    assert result.returncode != 0 and b"MemoryError" in result.stderr
+    mib = int(result.stdout.split()[0])
+    assert mib <= FAST.memory_bytes >> 20
+    _assert_clean(backend)
+
+
+def test_output_flood_is_capped(backend):
+    result = _run("""
+        import sys
+        while True:
+            try:
+                sys.stdout.write('x' * 65536)
+            except OSError:
+                pass
+    """, backend)
+    assert result.breach is not None
+    assert len(result.stdout) <= FAST.max_output_bytes
+    _assert_clean(backend)
+
+
+def test_cannot_write_or_delete_outside_scratch(backend, tmp_path):
+    if backend == "rlimits":
+        # world-writable places stay writable there (documented); attack a root-owned file instead
+        os.chmod(tmp_path, 0o755)
+    else:
+        os.chmod(tmp_path, 0o777)  # even a world-writable host dir must be read-only inside bwrap
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    os.chmod(victim, 0o666 if backend == "bwrap" else 0o644)
+    escape = f"/tmp/aspo-escape-{os.getpid()}"
+    result = _run(f"""
+        import os
+        for attempt in (lambda: open({str(victim)!r}, 'w').write('pwned'),
+                        lambda: os.remove({str(victim)!r}),
+                        lambda: open({str(tmp_path / 'new.txt')!r}, 'w').write('x'),
+                        lambda: open('/etc/aspo-escape', 'w').write('x')):
+            try:
+                attempt()
+                print('ESCAPED')
+            except OSError:
+                print('blocked')
+        if {backend == 'bwrap'!r}:
+            open({escape!r}, 'w').write('x')  # lands in the sandbox's private /tmp, not the host's
+        open('scratch.txt', 'w').write('fine')  # its own scratch dir is writable
+        print(open('scratch.txt').read())
+    """, backend)
+    assert result.stdout.decode().split() == ["blocked"] * 4 + ["fine"], result.stderr
+    assert victim.read_text() == "keep me"
+    assert not (tmp_path / "new.txt").exists() and not os.path.exists(escape)
+    _assert_clean(backend)
+
+
+def test_cannot_connect_to_host_port(backend):
+    if backend == "rlimits":
+        pytest.skip("the rlimits fallback does not isolate the network (its warning says so)")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    try:
+        result = _run(f"""
+            import socket
+            try:
+                socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')
+                print('CONNECTED')
+            except OSError as err:
+                print('blocked', type(err).__name__)
+        """, backend)
+        assert result.stdout.startswith(b"blocked")
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    finally:
+        server.close()
+    _assert_clean(backend)
+
+
+def test_cannot_kill_parent_or_its_group(backend):
+    result = _run("""
+        import os, signal
+        for attempt in (lambda: os.kill(os.getppid(), signal.SIGKILL),
+                        lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGKILL),
+                        lambda: os.killpg(0, signal.SIGKILL),
+                        lambda: os.kill(-1, signal.SIGKILL)):
+            try:
+                attempt()
+            except OSError:
+                pass
+    """, backend)
+    assert result.returncode is not None  # we are alive to read it
+    _assert_clean(backend)
+
+
+def test_cannot_read_parent_environment(backend, monkeypatch):
+    secret = "aspo-secret-" + os.urandom(8).hex()
+    monkeypatch.setenv("ASPO_TEST_SECRET", secret)
+    result = _run(f"""
+        import os
+        print(dict(os.environ))
+        for pid in [str(os.getppid()), str({os.getpid()}), '1'] + os.listdir('/proc'):
+            try:
+                print(open('/proc/' + pid + '/environ', 'rb').read())
+            except OSError:
+                pass
+    """, backend)
+    assert result.returncode == 0
+    assert secret.encode() not in result.stdout
+    _assert_clean(backend)
+
+
+def test_isolation_reports_gaps_of_the_fallback():
+    iso = sandbox.isolation("rlimits")
+    assert iso.backend == "rlimits" and iso.warning is not None
+    assert "network" in iso.warning and "NOT enforced" in iso.warning
