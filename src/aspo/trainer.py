@@ -44,7 +44,9 @@ from aspo.update import (
     token_logprobs,
 )
 
-SAMPLES_PER_EVAL = 16  # problems whose every sample is written to samples.jsonl at each eval
+SAMPLES_PER_EVAL = 16
+# metrics that count things: summed over data-parallel ranks instead of averaged
+COUNT_METRICS = ("reward/errors", "groups/solve_all", "groups/solve_none", "groups/valid")  # problems whose every sample is written to samples.jsonl at each eval
 
 
 class Trainer:
@@ -317,12 +319,17 @@ class Trainer:
         return float(self.accelerator.reduce(t, reduction="sum"))
 
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Mean of each metric over ranks (a rank without the key is not counted)."""
+        """Counts are summed over ranks, everything else averaged (a rank without the key is not counted)."""
         if self.world == 1:
             return metrics
         from accelerate.utils import gather_object
 
-        return mean_metrics(gather_object([metrics]))
+        rows = gather_object([metrics])
+        out = mean_metrics(rows)
+        for key in COUNT_METRICS:
+            if key in out:
+                out[key] = sum(r.get(key, 0.0) for r in rows)
+        return out
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:

@@ -1,0 +1,30 @@
+"""One optimizer step of the native trainer on a fixed global batch; run with 1 or N processes.
+
+usage: python one_update.py OUT.pt RUN_DIR MODEL_DIR TRAIN_JSONL [extra dotted overrides]
+Every rank samples the same global batch (same weights, same seed), keeps its own share of the groups and
+calls Trainer.update; rank 0 saves the updated weights to OUT.pt for comparison across world sizes.
+"""
+
+import sys
+
+import torch
+
+from aspo.advantages import compute_advantages
+from aspo.config import load_config
+from aspo.trainer import Trainer
+
+out, run_dir, model_dir, train = sys.argv[1:5]
+cfg = load_config(None, [f"model={model_dir}", f"data.train={train}", "reward=arithmetic", "train.device=cpu",
+                         "train.mini_batches=1", "train.epochs=1", "train.prompts_per_step=4", "train.lr=1e-2",
+                         "train.warmup_steps=0", f"output_dir={run_dir}", *sys.argv[5:]])
+trainer = Trainer(cfg, progress=False)
+prompts = [r["prompt"] for r in trainer.train_records[:4]]
+rollout = trainer.engine.generate(prompts, n=4, max_new_tokens=12, seed=123)
+rewards = torch.tensor([sum(c.isdigit() for c in t) / max(len(t), 1) for t in rollout.responses])
+advantages = compute_advantages("grpo", rewards, rollout.group_ids)
+groups_per_rank = 4 // trainer.world
+mine = (rollout.group_ids // groups_per_rank == trainer.rank).nonzero().squeeze(-1)
+metrics = trainer.update(1, rollout.select(mine), advantages[mine])
+assert metrics["actor/optimizer_steps"] == 1.0, metrics
+if trainer.is_main:
+    torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, out)
