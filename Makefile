@@ -26,7 +26,8 @@ test: $(STAMP)
 # then verl itself with --no-deps: its declared deps pull ray[default], wandb, peft, torchdata and more
 # for the full Ray trainer, none of which the policy-loss registry (verl.trainer.ppo.core_algos) imports.
 # requirements/verl.txt lists the few packages that import does need. aspo goes in editable, --no-deps
-# (aspo.objectives and aspo.integrations.verl import only torch).
+# (aspo.objectives and aspo.integrations.verl import only torch). pip then lists verl's and aspo's
+# uninstalled declared deps as "dependency conflicts": expected, and harmless for these tests.
 VERL_VENV ?= .venv-verl
 VERL_PY := $(VERL_VENV)/bin/python
 VERL_STAMP := $(VERL_VENV)/.installed

@@ -255,3 +255,47 @@ def test_config_maps_to_policy_loss_params(tmp_path) -> None:
                        sapo_temperature_pos=2.0)
     params = tuned.policy_loss_params()
     assert (params["clip_ratio_low"], params["clip_ratio_high"], params["tau_pos"]) == (0.1, 0.1, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("trl_loss_type", "loss_agg_mode"),
+    [("dapo", "token-mean"), ("grpo", "seq-mean-token-mean"), ("dr_grpo", "seq-mean-token-sum-norm")],
+)
+def test_trl_own_loss_equals_our_ppo_under_the_documented_mapping(checkpoint, tmp_path, trl_loss_type,
+                                                                  loss_agg_mode) -> None:
+    """Control: TRL's own GRPOTrainer loss (PPO-clip, no dual clip) == ASPOTrainer with our ``ppo`` and the
+    aggregation the module docstring maps TRL's loss_type to -- with gradient accumulation, the KL term and
+    vLLM-style importance-sampling weights, so every piece of the plumbing is compared with TRL's."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    common = dict(per_device_train_batch_size=4, num_generations=4, gradient_accumulation_steps=2,
+                  max_completion_length=10, temperature=1.0, report_to="none", use_cpu=True, bf16=False,
+                  save_strategy="no", seed=0, beta=0.05, epsilon=0.2)
+    ours = make_trainer(checkpoint, tmp_path, loss_type="ppo", loss_agg_mode=loss_agg_mode, **common)
+    theirs = GRPOTrainer(model=checkpoint, reward_funcs=digit_share,
+                         args=GRPOConfig(output_dir=str(tmp_path / "trl"), loss_type=trl_loss_type, **common),
+                         train_dataset=ours.train_dataset)
+    batch = _batch(ours, [7, 5, 3, 6], None)
+    with torch.no_grad():
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        current, _, _ = ours._get_per_token_logps_and_entropies(ours.model, ids, attention, 7)
+    mask = batch["completion_mask"].bool()
+    shift = torch.tensor([[_cycle_log_ratio(r, c) for c in range(7)] for r in range(4)])
+    batch["old_per_token_logps"] = (current - shift).masked_fill(~mask, 0.0)
+    batch["ref_per_token_logps"] = (current + 0.3 * shift.flip(-1)).masked_fill(~mask, 0.0)
+    batch["importance_sampling_ratio"] = torch.linspace(0.0, 2.0, 28).reshape(4, 7)
+    batch["num_items_in_batch"] = torch.tensor(40)  # the generation batch spans 2 micro-batches
+
+    results = []
+    for trainer in (theirs, ours):
+        trainer.current_gradient_accumulation_steps = 2
+        trainer.use_vllm = trainer.vllm_importance_sampling_correction = True  # apply the IS weights
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        results.append((loss.detach(), _grads(trainer.model)))
+    (their_loss, their_grads), (our_loss, our_grads) = results
+    torch.testing.assert_close(our_loss, their_loss, rtol=1e-5, atol=1e-7)
+    for name, grad in their_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)

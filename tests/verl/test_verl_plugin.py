@@ -156,3 +156,84 @@ def test_verl_external_modules_variable_loads_the_plugin() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "aspo.integrations.verl"
+
+
+def actor_micro_batch(batch, prompt_len: int = 3, dp_size: int = 1, batch_num_tokens=None, global_batch_size=None):
+    """What verl's engine hands its actor loss: a TensorDict with padded prompts / responses and the global
+    batch sizes as non-tensor data, plus the model output -- log-probs packed over the non-padding tokens."""
+    from tensordict import NonTensorData, TensorDict
+
+    old_log_prob, log_prob, advantages, mask = batch
+    rows, length = mask.shape
+    attention_mask = torch.cat([torch.ones(rows, prompt_len), mask], dim=1).long()
+    data = TensorDict(
+        {
+            "prompts": torch.zeros(rows, prompt_len, dtype=torch.long),
+            "responses": torch.zeros(rows, length, dtype=torch.long),
+            "attention_mask": attention_mask,
+            "response_mask": mask,
+            "old_log_probs": old_log_prob,
+            "advantages": advantages,
+        },
+        batch_size=[rows],
+    )
+    for key, value in (("dp_size", dp_size), ("batch_num_tokens", batch_num_tokens),
+                       ("global_batch_size", global_batch_size)):
+        data[key] = NonTensorData(value)
+    # packed model output: the log-prob of token i+1 sits at position i of each sequence
+    log_prob = log_prob.clone().requires_grad_(True)
+    packed = []
+    for row in range(rows):
+        response_len = int(mask[row].sum())
+        sequence = torch.zeros(prompt_len + response_len)
+        sequence = sequence.index_put((torch.arange(prompt_len - 1, prompt_len - 1 + response_len),),
+                                      log_prob[row, :response_len])
+        packed.append(sequence)
+    return data, {"log_probs": torch.cat(packed)}, log_prob
+
+
+@pytest.mark.parametrize("dp_size, batch_num_tokens, global_batch_size", [(1, None, None), (2, 70, 12)])
+def test_through_verl_actor_loss_function(dp_size, batch_num_tokens, global_batch_size) -> None:
+    """verl's own call site (verl.workers.utils.losses.ppo_loss, used by its FSDP / Megatron engines) picks
+    our loss by config.policy_loss.loss_mode and fills global_batch_info itself."""
+    from verl.workers.utils.losses import ppo_loss
+
+    batch = make_batch(seed=3)
+    results = {}
+    for mode in ("vanilla", "grpo", "aspo"):
+        config = actor_config(mode, loss_agg_mode="token-mean")
+        data, model_output, log_prob = actor_micro_batch(batch, dp_size=dp_size, batch_num_tokens=batch_num_tokens,
+                                                         global_batch_size=global_batch_size)
+        loss, metrics = ppo_loss(config, model_output, data)
+        (grad,) = torch.autograd.grad(loss, log_prob)
+        results[mode] = (loss.detach(), grad, metrics)
+    torch.testing.assert_close(results["grpo"][0], results["vanilla"][0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(results["grpo"][1], results["vanilla"][1], rtol=1e-5, atol=1e-9)
+    assert "actor/dualclip/pos" in results["aspo"][2]
+
+    old_log_prob, log_prob, advantages, mask = batch
+    native_log_prob = log_prob.clone().requires_grad_(True)
+    expected, _ = policy_loss("aspo", native_log_prob, old_log_prob, advantages, mask, clip_ratio_low=0.2,
+                              clip_ratio_high=0.28, clip_ratio_c=3.0)
+    # verl's token-mean over the global batch: local token sum / global tokens * dp_size
+    local_tokens = float(mask.sum())
+    expected = expected * (local_tokens / (batch_num_tokens or local_tokens) * dp_size)
+    (expected_grad,) = torch.autograd.grad(expected, native_log_prob)
+    torch.testing.assert_close(results["aspo"][0], expected.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(results["aspo"][1], expected_grad * mask, rtol=1e-6, atol=1e-9)
+
+
+def test_entry_point_loads_plugin_on_import_verl() -> None:
+    """With aspo's `verl.plugins` entry point installed, a bare `import verl` (driver or Ray worker) registers
+    our losses -- no environment variable needed."""
+    from importlib.metadata import entry_points
+
+    declared = [ep for ep in entry_points(group="verl.plugins") if ep.value == "aspo.integrations.verl"]
+    if not declared:
+        pytest.skip("this aspo install declares no verl.plugins entry point (pyproject.toml)")
+    env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "auto"}
+    env.pop("VERL_USE_EXTERNAL_MODULES", None)
+    code = "import verl.trainer.ppo.core_algos as c; print(c.get_policy_loss_fn('aspo').__module__)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "aspo.integrations.verl"
