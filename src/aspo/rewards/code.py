@@ -32,19 +32,34 @@ from aspo.rewards import ScoreResult
 from aspo.rewards.sandbox import Limits, run_python
 
 _HARNESS = (Path(__file__).parent / "sandbox" / "harness.py").read_text()
-_FENCE = re.compile(r"```[ \t]*(python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"^\s*```[ \t]*([\w+-]*)[ \t]*$")
 DEFAULT_CASE_TIMEOUT = 6.0  # seconds per test case (LiveCodeBench's default)
 DEFAULT_LIMITS = Limits(cpu_seconds=DEFAULT_CASE_TIMEOUT, wall_seconds=30.0, memory_bytes=1 << 30)
 
 
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of each ``` block, by lines: a fence opens with ```lang and closes with ```."""
+    blocks, lang, body = [], None, []
+    for line in text.splitlines(keepends=True):
+        fence = _FENCE.match(line)
+        if lang is None and fence:
+            lang, body = fence.group(1).lower(), []
+        elif lang is not None and line.strip() == "```":
+            blocks.append((lang, "".join(body)))
+            lang = None
+        elif lang is not None:
+            body.append(line)
+    return blocks
+
+
 def extract_code(response: str) -> str:
-    """The last fenced python block (``` with python/py/no language), else the response itself."""
-    blocks = [(lang, body) for lang, body in _FENCE.findall(response)]
-    python_blocks = [body for lang, body in blocks if lang]
-    if python_blocks:
-        return python_blocks[-1]
-    if blocks:
-        return blocks[-1][1]
+    """The last fenced python block (```python / ```py / ```python3), else the last untagged fenced block,
+    else the response itself."""
+    blocks = _fenced_blocks(response)
+    for wanted in (("python", "py", "python3"), ("",)):
+        found = [body for lang, body in blocks if lang in wanted]
+        if found:
+            return found[-1]
     return response
 
 

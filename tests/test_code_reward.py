@@ -1,0 +1,133 @@
+"""Code reward: HumanEval canonical solutions and stubs, stdin/stdout and function-call tests, reward hacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aspo.benchmarks import load_benchmark
+from aspo.rewards import call_reward, get_reward, score_records
+from aspo.rewards.code import (
+    check_code,
+    code_reward,
+    extract_code,
+    outputs_match,
+    returns_match,
+    score_batch,
+)
+
+
+@pytest.fixture(scope="module")
+def humaneval():
+    return load_benchmark("humaneval")
+
+
+def test_humaneval_canonical_solutions_all_pass(humaneval):
+    results = score_batch([{**p, "response": p["canonical_solution"]} for p in humaneval])
+    failures = [(p["id"], r.error) for p, r in zip(humaneval, results, strict=True) if r.reward != 1.0]
+    assert failures == []
+
+
+def test_humaneval_stub_bodies_fail(humaneval):
+    stubs = score_batch([{**p, "response": "    pass\n"} for p in humaneval])
+    assert sum(r.reward for r in stubs) == 0.0
+    # a whole function in a fenced block (chat-model style) is used as is, and a wrong one fails
+    p = humaneval[0]
+    full = f"Here:\n```python\n{p['prompt']}{p['canonical_solution']}```\n"
+    assert check_code({**p, "response": full}).reward == 1.0
+    wrong = f"```python\ndef {p['entry_point']}(numbers, threshold):\n    return True\n```"
+    assert check_code({**p, "response": wrong}).reward == 0.0
+
+
+def test_extract_code_takes_last_python_block():
+    text = "```python\nprint(1)\n```\nthen\n```text\nnot code\n```\n```py\nprint(2)\n```\n"
+    assert extract_code(text) == "print(2)\n"
+    assert extract_code("```\nprint(3)\n```") == "print(3)\n"
+    assert extract_code("print(4)") == "print(4)"
+
+
+STDIO = {"inputs": ["3\n1 2 3\n", "2\n10 20\n"], "outputs": ["6\n2.000000\n", "30\n15.0"]}
+
+
+@pytest.mark.parametrize("program, expected", [
+    ("n=int(input()); a=list(map(int,input().split())); print(sum(a)); print(sum(a)/n)", 1.0),
+    ("n=int(input()); a=list(map(int,input().split())); print(sum(a), ' '); print('%.7f' % (sum(a)/n))", 1.0),
+    ("n=int(input()); a=list(map(int,input().split())); print(sum(a)); print(sum(a)/n + 0.01)", 0.0),
+    ("n=int(input()); a=list(map(int,input().split())); print(sum(a))", 0.0),
+    ("print(6); print(2)", 0.0),
+    ("raise SystemExit(3)", 0.0),
+])
+def test_stdin_stdout_tests(program, expected):
+    response = f"Solution:\n```python\n{program}\n```"
+    assert code_reward(response=response, tests=STDIO) == expected
+
+
+def test_stdio_comparison_rules():
+    assert outputs_match("1 2  3 \n\n", "1 2 3")
+    assert outputs_match("0.3333333", "0.333333333")
+    assert not outputs_match("1 2", "1 2 3")
+    assert not outputs_match("YES", "yes")
+
+
+def test_livecodebench_json_string_tests_and_timeout():
+    tests = json.dumps({"inputs": ["5\n"], "outputs": ["120\n"]})
+    good = "import math\nprint(math.factorial(int(input())))"
+    assert code_reward(response=good, tests=tests) == 1.0
+    slow = check_code({"response": "while True: pass", "tests": tests, "time_limit": 1})
+    assert slow.reward == 0.0 and "timeout" in slow.error
+
+
+def test_function_call_tests():
+    tests = {"fn_name": "twoSum", "inputs": [[[2, 7, 11, 15], 9], [[3, 2, 4], 6]], "outputs": [[0, 1], [1, 2]]}
+    leetcode = """
+class Solution:
+    def twoSum(self, nums, target):
+        seen = {}
+        for i, x in enumerate(nums):
+            if target - x in seen:
+                return [seen[target - x], i]
+            seen[x] = i
+"""
+    assert code_reward(response=leetcode, tests=tests) == 1.0
+    plain = "def twoSum(nums, target):\n    return [0, 1]"
+    assert code_reward(response=plain, tests=tests) == 0.0
+    assert code_reward(response="def area(r):\n    return 3.14159265 * r * r",
+                       tests={"fn_name": "area", "inputs": [[1.0]], "outputs": [[3.1415926]]}) == 1.0  # APPS [ret]
+    crash = check_code({"response": "def twoSum(n, t):\n    raise ValueError('boom')", "tests": tests})
+    assert crash.reward == 0.0 and "boom" in crash.error
+    missing = check_code({"response": "x = 1", "tests": tests})
+    assert missing.reward == 0.0 and "twoSum" in missing.error
+
+
+def test_returns_match_rules():
+    assert returns_match([1, 2.0000000001], [1, 2])
+    assert not returns_match(True, 1) and not returns_match([1, 2], [2, 1])
+    assert returns_match({"a": [1]}, {"a": [1]})
+
+
+def test_reward_hacks_do_not_pass(humaneval):
+    p = humaneval[2]
+    # an object equal to everything: compared outside the sandbox as JSON, it is not equal to anything
+    rigged = "class Any:\n    def __eq__(self, o): return True\ndef add(a, b):\n    return Any()"
+    assert code_reward(response=rigged, tests={"fn_name": "add", "inputs": [[1, 2]], "outputs": [3]}) == 0.0
+    # leaving before the tests run, or printing what a pass looks like, is not a pass
+    assert code_reward(prompt=p["prompt"], response="    import sys; sys.exit(0)\n", test=p["test"],
+                       entry_point=p["entry_point"]) == 0.0
+    fake = '    import os; os.write(1, b\'{"status": ["ok"]}\\n\'); os._exit(0)\n'
+    assert code_reward(prompt=p["prompt"], response=fake, test=p["test"], entry_point=p["entry_point"]) == 0.0
+
+
+def test_malformed_records_are_errors_not_crashes():
+    results = score_batch([{"response": "print(1)"}, {"response": "print(1)", "tests": {"inputs": ["1"]}},
+                           {"response": "print(1)", "tests": {"inputs": [""], "outputs": ["1"]}}])
+    assert [r.reward for r in results] == [0.0, 0.0, 1.0]
+    assert "needs 'tests'" in results[0].error and "'outputs'" in results[1].error
+    assert call_reward(code_reward, {"response": "print(1)"}).error is not None
+
+
+def test_registry_uses_the_batch_scorer():
+    assert get_reward("code") is code_reward
+    records = [{"response": "print(input())", "tests": {"inputs": ["hi\n"], "outputs": ["hi\n"]}},
+               {"response": "print('no')", "tests": {"inputs": ["hi\n"], "outputs": ["hi\n"]}}]
+    assert [r.reward for r in score_records("code", records)] == [1.0, 0.0]
