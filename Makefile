@@ -25,7 +25,7 @@ test: $(STAMP)
 # because verl 0.9.1 pins transformers<5.11 while the main .venv has 5.2x. CPU torch first (as above),
 # then verl itself with --no-deps: its declared deps pull ray[default], wandb, peft, torchdata and more
 # for the full Ray trainer, none of which the policy-loss registry (verl.trainer.ppo.core_algos) imports.
-# requirements/verl.txt lists the few packages that import does need. aspo goes in editable, --no-deps
+# requirements/verl.txt lists the few packages that import (and verl's actor loss function) need. aspo goes in editable, --no-deps
 # (aspo.objectives and aspo.integrations.verl import only torch). pip then lists verl's and aspo's
 # uninstalled declared deps as "dependency conflicts": expected, and harmless for these tests.
 VERL_VENV ?= .venv-verl

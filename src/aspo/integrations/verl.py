@@ -3,7 +3,9 @@
     VERL_USE_EXTERNAL_MODULES=aspo.integrations.verl python -m verl.trainer.main_ppo \\
         actor_rollout_ref.actor.policy_loss.loss_mode=aspo ...
 
-(or install ``aspo`` with its ``verl.plugins`` entry point, which verl loads on ``import verl``.)
+(or install ``aspo`` with its ``verl.plugins`` entry point, which verl loads on ``import verl`` in every
+process, Ray workers included). Tested against verl 0.9.1 (``make test-verl``); the registry interface
+used here -- a two-value ``(loss, metrics)`` return and ``rollout_is_weights`` -- exists since verl 0.6.
 
 Registered names: every ``aspo.objectives.POLICY_LOSSES`` name verl does not already define -- ``aspo``,
 ``aspo_flip_only``, ``grpo`` (= verl's ``vanilla``), ``dapo``, ``ppo``, ``no_is``. verl's own ``gspo``,
