@@ -1,0 +1,86 @@
+"""`aspo score`: score a JSONL of responses offline with a reward, write it back with ``reward``/``error``.
+
+Each input record has ``response`` plus what its reward needs (``answer`` for math; ``tests`` or ``test`` +
+``entry_point`` for code; anything for a ``file.py:function`` reward). Scoring goes through
+``aspo.rewards.score_records``, so ``code`` runs its sandboxes in parallel on all cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+from aspo.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # bad input is a UserError (one paragraph, exit 2), as everywhere
+        raise UserError(f"{message} (`aspo score --help` shows the usage)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="aspo score", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Score the responses of a JSONL file with a reward and write each record back with `reward` "
+            "(float) and `error` (when one occurred); print a summary.", 100),
+        epilog="record fields:\n  math: response, answer (number, text, `#### N` or a solution with \\boxed{})\n"
+               "  code: response and tests {inputs, outputs[, fn_name]}, or test + entry_point (HumanEval)\n\n"
+               "example:\n  aspo score --reward math --input samples.jsonl --output scored.jsonl")
+    parser.add_argument("--reward", required=True, help="math, code, arithmetic, countdown, or path/file.py:fn")
+    parser.add_argument("--input", required=True, type=Path, help="JSONL with one record per line")
+    parser.add_argument("--output", required=True, type=Path, help="JSONL to write (records + reward [+ error])")
+    parser.add_argument("--workers", type=int, default=None, help="parallel checks (default: cores; code, math)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    from aspo.benchmarks import read_jsonl
+    from aspo.rewards import get_reward, score_records
+
+    args = build_parser().parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    fn = get_reward(args.reward)  # a bad name fails before any work
+    records = read_jsonl(args.input)
+    for lineno, record in enumerate(records, 1):
+        if not isinstance(record.get("response"), str):
+            raise UserError(f"{args.input}:{lineno}: record has no 'response' string")
+    if args.output.resolve() == args.input.resolve():
+        raise UserError("--output must differ from --input (the input would be overwritten while read)")
+    start = time.monotonic()
+    results = score_records(fn, records, workers=args.workers)
+    elapsed = time.monotonic() - start
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("w", encoding="utf-8") as f:
+        for record, result in zip(records, results, strict=True):
+            out = {k: v for k, v in record.items() if k not in ("reward", "error")}
+            out["reward"] = result.reward
+            if result.error is not None:
+                out["error"] = result.error
+            f.write(json.dumps(out, ensure_ascii=False) + "\n")
+    print(_summary(args.reward, results, elapsed, args.output))
+    return 0
+
+
+def _summary(reward: str, results: list, elapsed: float, output: Path) -> str:
+    n = len(results)
+    if n == 0:
+        return f"aspo score: no records; wrote an empty {output}"
+    mean = sum(r.reward for r in results) / n
+    full = sum(r.reward >= 1.0 for r in results)
+    errors = Counter(r.error.split(":")[0] for r in results if r.error)
+    lines = [f"aspo score ({reward}): {n} records in {elapsed:.1f}s ({n / max(elapsed, 1e-9):.1f}/s)",
+             f"  mean reward {mean:.4f}; reward >= 1: {full}/{n} ({full / n:.1%}); errors: {sum(errors.values())}"]
+    lines += [f"    {count:>6}  {kind}" for kind, count in errors.most_common(5)]
+    lines.append(f"  wrote {output}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
