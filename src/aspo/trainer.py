@@ -13,6 +13,7 @@ with every part weighted by its share of the global token count, metrics are red
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -145,11 +146,12 @@ class Trainer:
             records = [self.train_records[i] for i in self.prompt_indices(step, round_)]
             t0 = time.perf_counter()
             self.model.eval()
-            self.engine.sync_weights(self.model, version=self.weights_version)
-            rollout = self.engine.generate([self.format(r) for r in records], n=cfg.rollout.n,
-                                           max_new_tokens=self.max_new_tokens, temperature=cfg.rollout.temperature,
-                                           top_p=cfg.rollout.top_p, seed=seed_for(cfg.train.seed, "rollout", step,
-                                                                                   self.rank, round_))
+            with self.full_weights():
+                self.engine.sync_weights(self.model, version=self.weights_version)
+                rollout = self.engine.generate([self.format(r) for r in records], n=cfg.rollout.n,
+                                               max_new_tokens=self.max_new_tokens,
+                                               temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                               seed=seed_for(cfg.train.seed, "rollout", step, self.rank, round_))
             if self.recompute_logprobs:
                 stats["logprob_diff"] = self.recompute_behaviour_logprobs(rollout)
             t1 = time.perf_counter()
@@ -251,7 +253,7 @@ class Trainer:
                 parts = micro_batches(mini, cfg.train.micro_batch_size) if mini else [self.dummy_batch(batch)]
                 loss_total = 0.0
                 for i, part in enumerate(parts):
-                    sync = self.accelerator.no_sync(self.train_model) if i < len(parts) - 1 else _nullcontext()
+                    sync = self.accelerator.no_sync(self.train_model) if i < len(parts) - 1 else contextlib.nullcontext()
                     with sync:
                         loss, metrics, entropy = self.loss(part, tokens, seqs)
                     loss_total += float(loss)
@@ -312,6 +314,16 @@ class Trainer:
                            torch.zeros(1, 1), torch.zeros(1))
 
     # -- distributed helpers -----------------------------------------------------------------------
+    def full_weights(self) -> Any:
+        """Sampling needs whole weights: under FSDP gather the shards for the duration (not tested on CPU)."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            return FullyShardedDataParallel.summon_full_params(self.train_model, writeback=False)
+        return contextlib.nullcontext()
+
     def reduce_sum(self, value: float) -> float:
         if self.world == 1:
             return float(value)
@@ -340,10 +352,11 @@ class Trainer:
         t0 = time.perf_counter()
         records = self.test_records[: cfg.data.num_test][self.rank::self.world]
         self.model.eval()
-        per_problem, rows = sample_policy(
-            self.engine, records, [self.format(r) for r in records], self.reward, n=cfg.eval.n,
-            max_new_tokens=self.max_new_tokens, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-            seed=seed_for(cfg.train.seed, "eval", self.rank))
+        with self.full_weights():
+            per_problem, rows = sample_policy(
+                self.engine, records, [self.format(r) for r in records], self.reward, n=cfg.eval.n,
+                max_new_tokens=self.max_new_tokens, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+                seed=seed_for(cfg.train.seed, "eval", self.rank))
         if self.world > 1:
             from accelerate.utils import gather_object
 
@@ -371,11 +384,12 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
     def save(self) -> None:
         self.accelerator.wait_for_everyone()
+        state_dict = self.accelerator.get_state_dict(self.train_model)  # gathers FSDP shards; a no-op copy else
         if self.is_main:
             save_checkpoint(self.run_dir, self.step, self.accelerator.unwrap_model(self.train_model), self.tokenizer,
                             self.optimizer, self.scheduler, {"nonfinite_streak": self.nonfinite_streak,
                                                              "data_position": self.step * self.cfg.train.prompts_per_step},
-                            keep=self.cfg.train.keep_checkpoints)
+                            keep=self.cfg.train.keep_checkpoints, state_dict=state_dict)
         self.accelerator.wait_for_everyone()
 
     def train_step(self) -> dict[str, float]:
@@ -438,11 +452,3 @@ class Trainer:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.is_main and metrics:
             self.logger.log(step, metrics)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
