@@ -21,7 +21,7 @@ from aspo.objectives import (
     policy_loss,
     register_policy_loss,
 )
-from aspo.objectives.base import POLICY_LOSS_DEFAULTS, TokenTerms
+from aspo.objectives.base import POLICY_LOSS_DEFAULTS, TokenTerms, _ranks_from_top
 
 OLD_LOG_PROB = math.log(0.3)
 
@@ -233,6 +233,19 @@ def test_high_entropy_tokens_match_the_reference_definition(quantile):
     keep = torch.ones(64, dtype=torch.bool)
     keep[5] = False
     assert torch.equal(got[keep], _archer_high_entropy(entropy, mask, quantile)[keep])
+
+
+@pytest.mark.parametrize("rank", [0, 1, 5, 36])
+def test_rank_selection_paths_agree_with_a_sort(rank):
+    generator = torch.Generator().manual_seed(rank)
+    values = (torch.rand(16, 40, generator=generator) * 8).round()  # ties
+    values[:, :3] = float("-inf")
+    values[:2, -2:] = float("inf")
+    ordered = values.sort(dim=-1, descending=True).values
+    for use_numpy in (True, False):
+        below, above = _ranks_from_top(values, rank, use_numpy=use_numpy)
+        assert torch.equal(below[:, 0], ordered[:, rank])
+        assert torch.equal(above[:, 0], ordered[:, max(rank - 1, 0)])
 
 
 def test_high_entropy_ignores_padding_values():

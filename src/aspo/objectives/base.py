@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -140,14 +141,19 @@ def agg_loss(per_token_loss: Tensor, response_mask: Tensor, loss_agg_mode: str) 
         raise UserError(f"loss_agg_mode {loss_agg_mode!r} is not one of {list(LOSS_AGG_MODES)}")
     mask = response_mask.bool()
     masked = torch.where(mask, per_token_loss, 0.0)  # a select: padding NaN/inf cannot leak
+    return aggregate_zero_padded(masked, mask, loss_agg_mode)
+
+
+def aggregate_zero_padded(per_token_loss: Tensor, mask: Tensor, loss_agg_mode: str) -> Tensor:
+    """``agg_loss`` for a loss that is already exactly 0 at padding (skips the select)."""
     rows = max(mask.shape[0], 1)
     if loss_agg_mode == "token-mean":
-        return masked.sum() / mask.sum().clamp(min=1)
+        return per_token_loss.sum() / max(int(mask.count_nonzero()), 1)
     if loss_agg_mode == "seq-mean-token-sum-norm":
-        return masked.sum() / (rows * mask.shape[-1])
-    row_sums = masked.sum(dim=-1)
+        return per_token_loss.sum() / (rows * mask.shape[-1])
+    row_sums = per_token_loss.sum(dim=-1)
     if loss_agg_mode == "seq-mean-token-mean":
-        row_sums = row_sums / mask.sum(dim=-1).clamp(min=1)
+        row_sums = row_sums / mask.count_nonzero(dim=-1).clamp(min=1)
     return row_sums.sum() / rows
 
 
@@ -182,27 +188,60 @@ def high_entropy_tokens(entropy: Tensor, mask: Tensor, quantile: float) -> Tenso
     tokens with linear interpolation, and "high" means ``entropy > q``; so ties with the quantile, a row
     with one token and ``quantile=1`` give no high tokens. (Their variable names are swapped --
     ``high_entropy_mask`` holds the *low* tokens -- but the effect is the one documented here.)
+    Raises UserError if ``entropy`` holds NaN or inf at a valid position.
 
-    Fast path: only the top ``n - floor(q (n-1))`` values per row are needed, so a ``topk`` over the row
-    (padding at -inf) replaces the full sort that ``nanquantile`` does.
+    Fast path (nanquantile sorts every row; this does one selection). The quantile interpolates the
+    valid values of descending rank d and d - 1, with d = n - 1 - floor(q (n - 1)). Each row gets D - d
+    extra +inf entries (D = max over rows of d) and -inf at padding, so the wanted values sit at the same
+    descending rank D in every row: one selection with a constant rank for the whole batch.
     """
-    if entropy.shape[-1] == 0:
+    batch, length = mask.shape
+    if batch == 0 or length == 0:
         return mask.clone()
     with torch.no_grad():
-        values = torch.where(mask, entropy.detach().float(), float("-inf"))
-        counts = mask.sum(dim=-1)  # (B,)
-        position = quantile * (counts - 1).clamp(min=0).to(values.dtype)  # fractional ascending rank
+        entropy = entropy.detach().float()
+        # cheap: an all-finite sum means every entry is finite; only otherwise look at the valid ones
+        if not bool(entropy.sum().isfinite()) and not bool(torch.where(mask, entropy, 0.0).isfinite().all()):
+            raise UserError("entropy holds NaN or inf at valid (response_mask) positions")
+        counts = mask.count_nonzero(dim=-1)  # (B,)
+        position = quantile * (counts - 1).clamp(min=0).to(entropy.dtype)  # ascending rank, as torch
         lower_rank = position.floor()
         frac = (position - lower_rank).unsqueeze(-1)
-        lower_rank = lower_rank.long()
-        upper_rank = position.ceil().long()
-        # ascending rank k of the valid values is descending index n-1-k among the top values
-        k_needed = int((counts - lower_rank).max().clamp(min=1)) if counts.numel() else 1
-        top = values.topk(min(k_needed, values.shape[-1]), dim=-1, largest=True, sorted=True).values
-        lower_index = (counts - 1 - lower_rank).clamp(min=0).unsqueeze(-1)
-        upper_index = (counts - 1 - upper_rank).clamp(min=0).unsqueeze(-1)
-        below = top.gather(-1, lower_index)
-        above = top.gather(-1, upper_index)
-        # torch's linear interpolation: lerp(below, above, frac)
-        threshold = torch.lerp(below, above, frac)
-        return (values > threshold) & mask & (counts > 0).unsqueeze(-1)
+        desc_rank = (counts - 1 - lower_rank.long()).clamp(min=0)  # d per row
+        top_rank = int(desc_rank.max())  # D
+        # [valid entropies, -inf at padding | D - d times +inf, then -inf], built in place
+        extended = torch.empty(batch, length + top_rank, device=mask.device)
+        values = extended[:, :length]
+        minus_inf = torch.tensor(float("-inf"), device=mask.device)
+        torch.where(mask, entropy, minus_inf, out=values)
+        n_inf = (top_rank - desc_rank).unsqueeze(-1)
+        torch.where(torch.arange(top_rank, device=mask.device) < n_inf, -minus_inf, minus_inf,
+                    out=extended[:, length:])  # fmt: skip
+        below, above = _ranks_from_top(extended, top_rank)
+        above = torch.where(frac > 0, above, below)  # frac = 0: weight 0, and `above` may be +inf
+        threshold = torch.lerp(below, above, frac)  # torch's linear interpolation
+        return values > threshold  # padding is -inf, so never above
+
+
+def _ranks_from_top(values: Tensor, rank: int, use_numpy: bool | None = None) -> tuple[Tensor, Tensor]:
+    """Per row, the values of descending rank ``rank`` and ``rank - 1`` (0-based), each (B, 1).
+
+    On CPU numpy's introselect (``np.partition``, one kth) is several times faster than torch's topk;
+    elsewhere (or with ``use_numpy=False``) an unsorted topk of rank + 1 values. For rank 0 both results
+    are the row maximum.
+    """
+    if use_numpy is None:
+        use_numpy = values.device.type == "cpu"
+    if use_numpy:
+        width = values.shape[-1]
+        kth = width - 1 - rank  # ascending position of descending rank `rank`
+        partitioned = np.partition(values.numpy(), kth, axis=-1)
+        below = torch.from_numpy(partitioned[:, kth : kth + 1].copy())
+        if rank == 0:
+            return below, below
+        return below, torch.from_numpy(partitioned[:, kth + 1 :].min(axis=-1, keepdims=True))
+    top = values.topk(rank + 1, dim=-1, sorted=False).values
+    if rank == 0:
+        return top, top
+    below, above = top.topk(2, dim=-1, largest=False, sorted=True).values.unbind(-1)
+    return below.unsqueeze(-1), above.unsqueeze(-1)

@@ -21,18 +21,21 @@ from aspo.objectives.base import TokenInputs, TokenTerms, register_policy_loss
 
 
 class _Side(NamedTuple):
-    """One advantage sign's rule: value = -A * surrogate, and the weight / clip flags."""
+    """One advantage sign's rule: value = -A * surrogate (or -A * c * logp on ``soft`` dual-clipped
+    tokens), gradient weight and clip flags. Weights are built with clamps and 0/1 factors rather than
+    selects: every input is finite here, and CPU selects cost several times an arithmetic pass."""
 
     surrogate: Tensor
     weight: Tensor
     clipped: Tensor
-    dual_clipped: Tensor | None
+    dual_clipped: Tensor | None = None
+    soft: bool = False
 
 
 def _ppo_positive(ratio: Tensor, hi: float | Tensor) -> _Side:
     """A > 0 under PPO-clip: value -A * min(r, hi); w = r, or 0 above hi (the upper clip)."""
     clipped = ratio > hi
-    return _Side(ratio.clamp(max=hi), torch.where(clipped, 0.0, ratio), clipped, None)
+    return _Side(ratio.clamp(max=hi), ratio * ~clipped, clipped)
 
 
 def _ppo_negative(tokens: TokenInputs, ratio: Tensor, dual: str | None) -> _Side:
@@ -43,24 +46,13 @@ def _ppo_negative(tokens: TokenInputs, ratio: Tensor, dual: str | None) -> _Side
     """
     clipped = ratio < tokens.clip_low_bound
     surrogate = ratio.clamp(min=tokens.clip_low_bound)
-    weight = torch.where(clipped, 0.0, ratio)
     if dual is None:
-        return _Side(surrogate, weight, clipped, None)
+        return _Side(surrogate, ratio * ~clipped, clipped)
     c = tokens.clip_c
     dual_clipped = ratio > c  # implies r > lo, so never also `clipped`
-    if dual == "hard":
-        return _Side(
-            torch.where(dual_clipped, c, surrogate),
-            torch.where(dual_clipped, 0.0, weight),
-            clipped,
-            dual_clipped,
-        )
-    return _Side(
-        torch.where(dual_clipped, c * tokens.log_prob, surrogate),
-        torch.where(dual_clipped, c, weight),
-        clipped,
-        dual_clipped,
-    )
+    if dual == "hard":  # max(r, lo) > c exactly when r > c, so capping the surrogate at c is the dual clip
+        return _Side(surrogate.clamp(max=c), ratio * ~(clipped | dual_clipped), clipped, dual_clipped)
+    return _Side(surrogate, ratio.clamp(max=c) * ~clipped, clipped, dual_clipped, soft=True)
 
 
 def _flipped_positive(tokens: TokenInputs, soft_dual: bool) -> _Side:
@@ -70,39 +62,39 @@ def _flipped_positive(tokens: TokenInputs, soft_dual: bool) -> _Side:
     With ``soft_dual``, tokens with 1/r_til > c (i.e. r < 1/c) get value -A * c * logp and w = c.
     r >= e^-20, so 1/r <= 4.9e8 stays finite.
     """
-    ratio, hi = tokens.ratio, tokens.clip_high_bound
-    clipped = ratio > hi
-    inverse = ratio.reciprocal()
-    surrogate = ratio.clamp(max=hi).reciprocal()
-    weight = torch.where(clipped, 0.0, inverse)
+    ratio = tokens.ratio
+    clipped = ratio > tokens.clip_high_bound
+    surrogate = ratio.clamp(max=tokens.clip_high_bound).reciprocal()
     if not soft_dual:
-        return _Side(surrogate, weight, clipped, None)
+        return _Side(surrogate, ratio.reciprocal() * ~clipped, clipped)
     c = tokens.clip_c
     dual_clipped = ratio < 1.0 / c  # 1/c < 1 < hi, so never also `clipped`
-    return _Side(
-        torch.where(dual_clipped, c * tokens.log_prob, surrogate),
-        torch.where(dual_clipped, c, weight),
-        clipped,
-        dual_clipped,
-    )
+    return _Side(surrogate, ratio.reciprocal().clamp(max=c) * ~clipped, clipped, dual_clipped, soft=True)
 
 
 def _combine(tokens: TokenInputs, positive: _Side, negative: _Side) -> TokenTerms:
-    """Pick each token's side by the sign of its advantage."""
+    """Pick each token's side by the sign of its advantage (A = 0 takes the positive side)."""
     is_negative = tokens.advantages < 0
+    is_positive = ~is_negative
     surrogate = torch.where(is_negative, negative.surrogate, positive.surrogate)
     dual_clipped = None
-    if positive.dual_clipped is not None or negative.dual_clipped is not None:
-        never = torch.zeros_like(is_negative)
-        dual_clipped = torch.where(
-            is_negative,
-            never if negative.dual_clipped is None else negative.dual_clipped,
-            never if positive.dual_clipped is None else positive.dual_clipped,
-        )
+    if positive.dual_clipped is not None:
+        dual_clipped = positive.dual_clipped & is_positive
+    if negative.dual_clipped is not None:
+        negative_dual = negative.dual_clipped & is_negative
+        dual_clipped = negative_dual if dual_clipped is None else dual_clipped | negative_dual
+    soft = [
+        side.dual_clipped & mask
+        for side, mask in ((positive, is_positive), (negative, is_negative))
+        if side.soft
+    ]
+    if soft:  # soft dual clip: value -A * c * logp
+        soft_dual = soft[0] if len(soft) == 1 else soft[0] | soft[1]
+        surrogate = torch.where(soft_dual, tokens.clip_c * tokens.log_prob, surrogate)
     return TokenTerms(
         value=-tokens.advantages * surrogate,
         weight=torch.where(is_negative, negative.weight, positive.weight),
-        clipped=torch.where(is_negative, negative.clipped, positive.clipped),
+        clipped=(negative.clipped & is_negative) | (positive.clipped & is_positive),
         dual_clipped=dual_clipped,
     )
 

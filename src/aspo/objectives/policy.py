@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from aspo.objectives.base import (
     LOG_RATIO_CLAMP,
     TokenInputs,
     TokenTerms,
-    agg_loss,
+    aggregate_zero_padded,
     high_entropy_tokens,
     resolve_params,
 )
@@ -56,7 +57,8 @@ def policy_loss(
 
     Raises:
         UserError (a ValueError): unknown name or parameter, mismatched shapes, a mask that is not 0/1,
-            NaN or inf inside the mask in log_prob, old_log_prob, advantages or entropy.
+            NaN or inf inside the mask in log_prob, old_log_prob, advantages, or in entropy where the
+            entropy split uses it.
     """
     objective, settings = resolve_params(name, params)
     mask = _check_inputs(log_prob, old_log_prob, advantages, response_mask, entropy)
@@ -66,7 +68,7 @@ def policy_loss(
         behaviour = torch.where(mask, old_log_prob.detach().float(), 0.0)
         adv = advantages.detach().float()
         adv = torch.where(mask, adv.unsqueeze(-1) if adv.dim() == 1 else adv, 0.0)
-        _check_finite(current, behaviour, adv, entropy, mask)
+        _check_finite(current, behaviour, adv)
 
         log_ratio = (current - behaviour).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         ratio = log_ratio.exp()
@@ -83,15 +85,32 @@ def policy_loss(
         )
         own_params = {k: v for k, v in settings.items() if k not in COMMON_DEFAULTS}
         terms = objective(tokens, **own_params)
-        grad_coef = -adv * terms.weight  # 0 at padding: adv is 0 there and weights are finite
+        value = terms.value * mask  # objectives return finite values at padding; drop them
+        grad_coef = -adv * terms.weight  # exactly 0 at padding: adv is 0 there, weights finite
 
-    # Forward: the objective's value. Backward: exactly -A * w, because (x - sg(x)) is 0 with derivative
-    # 1. The select on log_prob (not a multiplication) keeps padding -- even inf -- out of the gradient;
-    # agg_loss selects the valid values the same way.
-    differentiable = torch.where(mask, log_prob, 0.0)
-    per_token_loss = terms.value + grad_coef * (differentiable - differentiable.detach())
-    loss = agg_loss(per_token_loss, mask, settings["loss_agg_mode"])
+    per_token_loss = _PolicyGradient.apply(log_prob, value, grad_coef)
+    loss = aggregate_zero_padded(per_token_loss, mask, settings["loss_agg_mode"])
     return loss, _metrics(tokens, terms, behaviour, high_entropy)
+
+
+class _PolicyGradient(torch.autograd.Function):
+    """Forward: the objective's per-token value. Backward: d value / d log_prob = -A * w, exactly.
+
+    Equivalent to ``value + grad_coef * (log_prob - log_prob.detach())`` without touching ``log_prob``
+    in the forward pass, so whatever sits in the padding (even inf) never meets an arithmetic op, and
+    the backward pass is one multiplication.
+    """
+
+    @staticmethod
+    def forward(ctx, log_prob: Tensor, value: Tensor, grad_coef: Tensor) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(grad_coef)
+        ctx.log_prob_dtype = log_prob.dtype
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:  # noqa: D102
+        (grad_coef,) = ctx.saved_tensors
+        return (grad_output * grad_coef).to(ctx.log_prob_dtype), None, None
 
 
 def _check_inputs(
@@ -125,17 +144,13 @@ def _check_inputs(
     return response_mask.bool()
 
 
-def _check_finite(
-    current: Tensor, behaviour: Tensor, adv: Tensor, entropy: Tensor | None, mask: Tensor
-) -> None:
-    """NaN/inf at valid positions -> UserError naming the argument.
+def _check_finite(current: Tensor, behaviour: Tensor, adv: Tensor) -> None:
+    """NaN/inf at valid positions -> UserError naming the argument (entropy: see high_entropy_tokens).
 
     Cheap path: the inputs are already zeroed at padding, so one sum per tensor is finite unless some
     valid entry is not (or the sum overflowed); only then look element by element.
     """
     named = {"log_prob": current, "old_log_prob": behaviour, "advantages": adv}
-    if entropy is not None:
-        named["entropy"] = torch.where(mask, entropy.detach().float(), 0.0)
     if bool(torch.stack([t.sum() for t in named.values()]).isfinite().all()):
         return
     for arg, tensor in named.items():
@@ -155,8 +170,9 @@ def _clip_bounds(
     if entropy is None or (high_low == eps_low and high_high == eps_high):
         return 1.0 - eps_low, 1.0 + eps_high, None
     high = high_entropy_tokens(entropy, mask, float(settings["entropy_quantile"]))
-    lo = torch.where(high, 1.0 - high_low, 1.0 - eps_low)
-    hi = torch.where(high, 1.0 + high_high, 1.0 + eps_high)
+    as_float = high.float()
+    lo = as_float.mul(eps_low - high_low).add_(1.0 - eps_low)  # 1 - eps per token, no select needed
+    hi = as_float.mul(high_high - eps_high).add_(1.0 + eps_high)
     return lo, hi, high
 
 
@@ -182,22 +198,30 @@ def _metrics(
     negative = adv < 0
     zero = torch.zeros((), device=mask.device)
     n_bins = len(PROB_BUCKET_NAMES) + 1  # the last bin collects every non-positive token
-    edges = torch.tensor(PROB_BUCKET_EDGES[1:-1], device=mask.device)
-    bucket = torch.where(positive, torch.bucketize(behaviour.exp(), edges, right=True), n_bins - 1).flatten()
+    # bucket of exp(old_log_prob), compared in log space: sum of (logp >= log edge)
+    bucket = torch.zeros(mask.shape, dtype=torch.uint8, device=mask.device)
+    for edge in PROB_BUCKET_EDGES[1:-1]:
+        bucket += behaviour >= math.log(edge)
+    bucket.masked_fill_(~positive, n_bins - 1)
+    bucket = bucket.flatten()
     ratio_min, ratio_max = torch.aminmax(ratio) if ratio.numel() else (zero, zero)
+
+    def count(flags: Tensor | None, sign: Tensor) -> Tensor:
+        return zero if flags is None else (flags & sign).count_nonzero()
+
     scalars = [
-        mask.sum(),
-        negative.sum(),
-        torch.where(negative, weight, 0.0).sum(),
-        zero if terms.clipped is None else (terms.clipped & positive).sum(),
-        zero if terms.clipped is None else (terms.clipped & negative).sum(),
-        zero if terms.dual_clipped is None else (terms.dual_clipped & positive).sum(),
-        zero if terms.dual_clipped is None else (terms.dual_clipped & negative).sum(),
+        mask.count_nonzero(),
+        negative.count_nonzero(),
+        (weight * negative).sum(),
+        count(terms.clipped, positive),
+        count(terms.clipped, negative),
+        count(terms.dual_clipped, positive),
+        count(terms.dual_clipped, negative),
         -tokens.log_ratio.sum(),  # log_ratio is 0 at padding
         ratio.sum(),  # ratio is 1 at padding
         ratio_min,
         ratio_max,
-        zero if high_entropy is None else high_entropy.sum(),
+        zero if high_entropy is None else high_entropy.count_nonzero(),
     ]
     flat = torch.cat(
         [
