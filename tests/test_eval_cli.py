@@ -1,0 +1,139 @@
+"""`aspo eval` end to end with a tiny random Qwen2 over the lab's character tokenizer (no download)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from aspo.cli import main
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from aspo.lab import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, seed=0, **TINY)
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def problems(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "problems.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"{i}+{i}=", "answer": str(2 * i)}) + "\n"
+                            for i in range(5)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reward_file(tmp_path_factory) -> Path:
+    # a reward the random model sometimes earns, so pass@k is not trivially 0
+    path = tmp_path_factory.mktemp("reward") / "has_digit.py"
+    path.write_text("def has_digit(prompt, response, answer, **kw):\n"
+                    "    return float(any(c.isdigit() for c in response[:2]))\n")
+    return path
+
+
+def _eval(model_dir, data, out, *extra) -> int:
+    return main(["eval", "--model", str(model_dir), "--data", str(data), "--n", "3", "--max-new-tokens", "4",
+                 "--temperature", "1.0", "--batch-size", "2", "--output", str(out), *extra])
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def _pass_at_k_brute(rewards: list[float], k: int) -> float:
+    """Fraction of k-subsets with at least one correct sample (the definition the estimator is unbiased for)."""
+    subsets = list(itertools.combinations(rewards, k))
+    return sum(any(r >= 1.0 for r in s) for s in subsets) / len(subsets)
+
+
+def test_eval_writes_samples_and_unbiased_summary(model_dir, problems, reward_file, tmp_path):
+    out = tmp_path / "ev"
+    assert _eval(model_dir, problems, out, "--reward", f"{reward_file}:has_digit") == 0
+    rows = _rows(out)
+    assert [(r["id"], r["sample"]) for r in rows] == [(f"p{i}", s) for i in range(5) for s in range(3)]
+    for row in rows:
+        assert row["reward"] == float(any(c.isdigit() for c in row["response"][:2]))
+    summary = json.loads((out / "summary.json").read_text())
+    per_problem = [[r["reward"] for r in rows if r["id"] == f"p{i}"] for i in range(5)]
+    assert summary["avg@3"] == pytest.approx(sum(map(sum, per_problem)) / 15)
+    assert summary["pass@1"] == pytest.approx(sum(_pass_at_k_brute(p, 1) for p in per_problem) / 5)
+    assert summary["pass@3"] == pytest.approx(sum(_pass_at_k_brute(p, 3) for p in per_problem) / 5)
+    assert 0 < summary["avg@3"] < 1, "the test reward should separate samples"
+    assert "maj@3" not in summary  # answers of a custom reward are not comparable
+
+
+def test_eval_resumes_to_the_same_samples(model_dir, problems, reward_file, tmp_path):
+    out = tmp_path / "ev"
+    args = ("--reward", f"{reward_file}:has_digit")
+    assert _eval(model_dir, problems, out, *args) == 0
+    full = (out / "samples.jsonl").read_text()
+    # interrupted after one batch (2 problems x 3 samples) and in the middle of writing the next
+    lines = full.splitlines(keepends=True)
+    (out / "samples.jsonl").write_text("".join(lines[:8]) + lines[8][:10])
+    (out / "summary.json").unlink()
+    assert _eval(model_dir, problems, out, *args) == 0
+    assert (out / "samples.jsonl").read_text() == full
+    # finished: a rerun generates nothing and rewrites the same summary
+    summary = (out / "summary.json").read_text()
+    assert _eval(model_dir, problems, out, *args) == 0
+    assert (out / "summary.json").read_text() == summary
+    # other settings into the same directory are refused
+    assert _eval(model_dir, problems, out, *args, "--seed", "1") == 2
+
+
+def test_eval_math_records_answers_for_maj(model_dir, tmp_path):
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", str(model_dir), "--data", "gsm8k", "--limit", "2", "--n", "2",
+                 "--max-new-tokens", "4", "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reward"] == "math" and "maj@2" in summary and summary["problems"] == 2
+    assert all("answer" in row for row in _rows(out))
+
+
+def test_eval_humaneval_through_the_sandbox(model_dir, tmp_path):
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", str(model_dir), "--data", "humaneval", "--limit", "2", "--n", "2",
+                 "--max-new-tokens", "4", "--output", str(out)]) == 0
+    rows = _rows(out)
+    assert len(rows) == 4 and all(r["reward"] == 0.0 for r in rows)  # 4 random characters are no program
+    assert [r["id"] for r in rows[::2]] == ["HumanEval/0", "HumanEval/1"]
+
+
+def test_prompt_formatting():
+    from aspo.commands.eval import MATH_INSTRUCTION, format_prompt
+    from aspo.lab import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    record = {"prompt": "1+1=", "answer": "2", "a": 1}
+    assert format_prompt(record, tokenizer, reward="math", template="{prompt}", chat_template=True) == "1+1="
+    assert format_prompt(record, tokenizer, reward="math", template="Q {a}: {prompt}", chat_template=True) \
+        == "Q 1: 1+1="
+    tokenizer.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
+    chat = format_prompt(record, tokenizer, reward="math", template="{prompt}", chat_template=True)
+    assert chat == f"<u>1+1=\n{MATH_INSTRUCTION}</u><a>"
+    assert format_prompt(record, tokenizer, reward="math", template="{prompt}", chat_template=False) == "1+1="
+
+
+def test_bad_arguments_are_clear_errors(model_dir, problems, tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path / "missing"), "--data", "gsm8k"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--data", "nope"]) == 2
+    assert "unknown benchmark 'nope'" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--data", str(problems)]) == 2
+    assert "--reward is required" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--data", "gsm8k", "--n", "0"]) == 2
+    assert "--n must be >= 1" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--data", str(problems), "--reward", "math",
+                 "--prompt-template", "{question}", "--output", str(tmp_path / "o")]) == 2
+    assert "names field 'question'" in capsys.readouterr().err
