@@ -142,7 +142,7 @@ def _check_settings(output: Path, settings: dict[str, Any]) -> None:
 def main(argv: list[str]) -> int:
     from aspo.benchmarks import DEFAULT_REWARD, load_benchmark
     from aspo.evaluate import summarize
-    from aspo.rewards import get_reward, score_records
+    from aspo.rewards import get_reward
 
     args = build_parser().parse_args(argv)
     _validate(args)
@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
     samples_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     comparable = reward == "math"
     if done_batches < len(batches):
-        _generate(args, reward, reward_fn, batches, done_batches, samples_path, comparable, score_records)
+        _generate(args, reward, reward_fn, batches, done_batches, samples_path, comparable)
     rows = _read_done(samples_path)
     summary = _summarize(rows, problems, args, reward, comparable, summarize, output)
     (output / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
@@ -182,9 +182,10 @@ def main(argv: list[str]) -> int:
 
 
 def _generate(args: argparse.Namespace, reward: str, reward_fn: Any, batches: list[list[dict]],
-              start_batch: int, samples_path: Path, comparable: bool, score_records: Any) -> None:
+              start_batch: int, samples_path: Path, comparable: bool) -> None:
     from tqdm.auto import tqdm
 
+    from aspo.evaluate import sample_policy
     from aspo.rewards.math import extract_answer, normalize_answer
     from aspo.rollout import HFEngine
 
@@ -200,25 +201,23 @@ def _generate(args: argparse.Namespace, reward: str, reward_fn: Any, batches: li
             prompts = [format_prompt(p, tokenizer, reward=reward, template=args.prompt_template,
                                      chat_template=args.chat_template) for p in batch]
             started = time.monotonic()
-            rollout = engine.generate(prompts, n=args.n, max_new_tokens=args.max_new_tokens,
-                                      temperature=args.temperature, top_p=args.top_p,
-                                      seed=args.seed * 1_000_003 + index)
-            records = [{**p, "response": rollout.responses[i * args.n + s]}
-                       for i, p in enumerate(batch) for s in range(args.n)]
-            results = score_records(reward_fn, records)
+            _, sampled = sample_policy(engine, batch, prompts, reward_fn, n=args.n,
+                                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                       top_p=args.top_p, seed=args.seed * 1_000_003 + index)
             lines = []
-            for j, (record, result) in enumerate(zip(records, results, strict=True)):
-                row = {"id": record["id"], "sample": j % args.n, "response": record["response"],
-                       "reward": result.reward, "truncated": bool(rollout.truncated[j])}
-                if result.error:
-                    row["error"] = result.error
+            for sample in sampled:
+                row = {"id": batch[sample["index"]]["id"], "sample": sample["sample"],
+                       "response": sample["response"], "reward": sample["reward"],
+                       "truncated": sample["truncated"], "length": sample["length"]}
+                if sample["error"]:
+                    row["error"] = sample["error"]
                 if comparable:
-                    row["answer"] = normalize_answer(extract_answer(record["response"]))
+                    row["answer"] = normalize_answer(extract_answer(sample["response"]))
                 lines.append(json.dumps(row, ensure_ascii=False) + "\n")
             with samples_path.open("a", encoding="utf-8") as f:  # whole batch at once: resumable
                 f.write("".join(lines))
             bar.update(len(batch))
-            bar.set_postfix(reward=f"{sum(r.reward for r in results) / len(results):.3f}",
+            bar.set_postfix(reward=f"{sum(r['reward'] for r in sampled) / len(sampled):.3f}",
                             s_per_batch=f"{time.monotonic() - started:.1f}")
     finally:
         bar.close()
