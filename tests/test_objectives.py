@@ -248,8 +248,9 @@ def test_rank_selection_paths_agree_with_a_sort(rank):
         assert torch.equal(above[:, 0], ordered[:, max(rank - 1, 0)])
 
 
-def test_high_entropy_ignores_padding_values():
-    entropy = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 99.0, 99.0]])
+@pytest.mark.parametrize("padding", [99.0, 3e38, -3e38, float("inf"), float("nan")])
+def test_high_entropy_ignores_padding_values(padding):
+    entropy = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, padding, padding]])
     mask = torch.tensor([[True] * 5 + [False] * 2])
     assert high_entropy_tokens(entropy, mask, 0.8).tolist() == [
         [False, False, False, False, True, False, False]
@@ -435,9 +436,10 @@ def test_non_finite_values_outside_the_mask_are_allowed():
     kwargs["log_prob"].requires_grad_(True)
     kwargs["old_log_prob"] = torch.tensor([[-1.0, -1.0, float("inf")], [-1.0, float("nan"), 0.0]])
     kwargs["advantages"] = torch.tensor([[1.0, -1.0, float("nan")], [1.0, float("inf"), 1.0]])
+    entropy = torch.tensor([[0.5, 0.1, float("nan")], [0.2, float("inf"), 3e38]])
     for name in POLICY_LOSSES:
         kwargs["log_prob"].grad = None
-        loss, metrics = policy_loss(name, **kwargs)
+        loss, metrics = policy_loss(name, **kwargs, entropy=entropy)
         loss.backward()
         assert torch.isfinite(loss) and all(math.isfinite(v) for v in metrics.values()), name
         assert torch.isfinite(kwargs["log_prob"].grad).all(), name

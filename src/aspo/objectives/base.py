@@ -181,6 +181,9 @@ def kl_penalty(log_prob: Tensor, ref_log_prob: Tensor, kind: str) -> Tensor:
     raise UserError(f"unknown KL estimator {kind!r}; valid kinds: k1, k2, mse, k3, low_var_kl")
 
 
+_FAR_BELOW = 3e38  # pushes padding under every valid entropy (entropies are >= 0; anything > -1e38 works)
+
+
 def high_entropy_tokens(entropy: Tensor, mask: Tensor, quantile: float) -> Tensor:
     """(B, T) bool: valid tokens whose entropy is strictly above their response's ``quantile``.
 
@@ -201,7 +204,8 @@ def high_entropy_tokens(entropy: Tensor, mask: Tensor, quantile: float) -> Tenso
     with torch.no_grad():
         entropy = entropy.detach().float()
         # cheap: an all-finite sum means every entry is finite; only otherwise look at the valid ones
-        if not bool(entropy.sum().isfinite()) and not bool(torch.where(mask, entropy, 0.0).isfinite().all()):
+        all_finite = bool(entropy.sum().isfinite())  # then every entry is finite, padding included
+        if not all_finite and not bool(torch.where(mask, entropy, 0.0).isfinite().all()):
             raise UserError("entropy holds NaN or inf at valid (response_mask) positions")
         counts = mask.count_nonzero(dim=-1)  # (B,)
         position = quantile * (counts - 1).clamp(min=0).to(entropy.dtype)  # ascending rank, as torch
@@ -213,14 +217,17 @@ def high_entropy_tokens(entropy: Tensor, mask: Tensor, quantile: float) -> Tenso
         extended = torch.empty(batch, length + top_rank, device=mask.device)
         values = extended[:, :length]
         minus_inf = torch.tensor(float("-inf"), device=mask.device)
-        torch.where(mask, entropy, minus_inf, out=values)
+        if all_finite:  # padding -> about -3e38, below any entropy; cheaper than a select on CPU
+            torch.add(entropy, (~mask).to(entropy.dtype), alpha=-_FAR_BELOW, out=values)
+        else:
+            torch.where(mask, entropy, minus_inf, out=values)
         n_inf = (top_rank - desc_rank).unsqueeze(-1)
         torch.where(torch.arange(top_rank, device=mask.device) < n_inf, -minus_inf, minus_inf,
                     out=extended[:, length:])  # fmt: skip
         below, above = _ranks_from_top(extended, top_rank)
         above = torch.where(frac > 0, above, below)  # frac = 0: weight 0, and `above` may be +inf
         threshold = torch.lerp(below, above, frac)  # torch's linear interpolation
-        return values > threshold  # padding is -inf, so never above
+        return values > threshold  # padding is far below every valid value, so never above
 
 
 def _ranks_from_top(values: Tensor, rank: int, use_numpy: bool | None = None) -> tuple[Tensor, Tensor]:

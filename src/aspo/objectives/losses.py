@@ -21,79 +21,75 @@ from aspo.objectives.base import TokenInputs, TokenTerms, register_policy_loss
 
 
 class _Side(NamedTuple):
-    """One advantage sign's rule: value = -A * surrogate (or -A * c * logp on ``soft`` dual-clipped
-    tokens), gradient weight and clip flags. Weights are built with clamps and 0/1 factors rather than
-    selects: every input is finite here, and CPU selects cost several times an arithmetic pass."""
+    """One advantage sign's rule, evaluated on every token; ``_combine`` keeps it where the sign fits.
+
+    value = -A * surrogate; weight = ``weight``, except 0 where ``clipped`` or ``dual_clipped`` (hard dual
+    clip). CPU selects and bool-by-float products cost several times an arithmetic pass, so the sides
+    use clamps and ``_combine`` 0/1 float factors.
+    """
 
     surrogate: Tensor
     weight: Tensor
     clipped: Tensor
     dual_clipped: Tensor | None = None
-    soft: bool = False
 
 
 def _ppo_positive(ratio: Tensor, hi: float | Tensor) -> _Side:
     """A > 0 under PPO-clip: value -A * min(r, hi); w = r, or 0 above hi (the upper clip)."""
-    clipped = ratio > hi
-    return _Side(ratio.clamp(max=hi), ratio * ~clipped, clipped)
+    return _Side(ratio.clamp(max=hi), ratio, ratio > hi)
 
 
-def _ppo_negative(tokens: TokenInputs, ratio: Tensor, dual: str | None) -> _Side:
+def _ppo_negative(tokens: TokenInputs, ratio: Tensor, dual: bool) -> _Side:
     """A < 0 under PPO-clip: value -A * max(r, lo); w = r, or 0 below lo (the lower clip).
 
-    dual = "hard" (Ye et al. 2019, verl's vanilla): above c the value is -A * c and w = 0.
-    dual = "soft" (ASPO): above c the value is -A * c * logp and w = c -- the gradient keeps flowing.
+    With the (hard) dual clip (Ye et al. 2019, verl's vanilla): above c the value is -A * c and w = 0.
     """
     clipped = ratio < tokens.clip_low_bound
     surrogate = ratio.clamp(min=tokens.clip_low_bound)
-    if dual is None:
-        return _Side(surrogate, ratio * ~clipped, clipped)
+    if not dual:
+        return _Side(surrogate, ratio, clipped)
     c = tokens.clip_c
     dual_clipped = ratio > c  # implies r > lo, so never also `clipped`
-    if dual == "hard":  # max(r, lo) > c exactly when r > c, so capping the surrogate at c is the dual clip
-        return _Side(surrogate.clamp(max=c), ratio * ~(clipped | dual_clipped), clipped, dual_clipped)
-    return _Side(surrogate, ratio.clamp(max=c) * ~clipped, clipped, dual_clipped, soft=True)
+    # max(r, lo) > c exactly when r > c, so capping the surrogate at c is the hard dual clip
+    return _Side(surrogate.clamp_(max=c), ratio, clipped, dual_clipped)
 
 
-def _flipped_positive(tokens: TokenInputs, soft_dual: bool) -> _Side:
-    """A > 0 under ASPO: r_til = min(r, hi), value -A / r_til, w = 1/r (0 above hi).
+def _flipped_positive(tokens: TokenInputs) -> _Side:
+    """A > 0 flipped as in ASPO, without its dual clip: value -A / min(r, hi), w = 1/r (0 above hi).
 
     The value is the reference's -A * (r_til / sg(r_til)) / sg(r_til): its gradient is -A * (1/r) dlogp.
-    With ``soft_dual``, tokens with 1/r_til > c (i.e. r < 1/c) get value -A * c * logp and w = c.
     r >= e^-20, so 1/r <= 4.9e8 stays finite.
     """
     ratio = tokens.ratio
-    clipped = ratio > tokens.clip_high_bound
-    surrogate = ratio.clamp(max=tokens.clip_high_bound).reciprocal()
-    if not soft_dual:
-        return _Side(surrogate, ratio.reciprocal() * ~clipped, clipped)
-    c = tokens.clip_c
-    dual_clipped = ratio < 1.0 / c  # 1/c < 1 < hi, so never also `clipped`
-    return _Side(surrogate, ratio.reciprocal().clamp(max=c) * ~clipped, clipped, dual_clipped, soft=True)
+    surrogate = ratio.clamp(max=tokens.clip_high_bound).reciprocal_()
+    return _Side(surrogate, ratio.reciprocal(), ratio > tokens.clip_high_bound)
 
 
 def _combine(tokens: TokenInputs, positive: _Side, negative: _Side) -> TokenTerms:
-    """Pick each token's side by the sign of its advantage (A = 0 takes the positive side)."""
+    """Keep each token's side by the sign of its advantage (A = 0 takes the positive side).
+
+    x * 1 + y * 0 == x exactly for finite y, so the 0/1 float factors select without a select.
+    """
     is_negative = tokens.advantages < 0
     is_positive = ~is_negative
-    surrogate = torch.where(is_negative, negative.surrogate, positive.surrogate)
+    dtype = tokens.ratio.dtype
     dual_clipped = None
+    zeroed_positive, zeroed_negative = positive.clipped, negative.clipped
     if positive.dual_clipped is not None:
         dual_clipped = positive.dual_clipped & is_positive
+        zeroed_positive = zeroed_positive | positive.dual_clipped
     if negative.dual_clipped is not None:
         negative_dual = negative.dual_clipped & is_negative
         dual_clipped = negative_dual if dual_clipped is None else dual_clipped | negative_dual
-    soft = [
-        side.dual_clipped & mask
-        for side, mask in ((positive, is_positive), (negative, is_negative))
-        if side.soft
-    ]
-    if soft:  # soft dual clip: value -A * c * logp
-        soft_dual = soft[0] if len(soft) == 1 else soft[0] | soft[1]
-        surrogate = torch.where(soft_dual, tokens.clip_c * tokens.log_prob, surrogate)
+        zeroed_negative = zeroed_negative | negative.dual_clipped
+    weight = positive.weight * (is_positive & ~zeroed_positive).to(dtype)
+    weight.addcmul_(negative.weight, (is_negative & ~zeroed_negative).to(dtype))
+    positive_factor = is_positive.to(dtype)
+    surrogate = positive.surrogate * positive_factor
+    surrogate.addcmul_(negative.surrogate, positive_factor.neg_().add_(1.0))
     return TokenTerms(
-        value=-tokens.advantages * surrogate,
-        weight=torch.where(is_negative, negative.weight, positive.weight),
+        value=surrogate.mul_(tokens.advantages).neg_(),
+        weight=weight,
         clipped=(negative.clipped & is_negative) | (positive.clipped & is_positive),
         dual_clipped=dual_clipped,
     )
@@ -114,10 +110,30 @@ def aspo_loss(tokens: TokenInputs) -> TokenTerms:
 
     Defaults are the reference recipe: eps 0.2 / 0.2, c = 3, and with ``entropy`` given, eps 0.4 / 0.4 for
     tokens above the per-response 0.8 entropy quantile.
+
+    Both halves of the table are one rule. With rho = r for A < 0 and rho = 1/r for A >= 0, and the
+    lower bound b = lo for A < 0 and b = 1/hi for A >= 0 (r > hi is exactly rho < 1/hi, r < 1/c exactly
+    rho > c): w = 0 if rho < b; w = c if rho > c (value -A * c * logp); else w = rho; and the value is
+    -A * max(rho, b) outside the dual clip. ASPO is PPO's negative-token rule with the soft dual clip,
+    applied to the flipped ratio for positive tokens -- and computed that way here, once for all tokens.
     """
-    return _combine(
-        tokens, _flipped_positive(tokens, soft_dual=True), _ppo_negative(tokens, tokens.ratio, "soft")
-    )
+    dtype = tokens.ratio.dtype
+    negative = (tokens.advantages < 0).to(dtype)
+    positive = 1.0 - negative  # A >= 0; A = 0 tokens have zero value and gradient anyway
+    rho = (tokens.log_ratio * (negative - positive)).exp_()  # r^(-1) for A >= 0, r for A < 0
+    lo, hi = tokens.clip_low_bound, tokens.clip_high_bound
+    bound = negative * lo  # x * 1 + y * 0 is exact: b is lo or 1/hi to the bit
+    if isinstance(hi, Tensor):
+        bound.addcmul_(positive, hi.reciprocal())
+    else:
+        bound.add_(positive, alpha=1.0 / hi)
+    c = tokens.clip_c
+    clipped = rho < bound
+    dual_clipped = rho > c  # never also `clipped`: b <= 1 < c
+    weight = rho.clamp(max=c).mul_((~clipped).to(dtype))
+    surrogate = rho.clamp_(min=bound)  # rho is not needed any more
+    torch.where(dual_clipped, c * tokens.log_prob, surrogate, out=surrogate)
+    return TokenTerms(surrogate.mul_(tokens.advantages).neg_(), weight, clipped, dual_clipped)
 
 
 @register_policy_loss("aspo_flip_only", high_entropy_clip_ratio_low=0.4, high_entropy_clip_ratio_high=0.4)
@@ -134,16 +150,14 @@ def aspo_flip_only_loss(tokens: TokenInputs) -> TokenTerms:
 
     Negative tokens are exactly grpo's. Positive weights grow as 1/r without the cap c (up to e^20).
     """
-    return _combine(
-        tokens, _flipped_positive(tokens, soft_dual=False), _ppo_negative(tokens, tokens.ratio, "hard")
-    )
+    return _combine(tokens, _flipped_positive(tokens), _ppo_negative(tokens, tokens.ratio, dual=True))
 
 
 def _grpo_terms(tokens: TokenInputs) -> TokenTerms:
     return _combine(
         tokens,
         _ppo_positive(tokens.ratio, tokens.clip_high_bound),
-        _ppo_negative(tokens, tokens.ratio, "hard"),
+        _ppo_negative(tokens, tokens.ratio, dual=True),
     )
 
 
@@ -173,7 +187,9 @@ def ppo_loss(tokens: TokenInputs) -> TokenTerms:
     """Plain PPO-clip without any dual clip (TRL's GRPOTrainer default): grpo's table except that
     negative tokens with r > c keep w = r (value -A * r)."""
     return _combine(
-        tokens, _ppo_positive(tokens.ratio, tokens.clip_high_bound), _ppo_negative(tokens, tokens.ratio, None)
+        tokens,
+        _ppo_positive(tokens.ratio, tokens.clip_high_bound),
+        _ppo_negative(tokens, tokens.ratio, dual=False),
     )
 
 
@@ -213,7 +229,7 @@ def gspo_loss(tokens: TokenInputs) -> TokenTerms:
     return _combine(
         tokens,
         _ppo_positive(sequence_ratio, tokens.clip_high_bound),
-        _ppo_negative(tokens, sequence_ratio, None),
+        _ppo_negative(tokens, sequence_ratio, dual=False),
     )
 
 

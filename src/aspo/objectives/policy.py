@@ -70,7 +70,7 @@ def policy_loss(
         adv = torch.where(mask, adv.unsqueeze(-1) if adv.dim() == 1 else adv, 0.0)
         _check_finite(current, behaviour, adv)
 
-        log_ratio = (current - behaviour).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        log_ratio = (current - behaviour).clamp_(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         ratio = log_ratio.exp()
         clip_low_bound, clip_high_bound, high_entropy = _clip_bounds(settings, entropy, mask)
         tokens = TokenInputs(
@@ -85,8 +85,8 @@ def policy_loss(
         )
         own_params = {k: v for k, v in settings.items() if k not in COMMON_DEFAULTS}
         terms = objective(tokens, **own_params)
-        value = terms.value * mask  # objectives return finite values at padding; drop them
-        grad_coef = -adv * terms.weight  # exactly 0 at padding: adv is 0 there, weights finite
+        value = terms.value * mask.to(terms.value.dtype)  # objectives are finite at padding; drop it
+        grad_coef = (adv * terms.weight).neg_()  # exactly 0 at padding: adv is 0 there, weights finite
 
     per_token_loss = _PolicyGradient.apply(log_prob, value, grad_coef)
     loss = aggregate_zero_padded(per_token_loss, mask, settings["loss_agg_mode"])
@@ -171,8 +171,10 @@ def _clip_bounds(
         return 1.0 - eps_low, 1.0 + eps_high, None
     high = high_entropy_tokens(entropy, mask, float(settings["entropy_quantile"]))
     as_float = high.float()
-    lo = as_float.mul(eps_low - high_low).add_(1.0 - eps_low)  # 1 - eps per token, no select needed
-    hi = as_float.mul(high_high - eps_high).add_(1.0 + eps_high)
+    low_base = torch.tensor(1.0 - eps_low, device=mask.device)
+    high_base = torch.tensor(1.0 + eps_high, device=mask.device)
+    lo = torch.add(low_base, as_float, alpha=eps_low - high_low)  # 1 - eps per token, no select needed
+    hi = torch.add(high_base, as_float, alpha=high_high - eps_high)
     return lo, hi, high
 
 
@@ -197,13 +199,15 @@ def _metrics(
     positive = adv > 0  # adv is 0 at padding, so the signs already imply validity
     negative = adv < 0
     zero = torch.zeros((), device=mask.device)
-    n_bins = len(PROB_BUCKET_NAMES) + 1  # the last bin collects every non-positive token
-    # bucket of exp(old_log_prob), compared in log space: sum of (logp >= log edge)
-    bucket = torch.zeros(mask.shape, dtype=torch.uint8, device=mask.device)
+    n_buckets = len(PROB_BUCKET_NAMES)
+    # code = bucket of exp(old_log_prob) (compared in log space) + n_buckets * sign code, where the sign
+    # code is 0 for A > 0, 1 for A = 0 or padding, 2 for A < 0: one bincount gives every per-sign sum
+    code = torch.zeros(mask.shape, dtype=torch.uint8, device=mask.device)
     for edge in PROB_BUCKET_EDGES[1:-1]:
-        bucket += behaviour >= math.log(edge)
-    bucket.masked_fill_(~positive, n_bins - 1)
-    bucket = bucket.flatten()
+        code += behaviour >= math.log(edge)
+    code += (~positive).to(torch.uint8).add_(negative).mul_(n_buckets)
+    code = code.flatten()
+    n_bins = 3 * n_buckets
     ratio_min, ratio_max = torch.aminmax(ratio) if ratio.numel() else (zero, zero)
 
     def count(flags: Tensor | None, sign: Tensor) -> Tensor:
@@ -211,8 +215,6 @@ def _metrics(
 
     scalars = [
         mask.count_nonzero(),
-        negative.count_nonzero(),
-        (weight * negative).sum(),
         count(terms.clipped, positive),
         count(terms.clipped, negative),
         count(terms.dual_clipped, positive),
@@ -226,15 +228,17 @@ def _metrics(
     flat = torch.cat(
         [
             torch.stack([s.double() for s in scalars]),
-            torch.bincount(bucket, minlength=n_bins).double(),
-            torch.bincount(bucket, weights=weight.flatten().float(), minlength=n_bins).double(),
+            torch.bincount(code, minlength=n_bins).double(),
+            torch.bincount(code, weights=weight.flatten().float(), minlength=n_bins).double(),
         ]
     ).tolist()
-    (n_valid, n_neg, weight_neg, clip_pos, clip_neg, dual_pos, dual_neg, neg_log_ratio_sum, ratio_sum,
-     ratio_min, ratio_max, n_high) = flat[: len(scalars)]  # fmt: skip
-    counts = flat[len(scalars) : len(scalars) + n_bins - 1]
-    sums = flat[len(scalars) + n_bins : -1]
+    (n_valid, clip_pos, clip_neg, dual_pos, dual_neg, neg_log_ratio_sum, ratio_sum, ratio_min, ratio_max,
+     n_high) = flat[: len(scalars)]  # fmt: skip
+    bin_counts = flat[len(scalars) : len(scalars) + n_bins]
+    bin_weights = flat[len(scalars) + n_bins :]
+    counts, sums = bin_counts[:n_buckets], bin_weights[:n_buckets]  # A > 0, per probability bucket
     n_pos, weight_pos = sum(counts), sum(sums)
+    n_neg, weight_neg = sum(bin_counts[2 * n_buckets :]), sum(bin_weights[2 * n_buckets :])  # A < 0
     n_padding = mask.numel() - n_valid
     if n_padding and n_valid and (ratio_min == 1.0 or ratio_max == 1.0):
         # padding's neutral 1 may have won the min or max: recompute over the valid tokens only
