@@ -21,7 +21,8 @@ from aspo.objectives import (
     policy_loss,
     register_policy_loss,
 )
-from aspo.objectives.base import POLICY_LOSS_DEFAULTS, TokenTerms, _ranks_from_top
+from aspo.objectives import base as objectives_base
+from aspo.objectives.base import POLICY_LOSS_DEFAULTS, TokenTerms
 
 OLD_LOG_PROB = math.log(0.3)
 
@@ -235,17 +236,18 @@ def test_high_entropy_tokens_match_the_reference_definition(quantile):
     assert torch.equal(got[keep], _archer_high_entropy(entropy, mask, quantile)[keep])
 
 
-@pytest.mark.parametrize("rank", [0, 1, 5, 36])
-def test_rank_selection_paths_agree_with_a_sort(rank):
-    generator = torch.Generator().manual_seed(rank)
-    values = (torch.rand(16, 40, generator=generator) * 8).round()  # ties
-    values[:, :3] = float("-inf")
-    values[:2, -2:] = float("inf")
-    ordered = values.sort(dim=-1, descending=True).values
-    for use_numpy in (True, False):
-        below, above = _ranks_from_top(values, rank, use_numpy=use_numpy)
-        assert torch.equal(below[:, 0], ordered[:, rank])
-        assert torch.equal(above[:, 0], ordered[:, max(rank - 1, 0)])
+@pytest.mark.parametrize("quantile", [0.0, 0.3, 0.8, 1.0])
+def test_numpy_and_torch_selection_paths_agree(monkeypatch, quantile):
+    generator = torch.Generator().manual_seed(7)
+    entropy = (torch.rand(32, 50, generator=generator) * 6).round()  # ties
+    mask = torch.arange(50) < torch.randint(0, 51, (32, 1), generator=generator)
+    numpy_result = high_entropy_tokens(entropy, mask, quantile)
+    nan_padded = entropy.masked_fill(~mask, float("nan"))  # takes the select path instead of the add
+    assert torch.equal(high_entropy_tokens(nan_padded, mask, quantile), numpy_result)
+    monkeypatch.setattr(objectives_base, "_above_quantile_numpy", objectives_base._above_quantile_torch)
+    assert torch.equal(high_entropy_tokens(entropy, mask, quantile), numpy_result)
+    assert torch.equal(high_entropy_tokens(nan_padded, mask, quantile), numpy_result)
+    assert torch.equal(numpy_result, _archer_high_entropy(entropy, mask, quantile))
 
 
 @pytest.mark.parametrize("padding", [99.0, 3e38, -3e38, float("inf"), float("nan")])

@@ -195,8 +195,9 @@ def high_entropy_tokens(entropy: Tensor, mask: Tensor, quantile: float) -> Tenso
 
     Fast path (nanquantile sorts every row; this does one selection). The quantile interpolates the
     valid values of descending rank d and d - 1, with d = n - 1 - floor(q (n - 1)). Each row gets D - d
-    extra +inf entries (D = max over rows of d) and -inf at padding, so the wanted values sit at the same
-    descending rank D in every row: one selection with a constant rank for the whole batch.
+    extra +inf entries (D = max over rows of d) and padding goes below every valid value, so the wanted
+    values sit at the same descending rank D in every row: one selection with a constant rank for the
+    whole batch (numpy's introselect on CPU, an unsorted topk elsewhere).
     """
     batch, length = mask.shape
     if batch == 0 or length == 0:
@@ -207,48 +208,65 @@ def high_entropy_tokens(entropy: Tensor, mask: Tensor, quantile: float) -> Tenso
         all_finite = bool(entropy.sum().isfinite())  # then every entry is finite, padding included
         if not all_finite and not bool(torch.where(mask, entropy, 0.0).isfinite().all()):
             raise UserError("entropy holds NaN or inf at valid (response_mask) positions")
-        counts = mask.count_nonzero(dim=-1)  # (B,)
+        padding = (~mask).to(entropy.dtype)
+        counts = length - padding.sum(dim=-1).long()  # (B,); a float sum beats a bool count on CPU
         position = quantile * (counts - 1).clamp(min=0).to(entropy.dtype)  # ascending rank, as torch
         lower_rank = position.floor()
         frac = (position - lower_rank).unsqueeze(-1)
         desc_rank = (counts - 1 - lower_rank.long()).clamp(min=0)  # d per row
         top_rank = int(desc_rank.max())  # D
-        # [valid entropies, -inf at padding | D - d times +inf, then -inf], built in place
-        extended = torch.empty(batch, length + top_rank, device=mask.device)
-        values = extended[:, :length]
         minus_inf = torch.tensor(float("-inf"), device=mask.device)
-        if all_finite:  # padding -> about -3e38, below any entropy; cheaper than a select on CPU
-            torch.add(entropy, (~mask).to(entropy.dtype), alpha=-_FAR_BELOW, out=values)
-        else:
-            torch.where(mask, entropy, minus_inf, out=values)
         n_inf = (top_rank - desc_rank).unsqueeze(-1)
-        torch.where(torch.arange(top_rank, device=mask.device) < n_inf, -minus_inf, minus_inf,
-                    out=extended[:, length:])  # fmt: skip
-        below, above = _ranks_from_top(extended, top_rank)
-        above = torch.where(frac > 0, above, below)  # frac = 0: weight 0, and `above` may be +inf
-        threshold = torch.lerp(below, above, frac)  # torch's linear interpolation
-        return values > threshold  # padding is far below every valid value, so never above
+        filler = torch.where(torch.arange(top_rank, device=mask.device) < n_inf, -minus_inf, minus_inf)
+        select = _above_quantile_numpy if entropy.device.type == "cpu" else _above_quantile_torch
+        return select(entropy, mask, padding if all_finite else None, filler, frac)
 
 
-def _ranks_from_top(values: Tensor, rank: int, use_numpy: bool | None = None) -> tuple[Tensor, Tensor]:
-    """Per row, the values of descending rank ``rank`` and ``rank - 1`` (0-based), each (B, 1).
+def _above_quantile_torch(
+    entropy: Tensor, mask: Tensor, padding: Tensor | None, filler: Tensor, frac: Tensor
+) -> Tensor:
+    """Rows [valid entropies, far below at padding | filler] -> unsorted topk -> ``entropy > q``.
 
-    On CPU numpy's introselect (``np.partition``, one kth) is several times faster than torch's topk;
-    elsewhere (or with ``use_numpy=False``) an unsorted topk of rank + 1 values. For rank 0 both results
-    are the row maximum.
+    ``padding`` (0/1 floats) is given when every entropy is finite: padding then becomes e - 3e38, an
+    add instead of a select. ``filler`` (B, D) holds the D - d +inf columns; frac (B, 1) the weights.
     """
-    if use_numpy is None:
-        use_numpy = values.device.type == "cpu"
-    if use_numpy:
-        width = values.shape[-1]
-        kth = width - 1 - rank  # ascending position of descending rank `rank`
-        partitioned = np.partition(values.numpy(), kth, axis=-1)
-        below = torch.from_numpy(partitioned[:, kth : kth + 1].copy())
-        if rank == 0:
-            return below, below
-        return below, torch.from_numpy(partitioned[:, kth + 1 :].min(axis=-1, keepdims=True))
-    top = values.topk(rank + 1, dim=-1, sorted=False).values
+    if padding is not None:
+        values = torch.add(entropy, padding, alpha=-_FAR_BELOW)
+    else:
+        values = torch.where(mask, entropy, float("-inf"))
+    rank = filler.shape[-1]
+    top = torch.cat([values, filler], dim=-1).topk(rank + 1, dim=-1, sorted=False).values
     if rank == 0:
-        return top, top
-    below, above = top.topk(2, dim=-1, largest=False, sorted=True).values.unbind(-1)
-    return below.unsqueeze(-1), above.unsqueeze(-1)
+        below = above = top
+    else:
+        below, above = top.topk(2, dim=-1, largest=False, sorted=True).values.unbind(-1)
+        below, above = below.unsqueeze(-1), above.unsqueeze(-1)
+    return values > _interpolate(below, above, frac)
+
+
+def _above_quantile_numpy(
+    entropy: Tensor, mask: Tensor, padding: Tensor | None, filler: Tensor, frac: Tensor
+) -> Tensor:
+    """CPU version of ``_above_quantile_torch``: numpy's introselect (``np.partition`` with one kth)
+    is several times faster than torch's topk, and numpy writes into the wide buffer without a copy."""
+    batch, length = entropy.shape
+    rank = filler.shape[-1]
+    extended = np.empty((batch, length + rank), dtype=np.float32)
+    values = extended[:, :length]
+    if padding is not None:
+        np.multiply(padding.numpy(), np.float32(-_FAR_BELOW), out=values)
+        np.add(values, entropy.numpy(), out=values)
+    else:
+        np.copyto(values, np.where(mask.numpy(), entropy.numpy(), np.float32(-np.inf)))
+    extended[:, length:] = filler.numpy()
+    kth = length - 1  # ascending position of descending rank `rank`
+    partitioned = np.partition(extended, kth, axis=-1)
+    below = torch.from_numpy(partitioned[:, kth : kth + 1].copy())
+    above = below if rank == 0 else torch.from_numpy(partitioned[:, kth + 1 :].min(axis=-1, keepdims=True))
+    threshold = _interpolate(below, above, frac).numpy()
+    return torch.from_numpy(np.greater(values, threshold))
+
+
+def _interpolate(below: Tensor, above: Tensor, frac: Tensor) -> Tensor:
+    """torch.quantile's linear interpolation; with frac = 0 ``above`` is unused (it may be +inf)."""
+    return torch.lerp(below, torch.where(frac > 0, above, below), frac)
