@@ -102,13 +102,13 @@ class _PolicyGradient(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, log_prob: Tensor, value: Tensor, grad_coef: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, log_prob: Tensor, value: Tensor, grad_coef: Tensor) -> Tensor:
         ctx.save_for_backward(grad_coef)
         ctx.log_prob_dtype = log_prob.dtype
         return value.clone()
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:  # noqa: D102
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:
         (grad_coef,) = ctx.saved_tensors
         return (grad_output * grad_coef).to(ctx.log_prob_dtype), None, None
 
