@@ -18,29 +18,32 @@ import pytest
 from aspo.rewards import sandbox
 from aspo.rewards.code import check_code
 from aspo.rewards.sandbox import Limits, run_python
+from aspo.rewards.sandbox.zygote import POOL as ZYGOTES
 
 FAST = Limits(cpu_seconds=1, wall_seconds=1.5, memory_bytes=256 << 20, max_processes=16,
               max_output_bytes=1 << 20)
 
 
-def _backends() -> list[str]:
+def _modes() -> list[str]:
     out = []
     if sandbox.isolation("rlimits").drops_privileges:
         out.append("rlimits")
     try:
         if sandbox.isolation("bwrap").backend == "bwrap":
-            out.append("bwrap")
+            out += ["bwrap", "zygote"]  # one sandbox per run / forks of a persistent sandboxed server
     except ValueError:
         pass
     return out
 
 
-BACKENDS = _backends()
-pytestmark = pytest.mark.skipif(not BACKENDS, reason="no backend can safely run hostile code here "
+MODES = _modes()
+pytestmark = pytest.mark.skipif(not MODES, reason="no backend can safely run hostile code here "
                                 "(bwrap unusable and not root)")
+_KWARGS = {"rlimits": {"backend": "rlimits", "reuse": False}, "bwrap": {"backend": "bwrap", "reuse": False},
+           "zygote": {"backend": "bwrap", "reuse": True}}
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=MODES)
 def backend(request) -> str:
     return request.param
 
@@ -66,22 +69,24 @@ def _sandbox_pids() -> list[int]:
 
 
 def _run(code: str, backend: str, limits: Limits = FAST, **kw):
-    return run_python({"main.py": textwrap.dedent(code)}, "main.py", limits=limits, backend=backend, **kw)
+    return run_python({"main.py": textwrap.dedent(code)}, "main.py", limits=limits, **_KWARGS[backend], **kw)
 
 
 def _honest_still_scores(backend: str) -> None:
     record = {"response": "```python\nprint(sum(map(int, input().split())))\n```",
               "tests": {"inputs": ["2 3\n", "10 -4\n"], "outputs": ["5\n", "6\n"]}}
-    assert check_code(record, limits=FAST, backend=backend).reward == 1.0
+    assert check_code(record, limits=FAST, **_KWARGS[backend]).reward == 1.0
     wrong = dict(record, response="print(0)")
-    assert check_code(wrong, limits=FAST, backend=backend).reward == 0.0
+    assert check_code(wrong, limits=FAST, **_KWARGS[backend]).reward == 0.0
 
 
 def _assert_clean(backend: str) -> None:
+    # idle zygotes stay up between runs: three processes each (bwrap, namespace init, server)
+    expected = 3 * ZYGOTES.live()
     deadline = time.monotonic() + 2
-    while _sandbox_pids() and time.monotonic() < deadline:
+    while len(_sandbox_pids()) != expected and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _sandbox_pids() == [], "sandboxed processes outlived their run"
+    assert len(_sandbox_pids()) == expected, "sandboxed processes outlived their run"
     _honest_still_scores(backend)
 
 
@@ -237,7 +242,8 @@ def test_cannot_kill_parent_or_its_group(backend):
             except OSError:
                 pass
     """, backend)
-    assert result.returncode is not None  # we are alive to read it
+    # we are alive to read it; in zygote mode the candidate may kill its server, which is then replaced
+    assert result.returncode is not None or (backend == "zygote" and result.stderr == b"sandbox server lost")
     _assert_clean(backend)
 
 
@@ -262,3 +268,34 @@ def test_isolation_reports_gaps_of_the_fallback():
     iso = sandbox.isolation("rlimits")
     assert iso.backend == "rlimits" and iso.warning is not None
     assert "network" in iso.warning and "NOT enforced" in iso.warning
+
+
+@pytest.mark.skipif("zygote" not in MODES, reason="bwrap unusable here")
+def test_zygote_runs_are_isolated_from_each_other():
+    # run 1 leaves a process, files, a patched module, and tries to reach its server through /proc
+    first = _run("""
+        import math, os, time
+        math.pi = 3
+        open('/tmp/left-behind', 'w').write('x')
+        open('/dev/shm/left-behind', 'w').write('x')
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        server = os.getppid()
+        for path in ('/proc/%d/mem' % server, '/proc/%d/environ' % server, '/proc/%d/fd/0' % server):
+            try:
+                open(path, 'rb').read(1)
+                print('REACHED', path)
+            except OSError:
+                print('blocked')
+    """, "zygote")
+    assert first.stdout.decode().split() == ["blocked"] * 3
+    second = _run("""
+        import math, os
+        print(math.pi > 3.14)
+        left = set(os.listdir('/tmp')) - {'.job', os.path.basename(os.getcwd())}  # .job: the read-only server
+        print(left == set(), sorted(os.listdir('/dev/shm')))
+        print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == sorted({1, os.getppid(), os.getpid()}))
+    """, "zygote")
+    assert second.stdout.decode().split() == ["True", "True", "[]", "True"], second.stderr
+    _assert_clean("zygote")

@@ -140,16 +140,19 @@ def _build_spec(record: Mapping[str, Any], case_timeout: float) -> tuple[dict, d
 
 
 def check_code(record: Mapping[str, Any], *, limits: Limits | None = None,
-               backend: str | None = None) -> ScoreResult:
+               backend: str | None = None, reuse: bool | None = None) -> ScoreResult:
     """Score one record in a fresh sandbox. Reward 1.0 iff every test passes; error says why not."""
     case_timeout = float(record.get("time_limit") or DEFAULT_CASE_TIMEOUT)
     spec, tests = _build_spec(record, case_timeout)
     n_cases = len(spec.get("inputs", [None]))
-    limits = limits or replace(DEFAULT_LIMITS, cpu_seconds=case_timeout,
+    # per-process CPU: call/check modes run every case in one process; the harness's per-case wall
+    # timeout should fire first
+    limits = limits or replace(DEFAULT_LIMITS, cpu_seconds=min(case_timeout * n_cases + 1, 300.0),
                                wall_seconds=min(case_timeout * n_cases + 5.0, 300.0))
     nonce = secrets.token_hex(16)
     run = run_python({"harness.py": _HARNESS, "spec.marshal": marshal.dumps(spec)}, "harness.py",
-                     stdin=(nonce + "\n").encode(), limits=limits, backend=backend)
+                     stdin=(nonce + "\n").encode(), limits=limits, backend=backend,
+                     reuse=reuse)
     if run.breach:
         return ScoreResult(0.0, run.breach)
     lines = [ln for ln in run.stdout.decode(errors="replace").splitlines() if ln.startswith(nonce)]

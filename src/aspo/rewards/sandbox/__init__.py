@@ -305,14 +305,24 @@ def _read_capped(path: str, cap: int) -> tuple[bytes, bool]:
 
 
 def run_python(files: dict[str, str | bytes], main: str, *, args: list[str] | tuple[str, ...] = (),
-               stdin: bytes = b"", limits: Limits | None = None, backend: str | None = None) -> RunResult:
-    """Run ``python main`` in the sandbox with ``files`` (name -> content) readable next to it.
+               stdin: bytes = b"", limits: Limits | None = None, backend: str | None = None,
+               reuse: bool | None = None) -> RunResult:
+    """Run ``python main`` in the sandbox with ``files`` (name -> content) next to it.
 
-    The files are read-only for the program; its working directory is a private writable scratch dir.
+    Its working directory is a private writable scratch dir. With bwrap and ``reuse`` (default: on unless
+    ``ASPO_SANDBOX_REUSE=0``) the run is a fork of a persistent sandboxed server (see ``zygote``), which
+    saves interpreter start-up; otherwise a fresh sandbox is built for this run alone.
     Never raises for anything the program does; raises OSError only if the host cannot start it.
     """
     limits = limits or Limits()
     iso = isolation(backend)
+    if reuse is None:
+        reuse = os.environ.get("ASPO_SANDBOX_REUSE", "1") != "0"
+    if reuse and iso.backend == "bwrap" and not args and limits.tmpfs_bytes == Limits.tmpfs_bytes:
+        from aspo.rewards.sandbox.zygote import POOL
+
+        return POOL.run({k: v.encode() if isinstance(v, str) else v for k, v in files.items()}, main, stdin,
+                        limits)
     uid = _UIDS.acquire()
     job = tempfile.mkdtemp(dir=_work_root())
     os.chmod(job, 0o711)  # the run uid must reach job/files; stdin/stdout/stderr stay private (0600)

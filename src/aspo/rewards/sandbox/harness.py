@@ -135,7 +135,10 @@ def _wait(pid, timeout):
         os.waitpid(pid, 0)
         return "timeout"
     _, status = os.waitpid(pid, 0)
-    return "ok" if os.waitstatus_to_exitcode(status) == 0 else "error"
+    code = os.waitstatus_to_exitcode(status)
+    if code in (-signal.SIGKILL, -24):  # SIGXCPU: the CPU-time limit is a time limit too
+        return "timeout"
+    return "ok" if code == 0 else "error"
 
 
 def _parse_args(raw):

@@ -1,0 +1,164 @@
+"""Persistent bwrap sandboxes ("zygotes") that fork one fresh child per run: the throughput path.
+
+A zygote is a long-lived bubblewrap sandbox (same namespaces, read-only system, scrubbed environment and
+unprivileged uid as a one-shot run) whose Python server (``zygote_main.py``) has paid interpreter start-up
+and common imports once. Each run is a fork of that clean server with its own scratch dir and rlimits;
+afterwards the server kills every other process in the namespace and wipes /tmp and /dev/shm, so runs are
+isolated from each other as well as from the host. A zygote that misbehaves (killed by its candidate,
+protocol error, missed deadline) is destroyed and replaced.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import select
+import shutil
+import struct
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from aspo.rewards import sandbox as sb
+
+_SERVER = Path(__file__).with_name("zygote_main.py").read_text()
+_START_TIMEOUT_S = 30.0
+_REPLY_MARGIN_S = 5.0  # beyond the run's own wall limit, for cleanup and transfer
+
+
+class ZygoteError(RuntimeError):
+    pass
+
+
+class _Zygote:
+    def __init__(self, tmpfs_bytes: int) -> None:
+        self.uid = sb._UIDS.acquire()
+        self.job = tempfile.mkdtemp(dir=sb._work_root())
+        os.chmod(self.job, 0o755)
+        (Path(self.job) / "zygote_main.py").write_text(_SERVER)
+        os.chmod(Path(self.job) / "zygote_main.py", 0o644)
+        limits = sb.Limits(tmpfs_bytes=tmpfs_bytes)
+        self.info_read, info_write = os.pipe()
+        cmd = sb._bwrap_args(limits, self.job) + [sb.sandbox_python(), "-I", "-S", "-B",
+                                                   f"{sb._JOB_DIR_INSIDE}/zygote_main.py"]
+        cmd[1:1] = ["--info-fd", str(info_write)]
+        # No --die-with-parent: its "parent" is the creating *thread* (PR_SET_PDEATHSIG), and scoring threads
+        # come and go. If the scorer dies, the server reads EOF on stdin and exits, taking bwrap with it.
+        cmd.remove("--die-with-parent")
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, env=sb._clean_env("/tmp"), cwd=self.job,
+                                         start_new_session=True, close_fds=True, pass_fds=(info_write,),
+                                         **sb._user_kwargs(self.uid))
+        finally:
+            os.close(info_write)
+        try:
+            if self._receive(_START_TIMEOUT_S) != {"ready": True}:
+                raise ZygoteError("zygote sent a bad greeting")
+        except BaseException:
+            self.close()
+            raise
+
+    def _receive(self, timeout: float) -> dict:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        data = b""
+        header = None
+        deadline = timeout
+        while True:
+            ready, _, _ = select.select([fd], [], [], deadline)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                raise ZygoteError("zygote exited")
+            data += chunk
+            if header is None and len(data) >= 4:
+                header = struct.unpack(">I", data[:4])[0]
+            if header is not None and len(data) >= 4 + header:
+                return json.loads(data[4:4 + header])
+
+    def run(self, request: dict, timeout: float) -> dict:
+        assert self.proc.stdin is not None
+        data = json.dumps(request).encode()
+        try:
+            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as err:
+            raise ZygoteError(f"zygote gone: {err}") from err
+        return self._receive(timeout)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()  # a healthy zygote exits on EOF, and bwrap reaps the namespace
+            if not sb._wait_exit(self.proc, 1.0):
+                sb._kill_tree(self.proc, self.uid, "bwrap", self.info_read)
+            self.proc.wait()
+        finally:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            os.close(self.info_read)
+            shutil.rmtree(self.job, ignore_errors=True)
+            sb._UIDS.release(self.uid)
+
+
+class ZygotePool:
+    """Idle zygotes shared by the scoring threads (one in use per thread at a time)."""
+
+    def __init__(self) -> None:
+        self._idle: queue.LifoQueue[_Zygote] = queue.LifoQueue()
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def live(self) -> int:
+        """Zygotes currently alive (each is three processes: bwrap, the namespace init, the server)."""
+        return self._count
+
+    def run(self, files: dict[str, bytes], main: str, stdin: bytes, limits: sb.Limits) -> sb.RunResult:
+        try:
+            zygote = self._idle.get_nowait()
+        except queue.Empty:
+            zygote = _Zygote(limits.tmpfs_bytes)
+            with self._lock:
+                self._count += 1
+        request = {"files": {k: v.decode("latin-1") for k, v in files.items()}, "main": main,
+                   "stdin": stdin.decode("latin-1"), "wall": limits.wall_seconds,
+                   "max_output": limits.max_output_bytes,
+                   # the server and the namespace's init share the uid: two more processes
+                   "rlimits": [[k, a + (2 if k == "RLIMIT_NPROC" else 0), b + (2 if k == "RLIMIT_NPROC" else 0)]
+                               for k, (a, b) in limits.rlimits(True).items()]}
+        try:
+            reply = zygote.run(request, limits.wall_seconds + _REPLY_MARGIN_S)
+        except (TimeoutError, ZygoteError, ValueError):
+            self._discard(zygote)
+            # the candidate killed or wedged its zygote: no result, which scores 0
+            return sb.RunResult(None, b"", b"sandbox server lost", False, False, limits.wall_seconds)
+        self._idle.put(zygote)
+        stdout = reply["stdout"].encode("latin-1")
+        rc = reply["rc"]
+        limited = reply["largest_output"] >= limits.max_output_bytes
+        return sb.RunResult(rc, stdout[: limits.max_output_bytes], reply["stderr"].encode("latin-1"),
+                            reply["timed_out"], limited, 0.0)
+
+    def _discard(self, zygote: _Zygote) -> None:
+        zygote.close()
+        with self._lock:
+            self._count -= 1
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._discard(self._idle.get_nowait())
+            except queue.Empty:
+                return
+
+
+POOL = ZygotePool()
+atexit.register(POOL.close)
