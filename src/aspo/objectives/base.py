@@ -190,7 +190,9 @@ def high_entropy_tokens(entropy: Tensor, mask: Tensor, quantile: float) -> Tenso
     Matches the authors' reference (Archer2.0 ``dp_actor``): per row, ``torch.nanquantile`` over the valid
     tokens with linear interpolation, and "high" means ``entropy > q``; so ties with the quantile, a row
     with one token and ``quantile=1`` give no high tokens. (Their variable names are swapped --
-    ``high_entropy_mask`` holds the *low* tokens -- but the effect is the one documented here.)
+    ``high_entropy_mask`` holds the *low* tokens -- but the effect is the one documented here.) One
+    difference: we always work in float32, the reference in the entropy's own dtype (bf16 there), so
+    near-ties can fall differently.
     Raises UserError if ``entropy`` holds NaN or inf at a valid position.
 
     Fast path (nanquantile sorts every row; this does one selection). The quantile interpolates the
