@@ -20,6 +20,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from aspo.rewards import sandbox as sb
@@ -134,18 +135,19 @@ class ZygotePool:
                    # the server and the namespace's init share the uid: two more processes
                    "rlimits": [[k, a + (2 if k == "RLIMIT_NPROC" else 0), b + (2 if k == "RLIMIT_NPROC" else 0)]
                                for k, (a, b) in limits.rlimits(True).items()]}
+        start = time.monotonic()
         try:
             reply = zygote.run(request, limits.wall_seconds + _REPLY_MARGIN_S)
         except (TimeoutError, ZygoteError, ValueError):
             self._discard(zygote)
             # the candidate killed or wedged its zygote: no result, which scores 0
-            return sb.RunResult(None, b"", b"sandbox server lost", False, False, limits.wall_seconds)
+            return sb.RunResult(None, b"", b"sandbox server lost", False, False, time.monotonic() - start)
         self._idle.put(zygote)
         stdout = reply["stdout"].encode("latin-1")
         rc = reply["rc"]
         limited = reply["largest_output"] >= limits.max_output_bytes
         return sb.RunResult(rc, stdout[: limits.max_output_bytes], reply["stderr"].encode("latin-1"),
-                            reply["timed_out"], limited, 0.0)
+                            reply["timed_out"], limited, time.monotonic() - start)
 
     def _discard(self, zygote: _Zygote) -> None:
         zygote.close()
