@@ -23,6 +23,7 @@ def test_build_writes_a_complete_checkpoint_and_second_call_hits_cache(tmp_path,
     info = json.loads((path / "warmstart.json").read_text())
     assert info["settings"]["steps"] == 3 and info["settings"]["hidden_size"] == 32
     assert set(info["heldout_temperature_1"]) == {"avg@2", "pass@1", "pass@2"}
+    assert 0.0 <= info["heldout_greedy_pass@1"] <= 1.0 and info["parameters"] > 1000
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary directory left behind
     model, tokenizer = load_policy(path)
     assert model.config.hidden_size == 32 and tokenizer.padding_side == "left"
@@ -34,9 +35,10 @@ def test_build_writes_a_complete_checkpoint_and_second_call_hits_cache(tmp_path,
     assert warm_start("arithmetic", cache_dir=tmp_path, **TINY) == path
     different = [warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "seed": 1}),
                  warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "lr": 1e-3}),
+                 warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "flawed_fraction": 0.1}),
                  warm_start_path("countdown", cache_dir=tmp_path, **TINY),
                  warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "task_params": {"digits": 2}})]
-    assert len({path, *different}) == 5
+    assert len({path, *different}) == 6
     monkeypatch.setattr(warmstart, "CODE_VERSION", "changed")
     assert warm_start_path("arithmetic", cache_dir=tmp_path, **TINY) != path
 

@@ -53,6 +53,10 @@ class Task:
     def demonstration(self, record: dict[str, Any]) -> str:
         raise NotImplementedError
 
+    def flawed_demonstration(self, record: dict[str, Any], rng: random.Random) -> str:
+        """A well-formed demonstration with one slip that makes it wrong (an imperfect teacher's sample)."""
+        raise NotImplementedError
+
     def split_of(self, record: dict[str, Any]) -> str:
         return _split_of(f"{self.name}:{self.key(record)}", self.test_fraction)
 
@@ -104,15 +108,27 @@ class ArithmeticTask(Task):
         return record["prompt"]
 
     def demonstration(self, record: dict[str, Any]) -> str:
-        a, b = str(record["a"])[::-1], str(record["b"])[::-1]
-        width = max(len(a), len(b))
-        a, b = a.ljust(width, "0"), b.ljust(width, "0")
-        columns, carry = [], 0
-        for da, db in zip(a, b, strict=True):
+        return self._worked(record["a"], record["b"])
+
+    def flawed_demonstration(self, record: dict[str, Any], rng: random.Random) -> str:
+        """One column's sum is off by one; later carries and the answer follow the wrong sum."""
+        return self._worked(record["a"], record["b"], slip=(rng.randrange(self.digits), rng.choice((-1, 1))))
+
+    @staticmethod
+    def _worked(a: int, b: int, slip: tuple[int, int] | None = None) -> str:
+        digits_a, digits_b = str(a)[::-1], str(b)[::-1]
+        width = max(len(digits_a), len(digits_b))
+        columns, answer, carry = [], [], 0
+        for i, (da, db) in enumerate(zip(digits_a.ljust(width, "0"), digits_b.ljust(width, "0"), strict=True)):
             total = int(da) + int(db) + carry
+            if slip is not None and slip[0] == i:
+                total = total + slip[1] if 0 <= total + slip[1] <= 19 else total - slip[1]
             columns.append(f"{da}+{db}+{carry}={total:02d}")
+            answer.append(str(total % 10))
             carry = total // 10
-        return ",".join(columns) + "|" + str(int(a[::-1]) + int(b[::-1]))[::-1]
+        if carry:
+            answer.append("1")
+        return ",".join(columns) + "|" + "".join(answer)
 
     def verify(self, prompt: str, response: str, answer: Any, **fields: Any) -> float:
         return arithmetic_reward(prompt, response, answer)
@@ -159,6 +175,21 @@ class CountdownTask(Task):
 
     def demonstration(self, record: dict[str, Any]) -> str:
         return record.get("solution") or solve_countdown(record["numbers"], record["target"])
+
+    def flawed_demonstration(self, record: dict[str, Any], rng: random.Random) -> str:
+        """The demonstration with one operator changed so that it misses the target (or a number changed)."""
+        text = self.demonstration(record)
+        spots = [i for i, ch in enumerate(text) if ch in "+-*/"]
+        rng.shuffle(spots)
+        for i in spots:
+            for op in rng.sample("+-*/", 4):
+                candidate = text[:i] + op + text[i + 1:]
+                if countdown_reward(record["prompt"], candidate, record["answer"], record["numbers"]) == 0.0:
+                    return candidate
+        literal = re.search(r"\d+", text)
+        assert literal is not None
+        other = int(literal.group()) % self.max_number + 1
+        return text[: literal.start()] + str(other) + text[literal.end():]
 
     def verify(self, prompt: str, response: str, answer: Any, **fields: Any) -> float:
         return countdown_reward(prompt, response, answer, **fields)

@@ -40,6 +40,10 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "weight_decay": 0.01,
     "warmup_steps": 20,
     "seed": 0,
+    # Fraction of training demonstrations with one slip (see Task.flawed_demonstration). The policy
+    # converges to this imperfect teacher: right procedure, ~flawed_fraction slips at temperature 1.0,
+    # almost none greedily -- a partial policy whose headroom does not hinge on stopping SFT early.
+    "flawed_fraction": 0.6,
     "eval_problems": 200,  # held-out problems for the pass@k measurement saved with the checkpoint
     "eval_samples": 8,     # samples per problem (k of pass@k)
     "task_params": {},     # e.g. {"digits": 3} for arithmetic
@@ -113,19 +117,22 @@ def build_warm_start(task_name: str, settings: dict[str, Any], out_dir: Path, *,
     losses = supervised_finetune(model, tokenizer, task, steps=settings["steps"],
                                  batch_size=settings["batch_size"], lr=settings["lr"],
                                  weight_decay=settings["weight_decay"], warmup_steps=settings["warmup_steps"],
-                                 seed=settings["seed"], progress=progress)
+                                 flawed_fraction=settings["flawed_fraction"], seed=settings["seed"],
+                                 progress=progress)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     records = task.make_split("test", settings["eval_problems"], seed=settings["seed"])
     metrics = evaluate_policy(model, tokenizer, task, records, n=settings["eval_samples"], temperature=1.0,
                               seed=settings["seed"]) if records else {}
+    greedy = evaluate_policy(model, tokenizer, task, records, n=1, temperature=0.0) if records else {}
     eval_s = time.perf_counter() - start
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     info = {"task": task_name, "code_version": CODE_VERSION, "settings": settings,
             "parameters": count_parameters(model), "final_loss": losses[-1] if losses else None,
             "train_seconds": round(train_s, 2), "eval_seconds": round(eval_s, 2),
-            "heldout_temperature_1": metrics, "torch_threads": torch.get_num_threads()}
+            "heldout_temperature_1": metrics, "heldout_greedy_pass@1": greedy.get("pass@1"),
+            "torch_threads": torch.get_num_threads()}
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")  # written last: marks completion
     return info
 
@@ -154,9 +161,12 @@ def sft_batch(tokenizer: Any, task: Task, records: list[dict[str, Any]],
 
 
 def supervised_finetune(model: Any, tokenizer: Any, task: Task, *, steps: int, batch_size: int, lr: float,
-                        weight_decay: float = 0.0, warmup_steps: int = 0, seed: int = 0,
-                        progress: bool = True, examples: list[tuple[dict, str]] | None = None) -> list[float]:
+                        weight_decay: float = 0.0, warmup_steps: int = 0, flawed_fraction: float = 0.0,
+                        seed: int = 0, progress: bool = True,
+                        examples: list[tuple[dict, str]] | None = None) -> list[float]:
     """AdamW on demonstrations (fresh train problems each step), or on fixed ``examples`` (record, response).
+
+    With ``flawed_fraction`` > 0, that fraction of the demonstrations carries one slip.
 
     Linear warm-up then cosine decay to 10% of ``lr``. Returns the per-step losses.
     """
@@ -180,7 +190,10 @@ def supervised_finetune(model: Any, tokenizer: Any, task: Task, *, steps: int, b
     bar = tqdm(range(steps), desc=f"warm start ({task.name})", disable=not progress, leave=False)
     for _ in bar:
         if examples is None:
-            batch = sft_batch(tokenizer, task, [next(stream) for _ in range(batch_size)])
+            records = [next(stream) for _ in range(batch_size)]
+            responses = [task.flawed_demonstration(r, rng) if rng.random() < flawed_fraction
+                         else task.demonstration(r) for r in records]
+            batch = sft_batch(tokenizer, task, records, responses)
         else:
             chosen = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
             batch = sft_batch(tokenizer, task, [r for r, _ in chosen], [s for _, s in chosen])
