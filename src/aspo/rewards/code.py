@@ -90,6 +90,11 @@ def returns_match(got: Any, expected: Any, *, tol: float = 1e-6) -> bool:
     """Function-call comparison on JSON values; floats within tol; APPS's ``[ret]`` wrapping accepted."""
     if _json_equal(got, expected, tol):
         return True
+    if isinstance(expected, str):  # LiveCodeBench stores expected returns as JSON text
+        try:
+            return _json_equal(got, json.loads(expected), tol)
+        except json.JSONDecodeError:
+            return False
     return isinstance(expected, list) and len(expected) == 1 and _json_equal(got, expected[0], tol)
 
 
@@ -171,7 +176,8 @@ def check_code(record: Mapping[str, Any], *, limits: Limits | None = None,
     match = outputs_match if spec["mode"] == "stdio" else returns_match
     if len(got) != len(tests["outputs"]):
         return ScoreResult(0.0, f"ran {len(got)} of {len(tests['outputs'])} tests")
-    ok = all(match(g, e) for g, e in zip(got, tests["outputs"], strict=True))
+    expected = tests["outputs"] if spec["mode"] == "call" else [str(e) for e in tests["outputs"]]
+    ok = all(match(g, e) for g, e in zip(got, expected, strict=True))
     return ScoreResult(1.0 if ok else 0.0)
 
 
