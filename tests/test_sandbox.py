@@ -99,10 +99,9 @@ def test_ordinary_program_runs(backend):
 
 def test_infinite_loop_hits_cpu_limit(backend):
     limits = Limits(cpu_seconds=1, wall_seconds=10, memory_bytes=256 << 20)
-    start = time.monotonic()
-    result = _run("while True:\n    pass\n", backend, limits)  # only the CPU limit can stop it
+    result = _run("while True:\n    pass\n", backend, limits)
     assert result.breach in ("CPU time limit exceeded", "killed (SIGKILL)")
-    assert time.monotonic() - start < 5
+    assert not result.timed_out  # stopped by the CPU limit, long before the wall-clock one
     _assert_clean(backend)
 
 
