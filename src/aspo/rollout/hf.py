@@ -3,6 +3,13 @@
 A hand-written sampling loop instead of ``model.generate``: it returns the behaviour log-probs of the
 sampled tokens from the same logits it samples from (no second forward), and it skips generate()'s
 per-call setup, which dominates for small models.
+
+Llama-style decoders (Qwen2, Llama, Mistral without sliding windows) take a leaner path (``lean_decode``):
+the model's own weights applied layer by layer with a preallocated (static) KV cache, and rows that have
+ended dropped from the batch. Per decoded token it issues a few tensor ops per layer instead of
+transformers' module / mask / cache bookkeeping, which is most of the time for a small model on a CPU
+(benchmarks/vs_trl.py: about 4x fewer seconds per rollout on the tiny lab model). Other models use the
+generic loop with transformers' own cache.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import inspect
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from aspo.rollout.base import NonFiniteError, Rollout
 
@@ -50,6 +58,7 @@ class HFEngine:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.lean = True  # use lean_decode where the architecture allows it (False: always the generic loop)
 
     def sync_weights(self, model: torch.nn.Module, version: int | None = None) -> None:
         self.model = model  # same process, same tensors: nothing to copy
@@ -72,7 +81,10 @@ class HFEngine:
         generator = torch.Generator().manual_seed(int(seed))
         rows = prompt_ids.shape[0]
         chunk = self.max_batch_size or rows
-        parts = [self._sample(prompt_ids[i:i + chunk], prompt_mask[i:i + chunk], max_new_tokens,
+        sample = self._sample
+        if self.lean and lean_supported(self.model):
+            sample = self._sample_lean
+        parts = [sample(prompt_ids[i:i + chunk], prompt_mask[i:i + chunk], max_new_tokens,
                               temperature, top_p, generator) for i in range(0, rows, chunk)]
         response_ids = _pad_right([p[0] for p in parts], tok.pad_token_id)
         response_mask = _pad_right([p[1] for p in parts], False)
@@ -124,6 +136,21 @@ class HFEngine:
             next_pos = next_pos + 1
         return (torch.stack(tokens, 1).cpu(), torch.stack(masks, 1).cpu(), torch.stack(logps, 1).float().cpu())
 
+    def _sample_lean(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+                     temperature: float, top_p: float, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As ``_sample``, through ``lean_decode``."""
+        eos = torch.tensor(self.eos_ids)
+
+        def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            token, logp = sample_token(logits, temperature, top_p, generator)
+            return token, logp, torch.isin(token, eos.to(token.device))
+
+        tokens, mask, logps = lean_decode(self.model, prompt_ids, prompt_mask, max_new_tokens, pick,
+                                          self.tokenizer.pad_token_id)
+        return tokens.cpu(), mask.cpu(), logps.float().cpu()
+
+
 
 def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
     ids = {tokenizer.eos_token_id}
@@ -139,3 +166,124 @@ def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
 def _pad_right(parts: list[torch.Tensor], value: float | int | bool) -> torch.Tensor:
     width = max(p.shape[1] for p in parts)
     return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=value) for p in parts])
+
+
+# -- the lean path -------------------------------------------------------------------------------------
+
+_LEAN_MODEL_TYPES = ("qwen2", "llama", "mistral")
+
+
+def lean_supported(model: torch.nn.Module) -> bool:
+    """True for a decoder whose every layer is exactly: RMSNorm, rotary GQA attention, RMSNorm, SwiGLU MLP."""
+    cfg = getattr(model, "config", None)
+    base = getattr(model, "model", None)
+    if cfg is None or base is None or getattr(cfg, "model_type", None) not in _LEAN_MODEL_TYPES:
+        return False
+    if getattr(cfg, "hidden_act", None) != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
+        return False
+    if getattr(cfg, "use_sliding_window", False) or (cfg.model_type == "mistral" and cfg.sliding_window):
+        return False
+    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
+        return False
+    if not all(hasattr(base, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return False
+    return all(not hasattr(layer.self_attn, "q_norm") for layer in base.layers)
+
+
+def head_counts(attn: torch.nn.Module) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dim) of a Llama-style attention module."""
+    return attn.q_proj.out_features // attn.head_dim, attn.k_proj.out_features // attn.head_dim, attn.head_dim
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as transformers' Llama/Qwen2 ``apply_rotary_pos_emb`` (rotate-half convention)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _lean_layer(layer: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                k_cache: torch.Tensor, v_cache: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
+    """One decoder layer (its own norms, projections and MLP) on x (rows, T, H) at cache columns
+    start..start+T-1; mask (rows, 1, T, start+T) bool, True = may attend."""
+    attn = layer.self_attn
+    rows, width = x.shape[0], x.shape[1]
+    heads, kv_heads, head_dim = head_counts(attn)
+    h = layer.input_layernorm(x)
+    q = attn.q_proj(h).view(rows, width, heads, head_dim).transpose(1, 2)
+    k = attn.k_proj(h).view(rows, width, kv_heads, head_dim).transpose(1, 2)
+    k_cache[:, :, start:start + width] = apply_rotary(k, cos, sin)
+    v_cache[:, :, start:start + width] = attn.v_proj(h).view(rows, width, kv_heads, head_dim).transpose(1, 2)
+    end = start + width
+    q = apply_rotary(q, cos, sin)
+    if width == 1:  # one query per row: plain batched matmuls beat the fused kernel at this size
+        q = q.view(rows, kv_heads, heads // kv_heads, head_dim)
+        scores = torch.matmul(q, k_cache[:, :, :end].transpose(-1, -2)) * attn.scaling  # (rows, kv, group, end)
+        probs = torch.softmax(scores.masked_fill(~mask.view(rows, 1, 1, end), float("-inf")), dim=-1)
+        out = torch.matmul(probs, v_cache[:, :, :end]).reshape(rows, 1, heads * head_dim)
+    else:
+        out = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
+                                             scale=attn.scaling, enable_gqa=kv_heads != heads)
+        out = out.transpose(1, 2).reshape(rows, width, heads * head_dim)
+    x = x + attn.o_proj(out)
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+@torch.no_grad()
+def lean_decode(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                max_new_tokens: int, pick: Any, pad_id: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample up to ``max_new_tokens`` per row from a ``lean_supported`` model with a static KV cache.
+
+    prompt_ids/prompt_mask (rows, P) left-padded. ``pick(logits (r, V)) -> (tokens (r,), logprobs (r,),
+    ended (r,) bool)`` samples the next token of the r rows still alive. Rows that have ended leave the
+    batch (their cache rows are dropped) once they are a quarter of it. Returns tokens (pad after the end),
+    mask and logprobs (0 after the end), each (rows, steps taken).
+    """
+    base = model.model
+    device, dtype = base.embed_tokens.weight.device, base.embed_tokens.weight.dtype
+    rows, prompt_len = prompt_ids.shape
+    total = prompt_len + max_new_tokens
+    valid = torch.zeros(rows, total, dtype=torch.bool, device=device)  # key columns that hold real tokens
+    valid[:, :prompt_len] = prompt_mask.to(device)
+    first = (valid[:, :prompt_len].long().cumsum(-1) - 1).clamp(min=0)
+    positions = torch.cat([first, first[:, -1:] + torch.arange(1, max_new_tokens + 1, device=device)], 1)
+    cos, sin = base.rotary_emb(base.embed_tokens.weight[:1], positions)  # (rows, total, head_dim)
+    cos, sin = cos[:, None].to(dtype), sin[:, None].to(dtype)
+    _, kv_heads, head_dim = head_counts(base.layers[0].self_attn)
+    caches = [(torch.empty(rows, kv_heads, total, head_dim, device=device, dtype=dtype),
+               torch.empty(rows, kv_heads, total, head_dim, device=device, dtype=dtype)) for _ in base.layers]
+    out_tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    out_mask = torch.zeros(rows, max_new_tokens, dtype=torch.bool, device=device)
+    out_logps = torch.zeros(rows, max_new_tokens, dtype=torch.float32, device=device)
+    live = torch.arange(rows, device=device)  # original row of each batch row
+    done = torch.zeros(rows, dtype=torch.bool, device=device)  # per batch row: has sampled an EOS
+
+    # prefill: causal over real prompt tokens; a padding query sees itself so no softmax row is empty
+    causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
+    mask = (causal & valid[:, None, None, :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool, device=device)
+    x = base.embed_tokens(prompt_ids.to(device))
+    for layer, (k_cache, v_cache) in zip(base.layers, caches, strict=True):
+        x = _lean_layer(layer, x, cos[:, :, :prompt_len], sin[:, :, :prompt_len], k_cache, v_cache, 0, mask)
+    steps = 0
+    for step in range(max_new_tokens):
+        logits = model.lm_head(base.norm(x[:, -1]))
+        token, logp, ended = pick(logits)
+        write = live[~done]
+        out_tokens[write, step], out_logps[write, step] = token[~done], logp[~done].float()
+        out_mask[write, step] = True
+        steps = step + 1
+        done = done | ended
+        n_alive = len(live) - int(done.sum())
+        if n_alive == 0 or step == max_new_tokens - 1:
+            break
+        if n_alive <= 3 * len(live) // 4:  # drop ended rows: later steps compute only live ones
+            keep = (~done).nonzero().squeeze(-1)
+            live, token, valid, cos, sin, done = live[keep], token[keep], valid[keep], cos[keep], sin[keep], done[keep]
+            caches = [(k[keep], v[keep]) for k, v in caches]
+        col = prompt_len + step
+        valid[:, col] = True
+        x = base.embed_tokens(token[:, None])
+        mask = valid[:, None, None, :col + 1]
+        for layer, (k_cache, v_cache) in zip(base.layers, caches, strict=True):
+            x = _lean_layer(layer, x, cos[:, :, col:col + 1], sin[:, :, col:col + 1], k_cache, v_cache, col, mask)
+    return out_tokens[:, :steps], out_mask[:, :steps], out_logps[:, :steps]
