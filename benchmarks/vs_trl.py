@@ -1,0 +1,124 @@
+"""aspo's native trainer against TRL's GRPOTrainer on one identical job, as whole processes.
+
+    .venv/bin/python benchmarks/vs_trl.py [--runs 3] [--steps 40] [--threads 1] [--workdir DIR]
+
+The job (benchmarks/_common.py): a random-init tiny Qwen2 (the lab's size, ~0.8 M parameters) with the
+lab's character tokenizer, saved with ``save_pretrained``; a JSONL of addition prompts; one reward function.
+Per step 8 prompts x 8 samples, up to 32 new tokens at temperature 1.0 (no top-p / top-k), then one AdamW
+update on all 64 responses (lr 3e-4 constant, no warm-up, no weight decay, grad clip 1.0), 40 steps, CPU.
+
+Same math: advantages are the group-standardised rewards ((r - mean) / (std + eps), no group filtering),
+the loss is the on-policy PPO-clip surrogate averaged over all response tokens of the batch (aspo:
+``algorithm.loss=grpo`` with ``token-mean``; TRL: ``loss_type="dapo"``, ``num_iterations=1``, ``beta=0``,
+``scale_rewards="group"``, ``mask_truncated_completions=False``). With one update per rollout the ratio is
+1 and the gradient is -A * grad log p / #tokens in both. What differs (see docs/performance.md): the std
+epsilon (aspo 1e-6, TRL 1e-4), the random streams (so the samples differ, not their distribution), the
+data order, aspo's dual-clip constant (never binds at ratio 1), and what each writes: aspo a metrics file,
+TensorBoard events, plots and a final checkpoint with optimizer state; TRL only its console log.
+
+Both run as fresh processes (start-up included: users pay it), interleaved (ABAB... with the order flipped
+every run), with the same torch thread count (OMP_NUM_THREADS). Reported: median wall time, median CPU
+time (user + system: the steadier number on a shared machine), the ratios TRL / aspo, peak RSS of each
+process, and for aspo the generated tokens per second and the split of step time into generation, scoring
+and update (from its metrics.jsonl). The load average is printed with every run: on a loaded machine wall
+times are noisy, say so when quoting them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402  (the sibling module, after the path line)
+    Settings,
+    Timed,
+    aspo_command,
+    aspo_time_shares,
+    build_job,
+    child_env,
+    load_average,
+    median,
+    run_timed,
+    trl_command,
+)
+
+
+def trl_step_seconds(log: Path) -> float:
+    """Seconds TRL spent in its training steps (sum of its logged ``step_time``)."""
+    return sum(float(x) for x in re.findall(r"'step_time': '([0-9.eE+-]+)'", log.read_text()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each trainer (interleaved)")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch / OpenMP threads for both (1: steadiest on a shared machine)")
+    parser.add_argument("--workdir", default=None, help="default: a temporary directory, removed at the end")
+    parser.add_argument("--json", default=None, help="also write the raw numbers here")
+    args = parser.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="aspo-vs-trl-"))
+    job = build_job(work / "job")
+    settings = Settings(steps=args.steps)
+    env = child_env(args.threads)
+    commands = {"aspo": lambda out: aspo_command(job, settings, out),
+                "trl": lambda out: trl_command(job, settings, out)}
+    print(f"job: {job.root}  steps {settings.steps}, {settings.prompts_per_step} prompts x {settings.n} samples, "
+          f"{settings.max_new_tokens} new tokens, threads {args.threads}")
+    # one short untimed run each: file-system caches and .pyc files warm for both alike
+    warm = Settings(steps=1, prompts_per_step=2, n=2, max_new_tokens=4)
+    for name, build in (("aspo", aspo_command), ("trl", trl_command)):
+        run_timed(build(job, warm, work / f"warm-{name}"), env, work / f"warm-{name}.log")
+
+    results: dict[str, list[dict]] = {"aspo": [], "trl": []}
+    for run in range(args.runs):
+        order = ("aspo", "trl") if run % 2 == 0 else ("trl", "aspo")
+        for name in order:
+            out = work / f"{name}-{run}"
+            shutil.rmtree(out, ignore_errors=True)
+            load = load_average()
+            timed: Timed = run_timed(commands[name](out), env, work / f"{name}-{run}.log")
+            row = {"wall_s": timed.wall_s, "cpu_s": timed.cpu_s, "max_rss_mb": timed.max_rss_mb, "load": load}
+            if name == "aspo":
+                row.update(aspo_time_shares(out))
+            else:
+                row["step"] = trl_step_seconds(work / f"{name}-{run}.log")
+            results[name].append(row)
+            print(f"run {run} {name:4s}: wall {timed.wall_s:6.1f} s  cpu {timed.cpu_s:6.1f} s  "
+                  f"peak RSS {timed.max_rss_mb:6.0f} MB  (in steps {row['step']:.1f} s; load {load})", flush=True)
+
+    def med(name: str, key: str) -> float:
+        return median([r[key] for r in results[name]])
+
+    print("\nmedians over", args.runs, "runs:")
+    for name in ("aspo", "trl"):
+        print(f"  {name:4s}: wall {med(name, 'wall_s'):6.1f} s, cpu {med(name, 'cpu_s'):6.1f} s, "
+              f"peak RSS {med(name, 'max_rss_mb'):5.0f} MB, in training steps {med(name, 'step'):5.1f} s, "
+              f"outside them (start-up, teardown) {med(name, 'wall_s') - med(name, 'step'):4.1f} s")
+    per_run_wall = [t["wall_s"] / a["wall_s"] for a, t in zip(results["aspo"], results["trl"], strict=True)]
+    per_run_cpu = [t["cpu_s"] / a["cpu_s"] for a, t in zip(results["aspo"], results["trl"], strict=True)]
+    print(f"ratio TRL / aspo: wall {median(per_run_wall):.2f}x (median of per-run ratios; runs "
+          f"{', '.join(f'{r:.2f}' for r in per_run_wall)}), cpu {median(per_run_cpu):.2f}x; "
+          f"training steps only {med('trl', 'step') / med('aspo', 'step'):.2f}x")
+    print(f"peak memory aspo / TRL: {med('aspo', 'max_rss_mb') / med('trl', 'max_rss_mb'):.2f}")
+    step = med("aspo", "step")
+    print(f"aspo: {med('aspo', 'tokens') / med('aspo', 'rollout'):.0f} generated tokens/s in generation; "
+          f"of step time: generation {med('aspo', 'rollout') / step:.0%}, scoring "
+          f"{med('aspo', 'reward') / step:.1%}, update {med('aspo', 'update') / step:.0%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"settings": settings.__dict__, "threads": args.threads,
+                                               "results": results}, indent=1))
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The performance paths give the numbers of the plain ones, and the benchmark job builds and runs.
+
+- lean decoding (``aspo.rollout.hf.lean_decode``): its behaviour log-probs equal the model's own padded
+  forward on the sampled tokens, with and without grouped-query attention, through early row drop-out;
+- packed training forward (``aspo.update.packed_token_logprobs``): same log-probs, entropies and
+  parameter gradients as ``padded_token_logprobs``; the DDP-wrapped / unsupported case falls back;
+- benchmarks/_common.py builds a job that ``aspo train`` runs for two steps (the TRL side is left to the
+  benchmark itself: it is slow to import).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aspo.rollout import HFEngine
+from aspo.rollout.hf import lean_supported
+from aspo.update import packed_token_logprobs, packing_applies, padded_token_logprobs, token_logprobs
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = ["12+34=", "7*8=", "100-1=", "5="]
+
+
+def _model(tok, **size):
+    from aspo.lab import build_model
+
+    dims = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96}
+    return build_model(tok, seed=1, **{**dims, **size}).eval()
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_lean_decode_logprobs_equal_the_models_forward(kv_heads):
+    from aspo.lab import build_tokenizer
+
+    tok = build_tokenizer()
+    model = _model(tok, num_key_value_heads=kv_heads)
+    assert lean_supported(model)
+    engine = HFEngine(model, tok)
+    for temperature in (1.0, 0.7):
+        r = engine.generate(PROMPTS, n=4, max_new_tokens=24, temperature=temperature, seed=2)
+        lengths = r.response_lengths
+        assert lengths.min() < lengths.max()  # rows ended at different steps: the drop-out path ran
+        with torch.no_grad():
+            logp, _ = padded_token_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask,
+                                            temperature=temperature)
+        assert torch.allclose(logp, r.behaviour_logprobs, atol=1e-5)
+        assert r.behaviour_logprobs[~r.response_mask].eq(0).all()
+        assert r.response_ids[~r.response_mask].eq(tok.pad_token_id).all()
+
+
+def test_lean_and_generic_loops_agree_on_one_row():
+    """A single row never drops out, so both loops draw the same random numbers: identical samples."""
+    from aspo.lab import build_tokenizer
+
+    tok = build_tokenizer()
+    model = _model(tok)
+    engine = HFEngine(model, tok)
+    lean = engine.generate(PROMPTS[:1], n=1, max_new_tokens=20, seed=5)
+    engine.lean = False
+    generic = engine.generate(PROMPTS[:1], n=1, max_new_tokens=20, seed=5)
+    assert torch.equal(lean.response_ids, generic.response_ids)
+    assert torch.allclose(lean.behaviour_logprobs, generic.behaviour_logprobs, atol=1e-5)
+
+
+def test_packed_forward_matches_padded_values_and_gradients():
+    from aspo.lab import build_tokenizer
+
+    tok = build_tokenizer()
+    model = _model(tok, num_key_value_heads=2)
+    r = HFEngine(model, tok).generate(PROMPTS, n=3, max_new_tokens=16, seed=4)
+    model.train()
+    assert packing_applies(model, r.prompt_mask)
+    weights = torch.randn(r.response_ids.shape, generator=torch.Generator().manual_seed(0))
+    results = []
+    for fn in (padded_token_logprobs, packed_token_logprobs):
+        model.zero_grad()
+        logp, ent = fn(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, temperature=0.8)
+        ((logp * weights).sum() + ent.sum()).backward()
+        results.append((logp.detach(), ent.detach(), [p.grad.clone() for p in model.parameters()]))
+    (lp_a, ent_a, grads_a), (lp_b, ent_b, grads_b) = results
+    assert torch.allclose(lp_a, lp_b, atol=1e-5) and torch.allclose(ent_a, ent_b, atol=1e-5)
+    assert lp_b[~r.response_mask].eq(0).all() and ent_b[~r.response_mask].eq(0).all()
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        assert torch.allclose(ga, gb, atol=1e-5, rtol=1e-4)
+
+
+def test_wrapped_models_fall_back_to_the_padded_forward(tiny_policy):
+    model, tok = tiny_policy
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    mask = enc["attention_mask"].bool()
+    wrapped = torch.nn.Module()
+    wrapped.module = model  # like DDP: no .config, forward goes through the wrapper
+    assert packing_applies(model, mask) and not packing_applies(wrapped, mask)
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+    enable()
+    try:
+        assert not packing_applies(model, mask)
+    finally:
+        disable()
+    resp = torch.full((len(PROMPTS), 3), tok.pad_token_id)
+    with torch.no_grad():
+        logp, _ = token_logprobs(model, enc["input_ids"], mask, resp, torch.zeros_like(resp, dtype=torch.bool))
+    assert logp.eq(0).all()
+
+
+def _load_common():
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "_common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_common"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_job_builds_and_aspo_runs_it(tmp_path):
+    common = _load_common()
+    job = common.build_job(tmp_path / "job", prompts=16)
+    records = [json.loads(line) for line in job.train.read_text().splitlines()]
+    assert len(records) == 16 and all(int(r["answer"]) == eval(r["prompt"][:-1]) for r in records)  # noqa: S307
+    spec = importlib.util.spec_from_file_location("bench_reward", job.reward_file)
+    reward = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reward)
+    assert reward.addition_reward(prompt="1+2=", response="3", answer="3") == 1.0
+    assert reward.addition_reward(prompt="", response="12x", answer="129") == pytest.approx(0.2)
+    assert reward.trl_addition_reward(["a", "b"], ["3", "9"], answer=["3", "4"]) == [1.0, 0.0]
+    settings = common.Settings(steps=2, prompts_per_step=2, n=2, max_new_tokens=8)
+    out = tmp_path / "run"
+    cmd = common.aspo_command(job, settings, out)
+    timed = common.run_timed(cmd, common.child_env(1), tmp_path / "aspo.log")
+    assert timed.wall_s > 0 and timed.max_rss_mb > 50
+    shares = common.aspo_time_shares(out)
+    assert shares["step"] > 0 and shares["tokens"] > 0
+    assert "trl" in " ".join(common.trl_command(job, settings, tmp_path / "trl"))
+    assert subprocess.run([sys.executable, str(ROOT / "benchmarks" / "_common.py")], capture_output=True).returncode
