@@ -6,7 +6,9 @@ Prints: parameter count, warm-start wall time (train + held-out measurement), he
 temperature 1.0 and greedy pass@1. Then rejection-sampling fine-tuning (RFT) for about ``--rft-seconds``:
 sample k responses per training prompt at temperature 1.0, keep the verified ones, SFT on them, repeat --
 and reports the held-out pass@1 it reaches. If filtered self-training lifts pass@1, a policy-gradient
-method with the same samples has learnable headroom too. Timings depend on machine load: say so.
+method with the same samples has learnable headroom too. Last, from the same warm start, a plain on-policy
+group-normalised policy gradient (GRPO-style, no clipping: a proxy, not the project's trainer) for about
+``--pg-seconds``. Timings depend on machine load: say so.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+from typing import Any
 
 import torch
 
@@ -24,6 +27,7 @@ from aspo.lab.warmstart import (
     DEFAULT_SETTINGS,
     evaluate_policy,
     sample_responses,
+    sft_batch,
     supervised_finetune,
     warm_start,
 )
@@ -35,7 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=DEFAULT_SETTINGS["steps"])
     parser.add_argument("--lr", type=float, default=DEFAULT_SETTINGS["lr"])
     parser.add_argument("--batch-size", type=int, default=DEFAULT_SETTINGS["batch_size"])
-    parser.add_argument("--flawed-fraction", type=float, default=DEFAULT_SETTINGS["flawed_fraction"])
+    parser.add_argument("--flawed-fraction", type=float, default=None, help="default: the task's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-problems", type=int, default=200)
     parser.add_argument("--samples", type=int, default=8)
@@ -43,6 +47,9 @@ def main() -> None:
     parser.add_argument("--rft-prompts", type=int, default=32)
     parser.add_argument("--rft-steps", type=int, default=8)
     parser.add_argument("--rft-lr", type=float, default=1e-4)  # 5e-4 breaks the policy in one step
+    parser.add_argument("--pg-seconds", type=float, default=120.0)
+    parser.add_argument("--pg-prompts", type=int, default=16)
+    parser.add_argument("--pg-lr", type=float, default=1e-4)
     parser.add_argument("--cache-dir", default=None, help="default: a fresh temporary directory")
     args = parser.parse_args()
 
@@ -58,16 +65,21 @@ def main() -> None:
     print(f"warm start wall: {build_s:.1f} s (train {info['train_seconds']} s, held-out eval "
           f"{info['eval_seconds']} s), final loss {info['final_loss']:.4f}")
     print(f"held-out T=1.0, {args.eval_problems} problems x {args.samples}: {info['heldout_temperature_1']}")
-
     print(f"held-out greedy pass@1: {info.get('heldout_greedy_pass@1', float('nan')):.3f}")
-    model, tokenizer = load_policy(path)
     task = get_task(args.task)
     test = task.make_split("test", args.eval_problems, seed=args.seed)
     lengths = [len(task.demonstration(r)) + 1 for r in test]
     print(f"response length (demonstration + EOS): mean {sum(lengths) / len(lengths):.1f}, max {max(lengths)}")
 
-    if args.rft_seconds <= 0:
-        return
+    before = info["heldout_temperature_1"]
+    if args.rft_seconds > 0:
+        rejection_sampling_proxy(args, task, path, test, before)
+    if args.pg_seconds > 0:
+        policy_gradient_proxy(args, task, path, test, before)
+
+
+def rejection_sampling_proxy(args: argparse.Namespace, task: Any, path: Any, test: list, before: dict) -> None:
+    model, tokenizer = load_policy(path)
     stream = task.stream("train", seed=args.seed + 1000)
     start, rounds, kept_total, sampled_total = time.perf_counter(), 0, 0, 0
     while time.perf_counter() - start < args.rft_seconds:
@@ -85,11 +97,44 @@ def main() -> None:
     rft_s = time.perf_counter() - start
     after = evaluate_policy(model, tokenizer, task, test, n=args.samples, temperature=1.0, seed=args.seed)
     greedy_after = evaluate_policy(model, tokenizer, task, test, n=1, temperature=0.0)
-    before = info["heldout_temperature_1"]
     print(f"RFT proxy: {rounds} rounds in {rft_s:.1f} s, kept {kept_total}/{sampled_total} samples")
     print(f"held-out T=1.0 after RFT: {after}  (pass@1 {before['pass@1']:.3f} -> {after['pass@1']:.3f}, "
-          f"delta {after['pass@1'] - before['pass@1']:+.3f}); greedy {info.get('heldout_greedy_pass@1', float('nan')):.3f} -> "
-          f"{greedy_after['pass@1']:.3f}")
+          f"delta {after['pass@1'] - before['pass@1']:+.3f}); greedy after {greedy_after['pass@1']:.3f}")
+
+
+def policy_gradient_proxy(args: argparse.Namespace, task: Any, path: Any, test: list, before: dict) -> None:
+    model, tokenizer = load_policy(path)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.pg_lr, weight_decay=0.0)
+    stream = task.stream("train", seed=args.seed + 2000)
+    start, steps, mixed, reward_sum, sampled = time.perf_counter(), 0, 0, 0.0, 0
+    while time.perf_counter() - start < args.pg_seconds:
+        records = [next(stream) for _ in range(args.pg_prompts)]
+        groups = sample_responses(model, tokenizer, [r["prompt"] for r in records], n=args.samples,
+                                  max_new_tokens=task.max_new_tokens, temperature=1.0, seed=10_000 + steps)
+        rewards = torch.tensor([[task.verify(**r, response=s) for s in g] for r, g in zip(records, groups, strict=True)])
+        advantages = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)
+        mixed += int((rewards.std(1) > 0).sum())
+        reward_sum, sampled = reward_sum + float(rewards.sum()), sampled + rewards.numel()
+        batch = sft_batch(tokenizer, task, [r for r in records for _ in range(args.samples)],
+                          [s for g in groups for s in g])
+        model.train()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        token_logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        loss = -(advantages.reshape(-1, 1) * token_logp * mask).sum() / mask.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        model.eval()
+        steps += 1
+    pg_s = time.perf_counter() - start
+    after = evaluate_policy(model, tokenizer, task, test, n=args.samples, temperature=1.0, seed=args.seed)
+    print(f"policy-gradient proxy: {steps} steps of {args.pg_prompts}x{args.samples} in {pg_s:.1f} s, "
+          f"train reward {reward_sum / max(1, sampled):.3f}, mixed-reward groups {mixed}/{steps * args.pg_prompts}")
+    print(f"held-out T=1.0 after PG: {after}  (pass@1 {before['pass@1']:.3f} -> {after['pass@1']:.3f}, "
+          f"delta {after['pass@1'] - before['pass@1']:+.3f})")
 
 
 if __name__ == "__main__":

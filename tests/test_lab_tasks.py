@@ -169,15 +169,17 @@ def test_flawed_demonstrations_look_right_but_score_zero(name):
     task = get_task(name)
     rng = random.Random(0)
     records = task.make_split("train", 500, seed=2)
-    flawed = [task.flawed_demonstration(r, rng) for r in records]
-    assert all(task.verify(r["prompt"], f, r["answer"], **_fields(r)) == 0.0 for r, f in zip(records, flawed))
-    # one slip: same length give or take a character, and mostly the same characters
-    for record, text in zip(records, flawed):
+    pairs = [(r, task.flawed_demonstration(r, rng)) for r in records]
+    assert all(task.verify(r["prompt"], f, r["answer"], **_fields(r)) == 0.0 for r, f in pairs)
+    # one slip: same length give or take a character
+    for record, text in pairs:
         demo = task.demonstration(record)
         assert abs(len(text) - len(demo)) <= 1 and text != demo
     if name == "arithmetic":
         # well formed: only the answer's value is wrong, so a format-only check would pass it
-        assert all(arithmetic_reward(r["prompt"], f, f.split("|")[1][::-1]) == 1.0 for r, f in zip(records, flawed))
-        slipped_columns = {next(i for i, (x, y) in enumerate(zip(f.split(","), task.demonstration(r).split(",")))
-                                if x != y) for r, f in zip(records, flawed)}
+        assert all(arithmetic_reward(r["prompt"], f, f.split("|")[1][::-1]) == 1.0 for r, f in pairs)
+        slipped_columns = set()
+        for record, text in pairs:
+            columns = zip(text.split(","), task.demonstration(record).split(","), strict=True)
+            slipped_columns.add(next(i for i, (x, y) in enumerate(columns) if x != y))
         assert slipped_columns == {0, 1, 2}

@@ -20,8 +20,11 @@ def test_build_writes_a_complete_checkpoint_and_second_call_hits_cache(tmp_path,
     path = warm_start("arithmetic", cache_dir=tmp_path, progress=False, **TINY)
     assert path.parent == tmp_path and path.name.startswith("arithmetic-")
     assert path == warm_start_path("arithmetic", cache_dir=tmp_path, **dict(reversed(list(TINY.items()))))
+    explicit = warmstart.TASK_DEFAULTS["arithmetic"]["flawed_fraction"]
+    assert path == warm_start_path("arithmetic", cache_dir=tmp_path, **TINY, flawed_fraction=explicit)
     info = json.loads((path / "warmstart.json").read_text())
     assert info["settings"]["steps"] == 3 and info["settings"]["hidden_size"] == 32
+    assert info["settings"]["flawed_fraction"] == warmstart.TASK_DEFAULTS["arithmetic"]["flawed_fraction"]
     assert set(info["heldout_temperature_1"]) == {"avg@2", "pass@1", "pass@2"}
     assert 0.0 <= info["heldout_greedy_pass@1"] <= 1.0 and info["parameters"] > 1000
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary directory left behind
@@ -79,6 +82,8 @@ def test_bad_settings_are_user_errors(tmp_path):
         warm_start("arithmetic", cache_dir=tmp_path, stepz=3)
     with pytest.raises(UserError, match="unknown lab task"):
         warm_start("chess", cache_dir=tmp_path)
+    with pytest.raises(UserError, match="flawed_fraction"):
+        warm_start("arithmetic", cache_dir=tmp_path, flawed_fraction=1.0)
     with pytest.raises(UserError, match="bad parameters"):
         warm_start("arithmetic", cache_dir=tmp_path, task_params={"digitz": 2})
     assert list(tmp_path.iterdir()) == []

@@ -40,14 +40,23 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "weight_decay": 0.01,
     "warmup_steps": 20,
     "seed": 0,
-    # Fraction of training demonstrations with one slip (see Task.flawed_demonstration). The policy
-    # converges to this imperfect teacher: right procedure, ~flawed_fraction slips at temperature 1.0,
-    # almost none greedily -- a partial policy whose headroom does not hinge on stopping SFT early.
-    "flawed_fraction": 0.6,
+    # Fraction of training demonstrations with one slip (see Task.flawed_demonstration); None = the
+    # task's default in TASK_DEFAULTS. The policy converges towards this imperfect teacher: right
+    # procedure, ~flawed_fraction slips at temperature 1.0, few greedily -- a partial policy whose
+    # headroom does not hinge on stopping SFT at the right step.
+    "flawed_fraction": None,
     "eval_problems": 200,  # held-out problems for the pass@k measurement saved with the checkpoint
     "eval_samples": 8,     # samples per problem (k of pass@k)
     "task_params": {},     # e.g. {"digits": 3} for arithmetic
     **DEFAULT_SIZE,
+}
+
+
+# Per-task overrides of DEFAULT_SETTINGS. Arithmetic is learned in ~300 steps, so its teacher slips on
+# purpose; Countdown is still hard for the tiny model (held-out pass@1 ~0.03), so its teacher is exact.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "arithmetic": {"flawed_fraction": 0.6},
+    "countdown": {"flawed_fraction": 0.0},
 }
 
 
@@ -57,7 +66,11 @@ def resolve_settings(task_name: str, settings: dict[str, Any]) -> dict[str, Any]
     if unknown:
         raise UserError(f"unknown warm-start settings {sorted(unknown)}; valid: {sorted(DEFAULT_SETTINGS)}")
     get_task(task_name, **settings.get("task_params", {}))  # validates the task name and its params
-    return {**DEFAULT_SETTINGS, **settings}
+    given = {k: v for k, v in settings.items() if v is not None}
+    resolved = {**DEFAULT_SETTINGS, **TASK_DEFAULTS.get(task_name, {}), **given}
+    if not 0.0 <= resolved["flawed_fraction"] < 1.0:
+        raise UserError(f"flawed_fraction must be in [0, 1), got {resolved['flawed_fraction']!r}")
+    return resolved
 
 
 def settings_hash(task_name: str, settings: dict[str, Any]) -> str:
