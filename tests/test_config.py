@@ -73,3 +73,10 @@ def test_help_documents_every_key():
                 "train.epochs", "train.steps", "train.lr", "train.seed", "train.eval_every",
                 "train.save_every", "output_dir", "resume"):
         assert f"  {key} = " in text, key
+
+
+def test_shipped_configs_load_and_match_the_defaults():
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "configs" / "lab-arithmetic.yaml"
+    assert to_dict(load_config(str(path))) == to_dict(Config())
