@@ -68,3 +68,10 @@ def test_summarize_rejects_too_few_samples():
         summarize([[1.0, 0.0]], 3)
     with pytest.raises(ValueError, match="no problems"):
         summarize([], 1)
+
+
+def test_majority_vote_uses_the_first_k_of_more_samples():
+    # 4 samples, k=2: the first two vote ("7" wrong twice); the later correct "5"s must not outvote them
+    out = summarize([[0.0, 0.0, 1.0, 1.0]], 2, answers_per_problem=[["7", "7", "5", "5"]])
+    assert out["maj@2"] == 0.0
+    assert out["avg@2"] == 0.5  # the mean over all samples estimates the k-sample mean

@@ -28,6 +28,8 @@ def summarize(rewards_per_problem: Sequence[Sequence[float]], k: int, *, thresho
 
     A sample counts as correct when its reward >= ``threshold``. ``answers_per_problem`` holds each
     sample's extracted answer (None when it has none); maj@k scores the most common answer's reward.
+    With n > k samples, avg@k is the mean over all n (the unbiased estimate of a k-sample mean) and
+    maj@k votes over the first k samples.
     """
     if not rewards_per_problem:
         raise ValueError("no problems to summarize")
@@ -41,11 +43,11 @@ def summarize(rewards_per_problem: Sequence[Sequence[float]], k: int, *, thresho
         p1.append(pass_at_k(n, correct, 1))
         pk.append(pass_at_k(n, correct, k))
         if answers_per_problem is not None:
-            answers = answers_per_problem[i]
+            answers, voted = answers_per_problem[i][:k], rewards[:k]
             counts = Counter(a for a in answers if a is not None)
             if counts:
                 top = counts.most_common(1)[0][0]
-                maj.append(float(next(r for a, r in zip(answers, rewards, strict=True) if a == top) >= threshold))
+                maj.append(float(next(r for a, r in zip(answers, voted, strict=True) if a == top) >= threshold))
             else:
                 maj.append(0.0)
     out = {f"avg@{k}": float(np.mean(avg)), "pass@1": float(np.mean(p1)), f"pass@{k}": float(np.mean(pk))}
