@@ -19,6 +19,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -103,6 +104,9 @@ def warm_start(task_name: str, *, cache_dir: str | Path | None = None, progress:
     if (final / INFO_FILE).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"building the {task_name} warm start once ({resolved['steps']} SFT steps); cached at {final}",
+              file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         build_warm_start(task_name, resolved, tmp, progress=progress)
@@ -110,7 +114,11 @@ def warm_start(task_name: str, *, cache_dir: str | Path | None = None, progress:
             if (final / INFO_FILE).is_file():
                 return final
             shutil.rmtree(final)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # lost a race with another process building the same settings
+            if not (final / INFO_FILE).is_file():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
