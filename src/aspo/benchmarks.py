@@ -12,11 +12,11 @@ source tree (the package is installed editable from the repository), or ``./data
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from aspo.data import read_jsonl
 from aspo.errors import UserError
 
 MATH_BENCHMARKS = ("aime24", "amc23", "gsm8k", "minerva_math")
@@ -35,26 +35,6 @@ def benchmark_dir() -> Path:
             return path
     raise UserError("benchmark data not found; looked in " + ", ".join(map(str, candidates))
                     + " (set ASPO_BENCHMARK_DIR to the folder holding gsm8k.jsonl etc.)")
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a malformed line is a UserError naming file:line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file {str(path)!r} does not exist; valid benchmark names: {', '.join(BENCHMARKS)}")
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
-    return records
 
 
 def _boxed_answer(solution: str) -> str | None:

@@ -14,8 +14,10 @@ from typing import Any
 from aspo.errors import UserError
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """Read a JSONL file; a malformed line raises UserError naming ``file:line``."""
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSONL file; a missing file or a malformed line raises UserError naming ``file:line``."""
+    if not os.path.isfile(path):
+        raise UserError(f"data file {str(path)!r} does not exist")
     records = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -24,7 +26,7 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: malformed JSON ({err.msg})") from err
+                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
             if not isinstance(record, dict):
                 raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             records.append(record)

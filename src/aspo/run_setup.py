@@ -24,7 +24,6 @@ def seed_for(*parts: int | str) -> int:
 def load_policy(cfg: Config) -> tuple[Any, Any, Any]:
     """(model, tokenizer, lab task or None). ``model=tiny`` builds or reuses the lab's cached warm start."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     task = None
     if cfg.model == "tiny" or cfg.reward is None:
@@ -39,16 +38,24 @@ def load_policy(cfg: Config) -> tuple[Any, Any, Any]:
         from aspo.lab import warm_start
 
         path = str(warm_start(cfg.task))
+    model, tokenizer = load_checkpoint(path, torch.float32)
+    return model, tokenizer, task
+
+
+def load_checkpoint(path: str, dtype: Any = None) -> tuple[Any, Any]:
+    """A local causal LM + tokenizer (never the hub); a pad token is borrowed from EOS when missing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a causal LM + tokenizer from {path!r}: {err}") from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
         raise UserError(f"the tokenizer in {path!r} has no EOS token; generation could never stop")
-    return model, tokenizer, task
+    return model, tokenizer
 
 
 def load_data(cfg: Config, task: Any) -> tuple[list[dict], list[dict]]:

@@ -81,19 +81,11 @@ def _validate(args: argparse.Namespace) -> None:
 
 def _load_model(path: str, device: str | None) -> tuple[Any, Any, str]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aspo.run_setup import load_checkpoint
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a causal LM + tokenizer from {path!r}: {err}") from err
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.eos_token_id is None:
-        raise UserError(f"the tokenizer in {path!r} has no EOS token; generation could never stop")
+    model, tokenizer = load_checkpoint(path, torch.bfloat16 if device.startswith("cuda") else torch.float32)
     return model.to(device).eval(), tokenizer, device
 
 

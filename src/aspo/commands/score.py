@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from aspo.benchmarks import read_jsonl
+    from aspo.data import read_jsonl
     from aspo.rewards import get_reward, score_records
 
     args = build_parser().parse_args(argv)
