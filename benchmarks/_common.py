@@ -87,7 +87,8 @@ def build_job(root: Path, *, prompts: int = 320, seed: int = 0, unreachable_eos:
     model = build_model(tokenizer, seed=seed)
     if unreachable_eos:
         tokenizer.add_special_tokens({"eos_token": "<never>"})  # id = the model's vocab size: never sampled
-        model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.config.eos_token_id = None  # the config may only name ids the model has
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(job.model)
     tokenizer.save_pretrained(job.model)
     rng = random.Random(seed)
