@@ -116,59 +116,84 @@ def packing_applies(model: torch.nn.Module, prompt_mask: torch.Tensor) -> bool:
 def packed_token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                           response_ids: torch.Tensor, response_mask: torch.Tensor, *, temperature: float = 1.0,
                           with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``token_logprobs`` with padding-free token-wise layers (for models that ``packing_applies`` to).
+    """``token_logprobs`` without padding and with each distinct prompt computed once.
 
-    The real tokens of all rows are packed into one (T, H) sequence for the embeddings, projections, norms,
-    MLPs and the LM head -- most of the compute -- and only attention is laid out per row. Padding in an RL
-    batch is large (prompts of mixed length, responses ending at EOS), and none of it is computed here.
+    For models that ``packing_applies`` to. The real tokens are packed into one (T, H) sequence for the
+    embeddings, projections, norms, MLPs and the LM head -- most of the compute -- and only attention is
+    laid out per row. A prompt's hidden states do not depend on the response that follows it, so the G
+    responses of a group share one copy of their prompt (its keys and values are indexed into every
+    response row; autograd sums their gradients): T = distinct prompt tokens + response tokens, instead of
+    rows x (P + R) in the padded forward. Same values and gradients, up to float summation order.
     """
     from aspo.rollout.hf import apply_rotary, head_counts
 
     base = model.model
     device = base.embed_tokens.weight.device
-    ids = torch.cat([prompt_ids, response_ids], dim=1).to(device)
-    mask = torch.cat([prompt_mask, response_mask], dim=1).to(device)
-    rows, width = ids.shape
-    prompt_len = prompt_ids.shape[1]
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    real = mask.view(-1).nonzero().squeeze(-1)  # (T,) flat indices of real tokens
-    x = base.embed_tokens(ids.view(-1)[real])  # (T, H)
-    cos, sin = base.rotary_emb(x[None], positions.view(-1)[real][None])  # (1, T, head_dim)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    response_ids, valid = response_ids.to(device), response_mask.to(device)
+    rows, resp_len = response_ids.shape
+    # distinct prompts (padding included in the key: rows of one group are padded alike)
+    distinct, group = torch.unique(prompt_ids.masked_fill(~prompt_mask, -1), dim=0, return_inverse=True)
+    p_mask = distinct >= 0  # (U, P)
+    n_prompts, prompt_len = distinct.shape
+    p_real = p_mask.view(-1).nonzero().squeeze(-1)  # flat indices into (U * P)
+    r_real = valid.view(-1).nonzero().squeeze(-1)  # flat indices into (rows * R)
+    n_p = len(p_real)
+    p_positions = (p_mask.long().cumsum(-1) - 1).clamp(min=0)
+    r_positions = p_mask.sum(-1)[group][:, None] + torch.arange(resp_len, device=device)
+    tokens = torch.cat([distinct.clamp(min=0).view(-1)[p_real], response_ids.view(-1)[r_real]])
+    positions = torch.cat([p_positions.view(-1)[p_real], r_positions.view(-1)[r_real]])
+    x = base.embed_tokens(tokens)  # (T, H)
+    cos, sin = base.rotary_emb(x[None], positions[None])  # (1, T, head_dim)
     cos, sin = cos[0, :, None].to(x.dtype), sin[0, :, None].to(x.dtype)
-    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    attn_mask = (causal & mask[:, None, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
+    # prompts attend causally within themselves; responses to their prompt and causally to themselves.
+    # A padding query sees itself so that no softmax row is empty (its output is never read).
+    def causal(n: int) -> torch.Tensor:
+        return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
-    def unpack(t: torch.Tensor) -> torch.Tensor:  # (T, heads, d) -> (rows, heads, width, d), zeros on padding
-        full = t.new_zeros(rows * width, *t.shape[1:]).index_copy(0, real, t)
-        return full.view(rows, width, *t.shape[1:]).transpose(1, 2)
+    eye_p, eye_r = torch.eye(prompt_len, dtype=torch.bool, device=device), torch.eye(resp_len, dtype=torch.bool,
+                                                                                     device=device)
+    p_attn = (causal(prompt_len) & p_mask[:, None, None, :]) | eye_p
+    r_attn = torch.cat([p_mask[group][:, None, None, :].expand(rows, 1, resp_len, prompt_len),
+                        (causal(resp_len) & valid[:, None, None, :]) | eye_r], dim=-1)
 
+    def unpack(t: torch.Tensor, real: torch.Tensor, n: int, width: int) -> torch.Tensor:
+        """(N, heads, d) packed -> (n, heads, width, d), zeros on padding."""
+        full = t.new_zeros(n * width, *t.shape[1:]).index_copy(0, real, t)
+        return full.view(n, width, *t.shape[1:]).transpose(1, 2)
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
     for layer in base.layers:  # the layer's own modules, token-wise on (T, H); attention per row
         attn = layer.self_attn
         heads, kv_heads, head_dim = head_counts(attn)
+        gqa = kv_heads != heads
         h = layer.input_layernorm(x)
         q = apply_rotary(attn.q_proj(h).view(-1, heads, head_dim), cos, sin)
         k = apply_rotary(attn.k_proj(h).view(-1, kv_heads, head_dim), cos, sin)
         v = attn.v_proj(h).view(-1, kv_heads, head_dim)
-        out = torch.nn.functional.scaled_dot_product_attention(
-            unpack(q), unpack(k), unpack(v), attn_mask=attn_mask, scale=attn.scaling,
-            enable_gqa=kv_heads != heads)
-        x = x + attn.o_proj(out.transpose(1, 2).reshape(rows * width, heads * head_dim)[real])
+        kp, vp = unpack(k[:n_p], p_real, n_prompts, prompt_len), unpack(v[:n_p], p_real, n_prompts, prompt_len)
+        out_p = sdpa(unpack(q[:n_p], p_real, n_prompts, prompt_len), kp, vp, attn_mask=p_attn,
+                     scale=attn.scaling, enable_gqa=gqa)
+        k_rows = torch.cat([kp[group], unpack(k[n_p:], r_real, rows, resp_len)], dim=2)
+        v_rows = torch.cat([vp[group], unpack(v[n_p:], r_real, rows, resp_len)], dim=2)
+        out_r = sdpa(unpack(q[n_p:], r_real, rows, resp_len), k_rows, v_rows, attn_mask=r_attn,
+                     scale=attn.scaling, enable_gqa=gqa)
+        out = torch.cat([out_p.transpose(1, 2).reshape(n_prompts * prompt_len, -1)[p_real],
+                         out_r.transpose(1, 2).reshape(rows * resp_len, -1)[r_real]])
+        x = x + attn.o_proj(out)
         x = x + layer.mlp(layer.post_attention_layernorm(x))
-    # the hidden state at column P-1+j predicts response token j
-    packed_index = torch.full((rows * width,), -1, dtype=torch.long, device=device)
-    packed_index[real] = torch.arange(len(real), device=device)
-    valid = response_mask.to(device)
-    cols = prompt_len - 1 + torch.arange(response_ids.shape[1], device=device)
-    predict = packed_index[(torch.arange(rows, device=device)[:, None] * width + cols)[valid]]
-    hidden = base.norm(x[predict])
-    logits = model.lm_head(hidden)
-    resp = response_ids.to(device)
-    logp, ent = _logprobs_and_entropy(logits, resp[valid], torch.ones_like(predict, dtype=torch.bool), temperature,
+    # response token 0 is predicted by its prompt's last token, token j > 0 by response token j - 1
+    p_index = torch.full((n_prompts * prompt_len,), -1, dtype=torch.long, device=device)
+    p_index[p_real] = torch.arange(n_p, device=device)
+    r_index = torch.full((rows * resp_len,), -1, dtype=torch.long, device=device)
+    r_index[r_real] = n_p + torch.arange(len(r_real), device=device)
+    predictor = torch.cat([p_index.view(n_prompts, prompt_len)[group, -1:], r_index.view(rows, resp_len)[:, :-1]], 1)
+    hidden = base.norm(x[predictor[valid]])
+    logp, ent = _logprobs_and_entropy(model.lm_head(hidden), response_ids[valid],
+                                      torch.ones(len(hidden), dtype=torch.bool, device=device), temperature,
                                       with_entropy)
-    flat_valid = valid.view(-1).nonzero().squeeze(-1)
-    size = rows * response_ids.shape[1]
-    logprobs = logp.new_zeros(size).index_copy(0, flat_valid, logp).view_as(valid)
-    entropy = None if ent is None else ent.new_zeros(size).index_copy(0, flat_valid, ent).view_as(valid)
+    logprobs = logp.new_zeros(rows * resp_len).index_copy(0, r_real, logp).view_as(valid)
+    entropy = None if ent is None else ent.new_zeros(rows * resp_len).index_copy(0, r_real, ent).view_as(valid)
     return logprobs, entropy
 
 
