@@ -84,3 +84,13 @@ def test_model_save_load_gives_identical_logits_and_generation(tokenizer, tmp_pa
     with torch.no_grad():
         assert torch.equal(out, model.generate(**batch, do_sample=False, max_new_tokens=5))
     assert loaded.generation_config.top_k is None and loaded.generation_config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_importing_the_lab_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, aspo.lab; from aspo.lab import get_task, warm_start; get_task('countdown');"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
