@@ -1,7 +1,8 @@
 """Supervised warm start for the tiny lab, cached on disk by a hash of its settings.
 
 ``warm_start("arithmetic")`` trains a fresh tiny model on task demonstrations (AdamW, seeded; bit-identical
-on CPU for a given torch thread count -- other thread counts round differently, metrics move by ~0.02), measures held-out pass@1 / pass@k at temperature 1.0, and saves model + tokenizer with
+on CPU for a given torch thread count -- other thread counts round differently and the metrics move by
+~0.02), measures held-out pass@1 / pass@k at temperature 1.0, and saves model + tokenizer with
 ``save_pretrained`` plus ``warmstart.json`` (settings, metrics, timings). Only the first call with given
 settings pays: later calls return the cached directory. The build happens in a temporary sibling
 directory that is renamed into place only when complete, so an interrupted build never leaves a broken
