@@ -249,21 +249,31 @@ def lean_decode(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: t
     positions = torch.cat([first, first[:, -1:] + torch.arange(1, max_new_tokens + 1, device=device)], 1)
     cos, sin = base.rotary_emb(base.embed_tokens.weight[:1], positions)  # (rows, total, head_dim)
     cos, sin = cos[:, None].to(dtype), sin[:, None].to(dtype)
-    _, kv_heads, head_dim = head_counts(base.layers[0].self_attn)
-    caches = [(torch.empty(rows, kv_heads, total, head_dim, device=device, dtype=dtype),
-               torch.empty(rows, kv_heads, total, head_dim, device=device, dtype=dtype)) for _ in base.layers]
     out_tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     out_mask = torch.zeros(rows, max_new_tokens, dtype=torch.bool, device=device)
     out_logps = torch.zeros(rows, max_new_tokens, dtype=torch.float32, device=device)
     live = torch.arange(rows, device=device)  # original row of each batch row
     done = torch.zeros(rows, dtype=torch.bool, device=device)  # per batch row: has sampled an EOS
 
-    # prefill: causal over real prompt tokens; a padding query sees itself so no softmax row is empty
+    # prefill each distinct prompt once (the n samples of a group share it), then give every row its copy;
+    # causal over real prompt tokens, and a padding query sees itself so that no softmax row is empty
+    prompt_ids = prompt_ids.to(device)
+    _, group = torch.unique(prompt_ids.masked_fill(~valid[:, :prompt_len], -1), dim=0, return_inverse=True)
+    first_row = torch.full((int(group.max()) + 1,), rows, device=device).scatter_reduce(
+        0, group, torch.arange(rows, device=device), reduce="amin")
     causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
-    mask = (causal & valid[:, None, None, :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool, device=device)
-    x = base.embed_tokens(prompt_ids.to(device))
-    for layer, (k_cache, v_cache) in zip(base.layers, caches, strict=True):
-        x = _lean_layer(layer, x, cos[:, :, :prompt_len], sin[:, :, :prompt_len], k_cache, v_cache, 0, mask)
+    mask = (causal & valid[first_row, None, None, :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool,
+                                                                             device=device)
+    x = base.embed_tokens(prompt_ids[first_row])
+    _, kv_heads, head_dim = head_counts(base.layers[0].self_attn)
+    shared = [(torch.empty(len(first_row), kv_heads, total, head_dim, device=device, dtype=dtype),
+               torch.empty(len(first_row), kv_heads, total, head_dim, device=device, dtype=dtype))
+              for _ in base.layers]
+    for layer, (k_cache, v_cache) in zip(base.layers, shared, strict=True):
+        x = _lean_layer(layer, x, cos[first_row, :, :prompt_len], sin[first_row, :, :prompt_len], k_cache, v_cache,
+                        0, mask)
+    x = x[group]
+    caches = [(k[group], v[group]) for k, v in shared]
     steps = 0
     for step in range(max_new_tokens):
         logits = model.lm_head(base.norm(x[:, -1]))
