@@ -132,3 +132,27 @@ def test_repeated_non_finite_loss_stops_with_a_message(tiny_run_inputs, tmp_path
                                               "train.grad_clip=0", "train.steps=8", "train.eval_every=0"))
     assert result.returncode == 2, result.stderr
     assert "non-finite" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_soft_overlong_penalty_matches_dapo():
+    import torch
+
+    from aspo.trainer import soft_overlong_penalty
+
+    lengths = torch.tensor([10, 24, 28, 32])  # L = 32, B = 8: penalty starts after 24 tokens
+    assert soft_overlong_penalty(lengths, 32, 8, 1.0).tolist() == [0.0, 0.0, -0.5, -1.0]
+    assert soft_overlong_penalty(lengths, 32, 0, 1.0).tolist() == [0.0] * 4
+
+
+def test_kl_to_reference_dynamic_sampling_and_overlong_penalty_run(tiny_run_inputs, tmp_path):
+    out = tmp_path / "dapo-kl"
+    cfg = load_config(None, tiny_overrides(tiny_run_inputs, out, "algorithm.kl_coef=0.01", "algorithm.loss=dapo",
+                                           "algorithm.dynamic_sampling=true", "algorithm.overlong_buffer=4",
+                                           "train.steps=2", "train.eval_every=0"))
+    Trainer(cfg, progress=False).run()
+    rows = [r for r in read_metrics(out) if r["step"] > 0]
+    assert all(r["actor/kl_loss"] >= 0 for r in rows)  # k3 is non-negative
+    assert any(r["actor/kl_loss"] > 0 for r in rows)  # the policy moved away from the frozen reference
+    assert all(r["groups/sampling_rounds"] >= 1 for r in rows)
+    # overlong penalty: long responses lose reward against the raw verifier score
+    assert any(r["reward/mean"] < r["reward/raw_mean"] for r in rows)

@@ -50,6 +50,17 @@ SAMPLES_PER_EVAL = 16
 COUNT_METRICS = ("reward/errors", "groups/solve_all", "groups/solve_none", "groups/valid")  # problems whose every sample is written to samples.jsonl at each eval
 
 
+def soft_overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: float) -> torch.Tensor:
+    """DAPO's soft overlong penalty, (N,) lengths -> (N,) reward terms <= 0.
+
+    0 up to ``max_len - buffer`` tokens, then linear down to ``-factor`` at ``max_len``; ``buffer=0``: off.
+    """
+    if buffer <= 0:
+        return torch.zeros(len(lengths))
+    over = (lengths.float() - (max_len - buffer)).clamp(min=0)
+    return (-over / buffer * factor).clamp(max=0)
+
+
 class Trainer:
     def __init__(self, cfg: Config, *, progress: bool = True) -> None:
         from accelerate import Accelerator
@@ -163,7 +174,8 @@ class Trainer:
             stats["errors"] += sum(r.error is not None for r in results)
             stats["rounds"] += 1
             raw = torch.tensor([r.reward for r in results], dtype=torch.float32)
-            rewards = raw + self.overlong_penalty(rollout.response_lengths)
+            rewards = raw + soft_overlong_penalty(rollout.response_lengths, self.max_new_tokens,
+                                                 alg.overlong_buffer, alg.overlong_penalty)
             n_groups = len(records)
             grouped = rewards.view(n_groups, cfg.rollout.n)
             raw_grouped = raw.view(n_groups, cfg.rollout.n)
@@ -218,15 +230,6 @@ class Trainer:
         gap = float((logprobs - rollout.behaviour_logprobs)[mask].abs().mean()) if mask.any() else 0.0
         rollout.behaviour_logprobs = logprobs
         return gap
-
-    def overlong_penalty(self, lengths: torch.Tensor) -> torch.Tensor:
-        """DAPO's soft overlong penalty: linear from 0 at L-B to -factor at L (B = overlong_buffer)."""
-        buffer = self.cfg.algorithm.overlong_buffer
-        if buffer <= 0:
-            return torch.zeros(len(lengths))
-        start = self.max_new_tokens - buffer
-        over = (lengths.float() - start).clamp(min=0)
-        return (-over / buffer * self.cfg.algorithm.overlong_penalty).clamp(max=0)
 
     def update(self, step: int, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
         """mini_batches x epochs optimizer steps on one rollout."""
