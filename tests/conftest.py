@@ -51,4 +51,4 @@ def tiny_overrides(root, out_dir, *extra):
     return [f"model={root / 'model'}", f"data.train={root / 'train.jsonl'}", f"data.test={root / 'test.jsonl'}",
             f"reward={DATA / 'rewards.py'}:digit_share", "rollout.n=4", "rollout.max_new_tokens=12", "train.prompts_per_step=4",
             "train.mini_batches=2", "train.epochs=2", "train.steps=3", "train.eval_every=2", "train.save_every=2",
-            "data.num_test=4", "eval.n=2", "train.lr=1e-3", "train.device=cpu", f"output_dir={out_dir}", *extra]
+            "data.num_test=4", "eval.n=2", "train.lr=1e-3", "train.device=cpu", "train.threads=1", f"output_dir={out_dir}", *extra]

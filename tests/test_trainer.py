@@ -100,8 +100,9 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_run_inputs, 
 def test_a_raising_reward_scores_zero_and_training_goes_on(tiny_run_inputs, tmp_path):
     out = tmp_path / "flaky"
     cfg = load_config(None, tiny_overrides(tiny_run_inputs, out, f"reward={DATA / 'rewards.py'}:flaky",
-                                           "train.steps=2"))
+                                           "train.steps=2", "train.plots=false"))
     Trainer(cfg, progress=False).run()
+    assert not (out / "plots").exists()
     rows = [r for r in read_metrics(out) if "reward/errors" in r]
     assert len(rows) == 2 and sum(r["reward/errors"] for r in rows) > 0
 

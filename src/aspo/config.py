@@ -107,6 +107,8 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, "newest checkpoints kept on disk")
     max_nonfinite_steps: int = _f(3, "stop after this many consecutive steps with a non-finite loss")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = _f(0, "torch CPU threads per process (0: torch's default; 1 is faster on a busy machine)")
+    plots: bool = _f(True, "draw plots/*.png at the end of the run")
 
 
 @dataclass
@@ -150,6 +152,7 @@ class Config:
             ("train.save_every", self.train.save_every >= 0, "must be >= 0"),
             ("train.grad_clip", self.train.grad_clip >= 0, "must be >= 0"),
             ("train.keep_checkpoints", self.train.keep_checkpoints >= 1, "must be >= 1"),
+            ("train.threads", self.train.threads >= 0, "must be >= 0"),
             ("data.num_test", self.data.num_test >= 1, "must be >= 1"),
             ("algorithm.kl_coef", self.algorithm.kl_coef >= 0, "must be >= 0"),
             ("algorithm.clip_ratio_c", self.algorithm.clip_ratio_c > 1, "must be > 1"),

@@ -66,6 +66,8 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg = cfg.validate()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
         device = cfg.train.device
         self.accelerator = Accelerator(cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -446,9 +448,10 @@ class Trainer:
                 self.logger.close()
         summary = {"run_dir": str(self.run_dir), "steps": self.step, "wall_s": time.perf_counter() - t_start}
         if self.is_main:
-            from aspo.report.plots import plot_run
+            if cfg.train.plots:
+                from aspo.report.plots import plot_run
 
-            plot_run(self.run_dir)
+                plot_run(self.run_dir)
             summary.update(print_summary(self.run_dir, summary["wall_s"], enabled=self.progress))
         return summary
 
