@@ -141,7 +141,7 @@ def plot_token_weights(rows_by_algo: dict[str, list[list[dict[str, Any]]]], out_
 
     colors = _colors(list(rows_by_algo))
     width = 0.8 / max(len(per_algo), 1)
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
     for i, (algo, runs) in enumerate(per_algo.items()):
         stats = [mean_ci95([run.get(b) for run in runs]) for b in buckets]
         xs = np.arange(len(buckets)) + (i - (len(per_algo) - 1) / 2) * width
@@ -155,7 +155,7 @@ def plot_token_weights(rows_by_algo: dict[str, list[list[dict[str, Any]]]], out_
     ax.set_title("gradient weight of positive-advantage tokens by probability (averaged over training)",
                  fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=min(len(per_algo), 3), loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
     name = f"{WEIGHT_FIGURE}.png"
     fig.savefig(out_dir / name, dpi=100)
