@@ -121,7 +121,7 @@ def aspo_command(job: Job, settings: Settings, out_dir: Path) -> list[str]:
             f"rollout.n={s.n}", f"rollout.max_new_tokens={s.max_new_tokens}",
             f"rollout.temperature={s.temperature}", "rollout.top_p=1.0",
             f"train.prompts_per_step={s.prompts_per_step}", "train.mini_batches=1", "train.epochs=1",
-            f"train.steps={s.steps}", "train.eval_every=0", "train.save_every=0", f"train.lr={s.lr}",
+            f"train.steps={s.steps}", "train.eval_every=0", "train.save_every=0", "train.plots=false", f"train.lr={s.lr}",
             "train.warmup_steps=0", "train.weight_decay=0.0", "train.grad_clip=1.0", f"train.seed={s.seed}",
             "train.device=cpu", "algorithm.loss=grpo", "algorithm.advantage=grpo",
             "algorithm.loss_agg_mode=token-mean", "algorithm.filter_groups=false",

@@ -149,8 +149,9 @@ def test_kl_to_reference_dynamic_sampling_and_overlong_penalty_run(tiny_run_inpu
     out = tmp_path / "dapo-kl"
     cfg = load_config(None, tiny_overrides(tiny_run_inputs, out, "algorithm.kl_coef=0.01", "algorithm.loss=dapo",
                                            "algorithm.dynamic_sampling=true", "algorithm.overlong_buffer=4",
-                                           "train.steps=2", "train.eval_every=0"))
+                                           "train.steps=2", "train.eval_every=0", "train.save_every=0"))
     Trainer(cfg, progress=False).run()
+    assert not (out / "checkpoints").exists()  # save_every=0: checkpoints off
     rows = [r for r in read_metrics(out) if r["step"] > 0]
     assert all(r["actor/kl_loss"] >= 0 for r in rows)  # k3 is non-negative
     assert any(r["actor/kl_loss"] > 0 for r in rows)  # the policy moved away from the frozen reference

@@ -103,7 +103,7 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)")
     seed: int = _f(0, "seed for sampling, shuffling and the data order")
     eval_every: int = _f(10, "held-out eval every N steps (0: only before and after training)")
-    save_every: int = _f(20, "checkpoint every N steps (0: only at the end)")
+    save_every: int = _f(20, "checkpoint every N steps and at the last step (0: no checkpoints at all)")
     keep_checkpoints: int = _f(2, "newest checkpoints kept on disk")
     max_nonfinite_steps: int = _f(3, "stop after this many consecutive steps with a non-finite loss")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")

@@ -440,7 +440,7 @@ class Trainer:
                 self.log(self.step, metrics)
                 last.update(metrics)
                 bar.update(self.step, metrics)
-                if cfg.train.save_every and self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
+                if cfg.train.save_every and (self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps):
                     self.save()
         finally:
             bar.close()
