@@ -13,7 +13,7 @@ import pytest
 from conftest import DATA
 
 from aspo.cli import main
-from aspo.commands.compare import Job, run_jobs
+from aspo.commands.compare import Job, PlannedRun, is_finished, run_jobs
 from aspo.config import load_config
 from aspo.errors import UserError
 from aspo.presets import PRESETS, overlong_buffer, preset_keys, preset_overrides
@@ -100,6 +100,17 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path):
     assert len(seen) == 2
 
 
+def test_a_run_is_finished_by_its_final_eval_even_without_checkpoints(tmp_path):
+    cfg = load_config(None, ["train.steps=2", "train.save_every=0"])
+    run = PlannedRun("grpo", 0, tmp_path, [], cfg)
+    rows = [{"step": 0, "eval/pass@1": 0.1}, {"step": 1, "reward/mean": 0.5}, {"step": 2, "reward/mean": 0.4}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert not is_finished(run)  # no final held-out eval: not finished
+    rows[-1]["eval/pass@1"] = 0.3
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert is_finished(run)
+
+
 # -- command-line errors ---------------------------------------------------------------------------
 
 
@@ -113,6 +124,10 @@ def test_bad_command_lines_are_user_errors(tmp_path, capsys):
     assert "train.seed" in capsys.readouterr().err
     assert main(["compare", "--algos", "grpo"]) == 2
     assert "--output" in capsys.readouterr().err
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    assert main(["compare", "--output", out, f"model={tmp_path}", f"data.train={train}", "reward=arithmetic"]) == 2
+    assert "data.test" in capsys.readouterr().err  # no held-out data: nothing to compare
 
 
 # -- end to end ------------------------------------------------------------------------------------
@@ -169,11 +184,12 @@ def test_compare_end_to_end_and_resume(tmp_path, capsys, tiny_run_inputs):
                  "response_length", "repetition", "token_weight"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
-    # interrupt one run after step 1 (drop its final checkpoint), then rerun the same command
+    # make one run look killed during step 2 (after the step-1 checkpoint), then rerun the same command
     before = {r["run_dir"]: (out / r["run_dir"] / "metrics.jsonl").read_bytes() for r in summary["runs"]}
     victim = out / "runs" / "aspo-s1"
     step1_row = _rows(victim)[1]
     shutil.rmtree(victim / "checkpoints" / "step-2")
+    (victim / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(victim)[:2]))
     capsys.readouterr()
     assert main(argv) == 0
     printed = capsys.readouterr().out

@@ -98,6 +98,9 @@ def plan_runs(config_path: str | None, overrides: list[str], algos: list[str], s
                         "overrides must apply to every algorithm alike (seeds come from --seeds, run dirs from "
                         "--output)")
     base = load_config(config_path, overrides).validate()
+    if not has_heldout_data(base):
+        raise UserError("aspo compare reports held-out pass@1 / pass@k: give data.test=FILE (without data.train "
+                        "the lab task's held-out split is used)")
     cap = response_cap(base)
     runs = []
     for algo in algos:
@@ -109,6 +112,12 @@ def plan_runs(config_path: str | None, overrides: list[str], algos: list[str], s
             resolve_params(cfg.algorithm.loss, objective_params(cfg.algorithm))
             runs.append(PlannedRun(algo, seed, run_dir, items, cfg))
     return runs, base, cap
+
+
+def has_heldout_data(cfg: Any) -> bool:
+    """Whether runs of ``cfg`` evaluate on held-out problems (the trainer's rule in run_setup.load_data)."""
+    lab_task = cfg.model == "tiny" or cfg.reward is None
+    return bool(cfg.data.test) or (lab_task and not cfg.data.train)
 
 
 def check_existing(run: PlannedRun) -> None:
@@ -128,14 +137,12 @@ def check_existing(run: PlannedRun) -> None:
 
 
 def is_finished(run: PlannedRun) -> bool:
-    """The final checkpoint exists and the final held-out eval was logged."""
-    from aspo.checkpoint import list_checkpoints
+    """The final held-out eval was logged (the trainer's last act before its final checkpoint, which
+    ``train.save_every=0`` turns off): everything the report needs is there."""
     from aspo.report.compare import is_complete
     from aspo.report.metrics import read_metrics
 
-    ckpts = list_checkpoints(run.run_dir)
-    steps = run.cfg.train.steps
-    return bool(ckpts) and ckpts[-1][0] >= steps and is_complete(read_metrics(run.run_dir), steps)
+    return is_complete(read_metrics(run.run_dir), run.cfg.train.steps)
 
 
 @dataclass
