@@ -300,7 +300,7 @@ class Trainer:
                                     entropy=entropy if alg.entropy_split else None, **self.params)
         if part.ref_logprobs is not None:
             kl = agg_loss(kl_penalty(logprobs, part.ref_logprobs.to(device), alg.kl_estimator), mask, alg.loss_agg_mode)
-            metrics["kl_loss"] = float(kl)
+            metrics["kl_loss"] = float(kl.detach())
             loss = loss + alg.kl_coef * kl
         scale = normaliser_scale(part.response_mask, alg.loss_agg_mode, global_tokens, global_seqs, self.world)
         self.accelerator.backward(loss * scale)
