@@ -77,7 +77,7 @@ def test_existing_run_is_never_overwritten(finished_run, tiny_run_inputs):
 
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_run_inputs, tmp_path):
-    args = ["train.steps=4", "train.eval_every=1"]
+    args = ["train.steps=4", "train.eval_every=1", "train.threads=2"]  # several threads: still exact
     whole = tmp_path / "whole"
     assert run_cli("train", *tiny_overrides(tiny_run_inputs, whole, *args)).returncode == 0
     killed = tmp_path / "killed"

@@ -68,6 +68,8 @@ class Trainer:
         self.cfg = cfg.validate()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:  # multi-threaded CPU reductions otherwise differ from run to run at ~1e-8
+            torch.use_deterministic_algorithms(True, warn_only=True)
         device = cfg.train.device
         self.accelerator = Accelerator(cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
