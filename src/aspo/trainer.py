@@ -457,6 +457,14 @@ class Trainer:
             summary.update(print_summary(self.run_dir, summary["wall_s"], enabled=self.progress))
         return summary
 
+    def close(self) -> None:
+        """Tear down the process group: gloo's threads abort the process at exit if it is left alive."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            self.accelerator.wait_for_everyone()
+            dist.destroy_process_group()
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.is_main and metrics:
             self.logger.log(step, metrics)

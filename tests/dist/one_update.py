@@ -28,3 +28,4 @@ metrics = trainer.update(1, rollout.select(mine), advantages[mine])
 assert metrics["actor/optimizer_steps"] == 1.0, metrics
 if trainer.is_main:
     torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, out)
+trainer.close()

@@ -52,5 +52,9 @@ def main(argv: list[str]) -> int:
     cfg = load_config(config_path, overrides).validate()  # before the heavy imports: bad input fails fast
     from aspo.trainer import Trainer
 
-    Trainer(cfg).run()
+    trainer = Trainer(cfg)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
     return 0
