@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aspo import distributed as dist
 from aspo.advantages import compute_advantages
 from aspo.checkpoint import list_checkpoints, load_training_state, save_checkpoint
 from aspo.config import Config, save_config
@@ -45,9 +46,7 @@ from aspo.update import (
     token_logprobs,
 )
 
-SAMPLES_PER_EVAL = 16
-# metrics that count things: summed over data-parallel ranks instead of averaged
-COUNT_METRICS = ("reward/errors", "groups/solve_all", "groups/solve_none", "groups/valid")  # problems whose every sample is written to samples.jsonl at each eval
+SAMPLES_PER_EVAL = 16  # problems whose every sample is written to samples.jsonl at each eval
 
 
 def soft_overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: float) -> torch.Tensor:
@@ -161,7 +160,7 @@ class Trainer:
             records = [self.train_records[i] for i in self.prompt_indices(step, round_)]
             t0 = time.perf_counter()
             self.model.eval()
-            with self.full_weights():
+            with dist.full_weights(self.accelerator, self.train_model):
                 self.engine.sync_weights(self.model, version=self.weights_version)
                 rollout = self.engine.generate([self.format(r) for r in records], n=cfg.rollout.n,
                                                max_new_tokens=self.max_new_tokens,
@@ -245,7 +244,7 @@ class Trainer:
                                        rollout.response_mask, temperature=cfg.rollout.temperature, with_entropy=False)
                 ref = ref.cpu()
         batch = UpdateBatch.from_rollout(rollout, advantages, ref)
-        global_rows = self.reduce_sum(len(batch))
+        global_rows = dist.reduce_sum(self.accelerator, len(batch))
         if global_rows == 0:
             return {"actor/skipped_no_signal": 1.0}
         self.train_model.train()
@@ -255,9 +254,9 @@ class Trainer:
             order = torch.randperm(len(batch), generator=gen)
             for chunk in np.array_split(order.numpy(), cfg.train.mini_batches):
                 mini = batch.rows(torch.as_tensor(chunk, dtype=torch.long)) if len(chunk) else None
-                tokens = self.reduce_sum(float(mini.response_mask.sum()) if mini else 0.0)
-                seqs = self.reduce_sum(float(mini.response_mask.any(-1).sum()) if mini else 0.0)
-                parts = micro_batches(mini, cfg.train.micro_batch_size) if mini else [self.dummy_batch(batch)]
+                tokens = dist.reduce_sum(self.accelerator, float(mini.response_mask.sum()) if mini else 0.0)
+                seqs = dist.reduce_sum(self.accelerator, float(mini.response_mask.any(-1).sum()) if mini else 0.0)
+                parts = micro_batches(mini, cfg.train.micro_batch_size) if mini else [batch.without_tokens(self.tokenizer.pad_token_id)]
                 loss_total = 0.0
                 for i, part in enumerate(parts):
                     sync = self.accelerator.no_sync(self.train_model) if i < len(parts) - 1 else contextlib.nullcontext()
@@ -309,47 +308,6 @@ class Trainer:
         mean_entropy = float(entropy.detach()[mask].mean()) if mask.any() else None
         return loss.detach(), metrics, mean_entropy
 
-    def dummy_batch(self, batch: UpdateBatch) -> UpdateBatch:
-        """A one-row batch with no valid token: keeps DDP's collective calls matched on a rank without data."""
-        one = batch.rows(torch.arange(min(1, len(batch)))) if len(batch) else self._empty_batch()
-        one.response_mask = torch.zeros_like(one.response_mask)
-        return one
-
-    def _empty_batch(self) -> UpdateBatch:
-        ids = torch.full((1, 1), self.tokenizer.pad_token_id)
-        return UpdateBatch(ids, torch.ones(1, 1, dtype=torch.bool), ids.clone(), torch.zeros(1, 1, dtype=torch.bool),
-                           torch.zeros(1, 1), torch.zeros(1))
-
-    # -- distributed helpers -----------------------------------------------------------------------
-    def full_weights(self) -> Any:
-        """Sampling needs whole weights: under FSDP gather the shards for the duration (not tested on CPU)."""
-        from accelerate.utils import DistributedType
-
-        if self.accelerator.distributed_type == DistributedType.FSDP:
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            return FullyShardedDataParallel.summon_full_params(self.train_model, writeback=False)
-        return contextlib.nullcontext()
-
-    def reduce_sum(self, value: float) -> float:
-        if self.world == 1:
-            return float(value)
-        t = torch.tensor([float(value)], device=self.accelerator.device)
-        return float(self.accelerator.reduce(t, reduction="sum"))
-
-    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Counts are summed over ranks, everything else averaged (a rank without the key is not counted)."""
-        if self.world == 1:
-            return metrics
-        from accelerate.utils import gather_object
-
-        rows = gather_object([metrics])
-        out = mean_metrics(rows)
-        for key in COUNT_METRICS:
-            if key in out:
-                out[key] = sum(r.get(key, 0.0) for r in rows)
-        return out
-
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out pass@1 / pass@k at ``eval.*`` sampling settings, same seed at every eval."""
@@ -359,17 +317,12 @@ class Trainer:
         t0 = time.perf_counter()
         records = self.test_records[: cfg.data.num_test][self.rank::self.world]
         self.model.eval()
-        with self.full_weights():
+        with dist.full_weights(self.accelerator, self.train_model):
             per_problem, rows = sample_policy(
                 self.engine, records, [self.format(r) for r in records], self.reward, n=cfg.eval.n,
                 max_new_tokens=self.max_new_tokens, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                 seed=seed_for(cfg.train.seed, "eval", self.rank))
-        if self.world > 1:
-            from accelerate.utils import gather_object
-
-            per_problem, rows = gather_object([per_problem]), gather_object([rows])
-            per_problem = [p for part in per_problem for p in part]
-            rows = [r for part in rows for r in part]
+        per_problem, rows = dist.gather_lists(self.accelerator, per_problem), dist.gather_lists(self.accelerator, rows)
         stats = summarize(per_problem, cfg.eval.n)
         k = cfg.eval.n
         metrics = {"eval/pass@1": stats["pass@1"], "eval/pass@k": stats[f"pass@{k}"], f"eval/pass@{k}": stats[f"pass@{k}"],
@@ -411,7 +364,7 @@ class Trainer:
             metrics = {"actor/nonfinite_steps": 1.0, "actor/optimizer_steps": 0.0}
         metrics["time/update"] = time.perf_counter() - t1
         metrics["time/step"] = time.perf_counter() - t0
-        metrics = self.reduce_metrics(metrics)
+        metrics = dist.reduce_metrics(self.accelerator, metrics)
         self.step = step
         if metrics.get("actor/nonfinite_steps", 0) > 0 and metrics.get("actor/optimizer_steps", 1) == 0:
             self.nonfinite_streak += 1
@@ -458,12 +411,7 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        """Tear down the process group: gloo's threads abort the process at exit if it is left alive."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            self.accelerator.wait_for_everyone()
-            dist.destroy_process_group()
+        dist.close(self.accelerator)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.is_main and metrics:

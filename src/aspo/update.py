@@ -47,6 +47,18 @@ class UpdateBatch:
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
+    def without_tokens(self, pad_token_id: int) -> UpdateBatch:
+        """A one-row batch with no valid token (zero loss and gradient): keeps DDP's collective calls matched
+        on a rank that has no data for this mini-batch."""
+        if len(self):
+            one = self.rows(torch.arange(1))
+        else:
+            ids = torch.full((1, 1), pad_token_id)
+            one = UpdateBatch(ids, torch.ones(1, 1, dtype=torch.bool), ids.clone(),
+                              torch.zeros(1, 1, dtype=torch.bool), torch.zeros(1, 1), torch.zeros(1))
+        one.response_mask = torch.zeros_like(one.response_mask)
+        return one
+
 
 def token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                    response_ids: torch.Tensor, response_mask: torch.Tensor, *, temperature: float = 1.0,
