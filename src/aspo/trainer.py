@@ -88,7 +88,7 @@ class Trainer:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
-        warmup = max(cfg.train.warmup_steps, 0)
+        warmup = cfg.train.warmup_steps  # validated >= 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.train_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
@@ -151,12 +151,9 @@ class Trainer:
     def collect(self, step: int) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
         """Rollout + reward + advantages + group filter; dynamic sampling adds rounds until enough groups."""
         cfg, alg = self.cfg, self.cfg.algorithm
-        want = cfg.train.prompts_per_step // self.world
-        kept, kept_adv, stats = [], [], {"gen_tokens": 0.0, "t_gen": 0.0, "t_reward": 0.0, "errors": 0.0,
-                                         "rounds": 0.0}
-        all_rewards, raw_rewards, lengths, truncated, rep, groups = [], [], [], [], [], {"all": 0, "none": 0}
-        rounds = alg.max_sampling_rounds if alg.dynamic_sampling else 1
-        for round_ in range(rounds):
+        want_rows = cfg.train.prompts_per_step // self.world * cfg.rollout.n
+        rounds: list[dict[str, Any]] = []  # one entry per sampling round: everything its metrics need
+        for round_ in range(alg.max_sampling_rounds if alg.dynamic_sampling else 1):
             records = [self.train_records[i] for i in self.prompt_indices(step, round_)]
             t0 = time.perf_counter()
             self.model.eval()
@@ -166,60 +163,55 @@ class Trainer:
                                                max_new_tokens=self.max_new_tokens,
                                                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                                seed=seed_for(cfg.train.seed, "rollout", step, self.rank, round_))
-            if self.recompute_logprobs:
-                stats["logprob_diff"] = self.recompute_behaviour_logprobs(rollout)
+            gap = self.recompute_behaviour_logprobs(rollout) if self.recompute_logprobs else None
             t1 = time.perf_counter()
             scored = [dict(records[int(g)], response=text) for g, text in zip(rollout.group_ids, rollout.responses,
                                                                                 strict=True)]
             results = score_records(self.reward, scored)
-            stats["t_gen"] += t1 - t0
-            stats["t_reward"] += time.perf_counter() - t1
-            stats["errors"] += sum(r.error is not None for r in results)
-            stats["rounds"] += 1
             raw = torch.tensor([r.reward for r in results], dtype=torch.float32)
             rewards = raw + soft_overlong_penalty(rollout.response_lengths, self.max_new_tokens,
                                                  alg.overlong_buffer, alg.overlong_penalty)
-            n_groups = len(records)
-            grouped = rewards.view(n_groups, cfg.rollout.n)
-            raw_grouped = raw.view(n_groups, cfg.rollout.n)
+            grouped, raw_grouped = rewards.view(len(records), -1), raw.view(len(records), -1)
             has_signal = grouped.max(1).values > grouped.min(1).values
-            groups["all"] += int(((raw_grouped >= 1).all(1) & ~has_signal).sum())
-            groups["none"] += int(((raw_grouped <= 0).all(1) & ~has_signal).sum())
             advantages = compute_advantages(alg.advantage, rewards, rollout.group_ids)
-            keep = has_signal.repeat_interleave(cfg.rollout.n) if alg.filter_groups else torch.ones(len(rewards), dtype=torch.bool)
+            keep = has_signal.repeat_interleave(cfg.rollout.n) if alg.filter_groups else torch.ones_like(raw).bool()
             rows = keep.nonzero().squeeze(-1)
-            kept.append(rollout.select(rows))
-            kept_adv.append(advantages[rows])
-            all_rewards.append(rewards)
-            raw_rewards.append(raw)
-            lengths.append(rollout.response_lengths.float())
-            truncated.append(rollout.truncated.float())
-            rep.append(repetition_rate([ids[m].tolist() for ids, m in zip(rollout.response_ids, rollout.response_mask,
-                                                                          strict=True)]))
-            stats["gen_tokens"] += float(rollout.response_mask.sum())
-            if sum(len(k.responses) for k in kept) >= want * cfg.rollout.n:
+            rounds.append({
+                "rollout": rollout, "kept": rollout.select(rows), "advantages": advantages[rows], "raw": raw,
+                "rewards": rewards, "gap": gap, "t_gen": t1 - t0, "t_reward": time.perf_counter() - t1,
+                "errors": sum(r.error is not None for r in results),
+                "solve_all": int(((raw_grouped >= 1).all(1) & ~has_signal).sum()),
+                "solve_none": int(((raw_grouped <= 0).all(1) & ~has_signal).sum()),
+            })
+            if sum(len(r["advantages"]) for r in rounds) >= want_rows:
                 break
-        batch = Rollout.concat(kept, self.tokenizer.pad_token_id)
-        adv = torch.cat(kept_adv)
-        if alg.dynamic_sampling and len(adv) > want * cfg.rollout.n:  # DAPO keeps exactly the batch size
-            batch, adv = batch.select(torch.arange(want * cfg.rollout.n)), adv[: want * cfg.rollout.n]
-        rewards_all = torch.cat(all_rewards)
+        batch = Rollout.concat([r["kept"] for r in rounds], self.tokenizer.pad_token_id)
+        adv = torch.cat([r["advantages"] for r in rounds])
+        if alg.dynamic_sampling and len(adv) > want_rows:  # DAPO keeps exactly the batch size
+            batch, adv = batch.select(torch.arange(want_rows)), adv[:want_rows]
+        sampled = [r["rollout"] for r in rounds]
+        t_gen = sum(r["t_gen"] for r in rounds)
+        errors = sum(r["errors"] for r in rounds)
         metrics = {
-            "reward/mean": float(rewards_all.mean()), "reward/raw_mean": float(torch.cat(raw_rewards).mean()),
-            "reward/errors": stats["errors"], "groups/solve_all": float(groups["all"]),
-            "groups/solve_none": float(groups["none"]), "groups/valid": float(len(adv) / cfg.rollout.n),
-            "groups/sampling_rounds": stats["rounds"],
-            "response/length_mean": float(torch.cat(lengths).mean()),
-            "response/truncated_frac": float(torch.cat(truncated).mean()),
-            "response/repetition": float(np.mean(rep)),
-            "time/rollout": stats["t_gen"], "time/reward": stats["t_reward"],
-            "perf/tokens_per_s": stats["gen_tokens"] / max(stats["t_gen"], 1e-9),
+            "reward/mean": float(torch.cat([r["rewards"] for r in rounds]).mean()),
+            "reward/raw_mean": float(torch.cat([r["raw"] for r in rounds]).mean()),
+            "reward/errors": float(errors),
+            "groups/solve_all": float(sum(r["solve_all"] for r in rounds)),
+            "groups/solve_none": float(sum(r["solve_none"] for r in rounds)),
+            "groups/valid": float(len(adv) / cfg.rollout.n), "groups/sampling_rounds": float(len(rounds)),
+            "response/length_mean": float(torch.cat([s.response_lengths.float() for s in sampled]).mean()),
+            "response/truncated_frac": float(torch.cat([s.truncated.float() for s in sampled]).mean()),
+            "response/repetition": float(np.mean([
+                repetition_rate([ids[m].tolist() for ids, m in zip(s.response_ids, s.response_mask, strict=True)])
+                for s in sampled])),
+            "time/rollout": t_gen, "time/reward": sum(r["t_reward"] for r in rounds),
+            "perf/tokens_per_s": sum(float(s.response_mask.sum()) for s in sampled) / max(t_gen, 1e-9),
         }
-        if "logprob_diff" in stats:
-            metrics["rollout/logprob_abs_diff"] = stats["logprob_diff"]
-        if stats["errors"] and self.is_main:
-            warnings.warn(f"step {step}: {int(stats['errors'])} reward call(s) raised; those responses got 0",
-                          stacklevel=2)
+        gaps = [r["gap"] for r in rounds if r["gap"] is not None]
+        if gaps:
+            metrics["rollout/logprob_abs_diff"] = float(np.mean(gaps))
+        if errors and self.is_main:
+            warnings.warn(f"step {step}: {errors} reward call(s) raised; those responses got 0", stacklevel=2)
         return batch, adv, metrics
 
     @torch.no_grad()
