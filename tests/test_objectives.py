@@ -1,6 +1,6 @@
 """Weight tables, values, aggregation, KL, the entropy split, metrics and input checks of aspo.objectives.
 
-Expected weights are written out by hand per region (docs/ASPO.md and each objective's docstring) -- never
+Expected weights are written out by hand per region (docs/algorithm.md and each objective's docstring) -- never
 taken from the library's own weight tensors.
 """
 
@@ -163,7 +163,7 @@ def test_gspo_uses_the_sequence_ratio():
 
 
 def test_aspo_and_grpo_loss_values_per_region():
-    # value per token from docs/ASPO.md; token-mean of the values
+    # value per token from docs/algorithm.md; token-mean of the values
     aspo_rows = [(1.0, 1.5), (1.0, 1.1), (2.0, 0.2), (-1.0, 0.5), (-1.0, 0.9), (-1.0, 4.0)]
     current = [OLD_LOG_PROB + math.log(r) for _, r in aspo_rows]
     aspo_values = [-1 / 1.2, -1 / 1.1, -2.0 * 3.0 * current[2], 0.8, 0.9, 3.0 * current[5]]

@@ -1,4 +1,4 @@
-"""The RLVR loop, nothing else (docs/DESIGN.md):
+"""The RLVR loop, nothing else (docs/architecture.md):
 
     prompts -> rollout (G responses each, behaviour log-probs) -> reward -> group advantages
       -> filter (drop zero-variance groups, overlong penalty)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from aspo.errors import UserError
 
-LOG_RATIO_CLAMP = 20.0  # |log pi - log pi_old| is clamped here before exp (docs/ASPO.md)
+LOG_RATIO_CLAMP = 20.0  # |log pi - log pi_old| is clamped here before exp (docs/algorithm.md)
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 # Parameters every objective accepts; an objective may override these defaults in its registration.

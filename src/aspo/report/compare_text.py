@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# docs/ASPO.md "Claims to measure": (title, metrics shown, the metric the one-line comparison uses,
+# docs/algorithm.md, the paper's claims: (title, metrics shown, the metric the one-line comparison uses,
 # which direction the claim predicts for ASPO)
 CLAIMS: list[tuple[str, list[str], str, str]] = [
     ("(1) token entropy does not collapse", ["entropy", "min_entropy"], "entropy", "higher"),
@@ -146,7 +146,7 @@ def render_report(summary: dict[str, Any], figures: list[tuple[str, str]], notes
     lines += ["", "## Figures", ""]
     for name, caption in figures:
         lines += [f"![{caption}]({name})", "", f"*{caption}.*", ""]
-    lines += ["## Claims (docs/ASPO.md, \"Claims to measure\")"]
+    lines += ["## Claims (docs/algorithm.md, the paper's claims)"]
     lines += claims_lines(agg, algos, n_seeds)
     lines += ["", "## Interpretation", ""]
     lines += [notes.strip() if notes else "_No interpretation written yet: put it in `notes.md` next to this "
