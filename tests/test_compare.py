@@ -211,3 +211,102 @@ def test_compare_end_to_end_and_resume(tmp_path, capsys, tiny_run_inputs):
     (out / "notes.md").write_text("The curves are too short to say anything.\n")
     assert main(["compare", "--report-only", "--output", str(out)]) == 0
     assert "too short to say anything" in (out / "report.md").read_text()
+
+
+# -- sweeps ----------------------------------------------------------------------------------------
+
+
+def test_grid_is_the_product_of_its_keys_in_order():
+    from aspo.commands.compare import grid_points, parse_grid, point_tag
+
+    grid = parse_grid(["train.epochs=1,2", "train.lr=1e-5, 2e-5 ,4e-5"])
+    assert grid == {"train.epochs": ["1", "2"], "train.lr": ["1e-5", "2e-5", "4e-5"]}
+    points = grid_points(grid)
+    assert len(points) == 6 and points[0] == {"train.epochs": "1", "train.lr": "1e-5"}
+    assert points[3] == {"train.epochs": "2", "train.lr": "1e-5"}  # the first key varies slowest
+    assert grid_points({}) == [{}]
+    assert point_tag(points[5]) == "-epochs2-lr4e-5"
+    assert point_tag({"data.test": "a/b c.jsonl"}) == "-testa_b_c.jsonl"
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("train.epochs", "dotted.key=v1,v2"), ("=1,2", "dotted.key=v1,v2"), ("train.epochs=", "dotted.key=v1,v2"),
+    ("train.epochs=1,1", "repeats a value"),
+])
+def test_bad_grids_are_user_errors(spec, needle):
+    from aspo.commands.compare import parse_grid
+
+    with pytest.raises(UserError, match=needle):
+        parse_grid([spec])
+    with pytest.raises(UserError, match="twice"):
+        parse_grid(["train.epochs=1", "train.epochs=2"])
+
+
+def test_grid_runs_are_planned_per_point_and_may_not_sweep_what_presets_set(tmp_path):
+    from aspo.commands.compare import plan_runs
+
+    runs, _, _ = plan_runs(None, ["train.steps=2"], ["grpo", "aspo"], [0, 1], tmp_path,
+                           {"train.mini_batches": ["1", "8"]})
+    assert [r.name for r in runs][:4] == ["grpo-mini_batches1-s0", "grpo-mini_batches1-s1",
+                                          "aspo-mini_batches1-s0", "aspo-mini_batches1-s1"]
+    assert {r.cfg.train.mini_batches for r in runs} == {1, 8} and len(runs) == 8
+    assert runs[-1].variant == "aspo [train.mini_batches=8]" and runs[-1].cfg.algorithm.loss == "aspo"
+    for bad in ("algorithm.loss", "train.seed", "train.steps"):
+        with pytest.raises(UserError, match=bad):
+            plan_runs(None, ["train.steps=2"], ["grpo"], [0], tmp_path, {bad: ["1", "2"]})
+    with pytest.raises(UserError, match="train.epochs"):  # an impossible grid value names its key
+        plan_runs(None, [], ["grpo"], [0], tmp_path, {"train.epochs": ["0"]})
+
+
+def test_verdicts_follow_the_welch_interval():
+    from aspo.report.compare_text import verdict
+    from aspo.report.stats import diff_ci95, mean_ci95
+
+    a, b = mean_ci95([0.60, 0.62, 0.64, 0.66]), mean_ci95([0.40, 0.45, 0.50, 0.42])
+    diff, lo, hi = diff_ci95(a, b)
+    # by hand: Welch's standard error and degrees of freedom, t(0.975, floor(df))
+    va, vb = np.var([0.60, 0.62, 0.64, 0.66], ddof=1) / 4, np.var([0.40, 0.45, 0.50, 0.42], ddof=1) / 4
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 3)
+    half = t_quantile_975(math.floor(df)) * math.sqrt(va + vb)
+    assert diff == pytest.approx(0.1875) and lo == pytest.approx(diff - half) and hi == pytest.approx(diff + half)
+    assert verdict((diff, lo, hi), "higher") == "holds here"
+    assert verdict((diff, lo, hi), "lower") == "contradicted here"
+    assert verdict((0.01, -0.05, 0.07), "higher") == "no difference larger than 0.070 at this power"
+    assert verdict((0.01, -0.05, 0.07), "lower") == "no difference larger than 0.070 at this power"
+    assert diff_ci95(mean_ci95([0.5]), b) is None and "no verdict" in verdict(None, "higher")
+
+
+@pytest.mark.slow
+def test_compare_grid_end_to_end(tmp_path, tiny_run_inputs):
+    out = tmp_path / "grid"
+    overrides = [o for o in tiny_compare_overrides(tiny_run_inputs) if not o.startswith(("train.epochs",
+                                                                                          "train.steps"))]
+    argv = ["compare", "--algos", "grpo,aspo", "--seeds", "2", "--output", str(out), "--workers", "2",
+            "--grid", "train.epochs=1,3", *overrides, "train.steps=1"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["runs"]) == 8 and all(r["status"] == "finished" for r in summary["runs"])
+    for run in summary["runs"]:
+        cfg = load_config(str(out / run["run_dir"] / "config.yaml"))
+        assert str(cfg.train.epochs) == run["point"]["train.epochs"] and cfg.algorithm.loss == run["algo"]
+        # 2 mini-batches x epochs optimizer steps per rollout, as the grid point says
+        rows = _rows(out / run["run_dir"])
+        assert [r["actor/optimizer_steps"] for r in rows if "actor/optimizer_steps" in r] == \
+            [2.0 * cfg.train.epochs]
+    front = summary["frontier"]["train.epochs"]
+    assert set(front) == {"grpo", "aspo"} and [e["value"] for e in front["aspo"]] == ["1", "3"]
+    agg = summary["aggregate"]["aspo [train.epochs=3]"]
+    assert front["aspo"][1]["pass@1"] == agg["pass@1"] and agg["pass@1"]["n"] == 2
+    finals = [r["final"]["pass@1"] for r in summary["runs"] if r["variant"] == "aspo [train.epochs=3]"]
+    assert agg["pass@1"]["mean"] == pytest.approx(np.mean(finals))
+    assert agg["collapsed"]["n"] == 2
+    assert agg["collapsed"]["count"] == sum(bool(r["collapse"]) for r in summary["runs"]
+                                            if r["variant"] == "aspo [train.epochs=3]")
+    report = (out / "report.md").read_text()
+    for needle in ("## Frontier", "train.epochs=3", "### At train.epochs=1", "frontier_train_epochs.png"):
+        assert needle in report
+    assert (out / "frontier_train_epochs.png").read_bytes()[:4] == b"\x89PNG"
+    # the report rebuilds from the manifest alone, grid included
+    (out / "summary.json").unlink()
+    assert main(["compare", "--report-only", "--output", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["frontier"] == summary["frontier"]

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -47,13 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
             "Run several algorithm presets over several seeds on the same config (the tiny lab by default) and "
             "write summary.json, report.md and figures into --output. Rerun the same command to resume: "
             "finished runs are skipped, unfinished ones continue from their checkpoints.", 100),
-        epilog="presets (`--algos`):\n" + describe_presets() + "\n\nexample:\n  aspo compare --algos grpo,dapo,"
-               "aspo --seeds 3 --output runs/cmp train.steps=40\n\n`aspo train --help` lists every config key.")
+        epilog="presets (`--algos`):\n" + describe_presets() + "\n\nexamples:\n  aspo compare --algos grpo,dapo,"
+               "aspo --seeds 3 --output runs/cmp train.steps=40\n  aspo compare --algos grpo,aspo --seeds 5 "
+               "--grid train.mini_batches=1,4,8,24 --output runs/frontier\n\n`aspo train --help` lists every "
+               "config key.")
     parser.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
                         help="an optional config file, then dotted overrides shared by every run")
     parser.add_argument("--algos", default="grpo,dapo,aspo", help="comma-separated presets (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every preset (default: 3)")
     parser.add_argument("--output", help="comparison directory (rerun with the same one to resume)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="sweep a config key over values (repeat for several keys: their product); every "
+                             "algorithm x seed runs at every grid point, and the report adds a frontier view")
     parser.add_argument("--workers", type=int, default=0, help="runs at once (default: number of cores)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rebuild summary/report/figures from the runs in --output")
@@ -67,10 +74,47 @@ class PlannedRun:
     run_dir: Path
     overrides: list[str]
     cfg: Any = field(repr=False)
+    point: dict[str, str] = field(default_factory=dict)  # the grid values of this run (empty without --grid)
+
+    @property
+    def variant(self) -> str:
+        """What the report groups seeds by: the preset, and the grid point when there is one."""
+        from aspo.report.compare import variant_label
+
+        return variant_label(self.algo, self.point)
 
     @property
     def name(self) -> str:
-        return f"{self.algo}-s{self.seed}"
+        return f"{self.algo}{point_tag(self.point)}-s{self.seed}"
+
+
+def point_tag(point: dict[str, str]) -> str:
+    """A file-name-safe tag for a grid point: ``-mini_batches8-lr1e-05``."""
+    return "".join(f"-{key.rsplit('.', 1)[-1]}{re.sub(r'[^A-Za-z0-9._+-]', '_', value)}"
+                   for key, value in point.items())
+
+
+def parse_grid(specs: list[str]) -> dict[str, list[str]]:
+    """``["train.lr=1e-5,2e-5", ...]`` -> ``{"train.lr": ["1e-5", "2e-5"], ...}`` (order kept)."""
+    grid: dict[str, list[str]] = {}
+    for spec in specs:
+        key, sep, raw = spec.partition("=")
+        key = key.strip()
+        values = [v.strip() for v in raw.split(",") if v.strip()]
+        if not sep or not key or not values:
+            raise UserError(f"--grid {spec!r} is not of the form dotted.key=v1,v2,...")
+        if key in grid:
+            raise UserError(f"--grid names {key!r} twice; give all its values in one --grid")
+        if len(set(values)) != len(values):
+            raise UserError(f"--grid {key} repeats a value: {values}")
+        grid[key] = values
+    return grid
+
+
+def grid_points(grid: dict[str, list[str]]) -> list[dict[str, str]]:
+    """Every combination of the grid's values (one empty point without a grid), first key slowest."""
+    keys = list(grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
 def split_items(items: list[str]) -> tuple[str | None, list[str]]:
@@ -81,7 +125,7 @@ def split_items(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def plan_runs(config_path: str | None, overrides: list[str], algos: list[str], seeds: list[int],
-              output: Path) -> tuple[list[PlannedRun], Any, int]:
+              output: Path, grid: dict[str, list[str]] | None = None) -> tuple[list[PlannedRun], Any, int]:
     """Resolve and validate every run's config before anything starts; returns (runs, base config, cap)."""
     from aspo.config import load_config
     from aspo.objectives.base import resolve_params
@@ -97,20 +141,30 @@ def plan_runs(config_path: str | None, overrides: list[str], algos: list[str], s
         raise UserError(f"override(s) {clash} would change what the presets or the harness set per run; shared "
                         "overrides must apply to every algorithm alike (seeds come from --seeds, run dirs from "
                         "--output)")
+    grid = grid or {}
+    swept = set(grid)
+    if swept & (reserved | {o.partition("=")[0].strip() for o in overrides}):
+        raise UserError(f"--grid key(s) {sorted(swept & (reserved | {o.partition('=')[0].strip() for o in overrides}))}"
+                        " are also set by a preset, the harness or a shared override; sweep a key nothing else sets")
     base = load_config(config_path, overrides).validate()
     if not has_heldout_data(base):
         raise UserError("aspo compare reports held-out pass@1 / pass@k: give data.test=FILE (without data.train "
                         "the lab task's held-out split is used)")
     cap = response_cap(base)
     runs = []
-    for algo in algos:
-        for seed in seeds:
-            run_dir = (output / "runs" / f"{algo}-s{seed}").resolve()
-            items = [*overrides, *preset_overrides(algo, cap), f"train.seed={seed}",
-                     f"output_dir={json.dumps(str(run_dir))}", "resume=true"]
-            cfg = load_config(config_path, items).validate()
-            resolve_params(cfg.algorithm.loss, objective_params(cfg.algorithm))
-            runs.append(PlannedRun(algo, seed, run_dir, items, cfg))
+    for point in grid_points(grid):
+        point_items = [f"{key}={value}" for key, value in point.items()]
+        # the response cap may be what is swept: size DAPO's overlong buffer per point
+        point_cap = response_cap(load_config(config_path, [*overrides, *point_items]).validate()) if point else cap
+        for algo in algos:
+            for seed in seeds:
+                planned = PlannedRun(algo, seed, Path(), [], None, point)
+                run_dir = (output / "runs" / planned.name).resolve()
+                items = [*overrides, *point_items, *preset_overrides(algo, point_cap), f"train.seed={seed}",
+                         f"output_dir={json.dumps(str(run_dir))}", "resume=true"]
+                cfg = load_config(config_path, items).validate()
+                resolve_params(cfg.algorithm.loss, objective_params(cfg.algorithm))
+                runs.append(PlannedRun(algo, seed, run_dir, items, cfg, point))
     return runs, base, cap
 
 
@@ -255,7 +309,8 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
     if args.seeds < 1:
         raise UserError(f"--seeds={args.seeds} must be >= 1")
     output = Path(args.output)
-    runs, base, cap = plan_runs(config_path, overrides, algos, list(range(args.seeds)), output)
+    grid = parse_grid(args.grid)
+    runs, base, cap = plan_runs(config_path, overrides, algos, list(range(args.seeds)), output, grid)
     for run in runs:
         check_existing(run)
     cores = os.cpu_count() or 1
@@ -265,7 +320,8 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
     manifest_path = output / MANIFEST
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     todo = [r for r in runs if not is_finished(r)]
-    print(f"aspo compare: {len(runs)} runs ({', '.join(algos)} x {args.seeds} seeds); {len(runs) - len(todo)} "
+    points = f" x {len(runs) // (len(algos) * args.seeds)} grid points" if grid else ""
+    print(f"aspo compare: {len(runs)} runs ({', '.join(algos)} x {args.seeds} seeds{points}); {len(runs) - len(todo)} "
           f"already finished, {len(todo)} to run, {workers} at a time x {threads} thread(s)", flush=True)
     start = time.perf_counter()
     if todo and base.model == "tiny":
@@ -291,7 +347,7 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
         run_jobs(jobs, workers, report)
     wall = previous.get("wall_s", 0.0) + (time.perf_counter() - start if todo else 0.0)
     setup = {"name": output.resolve().name, "command": shlex.join(["aspo", "compare", *argv]), "algos": algos,
-             "seeds": list(range(args.seeds)), "config_file": config_path, "overrides": overrides,
+             "seeds": list(range(args.seeds)), "grid": grid, "config_file": config_path, "overrides": overrides,
              "presets": {a: preset_overrides(a, cap) for a in algos}, "max_new_tokens": cap,
              "config": to_dict(base), "machine": machine_info(), "workers": workers, "threads_per_run": threads,
              "wall_s": wall}
@@ -303,15 +359,20 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
 def write_report(output: Path, setup: dict[str, Any], runs: list[PlannedRun] | None = None) -> None:
     from aspo.report.compare import write_compare_report
 
-    planned = [(r.algo, r.seed, r.run_dir) for r in runs] if runs is not None else \
-        [(a, s, output / "runs" / f"{a}-s{s}") for a in setup["algos"] for s in setup["seeds"]]
+    if runs is None:  # --report-only: the same plan from the manifest alone
+        runs = [PlannedRun(a, s, Path(), [], None, point) for point in grid_points(setup.get("grid") or {})
+                for a in setup["algos"] for s in setup["seeds"]]
+        for run in runs:
+            run.run_dir = output / "runs" / run.name
+    planned = [(r.algo, r.seed, r.run_dir, r.point) for r in runs]
     summary = write_compare_report(output, setup, planned)
     print(f"aspo compare: wrote {output / 'summary.json'}, {output / 'report.md'} and figures", flush=True)
-    for algo, metrics in summary["aggregate"].items():
+    width = max((len(v) for v in summary["aggregate"]), default=22)
+    for variant, metrics in summary["aggregate"].items():
         p1 = metrics["pass@1"]
         if p1["mean"] is not None:
             ci = f" ± {p1['ci95']:.3f}" if p1["ci95"] is not None else ""
-            print(f"  {algo:<22} final held-out pass@1 {p1['mean']:.3f}{ci} ({p1['n']} seeds)")
+            print(f"  {variant:<{width}} final held-out pass@1 {p1['mean']:.3f}{ci} ({p1['n']} seeds)")
 
 
 def main(argv: list[str]) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from aspo.report.compare_figures import plot_compare, weight_buckets
+from aspo.report.compare_figures import plot_compare, plot_frontier, weight_buckets
 from aspo.report.compare_text import render_report
 from aspo.report.metrics import read_metrics
 from aspo.report.plots import series
@@ -23,6 +23,13 @@ from aspo.report.stats import mean_ci95
 
 RUN_STATE_FILE = "compare_run.json"  # written by the harness in each run dir: wall time, attempts, exit code
 NOTES_FILE = "notes.md"  # a person's interpretation, included verbatim in report.md when present
+# A run "collapsed" when its final held-out pass@1 ends below its step-0 value, or its token entropy ends
+# below this fraction of its first update's entropy (the model stopped exploring).
+COLLAPSE_ENTROPY_FRACTION = 0.2
+COLLAPSE_RULE = (f"final held-out pass@1 below its step-0 value, or final token entropy below "
+                 f"{COLLAPSE_ENTROPY_FRACTION:g} x the first update's entropy")
+# the final metrics drawn against a swept value in the frontier view
+FRONTIER_METRICS = ("pass@1", "pass@k", "entropy", "avg_ppo_kl", "avg_clipfrac_pos", "avg_dualclip_neg")
 
 # final metric -> (metrics.jsonl key, what it is)
 FINAL_METRICS: dict[str, tuple[str, str]] = {
@@ -82,7 +89,25 @@ def is_complete(rows: list[dict[str, Any]], steps: int | None) -> bool:
     return steps is not None and any(r.get("step") == steps and "eval/pass@1" in r for r in rows)
 
 
-def run_record(output_dir: Path, algo: str, seed: int, run_dir: Path) -> dict[str, Any]:
+def variant_label(algo: str, point: dict[str, str]) -> str:
+    """What seeds are grouped by: the preset, and the grid point when there is one."""
+    return algo if not point else f"{algo} [{', '.join(f'{k}={v}' for k, v in point.items())}]"
+
+
+def collapse_reasons(rows: list[dict[str, Any]], initial_pass1: float | None, final_pass1: float | None
+                     ) -> list[str]:
+    """Why a finished run counts as collapsed (``COLLAPSE_RULE``); empty when it did not."""
+    reasons = []
+    if initial_pass1 is not None and final_pass1 is not None and final_pass1 < initial_pass1:
+        reasons.append("pass@1 ended below its start")
+    _, entropy = series([r for r in rows if r.get("step", 0) > 0], "actor/entropy")
+    if len(entropy) >= 2 and entropy[-1] < COLLAPSE_ENTROPY_FRACTION * entropy[0]:
+        reasons.append(f"entropy {entropy[0]:.3g} -> {entropy[-1]:.3g}")
+    return reasons
+
+
+def run_record(output_dir: Path, algo: str, seed: int, run_dir: Path,
+               point: dict[str, str] | None = None) -> dict[str, Any]:
     """One entry of ``summary.json["runs"]``."""
     rows = read_metrics(run_dir)
     steps = target_steps(run_dir)
@@ -91,7 +116,8 @@ def run_record(output_dir: Path, algo: str, seed: int, run_dir: Path) -> dict[st
     complete = is_complete(rows, steps)
     status = "finished" if complete else ("failed" if state.get("returncode") not in (None, 0) else "unfinished")
     record: dict[str, Any] = {
-        "algo": algo, "seed": seed, "run_dir": _relative(run_dir, output_dir), "status": status,
+        "algo": algo, "variant": variant_label(algo, point or {}), "point": dict(point or {}), "seed": seed,
+        "run_dir": _relative(run_dir, output_dir), "status": status,
         "steps": max((r.get("step", 0) for r in rows), default=None), "target_steps": steps,
         "wall_s": state.get("wall_s"), "attempts": state.get("attempts"),
         "log": _relative(run_dir / state["log"], output_dir) if state.get("log") else None,
@@ -102,6 +128,7 @@ def run_record(output_dir: Path, algo: str, seed: int, run_dir: Path) -> dict[st
         record["final"] = {name: _last(rows, key) for name, (key, _) in FINAL_METRICS.items()}
         record["training"] = {name: _reduce(rows, key, how) for name, (key, how, _) in TRAINING_METRICS.items()}
         record["pos_weight_by_prob"] = weight_buckets(rows)
+        record["collapse"] = collapse_reasons(rows, record["initial"]["pass@1"], record["final"]["pass@1"])
     return record
 
 
@@ -117,11 +144,12 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.resolve())
 
 
-def aggregate(runs: list[dict[str, Any]], algos: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per algorithm and metric: mean and 95 % half-width over the finished seeds."""
+def aggregate(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per variant (algorithm, or algorithm at a grid point) and metric: mean and 95 % half-width over the
+    finished seeds; ``collapsed`` counts the runs that collapsed."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for algo in algos:
-        done = [r for r in runs if r["algo"] == algo and r["status"] == "finished"]
+    for variant in variants:
+        done = [r for r in runs if r["variant"] == variant and r["status"] == "finished"]
         metrics: dict[str, dict[str, Any]] = {}
         for name in FINAL_METRICS:
             metrics[name] = mean_ci95([r["final"][name] for r in done])
@@ -131,35 +159,63 @@ def aggregate(runs: list[dict[str, Any]], algos: list[str]) -> dict[str, dict[st
         buckets = sorted({b for r in done for b in r["pos_weight_by_prob"]}, key=lambda b: float(b.split("-")[0]))
         for bucket in buckets:
             metrics[f"pos_weight/{bucket}"] = mean_ci95([r["pos_weight_by_prob"].get(bucket) for r in done])
-        out[algo] = metrics
+        metrics["collapsed"] = {"count": sum(bool(r["collapse"]) for r in done), "n": len(done)}
+        out[variant] = metrics
+    return out
+
+
+def frontier(runs: list[dict[str, Any]], agg: dict[str, dict[str, dict[str, Any]]],
+             grid: dict[str, list[str]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """For each swept key: one line per algorithm (and per value of the other swept keys), its points in
+    the grid's order, each ``{"value", <metric>: mean_ci95, "collapsed": count}``."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    variants = {r["variant"]: (r["algo"], r["point"]) for r in runs}
+    for key, values in grid.items():
+        lines: dict[str, list[dict[str, Any]]] = {}
+        for variant, (algo, point) in variants.items():
+            others = ", ".join(f"{k}={v}" for k, v in point.items() if k != key)
+            line = algo if not others else f"{algo} [{others}]"
+            entry = {"value": point[key], **{m: agg[variant][m] for m in FRONTIER_METRICS},
+                     "collapsed": agg[variant]["collapsed"]}
+            lines.setdefault(line, []).append(entry)
+        for entries in lines.values():
+            entries.sort(key=lambda e: values.index(e["value"]))
+        out[key] = lines
     return out
 
 
 def write_compare_report(output_dir: str | Path, setup: dict[str, Any],
-                         planned: list[tuple[str, int, Path]]) -> dict[str, Any]:
+                         planned: list[tuple[str, int, Path, dict[str, str]]]) -> dict[str, Any]:
     """Write ``summary.json``, the figures and ``report.md`` into ``output_dir``; returns the summary.
 
-    ``setup`` describes the comparison (algos, seeds, presets, config, machine, wall time); ``planned`` lists
-    (algo, seed, run dir) in report order.
+    ``setup`` describes the comparison (algos, seeds, grid, presets, config, machine, wall time); ``planned``
+    lists (algo, seed, run dir, grid point) in report order.
     """
     output_dir = Path(output_dir)
-    algos = list(dict.fromkeys(algo for algo, _, _ in planned))
-    runs = [run_record(output_dir, algo, seed, run_dir) for algo, seed, run_dir in planned]
+    runs = [run_record(output_dir, algo, seed, run_dir, point) for algo, seed, run_dir, point in planned]
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    agg = aggregate(runs, variants)
     summary = {
         "setup": setup,
         "metric_definitions": {**{k: v[1] for k, v in FINAL_METRICS.items()},
                                "initial_pass@1": "held-out pass@1 at step 0 (before training)",
                                **{k: v[2] for k, v in TRAINING_METRICS.items()},
                                "pos_weight/<bucket>": "mean gradient weight of positive-advantage tokens whose "
-                                                      "behaviour probability is in the bucket, mean over steps"},
+                                                      "behaviour probability is in the bucket, mean over steps",
+                               "collapsed": COLLAPSE_RULE},
         "aggregate_note": "mean and 95 % t-interval half-width (ci95) over the finished seeds; ci95 is null with "
                           "one seed",
         "runs": runs,
-        "aggregate": aggregate(runs, algos),
+        "aggregate": agg,
     }
-    rows_by_algo = {algo: [read_metrics(output_dir / r["run_dir"]) for r in runs
-                           if r["algo"] == algo and r["status"] == "finished"] for algo in algos}
-    figures = plot_compare({a: rs for a, rs in rows_by_algo.items() if rs}, output_dir)
+    grid = setup.get("grid") or {}
+    if grid:
+        summary["frontier"] = frontier(runs, agg, grid)
+    rows_by_variant = {v: [read_metrics(output_dir / r["run_dir"]) for r in runs
+                           if r["variant"] == v and r["status"] == "finished"] for v in variants}
+    figures = plot_compare({v: rs for v, rs in rows_by_variant.items() if rs}, output_dir)
+    if grid:
+        figures += plot_frontier(summary["frontier"], grid, FRONTIER_METRICS, output_dir)
     notes_path = output_dir / NOTES_FILE
     notes = notes_path.read_text() if notes_path.is_file() else None
     (output_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=1) + "\n")

@@ -172,3 +172,55 @@ def plot_compare(rows_by_algo: dict[str, list[list[dict[str, Any]]]], out_dir: s
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return plot_curves(rows_by_algo, out_dir) + plot_token_weights(rows_by_algo, out_dir)
+
+
+def _as_numbers(values: list[str]) -> list[float] | None:
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        return None
+
+
+def plot_frontier(frontier: dict[str, dict[str, list[dict[str, Any]]]], grid: dict[str, list[str]],
+                  metrics: tuple[str, ...], out_dir: Path) -> list[tuple[str, str]]:
+    """One figure per swept key: each frontier metric against the swept value, one line per algorithm with
+    its 95 % band over seeds; returns [(file name, caption)]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for key, lines in frontier.items():
+        numbers = _as_numbers(grid[key])
+        # numeric values on a log axis when they span more than a decade, else evenly spaced categories
+        log_x = numbers is not None and min(numbers) > 0 and max(numbers) / min(numbers) > 10
+        position = {v: (numbers[i] if numbers is not None else i) for i, v in enumerate(grid[key])}
+        colors = _colors(list(lines))
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6),
+                                 squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            for line, entries in lines.items():
+                pts = [(position[e["value"]], e[metric]) for e in entries if e[metric].get("mean") is not None]
+                if not pts:
+                    continue
+                xs = np.array([p[0] for p in pts], dtype=float)
+                mean = np.array([p[1]["mean"] for p in pts])
+                half = np.array([p[1]["ci95"] or 0.0 for p in pts])
+                ax.plot(xs, mean, color=colors[line], label=line, marker="o", ms=3)
+                ax.fill_between(xs, mean - half, mean + half, color=colors[line], alpha=0.18, lw=0)
+            if log_x:
+                ax.set_xscale("log")
+            if numbers is None:
+                ax.set_xticks(range(len(grid[key])), grid[key])
+            ax.set_title(f"final {metric}", fontsize=10)
+            ax.set_xlabel(key)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"frontier_{key.replace('.', '_')}.png"
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        written.append((name, f"frontier over {key}: each final metric against the swept value, mean over seeds, "
+                              "band = 95 % t-interval over seeds"))
+    return written

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aspo.report.stats import diff_ci95
+
 # docs/algorithm.md, the paper's claims: (title, metrics shown, the metric the one-line comparison uses,
 # which direction the claim predicts for ASPO)
 CLAIMS: list[tuple[str, list[str], str, str]] = [
@@ -48,20 +50,32 @@ def _metric_table(agg: dict[str, dict[str, Any]], algos: list[str], metrics: lis
     return _table(["algorithm", "seeds", *metrics], rows)
 
 
-def _versus(agg: dict[str, dict[str, Any]], a: str, b: str, metric: str) -> str:
-    """One sentence: the difference of the means and whether the 95 % intervals overlap."""
+def verdict(diff: tuple[float, float, float] | None, direction: str, digits: int = 3) -> str:
+    """"holds here" / "contradicted here" / "no difference larger than X at this power" for a claim that
+    predicts a ``direction`` ("higher" | "lower") difference, from its 95 % interval (lo, hi)."""
+    if diff is None:
+        return "no verdict (needs >= 2 seeds on both sides)"
+    _, lo, hi = diff
+    sign = 1.0 if direction == "higher" else -1.0
+    lo, hi = sorted((sign * lo, sign * hi))  # now a positive difference is what the claim predicts
+    if lo > 0:
+        return "holds here"
+    if hi < 0:
+        return "contradicted here"
+    return f"no difference larger than {max(abs(lo), abs(hi)):.{digits}f} at this power"
+
+
+def _versus(agg: dict[str, dict[str, Any]], a: str, b: str, metric: str, direction: str | None = None) -> str:
+    """One sentence: the difference of the means, its Welch 95 % interval, and the claim's verdict."""
     sa, sb = agg[a].get(metric) or {}, agg[b].get(metric) or {}
     if sa.get("mean") is None or sb.get("mean") is None:
         return f"{a} vs {b}: {metric} not available"
-    diff = sa["mean"] - sb["mean"]
-    if sa.get("ci95") is None or sb.get("ci95") is None:
-        overlap = "no intervals (one seed)"
-    elif abs(diff) <= sa["ci95"] + sb["ci95"]:
-        overlap = "the 95 % intervals overlap"
-    else:
-        overlap = "the 95 % intervals do not overlap"
     d = _digits(metric)
-    return (f"{a} − {b}: {metric} {diff:+.{d}f} ({fmt_stat(sa, d)} vs {fmt_stat(sb, d)}; {overlap})")
+    diff = diff_ci95(sa, sb)
+    interval = "no interval (one seed)" if diff is None else f"95 % interval [{diff[1]:+.{d}f}, {diff[2]:+.{d}f}]"
+    text = (f"{a} − {b}: {metric} {sa['mean'] - sb['mean']:+.{d}f}, {interval} "
+            f"({fmt_stat(sa, d)} vs {fmt_stat(sb, d)})")
+    return text if direction is None else f"{text}: **{verdict(diff, direction, d)}**"
 
 
 def comparison_pairs(algos: list[str]) -> list[tuple[str, str]]:
@@ -80,11 +94,41 @@ def claims_lines(agg: dict[str, dict[str, Any]], algos: list[str], n_seeds: dict
         lines += ["", f"### {title}", ""]
         lines += _metric_table(agg, algos, metrics, n_seeds)
         lines += ["", f"The claim predicts {direction} `{key}` for ASPO than for the baselines."]
-        lines += [f"- {_versus(agg, a, b, key)}" for a, b in pairs]
+        lines += [f"- {_versus(agg, a, b, key, direction)}" for a, b in pairs]
     if "dapo" in algos and "dapo_no_is" in algos:
         lines += ["", "### (5) DAPO without IS ratios is not worse than DAPO", ""]
         lines += _metric_table(agg, ["dapo", "dapo_no_is"], ["pass@1", "pass@k", "entropy"], n_seeds)
         lines += ["", f"- {_versus(agg, 'dapo_no_is', 'dapo', 'pass@1')}"]
+    return lines
+
+
+def grid_claims_lines(summary: dict[str, Any]) -> list[str]:
+    """The claims once per grid point, each comparing the algorithms at that point only."""
+    agg, runs = summary["aggregate"], summary["runs"]
+    lines: list[str] = []
+    points: dict[str, dict[str, str]] = {}
+    for r in runs:
+        points.setdefault(", ".join(f"{k}={v}" for k, v in r["point"].items()), {})[r["algo"]] = r["variant"]
+    for label, by_algo in points.items():
+        sub = {algo: agg[variant] for algo, variant in by_algo.items()}
+        n_seeds = {algo: sum(r["variant"] == v and r["status"] == "finished" for r in runs)
+                   for algo, v in by_algo.items()}
+        lines += ["", f"### At {label}"]
+        lines += [line.replace("### ", "#### ", 1) for line in claims_lines(sub, list(by_algo), n_seeds)]
+    return lines
+
+
+def _frontier_lines(summary: dict[str, Any]) -> list[str]:
+    lines = ["## Frontier", "", f"Collapse: {summary['metric_definitions'].get('collapsed', '')}.", ""]
+    for key, per_line in summary.get("frontier", {}).items():
+        values = list(dict.fromkeys(e["value"] for entries in per_line.values() for e in entries))
+        lines += [f"Final held-out pass@1 (collapsed runs / seeds) against `{key}`:", ""]
+        rows = []
+        for line, entries in per_line.items():
+            by_value = {e["value"]: e for e in entries}
+            rows.append([line, *(f"{fmt_stat(by_value[v]['pass@1'])} ({by_value[v]['collapsed']['count']}/"
+                                 f"{by_value[v]['collapsed']['n']})" if v in by_value else "-" for v in values)])
+        lines += _table(["algorithm", *(f"{key}={v}" for v in values)], rows) + [""]
     return lines
 
 
@@ -126,8 +170,8 @@ def _minutes(seconds: float | None) -> str:
 
 def render_report(summary: dict[str, Any], figures: list[tuple[str, str]], notes: str | None) -> str:
     setup, agg, runs = summary["setup"], summary["aggregate"], summary["runs"]
-    algos = list(agg)
-    n_seeds = {a: sum(r["algo"] == a and r["status"] == "finished" for r in runs) for a in algos}
+    algos = list(agg)  # variants: the preset, plus its grid point when the comparison sweeps one
+    n_seeds = {a: sum(r["variant"] == a and r["status"] == "finished" for r in runs) for a in algos}
     lines = [f"# aspo compare: {setup.get('name', '')}", "",
              f"{', '.join(algos)} on the same configuration; numbers are the mean ± 95 % t-interval "
              "half-width over seeds (`summary.json` holds every run and every number below).", ""]
@@ -135,6 +179,11 @@ def render_report(summary: dict[str, Any], figures: list[tuple[str, str]], notes
     lines += ["", "## Final metrics", ""]
     lines += _metric_table(agg, algos, FINAL_COLUMNS, n_seeds)
     initial = [fmt_stat(agg[a].get("initial_pass@1")) for a in algos]
+    collapsed = [f"{a} {agg[a]['collapsed']['count']}/{agg[a]['collapsed']['n']}" for a in algos
+                 if "collapsed" in agg[a]]
+    if collapsed:
+        lines += ["", f"Collapsed runs ({summary['metric_definitions'].get('collapsed', '')}): "
+                      f"{', '.join(collapsed)}."]
     lines += ["", f"Held-out pass@1 at step 0 (the shared starting policy): {', '.join(sorted(set(initial)))}.",
               "", "## Over training", ""]
     lines += _metric_table(agg, algos, TRAINING_COLUMNS, n_seeds)
@@ -146,8 +195,13 @@ def render_report(summary: dict[str, Any], figures: list[tuple[str, str]], notes
     lines += ["", "## Figures", ""]
     for name, caption in figures:
         lines += [f"![{caption}]({name})", "", f"*{caption}.*", ""]
-    lines += ["## Claims (docs/algorithm.md, the paper's claims)"]
-    lines += claims_lines(agg, algos, n_seeds)
+    if summary.get("frontier"):
+        lines += _frontier_lines(summary)
+    lines += ["## Claims (docs/algorithm.md, the paper's claims)", "",
+              "Each line: the difference of the means over seeds, its Welch 95 % interval, and the verdict -- "
+              "*holds here* when the interval excludes 0 in the predicted direction, *contradicted here* when it "
+              "excludes 0 the other way, else the largest difference the interval still allows."]
+    lines += grid_claims_lines(summary) if setup.get("grid") else claims_lines(agg, algos, n_seeds)
     lines += ["", "## Interpretation", ""]
     lines += [notes.strip() if notes else "_No interpretation written yet: put it in `notes.md` next to this "
                                           "report and rerun `aspo compare --report-only --output DIR`._"]

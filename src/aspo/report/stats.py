@@ -53,6 +53,27 @@ def mean_ci95(values: Sequence[float | None]) -> dict[str, float | int | None]:
     return {"mean": mean, "ci95": half, "n": n}
 
 
+def diff_ci95(a: dict[str, float | int | None], b: dict[str, float | int | None]
+              ) -> tuple[float, float, float] | None:
+    """(difference of means a - b, lower, upper): the Welch 95 % interval from two ``mean_ci95`` results.
+
+    Each side's standard error is recovered from its half-width (ci95 / t(0.975, n-1)); the degrees of
+    freedom are Welch-Satterthwaite's, rounded down (conservative). None when either side has < 2 seeds.
+    """
+    if a.get("mean") is None or b.get("mean") is None or a.get("ci95") is None or b.get("ci95") is None:
+        return None
+    n_a, n_b = int(a["n"] or 0), int(b["n"] or 0)
+    se_a = float(a["ci95"]) / t_quantile_975(n_a - 1)
+    se_b = float(b["ci95"]) / t_quantile_975(n_b - 1)
+    diff = float(a["mean"]) - float(b["mean"])
+    var = se_a**2 + se_b**2
+    if var == 0:
+        return diff, diff, diff
+    df = var**2 / (se_a**4 / (n_a - 1) + se_b**4 / (n_b - 1))
+    half = t_quantile_975(max(1, math.floor(df))) * math.sqrt(var)
+    return diff, diff - half, diff + half
+
+
 def band(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and 95 % half-width over axis 0 of ``stack`` (seeds, points); zeros when one seed."""
     mean = stack.mean(axis=0)
