@@ -209,7 +209,9 @@ def no_is_loss(tokens: TokenInputs) -> TokenTerms:
     ran this ablation on DAPO; pass 0.2 for the GRPO version.
     """
     grpo = _grpo_terms(tokens)
-    dropped = grpo.clipped if grpo.dual_clipped is None else grpo.clipped | grpo.dual_clipped
+    clipped = grpo.clipped
+    assert clipped is not None  # _combine always marks the trust-region clip
+    dropped = clipped if grpo.dual_clipped is None else clipped | grpo.dual_clipped
     keep = (~dropped).to(tokens.ratio.dtype)
     return TokenTerms(-tokens.advantages * keep, keep, grpo.clipped, grpo.dual_clipped)
 

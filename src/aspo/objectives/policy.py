@@ -208,7 +208,7 @@ def _metrics(
     code += (~positive).to(torch.uint8).add_(negative).mul_(n_buckets)
     code = code.flatten()
     n_bins = 3 * n_buckets
-    ratio_min, ratio_max = torch.aminmax(ratio) if ratio.numel() else (zero, zero)
+    ratio_lo, ratio_hi = torch.aminmax(ratio) if ratio.numel() else (zero, zero)
 
     def count(flags: Tensor | None, sign: Tensor) -> Tensor:
         return zero if flags is None else (flags & sign).count_nonzero()
@@ -221,8 +221,8 @@ def _metrics(
         count(terms.dual_clipped, negative),
         -tokens.log_ratio.sum(),  # log_ratio is 0 at padding
         ratio.sum(),  # ratio is 1 at padding
-        ratio_min,
-        ratio_max,
+        ratio_lo,
+        ratio_hi,
         zero if high_entropy is None else high_entropy.count_nonzero(),
     ]
     flat = torch.cat(
@@ -260,9 +260,9 @@ def _metrics(
         metrics["weight/pos"] = weight_pos / n_pos
     if n_neg:
         metrics["weight/neg"] = weight_neg / n_neg
-    for bucket_name, count, total in zip(PROB_BUCKET_NAMES, counts, sums, strict=True):
-        if count:
-            metrics[f"pos_weight_by_prob/{bucket_name}"] = total / count
+    for bucket_name, n_bucket, total in zip(PROB_BUCKET_NAMES, counts, sums, strict=True):
+        if n_bucket:
+            metrics[f"pos_weight_by_prob/{bucket_name}"] = total / n_bucket
     if high_entropy is not None:
         metrics["entropy_high_frac"] = n_high / max(n_valid, 1.0)
     return metrics
