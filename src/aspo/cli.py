@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"aspo: unknown command {name!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from aspo.errors import UserError
+    from aspo.errors import Interrupted, UserError
 
     try:
         module = importlib.import_module(f"aspo.commands.{name}")
@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Interrupted as stop:  # SIGTERM / SIGINT in training: what was kept is in the message
+        if not stop.quiet:
+            print(f"aspo {name}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print(f"aspo {name}: interrupted", file=sys.stderr)
         return 130

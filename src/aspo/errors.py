@@ -7,3 +7,18 @@ Library callers get an ordinary ``ValueError`` subclass.
 
 class UserError(ValueError):
     """Raised for bad input; the message must name what is wrong (key, path, file:line)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, corrupt, missing); the message names the file."""
+
+
+class Interrupted(BaseException):
+    """The run was stopped by a signal; ``exit_code`` is the shell's 128 + signal number.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way up swallows it.
+    """
+
+    def __init__(self, signum: int, message: str, *, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.signum, self.exit_code, self.quiet = signum, 128 + signum, quiet

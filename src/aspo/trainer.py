@@ -26,10 +26,11 @@ import torch
 
 from aspo import distributed as dist
 from aspo.advantages import compute_advantages
-from aspo.checkpoint import list_checkpoints, load_training_state, save_checkpoint
+from aspo.checkpoint import latest_readable_checkpoint, restore, save_checkpoint
 from aspo.config import Config, save_config
-from aspo.errors import UserError
+from aspo.errors import Interrupted, UserError
 from aspo.evaluate import repetition_rate, sample_policy, summarize
+from aspo.graceful_stop import GracefulStop
 from aspo.objectives import agg_loss, kl_penalty, policy_loss
 from aspo.objectives.base import resolve_params as check_objective
 from aspo.report.metrics import MetricsLogger
@@ -100,22 +101,20 @@ class Trainer:
         self.recompute_logprobs = recompute == "true" or (recompute == "auto" and cfg.rollout.engine != "hf")
         self.weights_version = 0  # optimizer steps taken; engines skip a weight push when unchanged
         self.step = 0
+        self.saved_step = -1  # the step of the newest checkpoint on disk
         self.nonfinite_streak = 0
         self.run_dir = Path(resolve_run_dir(cfg, self.accelerator))
         self._resume_or_start()
 
     # -- set-up ------------------------------------------------------------------------------------
     def _resume_or_start(self) -> None:
-        ckpts = list_checkpoints(self.run_dir) if self.cfg.resume else []
+        with warnings.catch_warnings(record=not self.is_main):  # an unreadable checkpoint is reported once
+            found = latest_readable_checkpoint(self.run_dir) if self.cfg.resume else None
         resume_step = None
-        if ckpts:
-            resume_step, path = ckpts[-1]
-            from safetensors.torch import load_file
-
-            state = load_file(str(path / "model.safetensors"))
-            self.model.load_state_dict(state, strict=False)  # tied embeddings may be saved once
-            trainer_state = load_training_state(path, self.optimizer, self.scheduler)
-            self.step = int(trainer_state["step"])
+        if found:
+            resume_step, _, parts = found
+            trainer_state = restore(parts, self.model, self.optimizer, self.scheduler)
+            self.step = self.saved_step = int(trainer_state["step"])
             self.nonfinite_streak = int(trainer_state.get("nonfinite_streak", 0))
         elif self.cfg.resume and self.is_main:
             warnings.warn(f"resume=true but {self.run_dir} has no complete checkpoint; starting from step 0",
@@ -123,7 +122,7 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, str(self.run_dir / "config.yaml"))
-            self.logger = MetricsLogger(self.run_dir, resume_step=resume_step if ckpts else -1)
+            self.logger = MetricsLogger(self.run_dir, resume_step=resume_step if found else -1)
         self.accelerator.wait_for_everyone()
 
     # -- data --------------------------------------------------------------------------------------
@@ -343,6 +342,23 @@ class Trainer:
                                                              "data_position": self.step * self.cfg.train.prompts_per_step},
                             keep=self.cfg.train.keep_checkpoints, state_dict=state_dict)
         self.accelerator.wait_for_everyone()
+        self.saved_step = self.step
+
+    def stop_on_signal(self, signum: int | None) -> None:
+        """Checkpoint the last finished step (unless saving is off or it is on disk) and raise Interrupted."""
+        import signal
+
+        signum = signum or signal.SIGTERM  # a rank stopped because another one was signalled
+        if not self.cfg.train.save_every:
+            where = "no checkpoint written (train.save_every=0)"
+        elif self.step == 0:
+            where = "nothing to save yet"
+        else:
+            if self.saved_step != self.step:
+                self.save()
+            where = f"checkpoint {self.run_dir / 'checkpoints' / f'step-{self.step}'}; continue with resume=true"
+        raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} after step {self.step} of "
+                                  f"{self.cfg.train.steps}; {where}", quiet=not self.is_main)
 
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -375,20 +391,29 @@ class Trainer:
 
         cfg = self.cfg
         t_start = time.perf_counter()
-        if self.step == 0:
-            self.log(0, self.evaluate(0))
         bar = Progress(total=cfg.train.steps, initial=self.step, enabled=self.progress)
         last: dict[str, float] = {}
         try:
-            while self.step < cfg.train.steps:
-                metrics = self.train_step()
-                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
-                    metrics.update(self.evaluate(self.step))
-                self.log(self.step, metrics)
-                last.update(metrics)
-                bar.update(self.step, metrics)
-                if cfg.train.save_every and (self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps):
-                    self.save()
+            with GracefulStop(can_abandon=self.world == 1) as stop:
+                if self.step == 0:
+                    initial = stop.attempt(lambda: self.evaluate(0))
+                    if initial is not None:
+                        self.log(0, initial)
+                while self.step < cfg.train.steps and not stop.requested(self.accelerator):
+                    counters = self.step, self.nonfinite_streak
+                    metrics = stop.attempt(self.train_step)
+                    if metrics is None:  # abandoned before it changed anything
+                        self.step, self.nonfinite_streak = counters
+                        break
+                    if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
+                        metrics.update(self.evaluate(self.step))
+                    self.log(self.step, metrics)
+                    last.update(metrics)
+                    bar.update(self.step, metrics)
+                    if cfg.train.save_every and (self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps):
+                        self.save()
+                if self.step < cfg.train.steps:  # stopped early: a signal on some rank
+                    self.stop_on_signal(stop.signum)
         finally:
             bar.close()
             if self.is_main:
