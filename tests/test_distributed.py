@@ -4,6 +4,7 @@ On a machine without CUDA, `accelerate launch --multi_gpu` starts torchrun-style
 selects MULTI_CPU with the gloo backend (`--cpu` alone launches a single process in accelerate 1.x).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +52,12 @@ def test_two_process_training_resumes_with_one_process(tiny_run_inputs, tmp_path
     assert [r["step"] for r in rows] == [0, 1, 2]  # written once, by rank 0
     assert all(r["groups/valid"] <= 4 for r in rows[1:])  # summed over ranks: at most the 4 prompts
     assert (out / "checkpoints" / "step-2" / "model.safetensors").is_file()
+    # samples.jsonl: every eval's samples from both ranks, gathered by rank 0, in test-record order
+    samples = [json.loads(line) for line in open(out / "samples.jsonl")]
+    prompts = [json.loads(line)["prompt"] for line in open(tiny_run_inputs / "test.jsonl")][:4]  # data.num_test
+    for step in (0, 2):
+        rows = [s for s in samples if s["step"] == step]
+        assert [(s["prompt"], s["sample"]) for s in rows] == [(p, i) for p in prompts for i in range(2)]  # eval.n
     run([sys.executable, "-m", "aspo", "train", *tiny_overrides(tiny_run_inputs, out, "train.steps=3",
                                                                  "resume=true")])
     assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 3]

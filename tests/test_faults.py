@@ -160,3 +160,15 @@ def test_no_readable_checkpoint_is_one_clear_error(tiny_run_inputs, whole_run, t
         (path / "optimizer.pt").write_bytes(b"")
     with pytest.warns(UserWarning), pytest.raises(UserError, match="no checkpoint in .* can be read.*optimizer.pt"):
         trainer(tiny_run_inputs, out, "resume=true")
+
+
+def test_weights_that_do_not_fit_the_model_are_refused_not_ignored(tiny_run_inputs, whole_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "run"
+    shutil.copytree(whole_run, out)
+    for _, path in list_checkpoints(out):  # what a model with other parameter names (or flat FSDP shards) sees
+        weights = load_file(str(path / "model.safetensors"))
+        save_file({f"renamed.{k}": v for k, v in weights.items()}, str(path / "model.safetensors"))
+    with pytest.raises(UserError, match="do not fit the model.*renamed"):
+        trainer(tiny_run_inputs, out, "resume=true")

@@ -134,7 +134,10 @@ def latest_readable_checkpoint(run_dir: str | Path) -> tuple[int, Path, dict[str
 def restore(parts: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: Any) -> dict[str, Any]:
     """Load what `read_checkpoint` returned into the trainer's objects and the RNGs; returns the trainer state."""
-    model.load_state_dict(parts["model"], strict=False)  # tied embeddings may be saved once
+    loaded = model.load_state_dict(parts["model"], strict=False)  # tied embeddings may be saved once
+    if loaded.unexpected_keys:  # e.g. a model wrapped (FSDP flat parameters) or built differently: not silently
+        raise UserError(f"the checkpoint's weights do not fit the model: {len(loaded.unexpected_keys)} of its "
+                        f"tensors have no place in it (first: {loaded.unexpected_keys[0]!r})")
     optimizer.load_state_dict(parts["optimizer"])
     scheduler.load_state_dict(parts["scheduler"])
     set_rng_state(parts["rng"])

@@ -313,7 +313,10 @@ class Trainer:
                 self.engine, records, [self.format(r) for r in records], self.reward, n=cfg.eval.n,
                 max_new_tokens=self.max_new_tokens, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                 seed=seed_for(cfg.train.seed, "eval", self.rank))
+        for row in rows:  # this rank's i-th record is test record rank + world * i
+            row["index"] = self.rank + self.world * row["index"]
         per_problem, rows = dist.gather_lists(self.accelerator, per_problem), dist.gather_lists(self.accelerator, rows)
+        rows.sort(key=lambda r: (r["index"], r["sample"]))  # one order whatever the world size
         stats = summarize(per_problem, cfg.eval.n)
         k = cfg.eval.n
         metrics = {"eval/pass@1": stats["pass@1"], "eval/pass@k": stats[f"pass@{k}"], f"eval/pass@{k}": stats[f"pass@{k}"],
@@ -328,7 +331,7 @@ class Trainer:
             keep = [{"step": step, "prompt": self.format(self.test_records[r["index"]]),
                      "answer": self.test_records[r["index"]].get("answer"),
                      **{k_: r[k_] for k_ in ("sample", "response", "reward", "error")}}
-                    for r in rows if r["index"] < SAMPLES_PER_EVAL] if self.world == 1 else []
+                    for r in rows if r["index"] < SAMPLES_PER_EVAL]
             write_jsonl(str(self.run_dir / "samples.jsonl"), keep)
         return metrics
 

@@ -11,6 +11,7 @@ import torch
 
 from aspo.advantages import compute_advantages
 from aspo.config import load_config
+from aspo.distributed import full_weights
 from aspo.trainer import Trainer
 
 out, run_dir, model_dir, train = sys.argv[1:5]
@@ -19,7 +20,8 @@ cfg = load_config(None, [f"model={model_dir}", f"data.train={train}", "reward=ar
                          "train.warmup_steps=0", f"output_dir={run_dir}", *sys.argv[5:]])
 trainer = Trainer(cfg, progress=False)
 prompts = [r["prompt"] for r in trainer.train_records[:4]]
-rollout = trainer.engine.generate(prompts, n=4, max_new_tokens=12, seed=123)
+with full_weights(trainer.accelerator, trainer.train_model):  # FSDP: whole weights to sample
+    rollout = trainer.engine.generate(prompts, n=4, max_new_tokens=12, seed=123)
 rewards = torch.tensor([sum(c.isdigit() for c in t) / max(len(t), 1) for t in rollout.responses])
 advantages = compute_advantages("grpo", rewards, rollout.group_ids)
 groups_per_rank = 4 // trainer.world
