@@ -6,20 +6,28 @@ selects MULTI_CPU with the gloo backend (`--cpu` alone launches a single process
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import tiny_overrides
 from safetensors.torch import load_file
 
+from aspo.checkpoint import list_checkpoints
 from aspo.report.metrics import read_metrics
 
 HERE = Path(__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+
+
+def comparable(rows):
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
 
 
 def run(cmd, timeout=300):
@@ -61,3 +69,24 @@ def test_two_process_training_resumes_with_one_process(tiny_run_inputs, tmp_path
     run([sys.executable, "-m", "aspo", "train", *tiny_overrides(tiny_run_inputs, out, "train.steps=3",
                                                                  "resume=true")])
     assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_both_ranks_at_one_step_and_resumes_exactly(tiny_run_inputs, tmp_path):
+    args = ("train.steps=4", "train.eval_every=1", "train.save_every=1000", "train.plots=false", "train.device=cpu")
+    run([*LAUNCH, "-m", "aspo", "train", *tiny_overrides(tiny_run_inputs, tmp_path / "whole", *args)])
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([*LAUNCH, "-m", "aspo", "train", *tiny_overrides(tiny_run_inputs, out, *args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    metrics, deadline = out / "metrics.jsonl", time.time() + 240
+    while not metrics.is_file() or metrics.read_text().count("\n") < 2:  # step 1 logged
+        assert proc.poll() is None and time.time() < deadline, "run ended before step 1"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # torchrun's agent passes it to both ranks
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.startswith("aspo train: stopped by SIGTERM")]
+    assert len(lines) == 1, stderr[-3000:]  # rank 0 speaks for both
+    steps = [s for s, _ in list_checkpoints(out)]
+    assert len(steps) == 1 and f"after step {steps[0]} of 4" in lines[0]
+    run([*LAUNCH, "-m", "aspo", "train", *tiny_overrides(tiny_run_inputs, out, *args, "resume=true")])
+    assert comparable(read_metrics(out)) == comparable(read_metrics(tmp_path / "whole"))
