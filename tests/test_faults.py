@@ -94,6 +94,7 @@ def test_sigint_after_an_optimizer_step_finishes_the_step_and_saves_it(tiny_run_
     resume_and_compare(tiny_run_inputs, out, whole_run)
 
 
+@pytest.mark.slow  # two `aspo train` processes
 def test_sigterm_from_outside_exits_143_with_one_line_and_resumes_exactly(tiny_run_inputs, whole_run, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "aspo", "train", *tiny_overrides(tiny_run_inputs, out, *ARGS, "train.save_every=1000")]
