@@ -1,9 +1,11 @@
 """Hostile programs against the real sandbox: each attack really runs, is contained, leaves nothing running,
 and the scorer then scores an honest candidate correctly.
 
-Runs on every backend that can be tested safely here: bwrap when it works, and the rlimits fallback when
-we are root (it then runs programs as a throw-away uid). The fallback as a normal user cannot contain
-``kill(-1)`` or file deletion, so it is never exercised with hostile code (its warning says so).
+Runs on every backend that can be tested safely here: bwrap when it works, and the unisolated mode
+(``ASPO_SANDBOX=unsafe``) when we are root (it then runs programs as a throw-away uid). That mode as a
+normal user cannot contain ``kill(-1)`` or file deletion, so it is never exercised with hostile code. Without
+bwrap and without that opt-in, the hostile programs are refused before they start (asserted on every
+machine, with bwrap hidden).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 
 import pytest
 
+from aspo.errors import UserError
 from aspo.rewards import sandbox
 from aspo.rewards.code import check_code
 from aspo.rewards.sandbox import Limits, run_python
@@ -26,25 +29,26 @@ FAST = Limits(cpu_seconds=1, wall_seconds=1.5, memory_bytes=256 << 20, max_proce
 
 def _modes() -> list[str]:
     out = []
-    if sandbox.isolation("rlimits").drops_privileges:
-        out.append("rlimits")
+    if sandbox.isolation("unsafe").drops_privileges:
+        out.append("unsafe")
     try:
         if sandbox.isolation("bwrap").backend == "bwrap":
             out += ["bwrap", "zygote"]  # one sandbox per run / forks of a persistent sandboxed server
-    except ValueError:
+    except sandbox.SandboxUnavailable:
         pass
     return out
 
 
 MODES = _modes()
-pytestmark = pytest.mark.skipif(not MODES, reason="no backend can safely run hostile code here "
-                                "(bwrap unusable and not root)")
-_KWARGS = {"rlimits": {"backend": "rlimits", "reuse": False}, "bwrap": {"backend": "bwrap", "reuse": False},
+_KWARGS = {"unsafe": {"backend": "unsafe", "reuse": False}, "bwrap": {"backend": "bwrap", "reuse": False},
            "zygote": {"backend": "bwrap", "reuse": True}}
 
 
-@pytest.fixture(params=MODES)
+@pytest.fixture(params=["unsafe", "bwrap", "zygote"])
 def backend(request) -> str:
+    if request.param not in MODES:
+        pytest.skip("bubblewrap unusable here (not installed, or no user namespaces)" if request.param != "unsafe"
+                    else "unsafe mode runs hostile code only as root (as a throw-away uid)")
     return request.param
 
 
@@ -173,7 +177,7 @@ def test_output_flood_is_capped(backend):
 
 
 def test_cannot_write_or_delete_outside_scratch(backend, tmp_path):
-    if backend == "rlimits":
+    if backend == "unsafe":
         # world-writable places stay writable there (documented); attack a root-owned file instead
         os.chmod(tmp_path, 0o755)
     else:
@@ -205,8 +209,8 @@ def test_cannot_write_or_delete_outside_scratch(backend, tmp_path):
 
 
 def test_cannot_connect_to_host_port(backend):
-    if backend == "rlimits":
-        pytest.skip("the rlimits fallback does not isolate the network (its warning says so)")
+    if backend == "unsafe":
+        pytest.skip("the unsafe mode does not isolate the network (its warning says so)")
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -263,10 +267,12 @@ def test_cannot_read_parent_environment(backend, monkeypatch):
     _assert_clean(backend)
 
 
-def test_isolation_reports_gaps_of_the_fallback():
-    iso = sandbox.isolation("rlimits")
-    assert iso.backend == "rlimits" and iso.warning is not None
-    assert "network" in iso.warning and "NOT enforced" in iso.warning
+def test_isolation_reports_gaps_of_the_unsafe_mode():
+    iso = sandbox.isolation("unsafe")
+    assert iso.backend == "unsafe" and iso.warning is not None
+    assert "network" in iso.warning and "NOT enforced" in iso.warning and "WITHOUT isolation" in iso.warning
+    with pytest.raises(UserError, match="ASPO_SANDBOX=unsafe"):
+        sandbox.isolation("rlimits")  # the old name of that mode is refused, with the new one
 
 
 @pytest.mark.skipif("zygote" not in MODES, reason="bwrap unusable here")
@@ -298,3 +304,81 @@ def test_zygote_runs_are_isolated_from_each_other():
     """, "zygote")
     assert second.stdout.decode().split() == ["True", "True", "[]", "True"], second.stderr
     _assert_clean("zygote")
+
+
+@pytest.fixture
+def no_bwrap(monkeypatch, tmp_path):
+    """This machine as one without bubblewrap: PATH holds only python, and nothing opted into unsafe."""
+    from aspo.rewards.sandbox import host
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", str(bindir))
+    monkeypatch.delenv("ASPO_SANDBOX", raising=False)
+    host._isolation.cache_clear()
+    yield
+    host._isolation.cache_clear()
+
+
+def test_hostile_programs_are_refused_without_isolation(no_bwrap, tmp_path):
+    os.chmod(tmp_path, 0o777)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    attack = (f"import socket\nopen({str(victim)!r}, 'w').write('pwned')\nopen({str(tmp_path / 'new')!r}, 'w')\n"
+              f"socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')\n")
+    record = {"response": attack, "tests": {"inputs": [""], "outputs": [""]}}
+    try:
+        for attempt in (lambda: run_python({"main.py": attack}, "main.py"),
+                        lambda: run_python({"main.py": attack}, "main.py", reuse=False),
+                        lambda: check_code(record)):
+            with pytest.raises(sandbox.SandboxUnavailable) as refused:
+                attempt()
+            message = str(refused.value)
+            assert "bubblewrap (bwrap) is not installed" in message  # why
+            assert "apt-get install bubblewrap" in message and "ASPO_SANDBOX=unsafe" in message  # what to do
+        with pytest.raises(BlockingIOError):
+            server.accept()  # no connection was made
+    finally:
+        server.close()
+    assert victim.read_text() == "keep me" and not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif("unsafe" not in MODES, reason="needs root (the unsafe mode's throw-away uids)")
+def test_leftover_processes_do_not_count_against_the_cap(monkeypatch):
+    # A run's killed children can linger as zombies until the host's init reaps them, and RLIMIT_NPROC
+    # counts every task of a uid: the next run on that uid must still get its own max_processes.
+    import subprocess
+
+    from aspo.rewards.sandbox import host
+
+    pool = host._UidPool(size=1)
+    monkeypatch.setattr(host, "UIDS", pool)
+    uid = pool.acquire()
+    pool.release(uid)
+    leftovers = [subprocess.Popen(["sleep", "60"], **host.user_kwargs(uid)) for _ in range(2 * FAST.max_processes)]
+    try:
+        assert host.tasks_of(uid) == len(leftovers)
+        _honest_still_scores("unsafe")
+        result = _run("""
+            import os, time
+            ok = 0
+            for _ in range(100):
+                try:
+                    if os.fork() == 0:
+                        time.sleep(60)
+                        os._exit(0)
+                    ok += 1
+                except OSError:
+                    break
+            print(ok)
+        """, "unsafe")
+        assert 0 < int(result.stdout) < FAST.max_processes  # still capped, at its own share
+    finally:
+        for proc in leftovers:
+            proc.kill()
+            proc.wait()

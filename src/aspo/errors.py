@@ -22,3 +22,7 @@ class Interrupted(BaseException):
     def __init__(self, signum: int, message: str, *, quiet: bool = False) -> None:
         super().__init__(message)
         self.signum, self.exit_code, self.quiet = signum, 128 + signum, quiet
+
+
+class SandboxUnavailable(UserError):
+    """No isolating sandbox for model-written code here, and the unisolated mode was not asked for."""

@@ -1,52 +1,39 @@
-"""What this host can enforce, and how a sandbox is launched here (bwrap arguments, uids, interpreter).
-
-Split from the package's ``__init__`` (which runs programs) to keep both readable.
-"""
+"""What this host can enforce and how a sandbox is launched and torn down here: backend choice, bwrap
+arguments, per-run uids, the interpreter, and killing a run's whole process tree."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
-import math
 import os
+import re
+import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
+from collections import deque
 from dataclasses import dataclass, field
+
+from aspo.errors import SandboxUnavailable, UserError
+from aspo.rewards.sandbox.limits import Limits
 
 logger = logging.getLogger("aspo.rewards.sandbox")
 
 JOB_DIR_INSIDE = "/tmp/.job"  # where bwrap mounts the (read-only) job files
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+BACKENDS = ("bwrap", "unsafe")
 
+INSTALL_HINT = ("Install bubblewrap: `sudo apt-get install bubblewrap` (Debian/Ubuntu), `sudo dnf install "
+                "bubblewrap` (Fedora), or `make sandbox` in the repository; it needs a kernel that allows "
+                "unprivileged user namespaces")
+UNSAFE_HINT = ("To run them anyway WITHOUT isolation (they can then use the network and, unless you are root, "
+               "read and write your files), set ASPO_SANDBOX=unsafe")
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-run resource limits (the CPU and memory limits are per process)."""
-
-    cpu_seconds: float = 10.0
-    wall_seconds: float = 20.0
-    memory_bytes: int = 1 << 30
-    max_processes: int = 32  # processes + threads of the sandbox uid
-    max_output_bytes: int = 16 << 20  # per written file, stdout and stderr included
-    max_open_files: int = 256
-    tmpfs_bytes: int = 64 << 20  # size of the writable /tmp (bwrap backend)
-
-    def rlimits(self, enforce_nproc: bool) -> dict[str, tuple[int, int]]:
-        cpu = max(1, math.ceil(self.cpu_seconds))
-        out = {
-            "RLIMIT_CPU": (cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL one second later
-            "RLIMIT_AS": (self.memory_bytes, self.memory_bytes),
-            "RLIMIT_FSIZE": (self.max_output_bytes, self.max_output_bytes),
-            "RLIMIT_NOFILE": (self.max_open_files, self.max_open_files),
-            "RLIMIT_CORE": (0, 0),
-        }
-        if enforce_nproc:
-            out["RLIMIT_NPROC"] = (self.max_processes, self.max_processes)
-        return out
 
 @dataclass(frozen=True)
 class Isolation:
@@ -62,9 +49,9 @@ class Isolation:
     def warning(self) -> str | None:
         if not self.not_enforced:
             return None
-        return (f"code sandbox: {self.reason}; falling back to rlimits + private temp dir. NOT enforced: "
-                + "; ".join(self.not_enforced) + ". Install bubblewrap (apt-get install bubblewrap) on a "
-                "kernel that allows user namespaces to enforce them.")
+        return (f"code sandbox: {self.reason}: model-written programs run WITHOUT isolation. NOT enforced: "
+                + "; ".join(self.not_enforced) + f". {INSTALL_HINT}.")
+
 
 # ---------------------------------------------------------------------------------------------------------
 # backend selection
@@ -107,7 +94,7 @@ def sandbox_python() -> str:
     return candidates[0]
 
 
-def _bwrap_args(limits: Limits, job_dir: str) -> list[str]:
+def bwrap_args(limits: Limits, job_dir: str) -> list[str]:
     bwrap = shutil.which("bwrap") or "bwrap"
     args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
             "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
@@ -116,28 +103,28 @@ def _bwrap_args(limits: Limits, job_dir: str) -> list[str]:
     home = os.path.expanduser("~")
     if not _is_root() and home not in ("/", "") and not sandbox_python().startswith(home + os.sep):
         args += ["--tmpfs", home]  # same uid inside: hide the user's files (keys, tokens)
-    for key, value in _clean_env("/tmp").items():
+    for key, value in clean_env("/tmp").items():
         args += ["--setenv", key, value]
     return args + ["--"]
 
 
-def _clean_env(home: str) -> dict[str, str]:
+def clean_env(home: str) -> dict[str, str]:
     return {"PATH": _SAFE_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
 
 
 def _probe_bwrap() -> str | None:
     """None when bwrap can create the sandbox here; otherwise why not."""
     if shutil.which("bwrap") is None:
-        return "bwrap (bubblewrap) is not installed"
+        return "bubblewrap (bwrap) is not installed"
     job = tempfile.mkdtemp(prefix="aspo-probe-")
     os.chmod(job, 0o755)
     try:
-        user = _UIDS.acquire()
+        user = UIDS.acquire()
         try:
-            proc = subprocess.run(_bwrap_args(Limits(), job) + ["/bin/true"], capture_output=True, timeout=20,
-                                  **_user_kwargs(user))
+            proc = subprocess.run(bwrap_args(Limits(), job) + ["/bin/true"], capture_output=True, timeout=20,
+                                  **user_kwargs(user))
         finally:
-            _UIDS.release(user)
+            UIDS.release(user)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"bwrap failed to start: {err}"
     finally:
@@ -147,72 +134,187 @@ def _probe_bwrap() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=2)
 def isolation(backend: str | None = None) -> Isolation:
-    """The backend in use (probed once) and exactly what it enforces."""
+    """The backend in use (probed once) and exactly what it enforces.
+
+    Raises :class:`SandboxUnavailable` when no isolating backend works here and the unisolated mode was
+    not asked for (``ASPO_SANDBOX=unsafe``): model-written code is never run unisolated by default.
+    """
     backend = backend or os.environ.get("ASPO_SANDBOX") or None
-    if backend not in (None, "bwrap", "rlimits"):
-        from aspo.errors import UserError
+    if backend == "rlimits":
+        raise UserError("ASPO_SANDBOX=rlimits is now called ASPO_SANDBOX=unsafe (it does not isolate the program)")
+    if backend not in (None, *BACKENDS):
+        raise UserError(f"ASPO_SANDBOX={backend!r}: valid values are {' and '.join(map(repr, BACKENDS))}")
+    return _isolation(backend)
 
-        raise UserError(f"ASPO_SANDBOX={backend!r}: valid values are 'bwrap' and 'rlimits'")
-    reason = "rlimits backend requested (ASPO_SANDBOX=rlimits)" if backend == "rlimits" else _probe_bwrap()
-    root = _is_root()
-    common = ("CPU time", "wall time (tree killed)", "address space", "output size", "scrubbed environment")
-    if reason is None:
-        return Isolation("bwrap", root, common + ("processes (RLIMIT_NPROC)", "no network", "read-only system",
-                                                  "private /tmp", "PID namespace"))
-    if backend == "bwrap":
-        from aspo.errors import UserError
 
-        raise UserError(f"ASPO_SANDBOX=bwrap but {reason}")
-    gaps = ["network isolation (the program can open sockets)",
-            "PID namespace (the program can see other processes)"]
-    if root:
-        enforced = common + ("processes (per-run uid)", "files writable only where a stranger uid may write")
-        gaps.append("read-only filesystem: world-writable places such as /tmp, /var/tmp and /dev/shm stay "
-                    "writable")
-    else:
-        enforced = common
-        gaps += ["number of processes (RLIMIT_NPROC counts all of your processes, so it is not set)",
-                 "filesystem protection (the program runs as you and can write or delete your files)",
-                 "killing the whole tree (a process that calls setsid can outlive the wall-time kill)",
-                 "privacy of your processes (it may signal or read other processes you own)"]
-    iso = Isolation("rlimits", root, enforced, tuple(gaps), reason)
+@functools.lru_cache(maxsize=3)
+def _isolation(backend: str | None) -> Isolation:
+    if backend != "unsafe":
+        reason = _probe_bwrap()
+        if reason is None:
+            return Isolation("bwrap", _is_root(), _COMMON + ("processes (RLIMIT_NPROC)", "no network",
+                                                             "read-only system", "private /tmp", "PID namespace"))
+        raise SandboxUnavailable(f"code sandbox: refusing to run model-written programs without isolation: "
+                                 f"{reason}. {INSTALL_HINT}. {UNSAFE_HINT}.")
+    iso = _unsafe_isolation()
     logger.warning(iso.warning)
     return iso
 
 
+_COMMON = ("CPU time", "wall time (tree killed)", "address space", "output size", "processes (RLIMIT_NPROC)",
+           "scrubbed environment")
+
+
+def _unsafe_isolation() -> Isolation:
+    gaps = ["network isolation (the program can open sockets)",
+            "PID namespace (the program can see other processes)"]
+    if _is_root():
+        enforced = _COMMON + ("a throw-away uid per run", "files writable only where a stranger uid may write")
+        gaps.append("read-only filesystem: world-writable places such as /tmp, /var/tmp and /dev/shm stay "
+                    "writable")
+    else:
+        enforced = _COMMON
+        gaps += ["filesystem protection (the program runs as you and can write or delete your files)",
+                 "killing the whole tree (a process that calls setsid can outlive the wall-time kill)",
+                 "privacy of your processes (it may signal or read other processes you own)",
+                 "an exact process cap (your other processes starting meanwhile shrink it)"]
+    return Isolation("unsafe", _is_root(), enforced, tuple(gaps), "ASPO_SANDBOX=unsafe")
+
+
 # ---------------------------------------------------------------------------------------------------------
-# per-run uids (root only)
+# per-run uids (root only) and their process counts
 
 
 class _UidPool:
-    """Unprivileged uids, one per concurrent run; derived from the pid so two scorers do not collide."""
+    """Unprivileged uids, one per concurrent run; derived from the pid so two scorers do not collide.
+
+    First in, first out: a released uid goes to the back, so what a run left behind (zombies the host's
+    init has not reaped yet) rarely meets the next run; :func:`tasks_of` covers the rest."""
 
     def __init__(self, size: int = 256) -> None:
-        self._free = list(range(size))
+        self._free = deque(range(size))
         self._lock = threading.Lock()
+
+    _FIRST = 200_000
 
     def acquire(self) -> int | None:
         if not _is_root():
             return None
-        base = 200_000 + (os.getpid() % 50_000) * 256
+        base = self._FIRST + (os.getpid() % 50_000) * 256
         with self._lock:
-            return base + self._free.pop()
+            return base + self._free.popleft()
 
     def release(self, uid: int | None) -> None:
         if uid is not None:
-            with self._lock:
-                self._free.append(uid % 256)
+            with self._lock:  # the slot, not uid % 256: the base is not a multiple of 256
+                self._free.append((uid - self._FIRST) % 256)
 
 
-_UIDS = _UidPool()
+UIDS = _UidPool()
 
 
-def _user_kwargs(uid: int | None) -> dict:
+def user_kwargs(uid: int | None) -> dict:
     if uid is None:
         return {}
     return {"user": uid, "group": uid, "extra_groups": []}
+
+
+_STATUS_FIELDS = re.compile(rb"^(Uid|Threads):\s+(\d+)", re.MULTILINE)
+
+
+def tasks_of(uid: int) -> int:
+    """Tasks (threads, zombies included) of ``uid`` on this machine: what RLIMIT_NPROC counts."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", "rb") as f:
+                fields = dict(_STATUS_FIELDS.findall(f.read()))
+        except OSError:
+            continue
+        if int(fields.get(b"Uid", -1)) == uid:
+            count += max(1, int(fields.get(b"Threads", 1)))
+    return count
+
+
+# ---------------------------------------------------------------------------------------------------------
+# processes: waiting and killing the whole tree
+
+
+_WORK_ROOT: str | None = None
+_WORK_LOCK = threading.Lock()
+
+
+def work_root() -> str:
+    global _WORK_ROOT
+    with _WORK_LOCK:
+        if _WORK_ROOT is None or not os.path.isdir(_WORK_ROOT):
+            # tmpfs when there is one: creating and deleting job dirs on disk costs milliseconds per run
+            shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+            _WORK_ROOT = tempfile.mkdtemp(prefix="aspo-sandbox-", dir=shm)
+            atexit.register(shutil.rmtree, _WORK_ROOT, True)
+            os.chmod(_WORK_ROOT, 0o711)  # strangers may reach a job dir by name, not list them
+        return _WORK_ROOT
+
+
+def wait_exit(proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``proc``; True if it exited. (Popen.wait(timeout) polls with sleeps of
+    up to 50 ms, which would dominate a 10 ms sandbox run; a pidfd wakes us exactly.)"""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    return bool(ready)
+
+
+def kill_tree(proc: subprocess.Popen, uid: int | None, backend: str, info_fd: int = -1) -> None:
+    """Kill everything the run started.
+
+    bwrap: SIGKILL the PID namespace's init (its pid comes from ``--info-fd``); the kernel then kills the
+    rest of the namespace and bwrap exits having reaped it (killing bwrap itself first would leave the
+    namespace's processes as zombies for the host's init to reap). unsafe as root: kill every process of
+    the run's uid. unsafe otherwise: kill the session.
+    """
+    if backend == "bwrap" and proc.poll() is None and info_fd >= 0:
+        inner = _namespace_init_pid(info_fd)
+        if inner is not None:
+            try:
+                os.kill(inner, signal.SIGKILL)
+                wait_exit(proc, 2.0)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if proc.poll() is None or (backend != "bwrap" and uid is None):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if proc.poll() is None:
+        proc.kill()
+    if uid is not None and backend != "bwrap":
+        _kill_uid(uid)
+    proc.wait()
+
+
+def _namespace_init_pid(info_fd: int) -> int | None:
+    ready, _, _ = select.select([info_fd], [], [], 0.5)
+    if not ready:
+        return None
+    try:
+        info = os.read(info_fd, 4096).decode()
+        match = re.search(r'"child-pid"\s*:\s*(\d+)', info)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
 
 
 def _kill_uid(uid: int) -> None:

@@ -23,7 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from aspo.rewards import sandbox as sb
+from aspo.rewards.sandbox import host
+from aspo.rewards.sandbox.limits import Limits, RunResult
 
 _SERVER = Path(__file__).with_name("zygote_main.py").read_text()
 _START_TIMEOUT_S = 30.0
@@ -36,24 +37,24 @@ class ZygoteError(RuntimeError):
 
 class _Zygote:
     def __init__(self, tmpfs_bytes: int) -> None:
-        self.uid = sb._UIDS.acquire()
-        self.job = tempfile.mkdtemp(dir=sb._work_root())
+        self.uid = host.UIDS.acquire()
+        self.job = tempfile.mkdtemp(dir=host.work_root())
         os.chmod(self.job, 0o755)
         (Path(self.job) / "zygote_main.py").write_text(_SERVER)
         os.chmod(Path(self.job) / "zygote_main.py", 0o644)
-        limits = sb.Limits(tmpfs_bytes=tmpfs_bytes)
+        limits = Limits(tmpfs_bytes=tmpfs_bytes)
         self.info_read, info_write = os.pipe()
-        cmd = sb._bwrap_args(limits, self.job) + [sb.sandbox_python(), "-I", "-S", "-B",
-                                                   f"{sb._JOB_DIR_INSIDE}/zygote_main.py"]
+        cmd = host.bwrap_args(limits, self.job) + [host.sandbox_python(), "-I", "-S", "-B",
+                                                   f"{host.JOB_DIR_INSIDE}/zygote_main.py"]
         cmd[1:1] = ["--info-fd", str(info_write)]
         # No --die-with-parent: its "parent" is the creating *thread* (PR_SET_PDEATHSIG), and scoring threads
         # come and go. If the scorer dies, the server reads EOF on stdin and exits, taking bwrap with it.
         cmd.remove("--die-with-parent")
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, env=sb._clean_env("/tmp"), cwd=self.job,
+                                         stderr=subprocess.DEVNULL, env=host.clean_env("/tmp"), cwd=self.job,
                                          start_new_session=True, close_fds=True, pass_fds=(info_write,),
-                                         **sb._user_kwargs(self.uid))
+                                         **host.user_kwargs(self.uid))
         finally:
             os.close(info_write)
         try:
@@ -99,15 +100,15 @@ class _Zygote:
         try:
             if self.proc.stdin is not None:
                 self.proc.stdin.close()  # a healthy zygote exits on EOF, and bwrap reaps the namespace
-            if not sb._wait_exit(self.proc, 1.0):
-                sb._kill_tree(self.proc, self.uid, "bwrap", self.info_read)
+            if not host.wait_exit(self.proc, 1.0):
+                host.kill_tree(self.proc, self.uid, "bwrap", self.info_read)
             self.proc.wait()
         finally:
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
             os.close(self.info_read)
             shutil.rmtree(self.job, ignore_errors=True)
-            sb._UIDS.release(self.uid)
+            host.UIDS.release(self.uid)
 
 
 class ZygotePool:
@@ -122,7 +123,7 @@ class ZygotePool:
         """Zygotes currently alive (each is three processes: bwrap, the namespace init, the server)."""
         return self._count
 
-    def run(self, files: dict[str, bytes], main: str, stdin: bytes, limits: sb.Limits) -> sb.RunResult:
+    def run(self, files: dict[str, bytes], main: str, stdin: bytes, limits: Limits) -> RunResult:
         try:
             zygote = self._idle.get_nowait()
         except queue.Empty:
@@ -133,20 +134,19 @@ class ZygotePool:
                    "stdin": stdin.decode("latin-1"), "wall": limits.wall_seconds,
                    "max_output": limits.max_output_bytes,
                    # the server and the namespace's init share the uid: two more processes
-                   "rlimits": [[k, a + (2 if k == "RLIMIT_NPROC" else 0), b + (2 if k == "RLIMIT_NPROC" else 0)]
-                               for k, (a, b) in limits.rlimits(True).items()]}
+                   "rlimits": [[k, a, b] for k, (a, b) in limits.rlimits(nproc_in_use=2).items()]}
         start = time.monotonic()
         try:
             reply = zygote.run(request, limits.wall_seconds + _REPLY_MARGIN_S)
         except (TimeoutError, ZygoteError, ValueError):
             self._discard(zygote)
             # the candidate killed or wedged its zygote: no result, which scores 0
-            return sb.RunResult(None, b"", b"sandbox server lost", False, False, time.monotonic() - start)
+            return RunResult(None, b"", b"sandbox server lost", False, False, time.monotonic() - start)
         self._idle.put(zygote)
         stdout = reply["stdout"].encode("latin-1")
         rc = reply["rc"]
         limited = reply["largest_output"] >= limits.max_output_bytes
-        return sb.RunResult(rc, stdout[: limits.max_output_bytes], reply["stderr"].encode("latin-1"),
+        return RunResult(rc, stdout[: limits.max_output_bytes], reply["stderr"].encode("latin-1"),
                             reply["timed_out"], limited, time.monotonic() - start)
 
     def _discard(self, zygote: _Zygote) -> None:
