@@ -1,3 +1,4 @@
+import functools
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,51 @@ def tiny_overrides(root, out_dir, *extra):
             f"reward={DATA / 'rewards.py'}:digit_share", "rollout.n=4", "rollout.max_new_tokens=12", "train.prompts_per_step=4",
             "train.mini_batches=2", "train.epochs=2", "train.steps=3", "train.eval_every=2", "train.save_every=2",
             "data.num_test=4", "eval.n=2", "train.lr=1e-3", "train.device=cpu", "train.threads=1", f"output_dir={out_dir}", *extra]
+
+
+@functools.lru_cache(maxsize=1)
+def _sandbox_state() -> tuple[bool, str]:
+    """(bwrap usable, one line for the pytest header naming which sandbox tests run here)."""
+    import os
+
+    from aspo.rewards.sandbox.host import bwrap_problem
+
+    problem = bwrap_problem()
+    root = os.geteuid() == 0
+    if problem is None:
+        runs = "bwrap, zygote" + (" and unsafe (as root)" if root else "")
+        return True, f"code sandbox: bubblewrap works; hostile-program tests run on {runs}"
+    unsafe = "the unsafe mode as root (throw-away uid)" if root else "none (unsafe mode is only attacked as root)"
+    return False, (f"code sandbox: {problem}; hostile-program tests run on {unsafe}, the bwrap/zygote ones are "
+                   "SKIPPED; code-reward tests run this repository's own programs with ASPO_SANDBOX=unsafe. "
+                   "Install bubblewrap (`make sandbox`) to test the isolated path")
+
+
+def pytest_report_header(config):
+    return _sandbox_state()[1]
+
+
+@pytest.fixture
+def trusted_code_sandbox(monkeypatch):
+    """For tests whose programs are this repository's own (benign): without bubblewrap they run with the
+    explicit unisolated opt-in instead of being refused; with it, in the real sandbox."""
+    from aspo.rewards.sandbox import host
+
+    if not _sandbox_state()[0]:
+        monkeypatch.setenv("ASPO_SANDBOX", "unsafe")
+    yield
+    host._isolation.cache_clear()
+
+
+@pytest.fixture
+def no_bwrap(monkeypatch, tmp_path):
+    """This machine as one without bubblewrap (an empty PATH hides it), nothing opted into unsafe."""
+    from aspo.rewards.sandbox import host
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", str(bindir))
+    monkeypatch.delenv("ASPO_SANDBOX", raising=False)
+    host._isolation.cache_clear()
+    yield
+    host._isolation.cache_clear()

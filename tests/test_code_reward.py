@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from aspo.benchmarks import load_benchmark
+from aspo.errors import RewardInfraError
 from aspo.rewards import call_reward, get_reward, score_records
 from aspo.rewards.code import (
     check_code,
@@ -16,6 +18,8 @@ from aspo.rewards.code import (
     returns_match,
     score_batch,
 )
+
+pytestmark = pytest.mark.usefixtures("trusted_code_sandbox")
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +145,53 @@ def test_registry_uses_the_batch_scorer():
     records = [{"response": "print(input())", "tests": {"inputs": ["hi\n"], "outputs": ["hi\n"]}},
                {"response": "print('no')", "tests": {"inputs": ["hi\n"], "outputs": ["hi\n"]}}]
     assert [r.reward for r in score_records("code", records)] == [1.0, 0.0]
+
+
+@pytest.fixture
+def broken_interpreter(monkeypatch):
+    """The sandbox's interpreter replaced by one that fails before the harness starts, as a host out of
+    processes or a broken install would; the fixture's value counts its starts (where the sandbox lets it
+    write). In /dev/shm: reachable by the throw-away uid of the unsafe mode as root."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from aspo.rewards.sandbox import host
+
+    tmp_path = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    os.chmod(tmp_path, 0o777)
+    counter = tmp_path / "starts"
+    counter.touch(mode=0o666)
+    os.chmod(counter, 0o666)
+    fake = tmp_path / "python3"
+    fake.write_text(f"#!/bin/sh\necho x >> {counter} 2>/dev/null\necho 'cannot allocate' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("ASPO_SANDBOX_PYTHON", str(fake))
+    host.sandbox_python.cache_clear()
+    yield counter
+    host.sandbox_python.cache_clear()
+    shutil.rmtree(tmp_path)
+
+
+def test_a_check_that_could_not_run_is_retried_then_counted_not_wrong(broken_interpreter, monkeypatch):
+    from aspo.rewards.sandbox import host, isolation
+
+    record = {"response": "print(input())", "tests": {"inputs": ["hi\n"], "outputs": ["hi\n"]}}
+    result = check_code(record, reuse=False)
+    assert (result.reward, result.infra) == (0.0, True)
+    assert result.error.startswith("infrastructure: the harness did not start") and "cannot allocate" in result.error
+    # tried and retried; bwrap's private /dev hides the fake interpreter from it (it then fails to exec)
+    assert broken_interpreter.read_text().count("x") == (0 if isolation().backend == "bwrap" else 2)
+    # an honest wrong answer is still a plain 0, not an infrastructure error
+    monkeypatch.delenv("ASPO_SANDBOX_PYTHON")
+    host.sandbox_python.cache_clear()
+    wrong = check_code(dict(record, response="print('no')"), reuse=False)
+    assert (wrong.reward, wrong.infra, wrong.error) == (0.0, False, None)
+
+
+def test_a_batch_that_mostly_could_not_run_stops(broken_interpreter):
+    records = [{"response": "print(1)", "tests": {"inputs": [""], "outputs": ["1"]}}] * 3
+    with pytest.raises(RewardInfraError, match="3 of 3 reward checks could not run"):
+        score_records("code", records, workers=1)
+    results = score_records("code", records, workers=1, stop_on_infra=False)
+    assert all(r.infra and r.reward == 0.0 for r in results)

@@ -306,20 +306,6 @@ def test_zygote_runs_are_isolated_from_each_other():
     _assert_clean("zygote")
 
 
-@pytest.fixture
-def no_bwrap(monkeypatch, tmp_path):
-    """This machine as one without bubblewrap: PATH holds only python, and nothing opted into unsafe."""
-    from aspo.rewards.sandbox import host
-
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    monkeypatch.setenv("PATH", str(bindir))
-    monkeypatch.delenv("ASPO_SANDBOX", raising=False)
-    host._isolation.cache_clear()
-    yield
-    host._isolation.cache_clear()
-
-
 def test_hostile_programs_are_refused_without_isolation(no_bwrap, tmp_path):
     os.chmod(tmp_path, 0o777)
     victim = tmp_path / "victim.txt"

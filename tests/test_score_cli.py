@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from aspo.benchmarks import load_benchmark
 from aspo.cli import main
+
+pytestmark = pytest.mark.usefixtures("trusted_code_sandbox")
 
 
 def _write(path, records):
@@ -70,3 +75,48 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "unknown reward 'nope'" in capsys.readouterr().err
     assert main(["score", "--reward", "math"]) == 2
     assert "--input" in capsys.readouterr().err
+
+
+
+def test_user_reward_that_hangs_or_crashes_is_bounded_and_counted(tmp_path, capsys):
+    spec = f"{Path(__file__).parent / 'data' / 'rewards.py'}:hangs_or_dies"
+    responses = ["spin", "ok", "sleep", "die", "raise", "ok"]
+    out = tmp_path / "out.jsonl"
+    src = _write(tmp_path / "in.jsonl", [{"response": r} for r in responses])
+    assert main(["score", "--reward", spec, "--input", str(src), "--output", str(out), "--reward-timeout", "1"]) == 0
+    scored = _read(out)
+    assert [r["reward"] for r in scored] == [0.0, 1.0, 0.0, 0.0, 0.0, 1.0]  # the run went on after each
+    errors = [r.get("error") for r in scored]
+    assert "did not return within 1s" in errors[0] and "did not return within 1s" in errors[2]
+    assert "ended its process (exit status 3)" in errors[3] and errors[4] == "ValueError: bad response"
+    assert errors[1] is None and errors[5] is None
+    assert "errors: 4 (of which could not run: 0)" in capsys.readouterr().out
+
+
+def test_code_without_a_sandbox_is_refused_not_scored(no_bwrap, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    src = _write(tmp_path / "in.jsonl", [{"response": "print(1)", "tests": {"inputs": [""], "outputs": ["1"]}}])
+    assert main(["score", "--reward", "code", "--input", str(src), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to run model-written programs" in err and "ASPO_SANDBOX=unsafe" in err
+    assert not out.exists()  # nothing scored as wrong: nothing written
+
+
+def test_checks_that_could_not_run_are_marked_and_stop(tmp_path, capsys, monkeypatch):
+    # the sandbox's interpreter missing: every check fails before the harness starts
+    from aspo.rewards.sandbox import host
+
+    monkeypatch.setenv("ASPO_SANDBOX_PYTHON", "/nonexistent/python3")
+    monkeypatch.setenv("ASPO_SANDBOX_REUSE", "0")
+    host.sandbox_python.cache_clear()
+    out = tmp_path / "out.jsonl"
+    src = _write(tmp_path / "in.jsonl", [{"response": "print(1)", "tests": {"inputs": [""], "outputs": ["1"]}}] * 2)
+    try:
+        assert main(["score", "--reward", "code", "--input", str(src), "--output", str(out)]) == 2
+    finally:
+        host.sandbox_python.cache_clear()
+    scored = _read(out)  # written first: the error field says what happened to each record
+    assert [r["reward"] for r in scored] == [0.0, 0.0]
+    assert all(r["error"].startswith("infrastructure: ") for r in scored)
+    captured = capsys.readouterr()
+    assert "(of which could not run: 2)" in captured.out and "2 of 2 reward checks could not run" in captured.err

@@ -11,6 +11,7 @@ import pytest
 from conftest import DATA, tiny_overrides
 
 from aspo.config import load_config
+from aspo.errors import SandboxUnavailable
 from aspo.report.metrics import read_metrics
 from aspo.trainer import Trainer
 
@@ -158,3 +159,20 @@ def test_kl_to_reference_dynamic_sampling_and_overlong_penalty_run(tiny_run_inpu
     assert all(r["groups/sampling_rounds"] >= 1 for r in rows)
     # overlong penalty: long responses lose reward against the raw verifier score
     assert any(r["reward/mean"] < r["reward/raw_mean"] for r in rows)
+
+
+def test_a_hanging_or_dying_reward_function_is_bounded_and_training_goes_on(tiny_run_inputs, tmp_path):
+    out = tmp_path / "hangs"
+    cfg = load_config(None, tiny_overrides(tiny_run_inputs, out, f"reward={DATA / 'rewards.py'}:spins_on_some",
+                                           "reward_timeout=0.5", "train.steps=2", "train.plots=false"))
+    Trainer(cfg, progress=False).run()
+    rows = [r for r in read_metrics(out) if "reward/errors" in r]
+    assert len(rows) == 2 and sum(r["reward/errors"] for r in rows) > 0
+    assert sum(r["reward/infra_errors"] for r in rows) == 0  # the reward's own failures: counted as errors
+
+
+def test_code_reward_without_a_sandbox_stops_before_training(no_bwrap, tiny_run_inputs, tmp_path):
+    cfg = load_config(None, tiny_overrides(tiny_run_inputs, tmp_path / "code", "reward=code"))
+    with pytest.raises(SandboxUnavailable, match="ASPO_SANDBOX=unsafe"):
+        Trainer(cfg, progress=False)
+    assert not (tmp_path / "code").exists()  # nothing started: no run directory, no model loaded

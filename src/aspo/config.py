@@ -122,6 +122,9 @@ class Config:
     task: str = _f("arithmetic", "lab task (arithmetic | countdown) used with model=tiny or as the reward")
     reward: str | None = _f(None, "reward: a name (math, code, arithmetic, countdown) or path/file.py:fn; "
                                    "default: the lab task's verifier")
+    reward_timeout: float = _f(60.0, "seconds a path/file.py:fn reward may take per response (it runs in a "
+                                     "worker process; past this it is killed and the response scores 0); 0: "
+                                     "no bound, in-process")
     output_dir: str | None = _f(None, "run directory (default: runs/<time>-<task>-<loss>-s<seed>)")
     resume: bool = _f(False, "continue from the newest complete checkpoint in output_dir")
     data: DataConfig = field(default_factory=DataConfig)
@@ -169,6 +172,8 @@ class Config:
         if self.train.mini_batches > self.train.prompts_per_step * self.rollout.n:
             raise UserError(f"train.mini_batches={self.train.mini_batches} is larger than the "
                             f"{self.train.prompts_per_step * self.rollout.n} responses of one step")
+        if self.reward_timeout < 0:
+            raise UserError(f"reward_timeout={self.reward_timeout!r} must be >= 0 (0: no bound)")
         for key in ("clip_ratio_low", "clip_ratio_high"):
             value = getattr(self.algorithm, key)
             if value is not None and not 0 <= value < 10:

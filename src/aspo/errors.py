@@ -26,3 +26,7 @@ class Interrupted(BaseException):
 
 class SandboxUnavailable(UserError):
     """No isolating sandbox for model-written code here, and the unisolated mode was not asked for."""
+
+
+class RewardInfraError(UserError):
+    """Most reward checks of a batch could not run (sandbox or host failure): results would be noise."""

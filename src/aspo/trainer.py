@@ -78,11 +78,12 @@ class Trainer:
             raise UserError(f"train.prompts_per_step={cfg.train.prompts_per_step} must be divisible by the "
                             f"number of processes ({self.world})")
         self.progress = progress and self.is_main
+        # before the model loads: a reward that cannot run here (no sandbox) fails in a second
+        self.reward = get_reward(cfg.reward or cfg.task, timeout=cfg.reward_timeout)
         with self.accelerator.main_process_first():  # rank 0 builds the lab warm start once
             self.model, self.tokenizer, self.task = load_policy(cfg)
         self.model.to(self.accelerator.device)
         self.train_records, self.test_records = load_data(cfg, self.task)
-        self.reward = get_reward(cfg.reward or cfg.task)
         self.max_new_tokens = cfg.rollout.max_new_tokens or (self.task.max_new_tokens if self.task else 256)
         self.ref_model = None
         if cfg.algorithm.kl_coef > 0:
@@ -178,7 +179,7 @@ class Trainer:
             rounds.append({
                 "rollout": rollout, "kept": rollout.select(rows), "advantages": advantages[rows], "raw": raw,
                 "rewards": rewards, "gap": gap, "t_gen": t1 - t0, "t_reward": time.perf_counter() - t1,
-                "errors": sum(r.error is not None for r in results),
+                "errors": sum(r.error is not None for r in results), "infra": sum(r.infra for r in results),
                 "solve_all": int(((raw_grouped >= 1).all(1) & ~has_signal).sum()),
                 "solve_none": int(((raw_grouped <= 0).all(1) & ~has_signal).sum()),
             })
@@ -195,6 +196,7 @@ class Trainer:
             "reward/mean": float(torch.cat([r["rewards"] for r in rounds]).mean()),
             "reward/raw_mean": float(torch.cat([r["raw"] for r in rounds]).mean()),
             "reward/errors": float(errors),
+            "reward/infra_errors": float(sum(r["infra"] for r in rounds)),  # could not run: not wrong answers
             "groups/solve_all": float(sum(r["solve_all"] for r in rounds)),
             "groups/solve_none": float(sum(r["solve_none"] for r in rounds)),
             "groups/valid": float(len(adv) / cfg.rollout.n), "groups/sampling_rounds": float(len(rounds)),

@@ -15,3 +15,33 @@ def flaky(prompt, response, answer, **fields):
 
 def wrong_signature(x):
     return 1.0
+
+
+def hangs_or_dies(prompt, response, answer, **fields):
+    """Real misbehaviour keyed by the response: `spin` loops forever on the CPU, `sleep` blocks forever,
+    `die` ends the process, `raise` raises; anything else scores 1."""
+    import os
+    import time
+
+    if response == "spin":
+        while True:
+            pass
+    if response == "sleep":
+        time.sleep(1e6)
+    if response == "die":
+        os._exit(3)
+    if response == "raise":
+        raise ValueError("bad response")
+    return 1.0
+
+
+def spins_on_some(prompt, response, answer, **fields):
+    """For training: hangs (CPU loop) on responses of length 1 mod 4, ends its process on 3 mod 4."""
+    import os
+
+    if len(response) % 4 == 1:
+        while True:
+            pass
+    if len(response) % 4 == 3:
+        os._exit(1)
+    return digit_share(prompt, response, answer)

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aspo score", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Score the responses of a JSONL file with a reward and write each record back with `reward` "
-            "(float) and `error` (when one occurred); print a summary.", 100),
+            "(float) and `error` (when one occurred; `infrastructure: ...` when the check could not run, which "
+            "is not a wrong answer); print a summary.", 100),
         epilog="record fields:\n  math: response, answer (number, text, `#### N` or a solution with \\boxed{})\n"
                "  code: response and tests {inputs, outputs[, fn_name]}, or test + entry_point (HumanEval)\n\n"
                "example:\n  aspo score --reward math --input samples.jsonl --output scored.jsonl")
@@ -36,17 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, type=Path, help="JSONL with one record per line")
     parser.add_argument("--output", required=True, type=Path, help="JSONL to write (records + reward [+ error])")
     parser.add_argument("--workers", type=int, default=None, help="parallel checks (default: cores; code, math)")
+    parser.add_argument("--reward-timeout", type=float, default=None, metavar="S",
+                        help="seconds a path/file.py:fn reward may take per record (default 60; 0: no bound)")
     return parser
 
 
 def main(argv: list[str]) -> int:
     from aspo.data import read_jsonl
-    from aspo.rewards import get_reward, score_records
+    from aspo.rewards import check_infra, get_reward, score_records
 
     args = build_parser().parse_args(argv)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
-    fn = get_reward(args.reward)  # a bad name fails before any work
+    fn = get_reward(args.reward, timeout=args.reward_timeout)  # a bad name or no sandbox fails before any work
     records = read_jsonl(args.input)
     for lineno, record in enumerate(records, 1):
         if not isinstance(record.get("response"), str):
@@ -54,7 +57,7 @@ def main(argv: list[str]) -> int:
     if args.output.resolve() == args.input.resolve():
         raise UserError("--output must differ from --input (the input would be overwritten while read)")
     start = time.monotonic()
-    results = score_records(fn, records, workers=args.workers)
+    results = score_records(fn, records, workers=args.workers, stop_on_infra=False)
     elapsed = time.monotonic() - start
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("w", encoding="utf-8") as f:
@@ -65,6 +68,7 @@ def main(argv: list[str]) -> int:
                 out["error"] = result.error
             f.write(json.dumps(out, ensure_ascii=False) + "\n")
     print(_summary(args.reward, results, elapsed, args.output))
+    check_infra(results)  # after writing: the records that did score are kept
     return 0
 
 
@@ -76,7 +80,8 @@ def _summary(reward: str, results: list, elapsed: float, output: Path) -> str:
     full = sum(r.reward >= 1.0 for r in results)
     errors = Counter(r.error.split(":")[0] for r in results if r.error)
     lines = [f"aspo score ({reward}): {n} records in {elapsed:.1f}s ({n / max(elapsed, 1e-9):.1f}/s)",
-             f"  mean reward {mean:.4f}; reward >= 1: {full}/{n} ({full / n:.1%}); errors: {sum(errors.values())}"]
+             f"  mean reward {mean:.4f}; reward >= 1: {full}/{n} ({full / n:.1%}); errors: {sum(errors.values())} "
+             f"(of which could not run: {sum(r.infra for r in results)})"]
     lines += [f"    {count:>6}  {kind}" for kind, count in errors.most_common(5)]
     lines.append(f"  wrote {output}")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aspo.errors import UserError
+from aspo.errors import RewardInfraError, SandboxUnavailable, UserError
 
 RewardFn = Callable[..., float]
 
@@ -36,6 +36,7 @@ BUILTIN_REWARDS: dict[str, str] = {
 class ScoreResult:
     reward: float
     error: str | None = None
+    infra: bool = False  # the check could not run (sandbox/host failure): not a verdict on the response
 
 
 def register_reward(name: str, target: str) -> None:
@@ -67,17 +68,34 @@ def _load_file_function(spec: str) -> RewardFn:
     return fn
 
 
-def get_reward(spec: str | RewardFn) -> RewardFn:
-    """Resolve a reward name, ``file.py:function`` spec, or callable into a callable."""
+def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardFn:
+    """Resolve a reward name, ``file.py:function`` spec, or callable into a callable.
+
+    A ``file.py:function`` runs in a worker process, each call bounded by ``timeout`` seconds (default
+    ``bounded.DEFAULT_TIMEOUT``; 0: in this process, unbounded). A reward that needs something from the
+    host (``code``: an isolating sandbox) checks it here, so a run fails at start-up rather than mid-way.
+    """
     if callable(spec):
-        return spec
-    if spec in BUILTIN_REWARDS:
-        return _load_target(BUILTIN_REWARDS[spec])
-    if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
-        return _load_file_function(spec)
-    raise UserError(
-        f"unknown reward {spec!r}; valid names: {', '.join(sorted(BUILTIN_REWARDS))}, or path/file.py:function"
-    )
+        fn = spec
+    elif spec in BUILTIN_REWARDS:
+        fn = _load_target(BUILTIN_REWARDS[spec])
+    elif ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+        fn = _load_file_function(spec)  # imported here too: a broken file is a UserError at start-up
+        from aspo.rewards.bounded import DEFAULT_TIMEOUT, BoundedReward
+
+        timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        if timeout < 0:
+            raise UserError(f"reward_timeout={timeout!r} must be >= 0 (0: no bound)")
+        if timeout > 0:
+            fn = BoundedReward(spec, fn, timeout)
+    else:
+        raise UserError(
+            f"unknown reward {spec!r}; valid names: {', '.join(sorted(BUILTIN_REWARDS))}, or path/file.py:function"
+        )
+    preflight = getattr(fn, "preflight", None)
+    if preflight is not None:
+        preflight()
+    return fn
 
 
 def call_reward(fn: RewardFn, record: Mapping[str, Any]) -> ScoreResult:
@@ -90,6 +108,8 @@ def call_reward(fn: RewardFn, record: Mapping[str, Any]) -> ScoreResult:
         fields = {k: v for k, v in fields.items() if k in params}
     try:
         value = float(fn(**kwargs, **fields))
+    except SandboxUnavailable:
+        raise  # nothing may run here: not a score
     except Exception as err:  # untrusted / user code: count it, never crash the run
         return ScoreResult(0.0, f"{type(err).__name__}: {err}")
     if value != value or value in (float("inf"), float("-inf")):
@@ -98,11 +118,28 @@ def call_reward(fn: RewardFn, record: Mapping[str, Any]) -> ScoreResult:
 
 
 def score_records(spec: str | RewardFn, records: Iterable[Mapping[str, Any]], *,
-                  workers: int | None = None) -> list[ScoreResult]:
-    """Score records (each with ``prompt``, ``response``, ``answer`` and any other fields)."""
+                  workers: int | None = None, stop_on_infra: bool = True) -> list[ScoreResult]:
+    """Score records (each with ``prompt``, ``response``, ``answer`` and any other fields).
+
+    A result with ``infra=True`` is a check that could not run; when most of the batch is, this raises
+    RewardInfraError (unless ``stop_on_infra=False``)."""
     records = list(records)
     fn = get_reward(spec)
     batch = getattr(inspect.getmodule(fn), "score_batch", None)
     if batch is not None and getattr(batch, "reward_fn", None) is fn:
-        return batch(records, workers=workers)
-    return [call_reward(fn, r) for r in records]
+        results = batch(records, workers=workers)
+    else:
+        results = [call_reward(fn, r) for r in records]
+    if stop_on_infra:
+        check_infra(results)
+    return results
+
+
+def check_infra(results: list[ScoreResult]) -> None:
+    """Raise RewardInfraError when most checks of a batch could not run (each was already retried once):
+    their zeros would say nothing about the responses."""
+    failed = [r for r in results if r.infra]
+    if len(failed) >= 2 and len(failed) > len(results) / 2:
+        raise RewardInfraError(f"{len(failed)} of {len(results)} reward checks could not run (retried once "
+                               f"each), e.g. {failed[0].error}. Stopping rather than scoring them as wrong: "
+                               "check the machine's free memory and process limits, and the sandbox set-up.")

@@ -29,7 +29,7 @@ from typing import Any
 
 from aspo.errors import UserError
 from aspo.rewards import ScoreResult
-from aspo.rewards.sandbox import Limits, run_python
+from aspo.rewards.sandbox import Limits, SandboxUnavailable, isolation, run_python
 
 _HARNESS = (Path(__file__).parent / "sandbox" / "harness.py").read_text()
 _FENCE = re.compile(r"^\s*```[ \t]*([\w+-]*)[ \t]*$")
@@ -146,7 +146,10 @@ def _build_spec(record: Mapping[str, Any], case_timeout: float) -> tuple[dict, d
 
 def check_code(record: Mapping[str, Any], *, limits: Limits | None = None,
                backend: str | None = None, reuse: bool | None = None) -> ScoreResult:
-    """Score one record in a fresh sandbox. Reward 1.0 iff every test passes; error says why not."""
+    """Score one record in a fresh sandbox. Reward 1.0 iff every test passes; error says why not.
+
+    A check that could not run (the sandbox or the harness failed before the candidate ran, the host
+    refused a fork) is retried once, then returned with ``infra=True``: never a wrong answer."""
     case_timeout = float(record.get("time_limit") or DEFAULT_CASE_TIMEOUT)
     spec, tests = _build_spec(record, case_timeout)
     n_cases = len(spec.get("inputs", [None]))
@@ -154,17 +157,37 @@ def check_code(record: Mapping[str, Any], *, limits: Limits | None = None,
     # timeout should fire first
     limits = limits or replace(DEFAULT_LIMITS, cpu_seconds=min(case_timeout * n_cases + 1, 300.0),
                                wall_seconds=min(case_timeout * n_cases + 5.0, 300.0))
+    files = {"harness.py": _HARNESS, "spec.marshal": marshal.dumps(spec)}
+    for _attempt in range(2):
+        result = _run_check(files, spec, tests, limits, backend, reuse)
+        if not result.infra:
+            break
+    return result
+
+
+def _run_check(files: dict, spec: dict, tests: dict | None, limits: Limits, backend: str | None,
+               reuse: bool | None) -> ScoreResult:
     nonce = secrets.token_hex(16)
-    run = run_python({"harness.py": _HARNESS, "spec.marshal": marshal.dumps(spec)}, "harness.py",
-                     stdin=(nonce + "\n").encode(), limits=limits, backend=backend,
-                     reuse=reuse)
+    try:
+        run = run_python(files, "harness.py", stdin=(nonce + "\n").encode(), limits=limits, backend=backend,
+                         reuse=reuse)
+    except OSError as err:  # SandboxUnavailable is not an OSError: it propagates (nothing may run here)
+        return ScoreResult(0.0, f"infrastructure: the sandbox could not start: {err}", infra=True)
+    lines = [ln[len(nonce):] for ln in run.stdout.decode(errors="replace").splitlines() if ln.startswith(nonce)]
+    if "+" not in lines and run.stderr != b"sandbox server lost":  # (lost: the candidate killed its server)
+        tail = run.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        why = "timed out" if run.timed_out else f"exit {run.returncode}"
+        return ScoreResult(0.0, f"infrastructure: the harness did not start ({why}){': ' + tail[0] if tail else ''}",
+                           infra=True)
     if run.breach:
         return ScoreResult(0.0, run.breach)
-    lines = [ln for ln in run.stdout.decode(errors="replace").splitlines() if ln.startswith(nonce)]
+    lines = [ln for ln in lines if ln != "+"]
     if not lines:
         tail = run.stderr.decode(errors="replace").strip().splitlines()[-1:]
         return ScoreResult(0.0, f"no result from the sandbox (exit {run.returncode}){': ' + tail[0] if tail else ''}")
-    result = json.loads(lines[-1][len(nonce):])
+    result = json.loads(lines[-1])
+    if result.get("infra"):
+        return ScoreResult(0.0, f"infrastructure: {result['infra']}", infra=True)
     status = result["status"]
     failed = [i for i, s in enumerate(status) if s != "ok"]
     if failed:
@@ -172,6 +195,7 @@ def check_code(record: Mapping[str, Any], *, limits: Limits | None = None,
         return ScoreResult(0.0, f"test {failed[0]}: {status[failed[0]]}{detail}")
     if spec["mode"] == "check":
         return ScoreResult(1.0)
+    assert tests is not None
     got = result["outputs"] if spec["mode"] == "stdio" else result["returns"]
     match = outputs_match if spec["mode"] == "stdio" else returns_match
     if len(got) != len(tests["outputs"]):
@@ -190,6 +214,9 @@ def code_reward(prompt: str = "", response: str = "", answer: Any = None, *, tes
     return check_code(record).reward
 
 
+code_reward.preflight = isolation  # type: ignore[attr-defined]  # get_reward: refuse at start-up, not mid-run
+
+
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -201,6 +228,8 @@ def score_batch(records: Iterable[Mapping[str, Any]], workers: int | None = None
     def one(record: Mapping[str, Any]) -> ScoreResult:
         try:
             return check_code(record)
+        except SandboxUnavailable:
+            raise
         except Exception as err:  # a malformed record scores 0 with its reason, the batch goes on
             return ScoreResult(0.0, f"{type(err).__name__}: {err}")
 

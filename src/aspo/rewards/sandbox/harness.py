@@ -1,8 +1,9 @@
 # ruff: noqa: UP031  (runs on whatever python3 the sandbox has: plain %-formatting)
 """Test runner executed INSIDE the sandbox (stdlib only; never imported by the scorer).
 
-Reads ``spec.marshal`` (written by the scorer) next to it and a one-line nonce on stdin, runs the candidate, and writes one result
-line ``<nonce><json>`` to the original stdout. The candidate's own output goes elsewhere, and it never sees
+Reads ``spec.marshal`` (written by the scorer) next to it and a one-line nonce on stdin, writes
+``<nonce>+`` (started) and, after running the candidate, one result line ``<nonce><json>`` to the original
+stdout. The candidate's own output goes elsewhere, and it never sees
 the expected outputs of stdin/stdout or function-call tests: those are compared by the scorer outside.
 It avoids importing ``json`` (and with it ``re``), which would double the start-up time of a check.
 
@@ -23,6 +24,7 @@ import sys
 
 RESULT_FD = os.dup(1)
 NONCE = sys.stdin.readline().strip()
+os.write(RESULT_FD, (NONCE + "+\n").encode())  # "started": failures before this are the host's, not the candidate's
 
 
 class _Timeout(BaseException):  # BaseException: candidate `except Exception` must not swallow it
@@ -90,7 +92,11 @@ def _run_stdio(spec):
         out_path = os.path.join(os.getcwd(), ".out_%d" % i)
         with open(in_path, "w") as f:
             f.write(text)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as err:  # the harness's own fork: the host (or an earlier case's leftovers) refused it
+            _emit({"outputs": outputs, "status": status, "infra": "harness fork refused: %s" % err})
+            return
         if pid == 0:
             fd_in = os.open(in_path, os.O_RDONLY)
             fd_out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -112,7 +112,7 @@ def clean_env(home: str) -> dict[str, str]:
     return {"PATH": _SAFE_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
 
 
-def _probe_bwrap() -> str | None:
+def bwrap_problem() -> str | None:
     """None when bwrap can create the sandbox here; otherwise why not."""
     if shutil.which("bwrap") is None:
         return "bubblewrap (bwrap) is not installed"
@@ -151,7 +151,7 @@ def isolation(backend: str | None = None) -> Isolation:
 @functools.lru_cache(maxsize=3)
 def _isolation(backend: str | None) -> Isolation:
     if backend != "unsafe":
-        reason = _probe_bwrap()
+        reason = bwrap_problem()
         if reason is None:
             return Isolation("bwrap", _is_root(), _COMMON + ("processes (RLIMIT_NPROC)", "no network",
                                                              "read-only system", "private /tmp", "PID namespace"))

@@ -127,7 +127,10 @@ class ZygotePool:
         try:
             zygote = self._idle.get_nowait()
         except queue.Empty:
-            zygote = _Zygote(limits.tmpfs_bytes)
+            try:
+                zygote = _Zygote(limits.tmpfs_bytes)
+            except (TimeoutError, ZygoteError, ValueError) as err:  # the host's failure: no candidate ran yet
+                raise OSError(f"sandbox server failed to start: {type(err).__name__}: {err}") from err
             with self._lock:
                 self._count += 1
         request = {"files": {k: v.decode("latin-1") for k, v in files.items()}, "main": main,
