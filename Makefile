@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint
+.PHONY: demo test lint sandbox
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,trl]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) sandbox
 	$(VENV)/bin/aspo train
 
-test: $(STAMP)
+test: $(STAMP) sandbox
 	$(PY) -m pytest -q
 
 # ruff (lint + format check) on everything, mypy on the pure modules listed in pyproject.toml
@@ -26,6 +26,21 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
+
+# bubblewrap: the code reward's sandbox (it refuses to run model-written programs without one). Silent when
+# present; installed with apt-get as root; otherwise prints the command to run. Never fails the build.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap (the code reward's sandbox) with apt-get"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; } || \
+	      echo "could not install bubblewrap; run: apt-get update && apt-get install bubblewrap"; \
+	  else \
+	    echo "note: bubblewrap (bwrap) is missing, so the code reward will refuse to run programs. Install it:"; \
+	    echo "  sudo apt-get install bubblewrap   (Fedora: sudo dnf install bubblewrap; Arch: sudo pacman -S bubblewrap)"; \
+	  fi; }
 
 # `make test-verl`: the verl plug-in against the real `verl` package, in its own venv (.venv-verl),
 # because verl 0.9.1 pins transformers<5.11 while the main .venv has 5.2x. CPU torch first (as above),
