@@ -101,3 +101,19 @@ def no_bwrap(monkeypatch, tmp_path):
     host._isolation.cache_clear()
     yield
     host._isolation.cache_clear()
+
+
+@pytest.fixture
+def model_code_sandbox(monkeypatch):
+    """For tests that run model-written programs: the real sandbox, else (as root) the unsafe mode's
+    throw-away uid; as a normal user without bubblewrap they are skipped, never run as the user."""
+    import os
+
+    from aspo.rewards.sandbox import host
+
+    if not _sandbox_state()[0]:
+        if os.geteuid() != 0:
+            pytest.skip("model-written programs need bubblewrap (or root for a throw-away uid)")
+        monkeypatch.setenv("ASPO_SANDBOX", "unsafe")
+    yield
+    host._isolation.cache_clear()

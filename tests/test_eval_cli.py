@@ -101,7 +101,7 @@ def test_eval_math_records_answers_for_maj(model_dir, tmp_path):
     assert all("answer" in row for row in _rows(out))
 
 
-def test_eval_humaneval_through_the_sandbox(model_dir, tmp_path):
+def test_eval_humaneval_through_the_sandbox(model_dir, tmp_path, model_code_sandbox):
     out = tmp_path / "ev"
     assert main(["eval", "--model", str(model_dir), "--data", "humaneval", "--limit", "2", "--n", "2",
                  "--max-new-tokens", "4", "--output", str(out)]) == 0
