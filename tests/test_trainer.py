@@ -176,3 +176,16 @@ def test_code_reward_without_a_sandbox_stops_before_training(no_bwrap, tiny_run_
     with pytest.raises(SandboxUnavailable, match="ASPO_SANDBOX=unsafe"):
         Trainer(cfg, progress=False)
     assert not (tmp_path / "code").exists()  # nothing started: no run directory, no model loaded
+
+
+def test_groups_with_checks_that_could_not_run_are_left_out_of_the_update(tiny_run_inputs, tmp_path):
+    out = tmp_path / "infra"
+    cfg = load_config(None, tiny_overrides(tiny_run_inputs, out, f"reward={DATA / 'verifier_service.py'}:digits",
+                                           "reward_timeout=0", "train.steps=2", "train.plots=false",
+                                           "algorithm.filter_groups=false"))
+    trainer = Trainer(cfg, progress=False)
+    records = [trainer.train_records[i] for i in trainer.prompt_indices(0)]
+    batch, advantages, metrics = trainer.collect(0)
+    assert metrics["reward/infra_errors"] == len(records) * cfg.rollout.n / 8
+    # every group is kept (filter_groups=false) except the two with a check that could not run
+    assert metrics["groups/valid"] == len(records) - 2 and len(advantages) == (len(records) - 2) * cfg.rollout.n

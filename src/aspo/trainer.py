@@ -175,6 +175,9 @@ class Trainer:
             has_signal = grouped.max(1).values > grouped.min(1).values
             advantages = compute_advantages(alg.advantage, rewards, rollout.group_ids)
             keep = has_signal.repeat_interleave(cfg.rollout.n) if alg.filter_groups else torch.ones_like(raw).bool()
+            # a check that could not run is no verdict: its group has no trustworthy baseline, leave it out
+            unscored = torch.tensor([r.infra for r in results]).view(len(records), -1).any(1)
+            keep = keep & ~unscored.repeat_interleave(cfg.rollout.n)
             rows = keep.nonzero().squeeze(-1)
             rounds.append({
                 "rollout": rollout, "kept": rollout.select(rows), "advantages": advantages[rows], "raw": raw,
@@ -212,7 +215,9 @@ class Trainer:
         if gaps:
             metrics["rollout/logprob_abs_diff"] = float(np.mean(gaps))
         if errors and self.is_main:
-            warnings.warn(f"step {step}: {errors} reward call(s) raised; those responses got 0", stacklevel=2)
+            infra = int(metrics["reward/infra_errors"])
+            warnings.warn(f"step {step}: {errors} reward call(s) failed ({infra} could not run at all); those "
+                          "responses got 0", stacklevel=2)
         return batch, adv, metrics
 
     @torch.no_grad()

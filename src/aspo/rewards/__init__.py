@@ -72,7 +72,8 @@ def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardF
     """Resolve a reward name, ``file.py:function`` spec, or callable into a callable.
 
     A ``file.py:function`` runs in a worker process, each call bounded by ``timeout`` seconds (default
-    ``bounded.DEFAULT_TIMEOUT``; 0: in this process, unbounded). A reward that needs something from the
+    ``bounded.DEFAULT_TIMEOUT``; 0: in this process, unbounded, and its module's ``score_batch`` is used
+    when it has one). A reward that needs something from the
     host (``code``: an isolating sandbox) checks it here, so a run fails at start-up rather than mid-way.
     """
     if callable(spec):
@@ -125,7 +126,8 @@ def score_records(spec: str | RewardFn, records: Iterable[Mapping[str, Any]], *,
     RewardInfraError (unless ``stop_on_infra=False``)."""
     records = list(records)
     fn = get_reward(spec)
-    batch = getattr(inspect.getmodule(fn), "score_batch", None)
+    # the function's own module (a file reward's is not in sys.modules, so not inspect.getmodule)
+    batch = (getattr(fn, "__globals__", None) or {}).get("score_batch")
     if batch is not None and getattr(batch, "reward_fn", None) is fn:
         results = batch(records, workers=workers)
     else:
