@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 
-from aspo.rewards.sandbox import host
+import aspo.rewards.sandbox.host as host
 from aspo.rewards.sandbox.limits import Limits, RunResult
 
 # Runs inside the sandbox: set the limits, then execute the script named in argv as __main__.

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from aspo.rewards.sandbox import host
+import aspo.rewards.sandbox.host as host
 from aspo.rewards.sandbox.limits import Limits, RunResult
 
 _SERVER = Path(__file__).with_name("zygote_main.py").read_text()
