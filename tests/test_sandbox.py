@@ -36,19 +36,28 @@ def _modes() -> list[str]:
             out += ["bwrap", "zygote"]  # one sandbox per run / forks of a persistent sandboxed server
     except sandbox.SandboxUnavailable:
         pass
+    try:
+        if sandbox.isolation("unshare").backend == "unshare":
+            out.append("unshare")  # the namespaces backend for hosts without bwrap
+    except sandbox.SandboxUnavailable:
+        pass
     return out
 
 
 MODES = _modes()
-_KWARGS = {"unsafe": {"backend": "unsafe", "reuse": False}, "bwrap": {"backend": "bwrap", "reuse": False},
+_KWARGS = {"unsafe": {"backend": "unsafe", "reuse": False}, "unshare": {"backend": "unshare", "reuse": False}, "bwrap": {"backend": "bwrap", "reuse": False},
            "zygote": {"backend": "bwrap", "reuse": True}}
 
 
-@pytest.fixture(params=["unsafe", "bwrap", "zygote"])
+_WHY_NOT = {"unsafe": "unsafe mode runs hostile code only as root (as a throw-away uid)",
+            "unshare": "util-linux unshare cannot build the namespaces sandbox here",
+            "bwrap": "bubblewrap unusable here (not installed, or no user namespaces)"}
+
+
+@pytest.fixture(params=["unsafe", "unshare", "bwrap", "zygote"])
 def backend(request) -> str:
     if request.param not in MODES:
-        pytest.skip("bubblewrap unusable here (not installed, or no user namespaces)" if request.param != "unsafe"
-                    else "unsafe mode runs hostile code only as root (as a throw-away uid)")
+        pytest.skip(_WHY_NOT.get(request.param, _WHY_NOT["bwrap"]))
     return request.param
 
 
@@ -176,7 +185,21 @@ def test_output_flood_is_capped(backend):
     _assert_clean(backend)
 
 
-def test_cannot_write_or_delete_outside_scratch(backend, tmp_path):
+@pytest.fixture
+def visible_dir():
+    """A host directory the sandbox can see (pytest's tmp_path lies under /tmp, which the namespace
+    backends replace with their own tmpfs, so an attack there would fail for the wrong reason)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="aspo-victim-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
+    yield path
+    shutil.rmtree(path)
+
+
+def test_cannot_write_or_delete_outside_scratch(backend, visible_dir):
+    tmp_path = visible_dir
     if backend == "unsafe":
         # world-writable places stay writable there (documented); attack a root-owned file instead
         os.chmod(tmp_path, 0o755)
@@ -184,7 +207,7 @@ def test_cannot_write_or_delete_outside_scratch(backend, tmp_path):
         os.chmod(tmp_path, 0o777)  # even a world-writable host dir must be read-only inside bwrap
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
-    os.chmod(victim, 0o666 if backend == "bwrap" else 0o644)
+    os.chmod(victim, 0o644 if backend == "unsafe" else 0o666)
     escape = f"/tmp/aspo-escape-{os.getpid()}"
     result = _run(f"""
         import os
@@ -197,7 +220,7 @@ def test_cannot_write_or_delete_outside_scratch(backend, tmp_path):
                 print('ESCAPED')
             except OSError:
                 print('blocked')
-        if {backend == 'bwrap'!r}:
+        if {backend in ('bwrap', 'unshare')!r}:
             open({escape!r}, 'w').write('x')  # lands in the sandbox's private /tmp, not the host's
         open('scratch.txt', 'w').write('fine')  # its own scratch dir is writable
         print(open('scratch.txt').read())

@@ -26,7 +26,7 @@ logger = logging.getLogger("aspo.rewards.sandbox")
 
 JOB_DIR_INSIDE = "/tmp/.job"  # where bwrap mounts the (read-only) job files
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-BACKENDS = ("bwrap", "unsafe")
+BACKENDS = ("bwrap", "unshare", "unsafe")
 
 INSTALL_HINT = ("Install bubblewrap: `sudo apt-get install bubblewrap` (Debian/Ubuntu), `sudo dnf install "
                 "bubblewrap` (Fedora), or `make sandbox` in the repository; it needs a kernel that allows "
@@ -100,9 +100,8 @@ def bwrap_args(limits: Limits, job_dir: str) -> list[str]:
             "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
             "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp",
             "--ro-bind", job_dir, JOB_DIR_INSIDE, "--chdir", "/tmp", "--clearenv"]
-    home = os.path.expanduser("~")
-    if not _is_root() and home not in ("/", "") and not sandbox_python().startswith(home + os.sep):
-        args += ["--tmpfs", home]  # same uid inside: hide the user's files (keys, tokens)
+    if hidden_home():
+        args += ["--tmpfs", hidden_home()]
     for key, value in clean_env("/tmp").items():
         args += ["--setenv", key, value]
     return args + ["--"]
@@ -151,12 +150,16 @@ def isolation(backend: str | None = None) -> Isolation:
 @functools.lru_cache(maxsize=3)
 def _isolation(backend: str | None) -> Isolation:
     if backend != "unsafe":
-        reason = bwrap_problem()
-        if reason is None:
-            return Isolation("bwrap", _is_root(), _COMMON + ("processes (RLIMIT_NPROC)", "no network",
-                                                             "read-only system", "private /tmp", "PID namespace"))
+        reasons = []
+        for name, problem in (("bwrap", bwrap_problem), ("unshare", unshare_problem)):
+            if backend in (None, name):
+                reason = problem()
+                if reason is None:
+                    return Isolation(name, _is_root(), _COMMON + ("no network", "read-only system", "private /tmp",
+                                                                  "PID namespace", "no capabilities"))
+                reasons.append(reason)
         raise SandboxUnavailable(f"code sandbox: refusing to run model-written programs without isolation: "
-                                 f"{reason}. {INSTALL_HINT}. {UNSAFE_HINT}.")
+                                 f"{'; '.join(reasons)}. {INSTALL_HINT}. {UNSAFE_HINT}.")
     iso = _unsafe_isolation()
     logger.warning(iso.warning)
     return iso
@@ -180,6 +183,38 @@ def _unsafe_isolation() -> Isolation:
                  "privacy of your processes (it may signal or read other processes you own)",
                  "an exact process cap (your other processes starting meanwhile shrink it)"]
     return Isolation("unsafe", _is_root(), enforced, tuple(gaps), "ASPO_SANDBOX=unsafe")
+
+
+def hidden_home() -> str:
+    """The user's home, hidden behind an empty tmpfs in the sandbox (same uid inside: keys, tokens)."""
+    home = os.path.expanduser("~")
+    if _is_root() or home in ("/", "") or sandbox_python().startswith(home + os.sep):
+        return ""
+    return home
+
+
+def unshare_problem() -> str | None:
+    """None when util-linux ``unshare`` can build the namespaces sandbox here; otherwise why not."""
+    from aspo.rewards.sandbox.namespaces import unshare_args
+
+    if shutil.which("unshare") is None:
+        return "util-linux unshare is not installed"
+    job = tempfile.mkdtemp(prefix="aspo-probe-")
+    os.chmod(job, 0o755)
+    user = UIDS.acquire()
+    try:
+        python = sandbox_python()
+        proc = subprocess.run(unshare_args(job, 1 << 20, hidden_home(), python) + [python, "-S", "-c", "pass"],
+                              capture_output=True, timeout=20, env=clean_env("/tmp"), **user_kwargs(user))
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unshare failed to start: {err}"
+    finally:
+        UIDS.release(user)
+        shutil.rmtree(job, ignore_errors=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        return f"unshare cannot build the namespaces sandbox here: {tail[0][:200] if tail else proc.returncode}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -282,9 +317,18 @@ def kill_tree(proc: subprocess.Popen, uid: int | None, backend: str, info_fd: in
 
     bwrap: SIGKILL the PID namespace's init (its pid comes from ``--info-fd``); the kernel then kills the
     rest of the namespace and bwrap exits having reaped it (killing bwrap itself first would leave the
-    namespace's processes as zombies for the host's init to reap). unsafe as root: kill every process of
-    the run's uid. unsafe otherwise: kill the session.
+    namespace's processes as zombies for the host's init to reap). unshare: the same, its namespace's
+    init being unshare's child. unsafe as root: kill every process of the run's uid. unsafe otherwise:
+    kill the session.
     """
+    if backend == "unshare" and proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                for pid in f.read().split():
+                    os.kill(int(pid), signal.SIGKILL)
+            wait_exit(proc, 2.0)
+        except (OSError, ValueError):
+            pass
     if backend == "bwrap" and proc.poll() is None and info_fd >= 0:
         inner = _namespace_init_pid(info_fd)
         if inner is not None:
@@ -293,14 +337,14 @@ def kill_tree(proc: subprocess.Popen, uid: int | None, backend: str, info_fd: in
                 wait_exit(proc, 2.0)
             except (ProcessLookupError, PermissionError):
                 pass
-    if proc.poll() is None or (backend != "bwrap" and uid is None):
+    if proc.poll() is None or (backend == "unsafe" and uid is None):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
     if proc.poll() is None:
         proc.kill()
-    if uid is not None and backend != "bwrap":
+    if uid is not None and backend == "unsafe":
         _kill_uid(uid)
     proc.wait()
 

@@ -1,7 +1,8 @@
 """One sandboxed run of a Python program: ``run_python``.
 
 With bwrap and reuse (the default) the run is a fork of a persistent sandboxed server (``zygote``);
-otherwise a fresh sandbox (bwrap) or a fresh unisolated process (``ASPO_SANDBOX=unsafe``) is built for it.
+otherwise a fresh sandbox (bwrap, or namespaces through util-linux unshare) or a fresh unisolated process
+(``ASPO_SANDBOX=unsafe``) is built for it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 import aspo.rewards.sandbox.host as host
 from aspo.rewards.sandbox.limits import Limits, RunResult
+from aspo.rewards.sandbox.namespaces import unshare_args
 
 # Runs inside the sandbox: set the limits, then execute the script named in argv as __main__.
 _BOOTSTRAP = (
@@ -67,13 +69,15 @@ def run_python(files: dict[str, str | bytes], main: str, *, args: list[str] | tu
             data = content.encode() if isinstance(content, str) else content
             with open(os.path.join(job_files, name), "wb") as f:
                 f.write(data)
-        if iso.backend == "bwrap":
+        if iso.backend in ("bwrap", "unshare"):
             os.chmod(job_files, 0o755)
             for name in files:
                 os.chmod(os.path.join(job_files, name), 0o644)
-            main_path, cwd, prefix = f"{host.JOB_DIR_INSIDE}/{main}", job_files, host.bwrap_args(limits, job_files)
+            main_path, cwd = f"{host.JOB_DIR_INSIDE}/{main}", job_files
+            prefix = (host.bwrap_args(limits, job_files) if iso.backend == "bwrap" else
+                      unshare_args(job_files, limits.tmpfs_bytes, host.hidden_home(), host.sandbox_python()))
             env = host.clean_env("/tmp")
-            in_use = 0  # RLIMIT_NPROC counts per user namespace: bwrap starts a fresh one
+            in_use = int(iso.backend == "unshare")  # per user namespace (fresh per run); + unshare's init
         else:
             # scratch dir owned by the run uid; job files sit inside it (the program may read them anyway)
             scratch = job_files
@@ -111,8 +115,8 @@ def run_python(files: dict[str, str | bytes], main: str, *, args: list[str] | tu
         stderr, err_full = _read_capped(paths["stderr"], min(limits.max_output_bytes, 1 << 16))
         err_full = err_full and os.path.getsize(paths["stderr"]) >= limits.max_output_bytes
         returncode = proc.returncode
-        if iso.backend == "bwrap" and returncode is not None and returncode > 128:
-            returncode = 128 - returncode  # bwrap reports a signal death as 128 + signal, like a shell
+        if iso.backend != "unsafe" and returncode is not None and returncode > 128:
+            returncode = 128 - returncode  # a signal death comes back as 128 + signal, like a shell
         return RunResult(returncode, stdout, stderr, timed_out, out_full or err_full, wall)
     finally:
         shutil.rmtree(job, ignore_errors=True)
