@@ -57,20 +57,23 @@ def tiny_overrides(root, out_dir, *extra):
 
 @functools.lru_cache(maxsize=1)
 def _sandbox_state() -> tuple[bool, str]:
-    """(bwrap usable, one line for the pytest header naming which sandbox tests run here)."""
+    """(an isolating backend works, one line for the pytest header naming which sandbox tests run here)."""
     import os
 
-    from aspo.rewards.sandbox.host import bwrap_problem
+    from aspo.rewards.sandbox.host import bwrap_problem, unshare_problem
 
-    problem = bwrap_problem()
-    root = os.geteuid() == 0
-    if problem is None:
-        runs = "bwrap, zygote" + (" and unsafe (as root)" if root else "")
-        return True, f"code sandbox: bubblewrap works; hostile-program tests run on {runs}"
-    unsafe = "the unsafe mode as root (throw-away uid)" if root else "none (unsafe mode is only attacked as root)"
-    return False, (f"code sandbox: {problem}; hostile-program tests run on {unsafe}, the bwrap/zygote ones are "
-                   "SKIPPED; code-reward tests run this repository's own programs with ASPO_SANDBOX=unsafe. "
-                   "Install bubblewrap (`make sandbox`) to test the isolated path")
+    problems = {"bwrap": bwrap_problem(), "unshare": unshare_problem()}
+    runs = [name for name, problem in problems.items() if problem is None]
+    runs += ["zygote"] if "bwrap" in runs else []
+    runs += ["unsafe (as root, throw-away uid)"] if os.geteuid() == 0 else []
+    missing = "; ".join(f"{name}: {problem}" for name, problem in problems.items() if problem is not None)
+    line = f"code sandbox: hostile-program tests run on {', '.join(runs) or 'nothing'}"
+    if missing:
+        line += f"; SKIPPED for {missing}"
+    if problems["bwrap"] is not None and problems["unshare"] is not None:
+        line += ("; code-reward tests run this repository's own programs with ASPO_SANDBOX=unsafe. Install "
+                 "bubblewrap (`make sandbox`) to test the isolated path")
+    return problems["bwrap"] is None or problems["unshare"] is None, line
 
 
 def pytest_report_header(config):

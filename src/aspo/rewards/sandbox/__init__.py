@@ -4,8 +4,8 @@ The public face is small: :func:`run_python` runs one program under :class:`Limi
 :class:`RunResult`; :func:`isolation` says which backend is in use and what it enforces, and raises
 :class:`SandboxUnavailable` where nothing here can isolate a program. The parts:
 
-* ``host`` -- backend choice (``ASPO_SANDBOX=bwrap|unsafe``), bwrap arguments, per-run uids, killing a
-  run's whole process tree;
+* ``host`` -- backend choice (``ASPO_SANDBOX=bwrap|unshare|unsafe``), bwrap arguments, per-run uids,
+  killing a run's whole process tree; ``namespaces`` -- the same sandbox through util-linux ``unshare``;
 * ``run`` -- one run: a fork of a persistent sandboxed server (``zygote``, the default with bwrap) or a
   fresh sandbox/process per run (``reuse=False`` or ``ASPO_SANDBOX_REUSE=0``);
 * ``zygote`` / ``zygote_main`` -- that server, outside and inside the sandbox; ``harness`` -- the test
@@ -13,10 +13,11 @@ The public face is small: :func:`run_python` runs one program under :class:`Limi
 
 Backends: ``bwrap`` (bubblewrap: new user, PID, network, IPC and UTS namespaces; the host filesystem
 read-only; a private size-capped tmpfs ``/tmp`` as the only writable place; a scrubbed environment; killing
-the namespace's PID 1 kills every process inside). Without it, programs are refused unless
-``ASPO_SANDBOX=unsafe`` asks for the unisolated mode: rlimits, a scrubbed environment, a private scratch
+the namespace's PID 1 kills every process inside); ``unshare`` (the same namespaces and mounts without
+the bwrap binary). Where neither works, programs are refused unless ``ASPO_SANDBOX=unsafe`` asks for the
+unisolated mode: rlimits, a scrubbed environment, a private scratch
 directory and its own session, and no isolation of the network or of your files (the gaps are listed in
-:func:`isolation` and logged). In both, when the scorer runs as root the program runs as a throw-away uid
+:func:`isolation` and logged). In every mode, when the scorer runs as root the program runs as a throw-away uid
 unique to the run slot. Limits (set by a tiny bootstrap before any untrusted code runs): CPU seconds,
 address space, processes+threads (counted above what the uid already runs), bytes per written file (which
 also caps stdout/stderr), open files; the wall-clock limit is enforced from outside by killing the tree.

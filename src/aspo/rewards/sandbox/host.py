@@ -188,7 +188,7 @@ def _unsafe_isolation() -> Isolation:
 def hidden_home() -> str:
     """The user's home, hidden behind an empty tmpfs in the sandbox (same uid inside: keys, tokens)."""
     home = os.path.expanduser("~")
-    if _is_root() or home in ("/", "") or sandbox_python().startswith(home + os.sep):
+    if _is_root() or home in ("/", "") or sandbox_python().startswith(home + os.sep) or not os.path.isdir(home):
         return ""
     return home
 
