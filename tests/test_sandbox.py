@@ -3,11 +3,10 @@ and the scorer then scores an honest candidate correctly.
 
 Runs on every backend that can be tested safely here: bwrap (one sandbox per run, and forks of a
 persistent sandboxed server) and the namespaces backend built with util-linux unshare when they work, and
-the unisolated mode
-(``ASPO_SANDBOX=unsafe``) when we are root (it then runs programs as a throw-away uid). That mode as a
-normal user cannot contain ``kill(-1)`` or file deletion, so it is never exercised with hostile code. Without
-bwrap and without that opt-in, the hostile programs are refused before they start (asserted on every
-machine, with bwrap and unshare hidden).
+the unisolated mode (``ASPO_SANDBOX=unsafe``) when we are root (it then runs programs as a throw-away
+uid). That mode as a normal user cannot contain ``kill(-1)`` or file deletion, so it is never exercised with
+hostile code. Without an isolating backend and without that opt-in, the hostile programs are refused
+before they start (asserted on every machine, with bwrap and unshare hidden).
 """
 
 from __future__ import annotations
