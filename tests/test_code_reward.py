@@ -159,6 +159,7 @@ def broken_interpreter(monkeypatch):
 
     from aspo.rewards.sandbox import host
 
+    host.isolation()  # chosen (and probed) with the working interpreter: the failure comes mid-run
     tmp_path = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     os.chmod(tmp_path, 0o777)
     counter = tmp_path / "starts"
@@ -183,9 +184,9 @@ def test_a_check_that_could_not_run_is_retried_then_counted_not_wrong(broken_int
     assert (result.reward, result.infra) == (0.0, True)
     assert result.error.startswith("infrastructure: the harness did not start")
     # tried and retried; bwrap's private /dev hides the fake interpreter from it (it then fails to exec)
-    bwrap = isolation().backend == "bwrap"
-    assert ("bwrap: execvp" if bwrap else "cannot allocate") in result.error
-    assert broken_interpreter.read_text().count("x") == (0 if bwrap else 2)
+    backend = isolation().backend
+    assert ("bwrap: execvp" if backend == "bwrap" else "cannot allocate") in result.error
+    assert broken_interpreter.read_text().count("x") == (0 if backend == "bwrap" else 2)
     # an honest wrong answer is still a plain 0, not an infrastructure error
     monkeypatch.delenv("ASPO_SANDBOX_PYTHON")
     host.sandbox_python.cache_clear()

@@ -106,6 +106,7 @@ def test_checks_that_could_not_run_are_marked_and_stop(tmp_path, capsys, monkeyp
     # the sandbox's interpreter missing: every check fails before the harness starts
     from aspo.rewards.sandbox import host
 
+    host.isolation()  # chosen (and probed) with the working interpreter: the failure comes mid-run
     monkeypatch.setenv("ASPO_SANDBOX_PYTHON", "/nonexistent/python3")
     monkeypatch.setenv("ASPO_SANDBOX_REUSE", "0")
     host.sandbox_python.cache_clear()
