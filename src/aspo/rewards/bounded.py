@@ -129,6 +129,7 @@ def _serve() -> None:
             kwargs = _receive(requests)
         except EOFError:
             return
+        reply: tuple[str, Any]
         try:
             reply = ("ok", fn(**kwargs))
         except Exception as err:  # re-raised in the scorer, which scores 0 with it

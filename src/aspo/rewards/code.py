@@ -39,7 +39,9 @@ DEFAULT_LIMITS = Limits(cpu_seconds=DEFAULT_CASE_TIMEOUT, wall_seconds=30.0, mem
 
 def _fenced_blocks(text: str) -> list[tuple[str, str]]:
     """(language, body) of each ``` block, by lines: a fence opens with ```lang and closes with ```."""
-    blocks, lang, body = [], None, []
+    blocks: list[tuple[str, str]] = []
+    lang: str | None = None
+    body: list[str] = []
     for line in text.splitlines(keepends=True):
         fence = _FENCE.match(line)
         if lang is None and fence:

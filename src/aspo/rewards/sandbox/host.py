@@ -173,7 +173,8 @@ def _unsafe_isolation() -> Isolation:
     gaps = ["network isolation (the program can open sockets)",
             "PID namespace (the program can see other processes)"]
     if _is_root():
-        enforced = _COMMON + ("a throw-away uid per run", "files writable only where a stranger uid may write")
+        enforced: tuple[str, ...] = _COMMON + ("a throw-away uid per run",
+                                               "files writable only where a stranger uid may write")
         gaps.append("read-only filesystem: world-writable places such as /tmp, /var/tmp and /dev/shm stay "
                     "writable")
     else:
