@@ -36,6 +36,7 @@ BUILTIN_REWARDS: dict[str, str] = {
 class ScoreResult:
     reward: float
     error: str | None = None
+    answer: str | None = None  # the extracted final answer that earned the reward (rewards that extract one)
 
 
 def register_reward(name: str, target: str) -> None:
