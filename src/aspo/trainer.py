@@ -83,6 +83,8 @@ class Trainer:
             self.model, self.tokenizer, self.task = load_policy(cfg)
         self.model.to(self.accelerator.device)
         self.train_records, self.test_records = load_data(cfg, self.task)
+        for record in self.train_records[:1] + self.test_records[:1]:  # bad prompt settings fail now, not mid-run
+            self.format(record)
         self.reward = get_reward(cfg.reward or cfg.task)
         self.max_new_tokens = cfg.rollout.max_new_tokens or (self.task.max_new_tokens if self.task else 256)
         self.ref_model = None
