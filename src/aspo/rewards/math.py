@@ -94,6 +94,7 @@ def serve_stdio() -> None:
     replies.write("ready\n")  # start-up (imports) must not eat into the first check's deadline
     replies.flush()
     for line in sys.stdin:
+        reply: list[Any]
         try:
             reply = [_verify_texts(*json.loads(line)), None]
         except Exception as err:  # report, keep serving

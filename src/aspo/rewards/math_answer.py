@@ -113,20 +113,20 @@ def as_number(text: str) -> str | None:
     if match is None or _UNITS.fullmatch(text[match.end():]) is None or _HEDGE.search(text[match.end():]):
         return None
     number = match.group(0).strip()
-    sign, numerator, denominator = None, None, None
+    exponent = re.fullmatch(r"([-+]?\s*[\d.,]+)[eE]([-+]?\d+)", number)
+    if exponent:  # math-verify reads 4.5e33 as 4.5 * e * 33
+        number = f"{exponent.group(1)} \\times 10^{{{int(exponent.group(2))}}}"
     if match.group(1) is not None:  # \frac{a}{b}
         sign, numerator, denominator = match.group(1), match.group(2) or match.group(3), match.group(4) or match.group(5)
     elif match.group(6) is not None:  # a/b
         sign, numerator, denominator = "", match.group(6), match.group(7)
-    exponent = re.fullmatch(r"([-+]?[\d.,]+)[eE]([-+]?\d+)", number)
-    if exponent:  # math-verify reads 4.5e33 as 4.5 * e * 33
-        number = f"{exponent.group(1)} \\times 10^{{{int(exponent.group(2))}}}"
-    if numerator is not None:
-        a, b = int(numerator), int(denominator)
-        if b <= 1 or math.gcd(a, b) != 1:  # 62/2, 4/1: a computation left undone
-            return None
-        number = f"{sign}{'-' if a < 0 else ''}\\frac{{{abs(a)}}}{{{b}}}"
-    return number
+    else:
+        return number
+    a, b = int(numerator), int(denominator)
+    if b <= 1 or math.gcd(a, b) != 1:  # 62/2, 4/1: a computation left undone
+        return None
+    negative = (sign.strip() == "-") != (a < 0)
+    return f"{'-' if negative else ''}\\frac{{{abs(a)}}}{{{b}}}"
 
 
 def admissible(statement: str, gold_is_number: bool) -> str | None:
