@@ -125,3 +125,11 @@ def test_the_earned_answer_is_the_stated_one():
 def test_answer_classes_use_the_rewards_equivalence():
     answers = ["31", "31.0", "\\frac{62}{2}", None, "30", "\\frac{1}{2}", "0.5"]
     assert answer_classes(answers) == [0, 0, 0, None, 1, 2, 2]
+
+
+def test_numbers_compare_by_value_at_every_scale():
+    # math-verify rounds to 6 decimal places, so alone it would call these two equal
+    assert check_math("\\boxed{2.88e-19}", "1.325e-27").reward == 0.0
+    assert check_math("\\boxed{1.325 \\times 10^{-27}}", "1.325e-27").reward == 1.0
+    assert check_math("\\boxed{4.5e33}", "4.6e33").reward == 0.0
+    assert check_math("\\boxed{1 \\times 10^{1000000000}}", "1").reward == 0.0  # no giant integer is built

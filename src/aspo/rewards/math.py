@@ -6,8 +6,10 @@ empty boxes, hedges, unevaluated restatements or "last expression" fallbacks) is
 Face ``math-verify``. Gold answers may be a number, a string, a GSM8K solution (``... #### 18``) or a
 worked solution whose last ``\\boxed{}`` holds the answer (MATH / Minerva).
 
-Every result carries the answer that earned it (``ScoreResult.answer``), and ``answer_classes`` groups
-answers by the same equivalence, so maj@k votes exactly as the reward scores.
+Against a numeric gold, answers are numbers written out and are compared by value (``same_number``);
+every other gold goes to math-verify. Every result carries the answer that earned it
+(``ScoreResult.answer``), and ``answer_classes`` groups answers by the same equivalence
+(``same_answer``), so maj@k votes exactly as the reward scores.
 
 Every check runs in a worker process with a hard deadline: math-verify bounds its sympy steps with
 ``signal.alarm``, which cannot interrupt a long C-level computation (``2^{2^{2^{99}}}``) and does not work
@@ -37,6 +39,8 @@ from aspo.rewards.math_answer import (  # noqa: F401  (re-exported: the reward's
     extract_answer,
     last_boxed,
     normalize_answer,
+    number_value,
+    same_number,
     strip_reasoning,
 )
 
@@ -186,24 +190,33 @@ def check_math(response: str, answer: Any, *, timeout: float = CHECK_TIMEOUT_S) 
     except ValueError as err:
         return ScoreResult(0.0, str(err))
     gold_number = as_number(gold)
-    gold_is_number = gold_number is not None
-    stated = [admissible(s, gold_is_number) for s in answer_statements(response or "")]
+    stated = [admissible(s, gold_number is not None) for s in answer_statements(response or "")]
     if not stated or None in stated:  # no answer, or one statement is not an answer (hedge, restatement)
         return ScoreResult(0.0)
     distinct = list(dict.fromkeys(a for a in stated if a is not None))
-    target = gold_number if gold_is_number else gold
-    if all(normalize_answer(a) == normalize_answer(target) for a in distinct):
+    if gold_number is not None:  # numbers written out: compared by value, exactly
+        reward, error = float(all(same_number(a, gold_number) for a in distinct)), None
+    elif all(normalize_answer(a) == normalize_answer(gold) for a in distinct):
         reward, error = 1.0, None  # the same text: no need for sympy (nor for its soft timeouts under load)
     else:
-        reward, error = _POOL.run((target, distinct), timeout)
+        reward, error = _POOL.run((gold, distinct), timeout)
     # several differing statements: the answer is theirs only when all are right (one class)
     answer_text = distinct[-1] if reward == 1.0 or len(distinct) == 1 else None
     return ScoreResult(reward, error, answer_text)
 
 
+def same_answer(a: str, b: str, *, timeout: float = CHECK_TIMEOUT_S) -> bool:
+    """The reward's equivalence between two extracted answers: by value for two numbers, else math-verify."""
+    if normalize_answer(a) == normalize_answer(b):
+        return True
+    if number_value(a) is not None and number_value(b) is not None:
+        return same_number(a, b)
+    return _POOL.run((a, [b]), timeout)[0] == 1.0
+
+
 def answer_classes(answers: Sequence[str | None], *, timeout: float = CHECK_TIMEOUT_S) -> list[int | None]:
-    """Group answers by the reward's equivalence: equal ids for answers math-verify finds equal (compared
-    with the first answer of each group), None for no answer. maj@k votes on these ids."""
+    """Group answers by the reward's equivalence (``same_answer`` with the first answer of each group);
+    None for no answer. maj@k votes on these ids."""
     heads: list[str] = []
     out: list[int | None] = []
     for answer in answers:
@@ -211,7 +224,7 @@ def answer_classes(answers: Sequence[str | None], *, timeout: float = CHECK_TIME
             out.append(None)
             continue
         for index, head in enumerate(heads):
-            if normalize_answer(head) == normalize_answer(answer) or _POOL.run((head, [answer]), timeout)[0] == 1.0:
+            if same_answer(head, answer, timeout=timeout):
                 out.append(index)
                 break
         else:

@@ -13,7 +13,8 @@ it equals the gold. The rules close the reward hacks a policy finds when any tex
   notation, or a fraction *in lowest terms* (so ``\\frac{3}{4}`` for 0.75 counts; ``21 + 10``,
   ``\\boxed{21 + 10}`` and ``\\frac{62}{2}`` for 31 are unevaluated restatements and score 0). Currency
   (``\\$31``), percent, degree signs, thousands separators, ``x = 31`` and trailing unit words
-  (``31 dollars``, ``31 \\text{ cm}``) are accepted. Symbolic golds are compared by math-verify alone.
+  (``31 dollars``, ``31 \\text{ cm}``) are accepted. Such answers are compared by value (``same_number``:
+  exact rationals, relative tolerance 1e-6); symbolic golds by math-verify alone.
 * Reasoning models: only the text after the last ``</think>`` counts; an unclosed ``<think>`` has no answer.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 
 MAX_ANSWER_CHARS = 1000  # an answer longer than this is not an answer
 _BARE_MAX_CHARS = 100  # a whole final text this short (one line) may be the answer itself
@@ -127,6 +129,31 @@ def as_number(text: str) -> str | None:
         return None
     negative = (sign.strip() == "-") != (a < 0)
     return f"{'-' if negative else ''}\\frac{{{abs(a)}}}{{{b}}}"
+
+
+_MAX_EXPONENT = 400  # 10^(10^9) is not a number anyone meant, and Fraction would build it
+
+
+def number_value(number: str) -> Fraction | None:
+    """The exact value of a number ``as_number`` returned (None for anything else)."""
+    text = re.sub(r"[\s,]", "", number)
+    fraction = re.fullmatch(r"([-+]?)\\frac\{(\d+)\}\{(\d+)\}", text)
+    if fraction:
+        value = Fraction(int(fraction.group(2)), int(fraction.group(3)))
+        return -value if fraction.group(1) == "-" else value
+    decimal = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+))(?:(?:\\times|\\cdot|\*)10\^\{?([-+]?\d+)\}?)?", text)
+    if decimal is None or abs(int(decimal.group(2) or 0)) > _MAX_EXPONENT:
+        return None
+    return Fraction(decimal.group(1)) * Fraction(10) ** int(decimal.group(2) or 0)
+
+
+def same_number(a: str, b: str) -> bool:
+    """Numbers are equal when their values agree to a relative 1e-6 (math-verify rounds to 6 decimal
+    *places*, which makes 2.88e-19 equal 1.325e-27)."""
+    x, y = number_value(a), number_value(b)
+    if x is None or y is None:
+        return False
+    return x == y or abs(x - y) <= Fraction(1, 10**6) * max(abs(x), abs(y))
 
 
 def admissible(statement: str, gold_is_number: bool) -> str | None:
