@@ -1,7 +1,8 @@
 """`aspo eval`: sample K responses per problem, score them, report avg@K, pass@1, pass@K (and maj@K).
 
 Writes into ``--output``: ``samples.jsonl`` (one row per sample: problem ``id``, ``sample``, ``response``,
-``reward`` [, ``error``, ``answer``]), ``summary.json`` and ``eval_config.json``. Problems are processed in
+``reward`` [, ``error``, ``answer``], and on sample 0 the ``prompt`` text the model saw), ``summary.json`` and
+``eval_config.json`` (the settings, the resolved prompt formatting included). Problems are processed in
 fixed batches, each seeded from ``--seed`` and its position, and a batch is appended only once it is fully
 scored; rerunning the same command resumes after the last complete batch and gives the same samples as an
 uninterrupted run.
