@@ -67,19 +67,23 @@ def gold_answer(answer: Any) -> str:
 # worker processes (math-verify runs there)
 
 
-def _parse(text: str) -> list:
+def _parse(text: str, *, search: bool = False) -> list:
+    """math-verify's reading of an answer text; ``search`` lets it look for an expression inside the text
+    (for gold texts only: a response's answer must parse as a whole)."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
     config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
-    return parse("\\boxed{" + text + "}", extraction_config=config, parsing_timeout=_PARSE_TIMEOUT_S) \
-        or parse(text, extraction_config=config, parsing_timeout=_PARSE_TIMEOUT_S)
+    parsed = parse("\\boxed{" + text + "}", extraction_config=config, parsing_timeout=_PARSE_TIMEOUT_S)
+    if not parsed and search:
+        parsed = parse(text, extraction_config=config, parsing_timeout=_PARSE_TIMEOUT_S)
+    return parsed
 
 
 def _verify_texts(gold: str, predictions: list[str]) -> float:
     """Runs in a worker: 1.0 when every prediction equals the gold (math-verify decides equivalence)."""
     from math_verify import verify
 
-    gold_parsed = _parse(gold)
+    gold_parsed = _parse(gold, search=True)
     if not gold_parsed or not predictions:
         return 0.0
     for prediction in predictions:
