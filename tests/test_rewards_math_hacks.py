@@ -75,6 +75,8 @@ LEGIT = [
     ("The answer is 31.", "31"),
     ("The final answer is $31$.", "31"),
     ("#### 31", "31"),
+    ("The final answer is 31.\n\nThe final answer is:", "31"),  # cut off (seen from SmolLM2)
+    ("So, the answer is: 31.\n\nThe final answer is within \\boxed{}.", "31"),  # parroted instruction
     ("Tom has 21 + 10 = 31 apples.\n#### 31", "31"),
     ("\\boxed{31 \\text{ apples}}", "31"),
     ("\\boxed{\\text{31}}", "31"),

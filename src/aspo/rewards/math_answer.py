@@ -29,6 +29,7 @@ _BARE_MAX_CHARS = 100  # a whole final text this short (one line) may be the ans
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOXED_BARE = re.compile(r"\\boxed +([^\s${}\\]+)")
+_EMPTY_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{\s*\}")
 _HASHES = re.compile(r"####\s*(.+)")
 _ANSWER_IS = re.compile(r"answer\s+is\s*[:：]?\s*(.+?)(?:\.\s|\.?$|\n)", re.IGNORECASE)
 _HEDGE = re.compile(r"\b(?:or|either)\b|\\lor\b|\\vee\b", re.IGNORECASE)
@@ -88,9 +89,11 @@ def answer_statements(response: str) -> list[str]:
     hashes = [h.strip() for h in _HASHES.findall(text) if h.strip()]
     if hashes:
         return hashes
-    phrased = _ANSWER_IS.findall(text)
+    # "The final answer is:" cut off, or "... is within \boxed{}" parroting the instruction: no statement
+    phrased = [p.strip().lstrip(":：").strip() for p in _ANSWER_IS.findall(text)]
+    phrased = [p for p in phrased if p and not _EMPTY_BOX.search(p)]
     if phrased:
-        return [phrased[-1].strip()]
+        return [phrased[-1]]
     bare = text.strip()
     if bare and len(bare) <= _BARE_MAX_CHARS and "\n" not in bare and not _BOXED.search(bare) and "?" not in bare:
         return [bare]
