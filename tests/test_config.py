@@ -80,3 +80,13 @@ def test_shipped_configs_load_and_match_the_defaults():
 
     path = Path(__file__).parent.parent / "configs" / "lab-arithmetic.yaml"
     assert to_dict(load_config(str(path))) == to_dict(Config())
+
+
+def test_prompt_section_and_renamed_keys():
+    cfg = load_config(None, ["prompt.template=Q: {prompt}", "prompt.system=Be brief.", "prompt.instruction=Think."])
+    assert (cfg.prompt.template, cfg.prompt.system, cfg.prompt.instruction) == ("Q: {prompt}", "Be brief.", "Think.")
+    assert load_config(None, ["prompt.template={prompt}"]).prompt.template == "{prompt}"  # not a YAML mapping
+    # the keys prompt.* replaced still load (saved run directories), into the new section
+    old = load_config(None, ["data.prompt_template={prompt} =", "data.chat_template=true"])
+    assert old.prompt.template == "{prompt} =" and old.prompt.chat_template is True
+    assert "prompt.instruction" in describe_keys()

@@ -110,19 +110,22 @@ def test_eval_humaneval_through_the_sandbox(model_dir, tmp_path, model_code_sand
     assert [r["id"] for r in rows[::2]] == ["HumanEval/0", "HumanEval/1"]
 
 
-def test_prompt_formatting():
-    from aspo.commands.eval import MATH_INSTRUCTION, format_prompt
+def test_eval_default_prompts_for_a_plain_checkpoint():
+    from aspo.config import PromptConfig
     from aspo.lab import build_tokenizer
+    from aspo.prompting import MATH_INSTRUCTION, eval_defaults, format_prompt
 
     tokenizer = build_tokenizer()
     record = {"prompt": "1+1=", "answer": "2", "a": 1}
-    assert format_prompt(record, tokenizer, reward="math", template="{prompt}", chat_template=True) == "1+1="
-    assert format_prompt(record, tokenizer, reward="math", template="Q {a}: {prompt}", chat_template=True) \
-        == "Q 1: 1+1="
-    tokenizer.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
-    chat = format_prompt(record, tokenizer, reward="math", template="{prompt}", chat_template=True)
-    assert chat == f"<u>1+1=\n{MATH_INSTRUCTION}</u><a>"
-    assert format_prompt(record, tokenizer, reward="math", template="{prompt}", chat_template=False) == "1+1="
+    # no chat template: the bare prompt (a completion model), whatever the reward
+    assert eval_defaults("math", [record], tokenizer) == PromptConfig()
+    assert format_prompt(record, PromptConfig(template="Q {a}: {prompt}"), tokenizer) == "Q 1: 1+1="
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</>{% endfor %}<a>"
+    math_cfg = eval_defaults("math", [record], tokenizer)
+    assert format_prompt(record, math_cfg, tokenizer) == f"<user>1+1=\n{MATH_INSTRUCTION}</><a>"
+    assert format_prompt(record, PromptConfig(chat_template=False), tokenizer) == "1+1="
+    code_cfg = eval_defaults("code", [{"prompt": "def f():", "entry_point": "f"}], tokenizer)
+    assert format_prompt({"prompt": "def f():"}, code_cfg, tokenizer).startswith("<user>Complete the following")
 
 
 def test_bad_arguments_are_clear_errors(model_dir, problems, tmp_path, capsys):
@@ -137,3 +140,34 @@ def test_bad_arguments_are_clear_errors(model_dir, problems, tmp_path, capsys):
     assert main(["eval", "--model", str(model_dir), "--data", str(problems), "--reward", "math",
                  "--prompt-template", "{question}", "--output", str(tmp_path / "o")]) == 2
     assert "names field 'question'" in capsys.readouterr().err
+
+
+def test_math_answers_and_maj_use_the_rewards_extraction_and_equivalence(model_dir, tmp_path):
+    from aspo.rewards.math import check_math
+
+    data = tmp_path / "math.jsonl"
+    data.write_text(json.dumps({"id": "a", "prompt": "3/4=", "answer": "0.75"}) + "\n"
+                    + json.dumps({"id": "b", "prompt": "21+10=", "answer": "31"}) + "\n")
+    out = tmp_path / "ev"
+    args = ["eval", "--model", str(model_dir), "--data", str(data), "--reward", "math", "--n", "3",
+            "--max-new-tokens", "4", "--output", str(out)]
+    assert main(args) == 0
+    rows = _rows(out)
+    gold = {"a": "0.75", "b": "31"}
+    for row in rows:  # each written answer is the one the reward extracted
+        assert row["answer"] == check_math(row["response"], gold[row["id"]]).answer
+    # the same evaluation, as if the model had answered these (rewards from the real reward): rerunning
+    # the finished evaluation recomputes the summary from samples.jsonl
+    responses = {"a": ["\\boxed{0.5}", "so \\boxed{3/4}", "The answer is 0.75."],
+                 "b": ["21 + 10 = \\boxed{}", "#### 31", "\\boxed{31.0} dollars"]}
+    for row in rows:
+        result = check_math(responses[row["id"]][row["sample"]], gold[row["id"]])
+        row.update(response=responses[row["id"]][row["sample"]], reward=result.reward, answer=result.answer)
+    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(args) == 0
+    assert [r["reward"] for r in rows] == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    assert all(r["answer"] is not None for r in rows if r["reward"] == 1.0)
+    summary = json.loads((out / "summary.json").read_text())
+    # "\frac{3}{4}" and "0.75" are one answer for the reward, so they outvote "0.5" (by text they would tie,
+    # and the first, wrong, answer would win); the empty box is no vote
+    assert summary["maj@3"] == 1.0 and summary["pass@3"] == 1.0

@@ -37,24 +37,26 @@ def minerva():
 def test_gsm8k_gold_solutions_score_one(gsm8k):
     # the worked solution (ending "#### N") as the response, against the normalised answer and the raw one
     results = score_batch([{"response": r["solution"], "answer": r["answer"]} for r in gsm8k])
-    assert _rate(results) >= 0.99
+    assert len(results) == 1319 and _rate(results) == 1.0
+    assert all(r.answer is not None for r in results)  # the answer that earned each reward
     raw = score_batch([{"response": r["solution"], "answer": r["solution"]} for r in gsm8k[:200]])
-    assert _rate(raw) >= 0.99
+    assert _rate(raw) == 1.0
 
 
 def test_gsm8k_crossed_answers_score_zero(gsm8k):
     pairs = [(a, b) for a, b in zip(gsm8k, gsm8k[1:] + gsm8k[:1], strict=True)
              if float(a["answer"]) != float(b["answer"])]
-    results = score_batch([{"response": a["solution"], "answer": b["answer"]} for a, b in pairs[:400]])
-    assert _rate(results) == 0.0
+    # every pair: numeric golds are compared by value, without sympy
+    results = score_batch([{"response": a["solution"], "answer": b["answer"]} for a, b in pairs])
+    assert len(results) == 1304 and _rate(results) == 0.0
 
 
 def test_minerva_gold_solutions_score_one(minerva):
     # gold given as the extracted answer and as the whole solution (answer in its last \boxed{})
     results = score_batch([{"response": r["solution"], "answer": r["answer"]} for r in minerva])
-    assert _rate(results) >= 0.99
+    assert len(results) == 272 and _rate(results) == 1.0
     raw = score_batch([{"response": r["solution"], "answer": r["solution"]} for r in minerva[:60]])
-    assert _rate(raw) >= 0.99
+    assert _rate(raw) == 1.0
 
 
 def test_minerva_crossed_answers_score_zero(minerva):
@@ -88,7 +90,8 @@ def test_contest_answers(name):
     ("#### 1250", "1,250", 1.0),
     ("Adding them, the answer is 42.", "42", 1.0),
     ("The final answer is $\\frac{7}{2}$.", "3.5", 1.0),
-    ("first \\boxed{3}, then corrected: \\boxed{4}", "4", 1.0),
+    # several boxes must all be right: a "correction" is indistinguishable from a hedge
+    ("first \\boxed{3}, then corrected: \\boxed{4}", "4", 0.0),
     ("first \\boxed{3}, then corrected: \\boxed{4}", "3", 0.0),
     ("\\boxed{\\dfrac{1}{2}}", "\\frac12", 1.0),
     ("\\boxed{18}", 18.0, 1.0),
@@ -123,7 +126,9 @@ def test_every_check_is_time_bounded():
     # sympy evaluates tower powers in C, where math-verify's signal.alarm cannot interrupt it
     assert check_math("\\boxed{1}", "1").reward == 1.0  # a worker is up: time the check, not a start-up
     start = time.monotonic()
-    result = check_math("\\boxed{2^{2^{2^{2^{2^{100}}}}}}", "5", timeout=2.0)
+    # (the gold is not a number literal: against one, a power tower is an unevaluated restatement that
+    # never reaches sympy)
+    result = check_math("\\boxed{2^{2^{2^{2^{2^{100}}}}}}", "\\frac{10}{2}", timeout=2.0)
     assert result.reward == 0.0 and "timed out" in result.error
     assert time.monotonic() - start < 6.0
     assert check_math("\\boxed{5}", "5").reward == 1.0  # the pool recovered
@@ -132,7 +137,7 @@ def test_every_check_is_time_bounded():
 def test_works_off_the_main_thread():
     # math-verify's own timeouts need the main thread; ours run in worker processes
     out = []
-    thread = threading.Thread(target=lambda: out.append(math_reward(response="\\boxed{2/4}", answer="1/2")))
+    thread = threading.Thread(target=lambda: out.append(math_reward(response="\\boxed{0.5}", answer="1/2")))
     thread.start()
     thread.join(60)
     assert out == [1.0]

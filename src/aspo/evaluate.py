@@ -75,7 +75,8 @@ def sample_policy(engine, records: Sequence[dict], prompts: Sequence[str], rewar
     """Sample ``n`` responses per prompt with ``engine`` and score them with ``reward``.
 
     Returns (rewards per problem, one row per sample with ``index``, ``sample``, ``response``, ``reward``,
-    ``error``, ``length``, ``truncated``). Used by the trainer's held-out eval and by `aspo eval`.
+    ``error``, ``answer`` (the answer that earned the reward, for rewards that extract one), ``length``,
+    ``truncated``). Used by the trainer's held-out eval and by `aspo eval`.
     """
     from aspo.rewards import score_records
 
@@ -88,7 +89,8 @@ def sample_policy(engine, records: Sequence[dict], prompts: Sequence[str], rewar
     for i, result in enumerate(results):
         per_problem[i // n].append(result.reward)
         rows.append({"index": i // n, "sample": i % n, "response": rollout.responses[i],
-                     "reward": result.reward, "error": result.error, "length": int(lengths[i]),
+                     "reward": result.reward, "error": result.error, "answer": result.answer,
+                     "length": int(lengths[i]),
                      "truncated": bool(rollout.truncated[i]),
                      "token_ids": rollout.response_ids[i, : int(lengths[i])].tolist()})
     return per_problem, rows

@@ -33,6 +33,7 @@ from aspo.evaluate import repetition_rate, sample_policy, summarize
 from aspo.graceful_stop import GracefulStop
 from aspo.objectives import agg_loss, kl_penalty, policy_loss
 from aspo.objectives.base import resolve_params as check_objective
+from aspo.prompting import format_prompt, uses_chat_template
 from aspo.report.metrics import MetricsLogger
 from aspo.rewards import get_reward, score_records
 from aspo.rollout import Rollout, make_engine
@@ -84,6 +85,8 @@ class Trainer:
             self.model, self.tokenizer, self.task = load_policy(cfg)
         self.model.to(self.accelerator.device)
         self.train_records, self.test_records = load_data(cfg, self.task)
+        for record in self.train_records[:1] + self.test_records[:1]:  # bad prompt settings fail now, not mid-run
+            self.format(record)
         self.max_new_tokens = cfg.rollout.max_new_tokens or (self.task.max_new_tokens if self.task else 256)
         self.ref_model = None
         if cfg.algorithm.kl_coef > 0:
@@ -95,7 +98,7 @@ class Trainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.train_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer,
-                                  add_special_tokens=not cfg.data.chat_template)
+                                  add_special_tokens=not uses_chat_template(cfg.prompt, self.tokenizer))
         self.params = objective_params(cfg.algorithm)
         check_objective(cfg.algorithm.loss, self.params)  # fail now, not mid-run, on a bad name or value
         recompute = cfg.rollout.recompute_logprobs
@@ -143,9 +146,7 @@ class Trainer:
         return out[self.rank * share:(self.rank + 1) * share]
 
     def format(self, record: dict[str, Any]) -> str:
-        from aspo.data import format_prompt
-
-        return format_prompt(record, self.cfg.data.prompt_template, self.tokenizer, self.cfg.data.chat_template)
+        return format_prompt(record, self.cfg.prompt, self.tokenizer)
 
     # -- one step ----------------------------------------------------------------------------------
     def collect(self, step: int) -> tuple[Rollout, torch.Tensor, dict[str, float]]:

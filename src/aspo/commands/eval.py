@@ -1,19 +1,29 @@
 """`aspo eval`: sample K responses per problem, score them, report avg@K, pass@1, pass@K (and maj@K).
 
 Writes into ``--output``: ``samples.jsonl`` (one row per sample: problem ``id``, ``sample``, ``response``,
-``reward`` [, ``error``, ``answer``]), ``summary.json`` and ``eval_config.json``. Problems are processed in
+``reward`` [, ``error``, ``answer``], and on sample 0 the ``prompt`` text the model saw), ``summary.json`` and
+``eval_config.json`` (the settings, the resolved prompt formatting included). Problems are processed in
 fixed batches, each seeded from ``--seed`` and its position, and a batch is appended only once it is fully
 scored; rerunning the same command resumes after the last complete batch and gives the same samples as an
 uninterrupted run.
 
-Prompts: the tokenizer's chat template when it has one (one user turn; for the math reward the standard
-"reason step by step ... \\boxed{}" instruction is appended), else ``--prompt-template`` (default
-``{prompt}``) filled from the record's fields.
+Prompts follow the one rule of ``aspo.prompting`` (the same function `aspo train` uses). The formatting
+settings come from, in order: the explicit flags (``--prompt-template``, ``--chat-template`` /
+``--no-chat-template``, ``--system``, ``--instruction``); else, for a checkpoint inside a run directory
+(``<run>/checkpoints/step-N``), the ``prompt`` section of ``<run>/config.yaml`` -- the formatting that run
+trained with; else ``aspo.prompting.eval_defaults`` (chat template with the reward's standard instruction
+when the tokenizer has one, else the bare ``{prompt}``).
+
+For math, each sample's ``answer`` is the final answer that earned its reward (the reward's own
+extraction, None when it stated none) and maj@K votes over classes of answers equal under the reward's
+equivalence (math-verify), so a reward-1 sample always has an answer and maj@K <= pass@K.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import sys
 import textwrap
@@ -21,14 +31,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aspo.errors import UserError
+import yaml
 
-MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-CODE_INSTRUCTION = "Complete the following Python function. Answer with the whole function in a ```python block."
+from aspo.config import PromptConfig
+from aspo.errors import UserError
+from aspo.prompting import eval_defaults
+
 SAMPLES, SUMMARY, SETTINGS = "samples.jsonl", "summary.json", "eval_config.json"
 # settings that change the samples: a resumed run must match them
 _SAMPLE_SETTINGS = ("model", "data", "reward", "n", "temperature", "top_p", "max_new_tokens", "seed",
-                    "batch_size", "limit", "prompt_template", "chat_template")
+                    "batch_size", "limit", "prompt")
+_PROMPT_FLAGS = {"prompt_template": "template", "chat_template": "chat_template", "system": "system",
+                 "instruction": "instruction"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,10 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="problems per generation batch (default 8)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--prompt-template", default="{prompt}",
-                        help="plain template when the tokenizer has no chat template (default: {prompt})")
+    parser.add_argument("--prompt-template", default=None,
+                        help="user-message template, {prompt} and record fields (default: the run's, else {prompt})")
+    parser.add_argument("--chat-template", dest="chat_template", action="store_true", default=None,
+                        help="wrap prompts in the tokenizer's chat template (default: the run's setting, else "
+                             "whether the tokenizer has one)")
     parser.add_argument("--no-chat-template", dest="chat_template", action="store_false",
-                        help="use --prompt-template even if the tokenizer has a chat template")
+                        help="format prompts as plain text even if the tokenizer has a chat template")
+    parser.add_argument("--system", default=None, help="system message (default: the run's, else none)")
+    parser.add_argument("--instruction", default=None,
+                        help="text appended to the user message (default: the run's, else the reward's standard "
+                             "instruction with a chat template)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     return parser
 
@@ -79,6 +100,15 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError(f"--model {args.model!r} is not a directory (expected a save_pretrained checkpoint)")
 
 
+def _load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load a tokenizer from {path!r}: {err}") from err
+
+
 def _load_model(path: str, device: str | None) -> tuple[Any, Any, str]:
     import torch
 
@@ -89,21 +119,35 @@ def _load_model(path: str, device: str | None) -> tuple[Any, Any, str]:
     return model.to(device).eval(), tokenizer, device
 
 
-def format_prompt(record: dict[str, Any], tokenizer: Any, *, reward: str, template: str,
-                  chat_template: bool) -> str:
-    """The text the model continues: a chat turn when the tokenizer has a template, else ``template``."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        content = str(record["prompt"])
-        if reward == "math":
-            content = f"{content}\n{MATH_INSTRUCTION}"
-        elif reward == "code" and record.get("entry_point"):
-            content = f"{CODE_INSTRUCTION}\n```python\n{content}\n```"
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
+def run_prompt_config(model: str) -> PromptConfig | None:
+    """The ``prompt`` section a run trained with, for a checkpoint ``<run>/checkpoints/step-N``; None for a
+    checkpoint outside a run directory. Runs saved before the section existed keep their ``data.*`` keys."""
+    from aspo.config import RENAMED_KEYS, Config, set_key
+
+    path = Path(model).resolve()
+    config_path = path.parent.parent / "config.yaml"
+    if path.parent.name != "checkpoints" or not config_path.is_file():
+        return None
     try:
-        return template.format(**record)
-    except (KeyError, IndexError) as err:
-        raise UserError(f"--prompt-template names field {err} which a record does not have") from err
+        tree = yaml.safe_load(config_path.read_text()) or {}
+        data, prompt = tree.get("data") or {}, tree.get("prompt") or {}
+        cfg = Config()
+        for old in RENAMED_KEYS:
+            if old.startswith("data.") and old.split(".", 1)[1] in data:
+                set_key(cfg, old, data[old.split(".", 1)[1]])
+        for key, value in prompt.items():
+            set_key(cfg, f"prompt.{key}", value)
+    except (yaml.YAMLError, AttributeError, UserError) as err:
+        raise UserError(f"{config_path}: cannot read the run's prompt settings ({err}); give them as flags "
+                        "(--prompt-template, --chat-template, --system, --instruction)") from err
+    return cfg.prompt
+
+
+def resolve_prompt_config(args: argparse.Namespace, reward: str, problems: list[dict], tokenizer: Any) -> PromptConfig:
+    """Explicit flags over the run's own formatting over the eval defaults (see the module docstring)."""
+    base = run_prompt_config(args.model) or eval_defaults(reward, problems, tokenizer)
+    explicit = {field: getattr(args, flag) for flag, field in _PROMPT_FLAGS.items() if getattr(args, flag) is not None}
+    return dataclasses.replace(base, **explicit)
 
 
 def _read_done(path: Path) -> list[dict[str, Any]]:
@@ -148,7 +192,9 @@ def main(argv: list[str]) -> int:
     if not problems:
         raise UserError(f"no problems in {args.data!r}")
     output = args.output or Path("runs") / f"eval-{Path(args.data).stem}"
-    settings = {k: getattr(args, k) for k in _SAMPLE_SETTINGS if k != "reward"} | {"reward": reward}
+    prompt_cfg = resolve_prompt_config(args, reward, problems, _load_tokenizer(args.model))
+    settings = {k: getattr(args, k) for k in _SAMPLE_SETTINGS if k not in ("reward", "prompt")} \
+        | {"reward": reward, "prompt": dataclasses.asdict(prompt_cfg)}
     _check_settings(output, settings)
 
     samples_path = output / SAMPLES
@@ -162,36 +208,35 @@ def main(argv: list[str]) -> int:
     rows = rows[:kept]
     # rewrite what is kept: drops a partly written batch or a torn line
     samples_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    comparable = reward == "math"
+    # a reward that extracts answers says how to compare them (math: math-verify); maj@K needs it
+    answer_classes = getattr(inspect.getmodule(reward_fn), "answer_classes", None)
     if done_batches < len(batches):
-        _generate(args, reward, reward_fn, batches, done_batches, samples_path, comparable)
+        _generate(args, prompt_cfg, reward_fn, batches, done_batches, samples_path, answer_classes is not None)
     rows = _read_done(samples_path)
-    summary = _summarize(rows, problems, args, reward, comparable, summarize, output)
+    summary = _summarize(rows, problems, args, reward, answer_classes, summarize, output)
     (output / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     metrics = ", ".join(f"{k} {summary[k]:.4f}" for k in summary if "@" in k)
     print(f"aspo eval: {args.data} ({len(problems)} problems x {args.n}): {metrics}\n  wrote {output / SUMMARY}")
     return 0
 
 
-def _generate(args: argparse.Namespace, reward: str, reward_fn: Any, batches: list[list[dict]],
-              start_batch: int, samples_path: Path, comparable: bool) -> None:
+def _generate(args: argparse.Namespace, prompt_cfg: PromptConfig, reward_fn: Any, batches: list[list[dict]],
+              start_batch: int, samples_path: Path, with_answers: bool) -> None:
     from tqdm.auto import tqdm
 
     from aspo.evaluate import sample_policy
-    from aspo.rewards.math import extract_answer, normalize_answer
+    from aspo.prompting import format_prompt, uses_chat_template
     from aspo.rollout import HFEngine
 
     model, tokenizer, _ = _load_model(args.model, args.device)
-    chat = bool(args.chat_template and getattr(tokenizer, "chat_template", None))
-    engine = HFEngine(model, tokenizer, add_special_tokens=not chat)
+    engine = HFEngine(model, tokenizer, add_special_tokens=not uses_chat_template(prompt_cfg, tokenizer))
     total = sum(len(b) for b in batches)
     done = sum(len(b) for b in batches[:start_batch])
     bar = tqdm(total=total, initial=done, desc="aspo eval", unit="problem", dynamic_ncols=True, file=sys.stderr)
     try:
         for index in range(start_batch, len(batches)):
             batch = batches[index]
-            prompts = [format_prompt(p, tokenizer, reward=reward, template=args.prompt_template,
-                                     chat_template=args.chat_template) for p in batch]
+            prompts = [format_prompt(p, prompt_cfg, tokenizer) for p in batch]
             started = time.monotonic()
             _, sampled = sample_policy(engine, batch, prompts, reward_fn, n=args.n,
                                        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -203,8 +248,10 @@ def _generate(args: argparse.Namespace, reward: str, reward_fn: Any, batches: li
                        "truncated": sample["truncated"], "length": sample["length"]}
                 if sample["error"]:
                     row["error"] = sample["error"]
-                if comparable:
-                    row["answer"] = normalize_answer(extract_answer(sample["response"]))
+                if with_answers:  # the answer that earned the reward, from the reward itself
+                    row["answer"] = sample["answer"]
+                if sample["sample"] == 0:  # what the model saw, once per problem
+                    row["prompt"] = prompts[sample["index"]]
                 lines.append(json.dumps(row, ensure_ascii=False) + "\n")
             with samples_path.open("a", encoding="utf-8") as f:  # whole batch at once: resumable
                 f.write("".join(lines))
@@ -216,7 +263,7 @@ def _generate(args: argparse.Namespace, reward: str, reward_fn: Any, batches: li
 
 
 def _summarize(rows: list[dict], problems: list[dict], args: argparse.Namespace, reward: str,
-               comparable: bool, summarize: Any, output: Path) -> dict[str, Any]:
+               answer_classes: Any, summarize: Any, output: Path) -> dict[str, Any]:
     by_id: dict[str, list[dict]] = {}
     for row in rows:
         by_id.setdefault(str(row["id"]), []).append(row)
@@ -224,8 +271,10 @@ def _summarize(rows: list[dict], problems: list[dict], args: argparse.Namespace,
     if any(len(samples) != args.n for samples in per_problem):
         raise UserError(f"{output / SAMPLES} is inconsistent with this evaluation (wrong sample counts); "
                         "delete it or use another --output")
-    stats = summarize([[r["reward"] for r in s] for s in per_problem], args.n,
-                      answers_per_problem=[[r.get("answer") for r in s] for s in per_problem] if comparable else None)
+    votes = None
+    if answer_classes is not None:  # maj@K votes over the first K samples, on classes of equivalent answers
+        votes = [answer_classes([r.get("answer") for r in s[:args.n]]) for s in per_problem]
+    stats = summarize([[r["reward"] for r in s] for s in per_problem], args.n, answers_per_problem=votes)
     return {"data": args.data, "model": str(args.model), "reward": reward, "problems": len(problems),
             "n": args.n, **stats, "truncated_frac": sum(r.get("truncated", False) for r in rows) / len(rows),
             "errors": sum("error" in r for r in rows), "temperature": args.temperature, "top_p": args.top_p,

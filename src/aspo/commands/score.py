@@ -1,4 +1,7 @@
-"""`aspo score`: score a JSONL of responses offline with a reward, write it back with ``reward``/``error``.
+"""`aspo score`: score responses offline with a reward, write them back as JSONL with ``reward``/``error``.
+
+The input is JSONL, Parquet (verl's layout too: ``reward_model.ground_truth`` is the answer) or a `datasets`
+save_to_disk directory (``aspo.data.read_records``).
 
 Each input record has ``response`` plus what its reward needs (``answer`` for math; ``tests`` or ``test`` +
 ``entry_point`` for code; anything for a ``file.py:function`` reward). Scoring goes through
@@ -34,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  code: response and tests {inputs, outputs[, fn_name]}, or test + entry_point (HumanEval)\n\n"
                "example:\n  aspo score --reward math --input samples.jsonl --output scored.jsonl")
     parser.add_argument("--reward", required=True, help="math, code, arithmetic, countdown, or path/file.py:fn")
-    parser.add_argument("--input", required=True, type=Path, help="JSONL with one record per line")
+    parser.add_argument("--input", required=True, type=Path,
+                        help="JSONL with one record per line, a Parquet file or a datasets save_to_disk directory")
     parser.add_argument("--output", required=True, type=Path, help="JSONL to write (records + reward [+ error])")
     parser.add_argument("--workers", type=int, default=None, help="parallel checks (default: cores; code, math)")
     parser.add_argument("--reward-timeout", type=float, default=None, metavar="S",
@@ -43,17 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from aspo.data import read_jsonl
+    from aspo.data import read_records
     from aspo.rewards import check_infra, get_reward, score_records
 
     args = build_parser().parse_args(argv)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     fn = get_reward(args.reward, timeout=args.reward_timeout)  # a bad name or no sandbox fails before any work
-    records = read_jsonl(args.input)
+    records = read_records(args.input)
     for lineno, record in enumerate(records, 1):
         if not isinstance(record.get("response"), str):
-            raise UserError(f"{args.input}:{lineno}: record has no 'response' string")
+            where = f"{args.input}:{lineno}" if args.input.suffix in (".jsonl", ".json") else f"{args.input}, row {lineno}"
+            raise UserError(f"{where}: record has no 'response' string")
     if args.output.resolve() == args.input.resolve():
         raise UserError("--output must differ from --input (the input would be overwritten while read)")
     start = time.monotonic()
@@ -66,7 +71,7 @@ def main(argv: list[str]) -> int:
             out["reward"] = result.reward
             if result.error is not None:
                 out["error"] = result.error
-            f.write(json.dumps(out, ensure_ascii=False) + "\n")
+            f.write(json.dumps(out, ensure_ascii=False, default=str) + "\n")
     print(_summary(args.reward, results, elapsed, args.output))
     check_infra(results)  # after writing: the records that did score are kept
     return 0

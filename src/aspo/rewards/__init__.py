@@ -16,7 +16,7 @@ import importlib.util
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aspo.errors import RewardInfraError, SandboxUnavailable, UserError
@@ -36,7 +36,9 @@ BUILTIN_REWARDS: dict[str, str] = {
 class ScoreResult:
     reward: float
     error: str | None = None
-    infra: bool = False  # the check could not run (sandbox/host failure): not a verdict on the response
+    # keyword-only: a positional third argument would silently land in the wrong field
+    infra: bool = field(default=False, kw_only=True)  # the check could not run: not a verdict on the response
+    answer: str | None = field(default=None, kw_only=True)  # the extracted final answer that earned the reward
 
 
 def register_reward(name: str, target: str) -> None:

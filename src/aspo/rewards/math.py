@@ -1,15 +1,15 @@
-"""Math reward: extract the final answer of a response and check it against the gold with math-verify.
+"""Math reward: find the final answer of a response and check it against the gold with math-verify.
 
-Extraction (ours) decides *which* text is the answer; equivalence (fractions, roots, intervals, tuples,
-units, thousands separators, 0.5 vs 1/2 ...) is entirely Hugging Face ``math-verify``.
+Extraction (``aspo.rewards.math_answer``: which text is the answer, and whether it is one at all -- no
+empty boxes, hedges, unevaluated restatements or "last expression" fallbacks) is ours; equivalence
+(fractions, roots, intervals, tuples, units, thousands separators, 0.5 vs 1/2 ...) is entirely Hugging
+Face ``math-verify``. Gold answers may be a number, a string, a GSM8K solution (``... #### 18``) or a
+worked solution whose last ``\\boxed{}`` holds the answer (MATH / Minerva).
 
-* Reasoning models: a response that opens ``<think>`` counts only after its last ``</think>``; one that
-  never closes it has no answer (reward 0). A response that only *closes* a think block (templates that put
-  ``<think>`` in the prompt) also counts after ``</think>``.
-* The answer is the last ``\\boxed{...}`` / ``\\fbox{...}``; else GSM8K's ``#### N``; else the last "the
-  (final) answer is ..."; else math-verify's own extraction from the final text.
-* Gold answers may be a number, a string, a GSM8K solution (``... #### 18``) or a worked solution whose last
-  ``\\boxed{}`` holds the answer (MATH / Minerva).
+Against a numeric gold, answers are numbers written out and are compared by value (``same_number``);
+every other gold goes to math-verify. Every result carries the answer that earned it
+(``ScoreResult.answer``), and ``answer_classes`` groups answers by the same equivalence
+(``same_answer``), so maj@k votes exactly as the reward scores.
 
 Every check runs in a worker process with a hard deadline: math-verify bounds its sympy steps with
 ``signal.alarm``, which cannot interrupt a long C-level computation (``2^{2^{2^{99}}}``) and does not work
@@ -22,76 +22,32 @@ import atexit
 import json
 import os
 import queue
-import re
 import select
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aspo.rewards import ScoreResult
+from aspo.rewards.math_answer import (  # noqa: F401  (re-exported: the reward's public vocabulary)
+    MAX_ANSWER_CHARS,
+    admissible,
+    answer_statements,
+    as_number,
+    extract_answer,
+    last_boxed,
+    normalize_answer,
+    number_value,
+    same_number,
+    strip_reasoning,
+)
 
 CHECK_TIMEOUT_S = 10.0  # hard deadline per check (worker killed past it)
 _PARSE_TIMEOUT_S = 3  # math-verify's own soft timeouts inside the worker
 _VERIFY_TIMEOUT_S = 3
 _STARTUP_TIMEOUT_S = 120.0
-_MAX_ANSWER_CHARS = 1000  # an answer longer than this is not an answer
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BOXED_BARE = re.compile(r"\\boxed +([^\s$]+)")
-_HASHES = re.compile(r"####\s*(.+)")
-_ANSWER_IS = re.compile(r"answer\s+is\s*[:：]?\s*(.+?)(?:\.\s|\.?$|\n)", re.IGNORECASE)
-
-
-def strip_reasoning(response: str) -> str | None:
-    """The part of a response that may hold the answer; None when a ``<think>`` is never closed."""
-    if "</think>" in response:
-        return response.rsplit("</think>", 1)[1]
-    if response.lstrip().startswith("<think>"):
-        return None
-    return response
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (balanced braces) or ``\\boxed x``; None if there is none."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    for start in reversed(starts):
-        depth, i = 1, start
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            return text[start:i - 1].strip()
-    bare = _BOXED_BARE.findall(text)
-    return bare[-1] if bare else None
-
-
-def extract_answer(response: str) -> str | None:
-    """The response's final answer as text (what maj@k votes on), or None when there is no explicit one."""
-    text = strip_reasoning(response)
-    if text is None:
-        return None
-    answer = last_boxed(text)
-    if answer is None:
-        hashes = _HASHES.findall(text)
-        answer = hashes[-1] if hashes else None
-    if answer is None:
-        phrased = _ANSWER_IS.findall(text)
-        answer = phrased[-1].strip().strip("$").strip() if phrased else None
-    if answer is None or not answer.strip() or len(answer) > _MAX_ANSWER_CHARS:
-        return None
-    return answer.strip()
-
-
-def normalize_answer(answer: str | None) -> str | None:
-    """A light canonical form for voting (spacing, ``\\left``, trailing ``.0``); not an equivalence check."""
-    if answer is None:
-        return None
-    text = re.sub(r"\\left|\\right|\\!|\\,|\s+|\$", "", answer)
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
-    return re.sub(r"^(-?\d+)\.0+$", r"\1", text)
 
 
 def gold_answer(answer: Any) -> str:
@@ -111,22 +67,30 @@ def gold_answer(answer: Any) -> str:
 # worker processes (math-verify runs there)
 
 
-def _verify_texts(prediction: str, gold: str, fallback_text: str | None) -> float:
-    """Runs in a worker: parse both with math-verify and compare (math-verify decides equivalence)."""
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+def _parse(text: str, *, search: bool = False) -> list:
+    """math-verify's reading of an answer text; ``search`` lets it look for an expression inside the text
+    (for gold texts only: a response's answer must parse as a whole)."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
     config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
-    gold_parsed = parse("\\boxed{" + gold + "}", extraction_config=config, parsing_timeout=_PARSE_TIMEOUT_S)
-    if not gold_parsed:
-        gold_parsed = parse(gold, extraction_config=config, parsing_timeout=_PARSE_TIMEOUT_S)
-    if prediction:
-        pred_parsed = parse("\\boxed{" + prediction + "}", extraction_config=config,
-                            parsing_timeout=_PARSE_TIMEOUT_S)
-    else:  # no explicit answer: let math-verify find the last expression of the final text
-        pred_parsed = parse(fallback_text or "", extraction_config=config, parsing_timeout=_PARSE_TIMEOUT_S)
-    if not gold_parsed or not pred_parsed:
+    parsed = parse("\\boxed{" + text + "}", extraction_config=config, parsing_timeout=_PARSE_TIMEOUT_S)
+    if not parsed and search:
+        parsed = parse(text, extraction_config=config, parsing_timeout=_PARSE_TIMEOUT_S)
+    return parsed
+
+
+def _verify_texts(gold: str, predictions: list[str]) -> float:
+    """Runs in a worker: 1.0 when every prediction equals the gold (math-verify decides equivalence)."""
+    from math_verify import verify
+
+    gold_parsed = _parse(gold, search=True)
+    if not gold_parsed or not predictions:
         return 0.0
-    return float(verify(gold_parsed, pred_parsed, timeout_seconds=_VERIFY_TIMEOUT_S))
+    for prediction in predictions:
+        parsed = _parse(prediction)
+        if not parsed or not verify(gold_parsed, parsed, timeout_seconds=_VERIFY_TIMEOUT_S):
+            return 0.0
+    return 1.0
 
 
 def serve_stdio() -> None:
@@ -138,6 +102,7 @@ def serve_stdio() -> None:
     replies.write("ready\n")  # start-up (imports) must not eat into the first check's deadline
     replies.flush()
     for line in sys.stdin:
+        reply: list[Any]
         try:
             reply = [_verify_texts(*json.loads(line)), None]
         except Exception as err:  # report, keep serving
@@ -222,20 +187,54 @@ atexit.register(_POOL.close)
 
 
 def check_math(response: str, answer: Any, *, timeout: float = CHECK_TIMEOUT_S) -> ScoreResult:
-    """Score one response against its gold answer (1.0 / 0.0); error says why a check could not run."""
+    """Score one response against its gold answer (1.0 / 0.0); ``answer`` is the final answer the
+    response committed to (None when it has no admissible one), ``error`` why a check could not run."""
     try:
         gold = gold_answer(answer)
     except ValueError as err:
         return ScoreResult(0.0, str(err))
-    final_text = strip_reasoning(response or "")
-    if final_text is None:
-        return ScoreResult(0.0)  # unfinished reasoning: no answer
-    prediction = extract_answer(response) or ""
-    if not prediction and not final_text.strip():
+    gold_number = as_number(gold)
+    stated = [admissible(s, gold_number is not None) for s in answer_statements(response or "")]
+    if not stated or None in stated:  # no answer, or one statement is not an answer (hedge, restatement)
         return ScoreResult(0.0)
-    fallback = None if prediction else final_text[-_MAX_ANSWER_CHARS:]
-    reward, error = _POOL.run((prediction, gold, fallback), timeout)
-    return ScoreResult(reward, error)
+    distinct = list(dict.fromkeys(a for a in stated if a is not None))
+    if gold_number is not None:  # numbers written out: compared by value, exactly
+        reward, error = float(all(same_number(a, gold_number) for a in distinct)), None
+    elif all(normalize_answer(a) == normalize_answer(gold) for a in distinct):
+        reward, error = 1.0, None  # the same text: no need for sympy (nor for its soft timeouts under load)
+    else:
+        reward, error = _POOL.run((gold, distinct), timeout)
+    # several differing statements: the answer is theirs only when all are right (one class)
+    answer_text = distinct[-1] if reward == 1.0 or len(distinct) == 1 else None
+    return ScoreResult(reward, error, answer=answer_text)
+
+
+def same_answer(a: str, b: str, *, timeout: float = CHECK_TIMEOUT_S) -> bool:
+    """The reward's equivalence between two extracted answers: by value for two numbers, else math-verify."""
+    if normalize_answer(a) == normalize_answer(b):
+        return True
+    if number_value(a) is not None and number_value(b) is not None:
+        return same_number(a, b)
+    return _POOL.run((a, [b]), timeout)[0] == 1.0
+
+
+def answer_classes(answers: Sequence[str | None], *, timeout: float = CHECK_TIMEOUT_S) -> list[int | None]:
+    """Group answers by the reward's equivalence (``same_answer`` with the first answer of each group);
+    None for no answer. maj@k votes on these ids."""
+    heads: list[str] = []
+    out: list[int | None] = []
+    for answer in answers:
+        if answer is None:
+            out.append(None)
+            continue
+        for index, head in enumerate(heads):
+            if same_answer(head, answer, timeout=timeout):
+                out.append(index)
+                break
+        else:
+            heads.append(answer)
+            out.append(len(heads) - 1)
+    return out
 
 
 def math_reward(prompt: str = "", response: str = "", answer: Any = None, **_: Any) -> float:
