@@ -2,7 +2,7 @@
 
 - lean decoding (``aspo.rollout.hf.lean_decode``): its behaviour log-probs equal the model's own padded
   forward on the sampled tokens, with and without grouped-query attention, through early row drop-out;
-- packed training forward (``aspo.update.packed_token_logprobs``): same log-probs, entropies and
+- packed training forward (``aspo.models.logprobs.packed_token_logprobs``): same log-probs, entropies and
   parameter gradients as ``padded_token_logprobs``; the DDP-wrapped / unsupported case falls back;
 - benchmarks/_common.py builds a job that ``aspo train`` runs for two steps (the TRL side is left to the
   benchmark itself: it is slow to import).
@@ -19,9 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from aspo.models import (
+    lean_supported,
+    packed_token_logprobs,
+    packing_applies,
+    padded_token_logprobs,
+    token_logprobs,
+)
 from aspo.rollout import HFEngine
-from aspo.rollout.hf import lean_supported
-from aspo.update import packed_token_logprobs, packing_applies, padded_token_logprobs, token_logprobs
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["12+34=", "7*8=", "100-1=", "5="]

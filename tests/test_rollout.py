@@ -1,8 +1,8 @@
 import torch
 
+from aspo.models import token_logprobs
 from aspo.rollout import HFEngine, Rollout
 from aspo.rollout.hf import sample_token
-from aspo.update import token_logprobs
 
 PROMPTS = ["12+34=", "7*8=", "100-1="]
 

@@ -1,8 +1,9 @@
 import torch
 
+from aspo.models import token_logprobs
 from aspo.objectives import policy_loss
 from aspo.rollout import HFEngine
-from aspo.update import UpdateBatch, micro_batches, normaliser_scale, token_logprobs
+from aspo.update import UpdateBatch, micro_batches, normaliser_scale
 
 
 def test_a_batch_without_tokens_gives_zero_loss_and_gradient(tiny_policy):

@@ -1,7 +1,10 @@
-"""One exception type for mistakes a user can fix (bad path, bad key, bad value, malformed data).
+"""The project's exception types.
 
-The command line prints its message as one paragraph and exits with status 2 -- never a traceback.
-Library callers get an ordinary ``ValueError`` subclass.
+``UserError``: a mistake a user can fix (bad path, bad key, bad value, malformed data). The command line
+prints its message as one paragraph and exits with status 2 -- never a traceback. Library callers get an
+ordinary ``ValueError`` subclass.
+
+``NonFiniteError``: the policy's numbers went NaN/inf; a trainer signal, not a user mistake.
 """
 
 
@@ -30,3 +33,7 @@ class SandboxUnavailable(UserError):
 
 class RewardInfraError(UserError):
     """Most reward checks of a batch could not run (sandbox or host failure): results would be noise."""
+
+
+class NonFiniteError(FloatingPointError):
+    """The policy's numbers went NaN/inf (diverged weights); the trainer counts the step as non-finite."""

@@ -28,16 +28,16 @@ from aspo import distributed as dist
 from aspo.advantages import compute_advantages
 from aspo.checkpoint import latest_readable_checkpoint, restore, save_checkpoint
 from aspo.config import Config, save_config
-from aspo.errors import Interrupted, UserError
+from aspo.errors import Interrupted, NonFiniteError, UserError
 from aspo.evaluate import repetition_rate, sample_policy, summarize
 from aspo.graceful_stop import GracefulStop
+from aspo.models import token_logprobs
 from aspo.objectives import agg_loss, kl_penalty, policy_loss
 from aspo.objectives.base import resolve_params as check_objective
 from aspo.prompting import format_prompt, uses_chat_template
 from aspo.report.metrics import MetricsLogger
 from aspo.rewards import get_reward, score_records
 from aspo.rollout import Rollout, make_engine
-from aspo.rollout.base import NonFiniteError
 from aspo.run_setup import load_data, load_policy, resolve_run_dir, seed_for
 from aspo.update import (
     UpdateBatch,
@@ -45,7 +45,6 @@ from aspo.update import (
     micro_batches,
     normaliser_scale,
     objective_params,
-    token_logprobs,
 )
 
 SAMPLES_PER_EVAL = 16  # problems whose every sample is written to samples.jsonl at each eval

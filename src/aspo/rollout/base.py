@@ -6,10 +6,16 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
 
-class NonFiniteError(FloatingPointError):
-    """The policy's numbers went NaN/inf (diverged weights); the trainer counts the step as non-finite."""
+def pad_to_width(parts: list[torch.Tensor], value: float | int | bool, *, left: bool = False,
+                 width: int | None = None) -> torch.Tensor:
+    """Concatenate (rows_i, W_i) tensors into (sum rows_i, width), filling with ``value`` on the right (or the
+    left); width defaults to the widest part."""
+    width = max(p.shape[1] for p in parts) if width is None else width
+    return torch.cat([F.pad(p, (width - p.shape[1], 0) if left else (0, width - p.shape[1]), value=value)
+                      for p in parts])
 
 
 @dataclass
@@ -52,27 +58,16 @@ class Rollout:
         """Join rollouts of different lengths (prompt padded left, response padded right)."""
         if len(parts) == 1:
             return parts[0]
-        p_len = max(r.prompt_ids.shape[1] for r in parts)
-        r_len = max(r.response_ids.shape[1] for r in parts)
         offset, group_ids = 0, []
         for r in parts:
             group_ids.append(r.group_ids + offset)
             offset += int(r.group_ids.max()) + 1 if len(r.group_ids) else 0
-
-        def pad(ts: list[torch.Tensor], width: int, left: bool, value: float | int | bool) -> torch.Tensor:
-            padded = []
-            for t in ts:
-                extra = width - t.shape[1]
-                filler = torch.full((t.shape[0], extra), value, dtype=t.dtype)
-                padded.append(torch.cat([filler, t] if left else [t, filler], dim=1))
-            return torch.cat(padded)
-
         return Rollout(
-            prompt_ids=pad([r.prompt_ids for r in parts], p_len, True, pad_token_id),
-            prompt_mask=pad([r.prompt_mask for r in parts], p_len, True, False),
-            response_ids=pad([r.response_ids for r in parts], r_len, False, pad_token_id),
-            response_mask=pad([r.response_mask for r in parts], r_len, False, False),
-            behaviour_logprobs=pad([r.behaviour_logprobs for r in parts], r_len, False, 0.0),
+            prompt_ids=pad_to_width([r.prompt_ids for r in parts], pad_token_id, left=True),
+            prompt_mask=pad_to_width([r.prompt_mask for r in parts], False, left=True),
+            response_ids=pad_to_width([r.response_ids for r in parts], pad_token_id),
+            response_mask=pad_to_width([r.response_mask for r in parts], False),
+            behaviour_logprobs=pad_to_width([r.behaviour_logprobs for r in parts], 0.0),
             group_ids=torch.cat(group_ids),
             responses=[s for r in parts for s in r.responses],
             truncated=torch.cat([r.truncated for r in parts]),
@@ -88,17 +83,3 @@ class GenerationEngine(Protocol):
     def sync_weights(self, model: torch.nn.Module, version: int | None = None) -> None:
         """Make the engine sample from ``model``'s current weights (``version``: skip if already synced)."""
         ...
-
-
-def make_engine(name: str, model: torch.nn.Module, tokenizer: Any, **kwargs: Any) -> GenerationEngine:
-    from aspo.errors import UserError
-
-    if name == "hf":
-        from aspo.rollout.hf import HFEngine
-
-        return HFEngine(model, tokenizer, **kwargs)
-    if name == "vllm":
-        from aspo.rollout.vllm import VLLMEngine
-
-        return VLLMEngine(model, tokenizer, **kwargs)
-    raise UserError(f"unknown rollout.engine {name!r}; valid engines: hf, vllm")

@@ -20,7 +20,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from aspo.rollout.base import NonFiniteError, Rollout
+from aspo.errors import NonFiniteError
+from aspo.models.llama import (
+    Attend,
+    decoder_layer,
+    distinct_prompts,
+    head_counts,
+    lean_supported,
+    rotary_tables,
+    self_attention_mask,
+)
+from aspo.rollout.base import Rollout, pad_to_width
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
@@ -86,9 +96,9 @@ class HFEngine:
             sample = self._sample_lean
         parts = [sample(prompt_ids[i:i + chunk], prompt_mask[i:i + chunk], max_new_tokens,
                               temperature, top_p, generator) for i in range(0, rows, chunk)]
-        response_ids = _pad_right([p[0] for p in parts], tok.pad_token_id)
-        response_mask = _pad_right([p[1] for p in parts], False)
-        logprobs = _pad_right([p[2] for p in parts], 0.0)
+        response_ids = pad_to_width([p[0] for p in parts], tok.pad_token_id)
+        response_mask = pad_to_width([p[1] for p in parts], False)
+        logprobs = pad_to_width([p[2] for p in parts], 0.0)
         lengths = response_mask.sum(-1)
         last = response_ids.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
         ended = (lengths > 0) & torch.isin(last, torch.tensor(self.eos_ids))
@@ -163,69 +173,30 @@ def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def _pad_right(parts: list[torch.Tensor], value: float | int | bool) -> torch.Tensor:
-    width = max(p.shape[1] for p in parts)
-    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=value) for p in parts])
+# -- the lean path (the layer itself: aspo.models.llama) ----------------------------------------------
 
 
-# -- the lean path -------------------------------------------------------------------------------------
+def _cache_attention(k_cache: torch.Tensor, v_cache: torch.Tensor, start: int, mask: torch.Tensor,
+                     scaling: float) -> Attend:
+    """Attention of T new tokens against a static KV cache: writes their keys and values at cache columns
+    start..start+T-1 (caches (rows, kv_heads, total, head_dim)); mask (rows, 1, T, start+T) bool, True = may
+    attend."""
 
-_LEAN_MODEL_TYPES = ("qwen2", "llama", "mistral")
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        rows, width, heads, head_dim = q.shape
+        kv_heads, end = k.shape[2], start + width
+        k_cache[:, :, start:end] = k.transpose(1, 2)
+        v_cache[:, :, start:end] = v.transpose(1, 2)
+        if width == 1:  # one query per row: plain batched matmuls beat the fused kernel at this size
+            q = q.view(rows, kv_heads, heads // kv_heads, head_dim)
+            scores = torch.matmul(q, k_cache[:, :, :end].transpose(-1, -2)) * scaling  # (rows, kv, group, end)
+            probs = torch.softmax(scores.masked_fill(~mask.view(rows, 1, 1, end), float("-inf")), dim=-1)
+            return torch.matmul(probs, v_cache[:, :, :end]).reshape(rows, 1, heads * head_dim)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end],
+                                             attn_mask=mask, scale=scaling, enable_gqa=kv_heads != heads)
+        return out.transpose(1, 2).reshape(rows, width, heads * head_dim)
 
-
-def lean_supported(model: torch.nn.Module) -> bool:
-    """True for a decoder whose every layer is exactly: RMSNorm, rotary GQA attention, RMSNorm, SwiGLU MLP."""
-    cfg = getattr(model, "config", None)
-    base = getattr(model, "model", None)
-    if cfg is None or base is None or getattr(cfg, "model_type", None) not in _LEAN_MODEL_TYPES:
-        return False
-    if getattr(cfg, "hidden_act", None) != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
-        return False
-    if getattr(cfg, "use_sliding_window", False) or (cfg.model_type == "mistral" and cfg.sliding_window):
-        return False
-    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
-        return False
-    if not all(hasattr(base, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")):
-        return False
-    return all(not hasattr(layer.self_attn, "q_norm") for layer in base.layers)
-
-
-def head_counts(attn: torch.nn.Module) -> tuple[int, int, int]:
-    """(query heads, key/value heads, head dim) of a Llama-style attention module."""
-    return attn.q_proj.out_features // attn.head_dim, attn.k_proj.out_features // attn.head_dim, attn.head_dim
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding as transformers' Llama/Qwen2 ``apply_rotary_pos_emb`` (rotate-half convention)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-def _lean_layer(layer: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                k_cache: torch.Tensor, v_cache: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
-    """One decoder layer (its own norms, projections and MLP) on x (rows, T, H) at cache columns
-    start..start+T-1; mask (rows, 1, T, start+T) bool, True = may attend."""
-    attn = layer.self_attn
-    rows, width = x.shape[0], x.shape[1]
-    heads, kv_heads, head_dim = head_counts(attn)
-    h = layer.input_layernorm(x)
-    q = attn.q_proj(h).view(rows, width, heads, head_dim).transpose(1, 2)
-    k = attn.k_proj(h).view(rows, width, kv_heads, head_dim).transpose(1, 2)
-    k_cache[:, :, start:start + width] = apply_rotary(k, cos, sin)
-    v_cache[:, :, start:start + width] = attn.v_proj(h).view(rows, width, kv_heads, head_dim).transpose(1, 2)
-    end = start + width
-    q = apply_rotary(q, cos, sin)
-    if width == 1:  # one query per row: plain batched matmuls beat the fused kernel at this size
-        q = q.view(rows, kv_heads, heads // kv_heads, head_dim)
-        scores = torch.matmul(q, k_cache[:, :, :end].transpose(-1, -2)) * attn.scaling  # (rows, kv, group, end)
-        probs = torch.softmax(scores.masked_fill(~mask.view(rows, 1, 1, end), float("-inf")), dim=-1)
-        out = torch.matmul(probs, v_cache[:, :, :end]).reshape(rows, 1, heads * head_dim)
-    else:
-        out = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
-                                             scale=attn.scaling, enable_gqa=kv_heads != heads)
-        out = out.transpose(1, 2).reshape(rows, width, heads * head_dim)
-    x = x + attn.o_proj(out)
-    return x + layer.mlp(layer.post_attention_layernorm(x))
+    return attend
 
 
 @torch.no_grad()
@@ -247,31 +218,25 @@ def lean_decode(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: t
     valid[:, :prompt_len] = prompt_mask.to(device)
     first = (valid[:, :prompt_len].long().cumsum(-1) - 1).clamp(min=0)
     positions = torch.cat([first, first[:, -1:] + torch.arange(1, max_new_tokens + 1, device=device)], 1)
-    cos, sin = base.rotary_emb(base.embed_tokens.weight[:1], positions)  # (rows, total, head_dim)
-    cos, sin = cos[:, None].to(dtype), sin[:, None].to(dtype)
+    cos, sin = rotary_tables(base, positions)  # (rows, total, 1, head_dim)
     out_tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     out_mask = torch.zeros(rows, max_new_tokens, dtype=torch.bool, device=device)
     out_logps = torch.zeros(rows, max_new_tokens, dtype=torch.float32, device=device)
     live = torch.arange(rows, device=device)  # original row of each batch row
     done = torch.zeros(rows, dtype=torch.bool, device=device)  # per batch row: has sampled an EOS
 
-    # prefill each distinct prompt once (the n samples of a group share it), then give every row its copy;
-    # causal over real prompt tokens, and a padding query sees itself so that no softmax row is empty
+    # prefill each distinct prompt once (the n samples of a group share it), then give every row its copy
     prompt_ids = prompt_ids.to(device)
-    _, group = torch.unique(prompt_ids.masked_fill(~valid[:, :prompt_len], -1), dim=0, return_inverse=True)
-    first_row = torch.full((int(group.max()) + 1,), rows, device=device).scatter_reduce(
-        0, group, torch.arange(rows, device=device), reduce="amin")
-    causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
-    mask = (causal & valid[first_row, None, None, :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool,
-                                                                             device=device)
+    first_row, group = distinct_prompts(prompt_ids, valid[:, :prompt_len])
+    mask = self_attention_mask(valid[first_row, :prompt_len])
     x = base.embed_tokens(prompt_ids[first_row])
     _, kv_heads, head_dim = head_counts(base.layers[0].self_attn)
     shared = [(torch.empty(len(first_row), kv_heads, total, head_dim, device=device, dtype=dtype),
                torch.empty(len(first_row), kv_heads, total, head_dim, device=device, dtype=dtype))
               for _ in base.layers]
     for layer, (k_cache, v_cache) in zip(base.layers, shared, strict=True):
-        x = _lean_layer(layer, x, cos[first_row, :, :prompt_len], sin[first_row, :, :prompt_len], k_cache, v_cache,
-                        0, mask)
+        x = decoder_layer(layer, x, cos[first_row, :prompt_len], sin[first_row, :prompt_len],
+                          _cache_attention(k_cache, v_cache, 0, mask, layer.self_attn.scaling))
     x = x[group]
     caches = [(k[group], v[group]) for k, v in shared]
     steps = 0
@@ -295,5 +260,6 @@ def lean_decode(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: t
         x = base.embed_tokens(token[:, None])
         mask = valid[:, None, None, :col + 1]
         for layer, (k_cache, v_cache) in zip(base.layers, caches, strict=True):
-            x = _lean_layer(layer, x, cos[:, :, col:col + 1], sin[:, :, col:col + 1], k_cache, v_cache, col, mask)
+            x = decoder_layer(layer, x, cos[:, col:col + 1], sin[:, col:col + 1],
+                              _cache_attention(k_cache, v_cache, col, mask, layer.self_attn.scaling))
     return out_tokens[:, :steps], out_mask[:, :steps], out_logps[:, :steps]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from aspo.rollout.base import Rollout
+from aspo.rollout.base import Rollout, pad_to_width
 
 
 class VLLMEngine:
@@ -78,7 +78,6 @@ class VLLMEngine:
 def rollout_from_outputs(prompt_token_ids: list[list[int]], outputs: list[Any], n: int, pad_id: int,
                          eos_id: int, tokenizer: Any) -> Rollout:
     """Pack vLLM ``RequestOutput``s (one per prompt, ``n`` completions each) into a padded Rollout."""
-    p_len = max(len(ids) for ids in prompt_token_ids)
     rows_prompt, rows_resp, rows_logp, texts, truncated = [], [], [], [], []
     for ids, out in zip(prompt_token_ids, outputs, strict=True):
         if len(out.outputs) != n:
@@ -96,18 +95,17 @@ def rollout_from_outputs(prompt_token_ids: list[list[int]], outputs: list[Any], 
             truncated.append(not ended)
             texts.append(tokenizer.decode(tokens[:-1] if ended else tokens, skip_special_tokens=False))
     r_len = max(1, max(len(t) for t in rows_resp))
-    rows = len(rows_resp)
-    prompt_ids = torch.full((rows, p_len), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros(rows, p_len, dtype=torch.bool)
-    response_ids = torch.full((rows, r_len), pad_id, dtype=torch.long)
-    response_mask = torch.zeros(rows, r_len, dtype=torch.bool)
-    logprobs = torch.zeros(rows, r_len)
-    for i, (p, r, lp) in enumerate(zip(rows_prompt, rows_resp, rows_logp, strict=True)):
-        prompt_ids[i, p_len - len(p):] = torch.tensor(p)
-        prompt_mask[i, p_len - len(p):] = True
-        if r:
-            response_ids[i, : len(r)] = torch.tensor(r)
-            response_mask[i, : len(r)] = True
-            logprobs[i, : len(r)] = torch.tensor(lp)
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, logprobs,
-                   torch.arange(len(prompt_token_ids)).repeat_interleave(n), texts, torch.tensor(truncated))
+
+    def padded(rows: list[list[int]] | list[list[float]], value: float | int, left: bool = False,
+               width: int | None = None, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        return pad_to_width([torch.tensor(r, dtype=dtype)[None] for r in rows], value, left=left, width=width)
+
+    ones = [[1] * len(r) for r in rows_prompt], [[1] * len(r) for r in rows_resp]
+    return Rollout(
+        prompt_ids=padded(rows_prompt, pad_id, left=True),
+        prompt_mask=padded(ones[0], 0, left=True, dtype=torch.bool),
+        response_ids=padded(rows_resp, pad_id, width=r_len),
+        response_mask=padded(ones[1], 0, width=r_len, dtype=torch.bool),
+        behaviour_logprobs=padded(rows_logp, 0.0, width=r_len, dtype=torch.float32),
+        group_ids=torch.arange(len(prompt_token_ids)).repeat_interleave(n), responses=texts,
+        truncated=torch.tensor(truncated))
