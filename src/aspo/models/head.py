@@ -80,6 +80,7 @@ class _ChunkedHead(torch.autograd.Function):
         n = hidden.shape[0]
         g_lp = torch.zeros(n, device=hidden.device) if grad_logprobs is None else grad_logprobs.float()
         use_entropy = ctx.with_entropy and grad_entropy is not None
+        g_ent = grad_entropy if grad_entropy is not None else g_lp
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         # summed over chunks in float32 even for a low-precision head
@@ -93,7 +94,7 @@ class _ChunkedHead(torch.autograd.Function):
             p = log_p.exp()
             coef = g
             if use_entropy:
-                coef = log_p.add_(entropy[i:i + chunk, None]).mul_(grad_entropy[i:i + chunk, None].float()).add_(g)
+                coef = log_p.add_(entropy[i:i + chunk, None]).mul_(g_ent[i:i + chunk, None].float()).add_(g)
             grad_z = p.mul_(coef).neg_().scatter_add_(-1, targets[i:i + chunk, None], g)
             del log_p, coef
             if temperature != 1.0:

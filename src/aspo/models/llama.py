@@ -11,6 +11,7 @@ here once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -20,7 +21,7 @@ _LEAN_MODEL_TYPES = ("qwen2", "llama", "mistral")
 def lean_supported(model: torch.nn.Module) -> bool:
     """True for a decoder whose every layer is exactly: RMSNorm, rotary GQA attention, RMSNorm, SwiGLU MLP."""
     cfg = getattr(model, "config", None)
-    base = getattr(model, "model", None)
+    base: Any = getattr(model, "model", None)
     if cfg is None or base is None or getattr(cfg, "model_type", None) not in _LEAN_MODEL_TYPES:
         return False
     if getattr(cfg, "hidden_act", None) != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
@@ -34,7 +35,7 @@ def lean_supported(model: torch.nn.Module) -> bool:
     return all(not hasattr(layer.self_attn, "q_norm") for layer in base.layers)
 
 
-def head_counts(attn: torch.nn.Module) -> tuple[int, int, int]:
+def head_counts(attn: Any) -> tuple[int, int, int]:
     """(query heads, key/value heads, head dim) of a Llama-style attention module."""
     return attn.q_proj.out_features // attn.head_dim, attn.k_proj.out_features // attn.head_dim, attn.head_dim
 
@@ -70,7 +71,7 @@ def self_attention_mask(valid: torch.Tensor) -> torch.Tensor:
     return (causal & valid[:, None, None, :]) | torch.eye(length, dtype=torch.bool, device=valid.device)
 
 
-def rotary_tables(base: torch.nn.Module, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(base: Any, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """positions (..., T) long -> cos, sin (..., T, 1, head_dim) in the model's dtype, to broadcast over the
     heads of (..., T, heads, head_dim) queries and keys."""
     weight = base.embed_tokens.weight
@@ -84,7 +85,7 @@ def rotary_tables(base: torch.nn.Module, positions: torch.Tensor) -> tuple[torch
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def decoder_layer(layer: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+def decoder_layer(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                   attend: Attend) -> torch.Tensor:
     """One decoder layer with its own modules: x (..., T, H) -> (..., T, H).
 

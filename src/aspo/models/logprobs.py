@@ -10,6 +10,7 @@ more than one chunk of vocabulary-sized rows.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -49,7 +50,8 @@ def packing_applies(model: torch.nn.Module, prompt_mask: torch.Tensor) -> bool:
     checkpointing = getattr(model, "is_activation_checkpointing", None)
     if checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False):
         return False
-    if model.training and getattr(model.config, "attention_dropout", 0.0):
+    cfg: Any = model.config
+    if model.training and bool(getattr(cfg, "attention_dropout", 0.0)):
         return False
     return prompt_mask.shape[1] > 0 and bool(prompt_mask[:, -1].all())
 
@@ -100,7 +102,7 @@ def packed_token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prom
     response row; autograd sums their gradients): T = distinct prompt tokens + response tokens, instead of
     rows x (P + R) in the padded forward. Same values and gradients, up to float summation order.
     """
-    base = model.model
+    base: Any = model.model
     device = base.embed_tokens.weight.device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     response_ids, valid = response_ids.to(device), response_mask.to(device)
@@ -153,14 +155,15 @@ def packed_token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prom
     r_index[r_real] = n_p + torch.arange(len(r_real), device=device)
     predictor = torch.cat([p_index.view(n_prompts, prompt_len)[group, -1:], r_index.view(rows, resp_len)[:, :-1]], 1)
     hidden = base.norm(x[predictor[valid]])  # (N, H)
+    lm_head: Any = model.lm_head
     if chunk == 0:
-        logp, ent = _logprobs_and_entropy(model.lm_head(hidden), response_ids[valid], None, temperature,
+        logp, ent = _logprobs_and_entropy(lm_head(hidden), response_ids[valid], None, temperature,
                                           with_entropy)
         return _to_rows(logp, valid), None if ent is None else _to_rows(ent, valid)
-    return _scatter(model.lm_head, hidden, response_ids, valid, temperature, with_entropy, chunk)
+    return _scatter(lm_head, hidden, response_ids, valid, temperature, with_entropy, chunk)
 
 
-def _scatter(head: torch.nn.Linear, hidden: torch.Tensor, response_ids: torch.Tensor, valid: torch.Tensor,
+def _scatter(head: Any, hidden: torch.Tensor, response_ids: torch.Tensor, valid: torch.Tensor,
              temperature: float, with_entropy: bool, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """hidden (N, H) at the N valid response positions of valid (B, R) -> (B, R) logprobs and entropy."""
     logp, ent = head_logprobs(hidden, head.weight, head.bias, response_ids[valid], temperature=temperature,
@@ -202,9 +205,10 @@ def _output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     if isinstance(model, FullyShardedDataParallel) or isinstance(inner, FullyShardedDataParallel):
         return None
     cfg = getattr(inner, "config", None)
-    if getattr(cfg, "model_type", None) not in _PLAIN_HEAD_TYPES or not hasattr(inner, "get_output_embeddings"):
+    get_head = getattr(inner, "get_output_embeddings", None)
+    if getattr(cfg, "model_type", None) not in _PLAIN_HEAD_TYPES or get_head is None:
         return None
-    head = inner.get_output_embeddings()
+    head = get_head()
     if type(head) is not torch.nn.Linear or type(head.weight.data) is not torch.Tensor:  # DTensor: FSDP2
         return None
     return head

@@ -210,7 +210,8 @@ def lean_decode(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: t
     batch (their cache rows are dropped) once they are a quarter of it. Returns tokens (pad after the end),
     mask and logprobs (0 after the end), each (rows, steps taken).
     """
-    base = model.model
+    base: Any = model.model
+    lm_head: Any = model.lm_head
     device, dtype = base.embed_tokens.weight.device, base.embed_tokens.weight.dtype
     rows, prompt_len = prompt_ids.shape
     total = prompt_len + max_new_tokens
@@ -241,7 +242,7 @@ def lean_decode(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: t
     caches = [(k[group], v[group]) for k, v in shared]
     steps = 0
     for step in range(max_new_tokens):
-        logits = model.lm_head(base.norm(x[:, -1]))
+        logits = lm_head(base.norm(x[:, -1]))
         token, logp, ended = pick(logits)
         write = live[~done]
         out_tokens[write, step], out_logps[write, step] = token[~done], logp[~done].float()

@@ -34,7 +34,7 @@ class VLLMEngine:
         self.llm = llm
 
     @staticmethod
-    def _start(model: torch.nn.Module, tokenizer: Any, gpu_memory_utilization: float, **kwargs: Any) -> Any:
+    def _start(model: Any, tokenizer: Any, gpu_memory_utilization: float, **kwargs: Any) -> Any:
         try:
             from vllm import LLM
         except ImportError as err:
