@@ -9,8 +9,9 @@ what one sampling round of the real-model job gives the update: ``prompts`` chat
 questions (about 40 tokens each) x ``n`` responses of ``tokens`` tokens (random ids, every one valid).
 Each measurement is a fresh process on one thread, modes interleaved round by round; a child reports its
 baseline resident memory (model and batch loaded), its peak after one forward + backward (gradients
-included), and the median wall time of ``--passes`` further forward + backward passes. The ratios
-(chunked / full) are the result; absolute times depend on the machine and its load (printed with them).
+included), and the median wall and CPU time of ``--passes`` further forward + backward passes. The
+ratios (chunked / full) are the result; absolute times depend on the machine and its load (printed with
+them; on a shared machine the CPU time is the steadier measure).
 """
 
 from __future__ import annotations
@@ -50,19 +51,24 @@ def child(args: argparse.Namespace) -> None:
     response_mask = torch.ones(rows, args.tokens, dtype=torch.bool)
     advantages = torch.randn(rows, 1)
 
-    def step() -> float:
-        start = time.perf_counter()
-        logp, ent = token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature=0.7,
-                                   chunk=MODES[args.child])
-        ((logp * advantages).sum() + 0.01 * ent.sum()).backward()
-        return time.perf_counter() - start
+    size = args.micro_batch or rows
+
+    def step() -> tuple[float, float]:
+        """One forward + backward over the batch (micro-batch by micro-batch, as train.micro_batch_size)."""
+        start, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, rows, size):
+            part = slice(i, i + size)
+            logp, ent = token_logprobs(model, prompt_ids[part], prompt_mask[part], response_ids[part],
+                                       response_mask[part], temperature=0.7, chunk=MODES[args.child])
+            ((logp * advantages[part]).sum() + 0.01 * ent.sum()).backward()
+        return time.perf_counter() - start, time.process_time() - cpu
 
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     first = step()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    times = [step() for _ in range(args.passes)]
-    print(json.dumps({"base_mb": base_mb, "peak_mb": peak_mb, "first_s": first,
-                      "time_s": statistics.median(times) if times else first,
+    times = [step() for _ in range(args.passes)] or [first]
+    print(json.dumps({"base_mb": base_mb, "peak_mb": peak_mb, "time_s": statistics.median(t[0] for t in times),
+                      "cpu_s": statistics.median(t[1] for t in times),
                       "prompt_tokens": int(enc["attention_mask"].sum(-1).float().mean())}))
 
 
@@ -73,7 +79,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="responses per prompt")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per response")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per mode (interleaved)")
-    parser.add_argument("--passes", type=int, default=2, help="timed forward + backward passes per process")
+    parser.add_argument("--passes", type=int, default=1,
+                        help="timed forward + backward passes per process after the first (0: time the first)")
+    parser.add_argument("--micro-batch", type=int, default=0, help="rows per forward + backward (0: all at once)")
     parser.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -86,22 +94,24 @@ def main() -> None:
     for _ in range(args.repeats):
         for mode in MODES:
             cmd = [sys.executable, __file__, "--child", mode, "--model", args.model, "--prompts", str(args.prompts),
-                   "--n", str(args.n), "--tokens", str(args.tokens), "--passes", str(args.passes)]
+                   "--n", str(args.n), "--tokens", str(args.tokens), "--passes", str(args.passes),
+                   "--micro-batch", str(args.micro_batch)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {mode: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for mode, rs in results.items()}
     one, five, _ = os.getloadavg()
     print(f"{args.prompts} prompts (~{med['full']['prompt_tokens']:.0f} tokens) x {args.n} responses x "
-          f"{args.tokens} tokens, one thread, medians of {args.repeats} processes per mode; "
+          f"{args.tokens} tokens, micro-batch {args.micro_batch or 'all'}, one thread, medians of {args.repeats} "
+          f"processes per mode; "
           f"load {one:.2f}/{five:.2f} on {os.cpu_count()} cores")
-    print(f"{'mode':8} {'baseline MB':>12} {'peak MB':>9} {'peak - baseline':>16} {'fwd+bwd s':>10}")
+    print(f"{'mode':8} {'baseline MB':>12} {'peak MB':>9} {'peak - baseline':>16} {'fwd+bwd s':>10} {'CPU s':>8}")
     for mode, m in med.items():
         print(f"{mode:8} {m['base_mb']:12.0f} {m['peak_mb']:9.0f} {m['peak_mb'] - m['base_mb']:16.0f} "
-              f"{m['time_s']:10.2f}")
+              f"{m['time_s']:10.2f} {m['cpu_s']:8.2f}")
     full, chunked = med["full"], med["chunked"]
     print(f"chunked / full: peak RSS {chunked['peak_mb'] / full['peak_mb']:.2f}x, peak above baseline "
           f"{(chunked['peak_mb'] - chunked['base_mb']) / (full['peak_mb'] - full['base_mb']):.2f}x, "
-          f"time {chunked['time_s'] / full['time_s']:.2f}x")
+          f"wall time {chunked['time_s'] / full['time_s']:.2f}x, CPU time {chunked['cpu_s'] / full['cpu_s']:.2f}x")
 
 
 if __name__ == "__main__":
