@@ -43,7 +43,8 @@ def token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask
 
 def packing_applies(model: torch.nn.Module, prompt_mask: torch.Tensor) -> bool:
     """The packed path needs the model's own layers (no DDP wrapper, no gradient checkpointing, no attention
-    dropout while training) and a real last prompt token in every row (it predicts the first response token)."""
+    dropout while training) and a real last prompt token in every row (it predicts the first response
+    token)."""
     if not lean_supported(model):
         return False
     # transformers >= 5.2x calls it activation checkpointing; older releases gradient checkpointing

@@ -5,8 +5,8 @@ sampled tokens from the same logits it samples from (no second forward), and it 
 per-call setup, which dominates for small models.
 
 Llama-style decoders (Qwen2, Llama, Mistral without sliding windows) take a leaner path (``lean_decode``):
-the model's own weights applied layer by layer with a preallocated (static) KV cache, and rows that have
-ended dropped from the batch. Per decoded token it issues a few tensor ops per layer instead of
+the model's own weights applied layer by layer (``aspo.models.llama.decoder_layer``, the trainer's layer
+too) with a preallocated (static) KV cache, and rows that have ended dropped from the batch. Per decoded token it issues a few tensor ops per layer instead of
 transformers' module / mask / cache bookkeeping, which is most of the time for a small model on a CPU
 (benchmarks/vs_trl.py: about 4x fewer seconds per rollout on the tiny lab model). Other models use the
 generic loop with transformers' own cache.
@@ -189,7 +189,8 @@ def _cache_attention(k_cache: torch.Tensor, v_cache: torch.Tensor, start: int, m
         v_cache[:, :, start:end] = v.transpose(1, 2)
         if width == 1:  # one query per row: plain batched matmuls beat the fused kernel at this size
             q = q.view(rows, kv_heads, heads // kv_heads, head_dim)
-            scores = torch.matmul(q, k_cache[:, :, :end].transpose(-1, -2)) * scaling  # (rows, kv, group, end)
+            # scores (rows, kv_heads, group, end)
+            scores = torch.matmul(q, k_cache[:, :, :end].transpose(-1, -2)) * scaling
             probs = torch.softmax(scores.masked_fill(~mask.view(rows, 1, 1, end), float("-inf")), dim=-1)
             return torch.matmul(probs, v_cache[:, :, :end]).reshape(rows, 1, heads * head_dim)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end],
