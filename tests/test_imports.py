@@ -63,9 +63,6 @@ def circles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
     return found
 
 
-# still to untangle: aspo.rewards imports bounded (BoundedReward), bounded imports aspo.rewards
-# (_load_file_function) back; once it is gone this test fails until the entry is deleted
-KNOWN_CIRCLES = {frozenset({"aspo.rewards", "aspo.rewards.bounded"})}
 
 
 def test_the_checker_finds_circles():
@@ -81,4 +78,4 @@ def test_the_graph_sees_function_level_imports():
 
 
 def test_no_import_circle_in_src_aspo():
-    assert circles(import_graph()) == KNOWN_CIRCLES
+    assert circles(import_graph()) == set()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aspo.errors import RewardInfraError, SandboxUnavailable, UserError
+from aspo.rewards.user_file import load_file_function
 
 RewardFn = Callable[..., float]
 
@@ -51,25 +52,6 @@ def _load_target(target: str) -> RewardFn:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _load_file_function(spec: str) -> RewardFn:
-    path, _, attr = spec.rpartition(":")
-    if not os.path.isfile(path):
-        raise UserError(f"reward file {path!r} does not exist (reward spec {spec!r}, expected path/file.py:function)")
-    module_name = "aspo_user_reward_" + os.path.splitext(os.path.basename(path))[0]
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise UserError(f"cannot import reward file {path!r}")
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as err:  # the user's file failed to import: say where, not a traceback
-        raise UserError(f"importing reward file {path!r} failed: {type(err).__name__}: {err}") from err
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise UserError(f"reward file {path!r} has no function {attr!r}")
-    return fn
-
-
 def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardFn:
     """Resolve a reward name, ``file.py:function`` spec, or callable into a callable.
 
@@ -83,7 +65,7 @@ def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardF
     elif spec in BUILTIN_REWARDS:
         fn = _load_target(BUILTIN_REWARDS[spec])
     elif ":" in spec and spec.rpartition(":")[0].endswith(".py"):
-        fn = _load_file_function(spec)  # imported here too: a broken file is a UserError at start-up
+        fn = load_file_function(spec)  # imported here too: a broken file is a UserError at start-up
         from aspo.rewards.bounded import DEFAULT_TIMEOUT, BoundedReward
 
         timeout = DEFAULT_TIMEOUT if timeout is None else timeout

@@ -121,9 +121,9 @@ def _serve() -> None:
     os.dup2(2, 1)  # the user function's prints go to stderr, not into the protocol
     spec, path = _receive(requests)
     sys.path[:] = path
-    from aspo.rewards import _load_file_function
+    from aspo.rewards.user_file import load_file_function
 
-    fn = _load_file_function(spec)
+    fn = load_file_function(spec)
     while True:
         try:
             kwargs = _receive(requests)
