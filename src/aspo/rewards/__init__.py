@@ -12,9 +12,7 @@ function (``code`` does, to run sandboxes in parallel); ``score_records`` uses i
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
