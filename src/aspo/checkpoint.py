@@ -4,6 +4,7 @@ Layout of one checkpoint (model and tokenizer in ``save_pretrained`` format, so 
 model directory that `aspo eval --model` or ``from_pretrained`` can open):
 
     step-N/config.json, model.safetensors, tokenizer files   the policy
+      (with LoRA instead: adapter_config.json, adapter_model.safetensors -- peft's format, naming the base)
     step-N/optimizer.pt, scheduler.pt                         AdamW and the LR schedule
     step-N/rng.pt                                             python / numpy / torch RNG states
     step-N/trainer_state.json                                 step, data position, counters
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from aspo.errors import CheckpointError, UserError
+from aspo.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter_state
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -101,7 +103,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     path = Path(path)
-    loaders = {"model": ("model.safetensors", lambda p: load_file(str(p))),
+    adapter = (path / ADAPTER_CONFIG).is_file()  # a LoRA run's: the adapter weights stand for the model's
+    loaders = {"model": (ADAPTER_WEIGHTS if adapter else "model.safetensors", lambda p: load_file(str(p))),
                "optimizer": ("optimizer.pt", _torch_load), "scheduler": ("scheduler.pt", _torch_load),
                "rng": ("rng.pt", _torch_load), "trainer_state": ("trainer_state.json", _json_load)}
     parts = {}
@@ -110,6 +113,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             parts[key] = load(path / name)
         except Exception as err:  # truncated, corrupt or missing: any failure makes the checkpoint unusable
             raise CheckpointError(f"{path / name}: {type(err).__name__}: {err}") from err
+    parts["adapter"] = adapter
     return parts
 
 
@@ -132,12 +136,20 @@ def latest_readable_checkpoint(run_dir: str | Path) -> tuple[int, Path, dict[str
 
 
 def restore(parts: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any) -> dict[str, Any]:
-    """Load what `read_checkpoint` returned into the trainer's objects and the RNGs; returns the trainer state."""
-    loaded = model.load_state_dict(parts["model"], strict=False)  # tied embeddings may be saved once
-    if loaded.unexpected_keys:  # e.g. a model wrapped (FSDP flat parameters) or built differently: not silently
-        raise UserError(f"the checkpoint's weights do not fit the model: {len(loaded.unexpected_keys)} of its "
-                        f"tensors have no place in it (first: {loaded.unexpected_keys[0]!r})")
+            scheduler: Any, peft_model: Any = None) -> dict[str, Any]:
+    """Load what `read_checkpoint` returned into the trainer's objects and the RNGs; returns the trainer state.
+    With LoRA (``peft_model``, the wrapper of ``model``) the checkpoint must hold an adapter, and only that loads."""
+    if parts.get("adapter", False) != (peft_model is not None):
+        held, run = ("a LoRA adapter", "without") if parts.get("adapter") else ("a full model", "with")
+        raise UserError(f"the checkpoint holds {held} but this run is {run} LoRA: resume with the run's own "
+                        "lora.* settings (its config.yaml)")
+    if peft_model is not None:
+        load_adapter_state(peft_model, parts["model"])
+    else:
+        loaded = model.load_state_dict(parts["model"], strict=False)  # tied embeddings may be saved once
+        if loaded.unexpected_keys:  # e.g. a model wrapped (FSDP flat parameters) or built differently: not silently
+            raise UserError(f"the checkpoint's weights do not fit the model: {len(loaded.unexpected_keys)} of its "
+                            f"tensors have no place in it (first: {loaded.unexpected_keys[0]!r})")
     optimizer.load_state_dict(parts["optimizer"])
     scheduler.load_state_dict(parts["scheduler"])
     set_rng_state(parts["rng"])

@@ -1,4 +1,4 @@
-"""The `aspo` command: train | eval | score | compare.
+"""The `aspo` command: train | eval | score | compare | merge-lora.
 
 Each sub-command lives in ``aspo.commands.<name>`` and is imported only when used, so `aspo --help`
 starts in a fraction of a second. Every ``UserError`` (and a few other predictable failures) becomes a
@@ -15,14 +15,15 @@ COMMANDS = {
     "eval": "sample K responses per problem and report avg@K, pass@1, pass@K, maj@K",
     "score": "score a JSONL of responses offline with a reward (math, code, lab tasks, file.py:fn)",
     "compare": "run several algorithms over several seeds and write a report with figures",
+    "merge-lora": "fold a LoRA adapter checkpoint into a plain transformers checkpoint",
 }
 
-USAGE = "usage: aspo {train,eval,score,compare} [args...]\n       aspo COMMAND --help"
+USAGE = "usage: aspo {train,eval,score,compare,merge-lora} [args...]\n       aspo COMMAND --help"
 
 
 def _help() -> str:
     lines = ["aspo -- reinforcement learning with verifiable rewards, built around ASPO.", "", USAGE, "", "commands:"]
-    lines += [f"  {name:<9}{doc}" for name, doc in COMMANDS.items()]
+    lines += [f"  {name:<11}{doc}" for name, doc in COMMANDS.items()]
     lines += ["", "`aspo train` with no arguments trains the embedded tiny lab with ASPO (no download)."]
     return "\n".join(lines)
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from aspo.errors import Interrupted, UserError
 
     try:
-        module = importlib.import_module(f"aspo.commands.{name}")
+        module = importlib.import_module(f"aspo.commands.{name.replace('-', '_')}")
         return int(module.main(rest) or 0)
     except UserError as err:
         print(f"aspo {name}: error: {err}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import os
 import types
 import typing
@@ -19,6 +20,14 @@ from typing import Any
 import yaml
 
 from aspo.errors import UserError
+
+REPORT_TARGETS = ("tensorboard", "wandb")
+
+
+def report_targets(spec: str) -> list[str]:
+    """``train.report_to`` as a list: "tensorboard,wandb" -> ["tensorboard", "wandb"]; "none" -> []."""
+    names = [name.strip().lower() for name in spec.split(",") if name.strip()]
+    return [] if names == ["none"] else names
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best in the field list below
@@ -120,9 +129,24 @@ class TrainConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     threads: int = _f(0, "torch CPU threads per process (0: torch's default; 1 is faster on a busy machine)")
     plots: bool = _f(True, "draw plots/*.png at the end of the run")
+    report_to: str = _f("tensorboard", "where metrics go besides metrics.jsonl: comma-separated tensorboard, "
+                                       "wandb (pip install \"aspo[wandb]\"; project from WANDB_PROJECT, default "
+                                       "aspo; WANDB_MODE=offline writes a local run to sync later), or none")
     deterministic: bool = _f(True, "torch deterministic algorithms: bit-identical reruns and resumes with several "
                                    "CPU threads (no measurable cost on CPU; on CUDA also set "
                                    "CUBLAS_WORKSPACE_CONFIG=:4096:8)")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters through peft (off while `rank` is 0): the base model is frozen, only the adapters train."""
+
+    rank: int = _f(0, "LoRA rank r (0: off, every weight trains); needs `pip install \"aspo[peft]\"`. Adapters "
+                      "usually want a ~10x higher train.lr than full fine-tuning")
+    alpha: float = _f(16.0, "LoRA alpha: the adapter's update B A is scaled by alpha / rank")
+    dropout: float = _f(0.0, "dropout on the adapters' input while training")
+    target_modules: str = _f("all-linear", "layers that get adapters: all-linear (every linear layer but the "
+                                           "LM head) or comma-separated module names, e.g. q_proj,v_proj")
 
 
 @dataclass
@@ -144,6 +168,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     # -- validation -------------------------------------------------------------------------------
     def validate(self) -> Config:
@@ -177,6 +202,12 @@ class Config:
             ("algorithm.entropy_quantile", 0 <= self.algorithm.entropy_quantile <= 1, "must be in [0, 1]"),
             ("algorithm.overlong_buffer", self.algorithm.overlong_buffer >= 0, "must be >= 0"),
             ("algorithm.max_sampling_rounds", self.algorithm.max_sampling_rounds >= 1, "must be >= 1"),
+            ("lora.rank", self.lora.rank >= 0, "must be >= 0"),
+            ("lora.alpha", self.lora.alpha > 0, "must be > 0"),
+            ("lora.dropout", 0 <= self.lora.dropout < 1, "must be in [0, 1)"),
+            ("lora.target_modules", bool(self.lora.target_modules.strip(" ,")), "must name at least one module"),
+            ("train.report_to", set(report_targets(self.train.report_to)) <= set(REPORT_TARGETS),
+             f"must be a comma-separated list of {', '.join(REPORT_TARGETS)} (or none)"),
         ]
         for key, ok, why in checks:
             if not ok:
@@ -193,6 +224,12 @@ class Config:
         if self.model != "tiny" and not os.path.isdir(self.model):
             raise UserError(f"model path {self.model!r} does not exist or is not a directory "
                             "(give a local Hugging Face checkpoint directory, or model=tiny)")
+        # a missing optional package fails here, before any model is loaded
+        if self.lora.rank and importlib.util.find_spec("peft") is None:
+            raise UserError(f'lora.rank={self.lora.rank} needs the peft package: pip install "aspo[peft]"')
+        if "wandb" in report_targets(self.train.report_to) and importlib.util.find_spec("wandb") is None:
+            raise UserError('train.report_to includes wandb, but the wandb package is not installed: '
+                            'pip install "aspo[wandb]"')
         for key in ("train", "test"):
             path = getattr(self.data, key)
             if path is not None and not os.path.exists(path):  # a file, or a datasets save_to_disk directory

@@ -43,9 +43,23 @@ def load_policy(cfg: Config) -> tuple[Any, Any, Any]:
 
 
 def load_checkpoint(path: str, dtype: Any = None) -> tuple[Any, Any]:
-    """A local causal LM + tokenizer (never the hub); a pad token is borrowed from EOS when missing."""
+    """A local causal LM + tokenizer (never the hub); a pad token is borrowed from EOS when missing.
+
+    A LoRA adapter checkpoint (from a ``lora.rank > 0`` run) loads as its base model with the adapter
+    merged in: a plain transformers model.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from aspo.lora import attach_adapter, read_adapter_base
+
+    base = read_adapter_base(path)
+    if base is not None:
+        try:
+            model, tokenizer = load_checkpoint(base, dtype)
+        except UserError as err:
+            raise UserError(f"{path!r} is a LoRA adapter on the base model {base!r}, which does not load: "
+                            f"{err}") from err
+        return attach_adapter(model, path, merge=True), tokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)

@@ -27,10 +27,11 @@ import torch
 from aspo import distributed as dist
 from aspo.advantages import compute_advantages
 from aspo.checkpoint import latest_readable_checkpoint, restore, save_checkpoint
-from aspo.config import Config, save_config
+from aspo.config import Config, report_targets, save_config, to_dict
 from aspo.errors import Interrupted, NonFiniteError, UserError
 from aspo.evaluate import repetition_rate, sample_policy, summarize
 from aspo.graceful_stop import GracefulStop
+from aspo.lora import apply_lora, reference_policy
 from aspo.models import token_logprobs
 from aspo.objectives import agg_loss, kl_penalty, policy_loss
 from aspo.objectives.base import resolve_params as check_objective
@@ -82,15 +83,24 @@ class Trainer:
         self.reward = get_reward(cfg.reward or cfg.task, timeout=cfg.reward_timeout)
         with self.accelerator.main_process_first():  # rank 0 builds the lab warm start once
             self.model, self.tokenizer, self.task = load_policy(cfg)
+        self.peft_model = None  # with LoRA: peft's wrapper of self.model, for adapter saving and the reference
+        if cfg.lora.rank:
+            self.peft_model = apply_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout,
+                                         cfg.lora.target_modules, self.model.name_or_path,
+                                         seed=seed_for(cfg.train.seed, "lora"))
+        torch.manual_seed(seed_for(cfg.train.seed, "dropout", self.rank))  # dropout (LoRA's) repeats run to run
         self.model.to(self.accelerator.device)
         self.train_records, self.test_records = load_data(cfg, self.task)
         for record in self.train_records[:1] + self.test_records[:1]:  # bad prompt settings fail now, not mid-run
             self.format(record)
         self.max_new_tokens = cfg.rollout.max_new_tokens or (self.task.max_new_tokens if self.task else 256)
         self.ref_model = None
-        if cfg.algorithm.kl_coef > 0:
+        if self.peft_model is not None and cfg.algorithm.kl_coef > 0:  # the same model, adapters off (see update)
+            self.ref_model = self.model
+        elif cfg.algorithm.kl_coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # all of them without LoRA
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
         warmup = cfg.train.warmup_steps  # validated >= 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -116,7 +126,7 @@ class Trainer:
         resume_step = None
         if found:
             resume_step, _, parts = found
-            trainer_state = restore(parts, self.model, self.optimizer, self.scheduler)
+            trainer_state = restore(parts, self.model, self.optimizer, self.scheduler, self.peft_model)
             self.step = self.saved_step = int(trainer_state["step"])
             self.nonfinite_streak = int(trainer_state.get("nonfinite_streak", 0))
         elif self.cfg.resume and self.is_main:
@@ -125,7 +135,8 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, str(self.run_dir / "config.yaml"))
-            self.logger = MetricsLogger(self.run_dir, resume_step=resume_step if found else -1)
+            self.logger = MetricsLogger(self.run_dir, resume_step=resume_step if found else -1,
+                                        report_to=report_targets(self.cfg.train.report_to), config=to_dict(self.cfg))
         self.accelerator.wait_for_everyone()
 
     # -- data --------------------------------------------------------------------------------------
@@ -237,7 +248,7 @@ class Trainer:
         cfg = self.cfg
         ref = None
         if self.ref_model is not None and len(advantages):
-            with torch.no_grad():
+            with torch.no_grad(), reference_policy(self.peft_model):
                 ref, _ = token_logprobs(self.ref_model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
                                        rollout.response_mask, temperature=cfg.rollout.temperature, with_entropy=False)
                 ref = ref.cpu()
@@ -345,9 +356,11 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
     def save(self) -> None:
         self.accelerator.wait_for_everyone()
-        state_dict = self.accelerator.get_state_dict(self.train_model)  # gathers FSDP shards; a no-op copy else
+        # gathers FSDP shards, a no-op copy else; with LoRA peft saves only the adapter from its own wrapper
+        state_dict = None if self.peft_model is not None else self.accelerator.get_state_dict(self.train_model)
         if self.is_main:
-            save_checkpoint(self.run_dir, self.step, self.accelerator.unwrap_model(self.train_model), self.tokenizer,
+            model = self.accelerator.unwrap_model(self.train_model) if self.peft_model is None else self.peft_model
+            save_checkpoint(self.run_dir, self.step, model, self.tokenizer,
                             self.optimizer, self.scheduler, {"nonfinite_streak": self.nonfinite_streak,
                                                              "data_position": self.step * self.cfg.train.prompts_per_step},
                             keep=self.cfg.train.keep_checkpoints, state_dict=state_dict)

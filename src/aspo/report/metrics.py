@@ -1,4 +1,4 @@
-"""The run's metric stream: ``metrics.jsonl`` (one object per step) plus a TensorBoard event file.
+"""The run's metric stream: ``metrics.jsonl`` (one object per step), mirrored to TensorBoard and/or W&B.
 
 Names: anything measuring wall time or speed is ``time/...`` or ``perf/...`` (excluded when runs are
 compared for reproducibility); held-out rows carry ``eval/...``.
@@ -34,15 +34,23 @@ def truncate_after(path: Path, step: int) -> None:
 
 
 class MetricsLogger:
-    """Appends rows to ``metrics.jsonl`` and mirrors scalars to TensorBoard (when installed)."""
+    """Appends rows to ``metrics.jsonl`` and mirrors scalars to the ``report_to`` sinks: TensorBoard (when
+    installed) and W&B (``config``: the resolved run config it records)."""
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None,
+                 report_to: tuple[str, ...] | list[str] = ("tensorboard",), config: dict[str, Any] | None = None
+                 ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None:
             truncate_after(self.path, resume_step)
             truncate_after(Path(run_dir) / "samples.jsonl", resume_step)
+        self.wandb = None
+        if "wandb" in report_to:
+            from aspo.report.wandb_run import WandbRun
+
+            self.wandb = WandbRun(run_dir, config or {}, resume=resume_step is not None and resume_step >= 0)
         self.writer = None
-        if tensorboard:
+        if "tensorboard" in report_to:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -59,8 +67,12 @@ class MetricsLogger:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(step, metrics)
 
     def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.close()
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
