@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ class WandbRun:
         if resume and id_file.is_file():
             run_id = id_file.read_text().strip()
         else:  # W&B ids allow letters, digits, - and _ only
-            run_id = re.sub(r"[^A-Za-z0-9_-]", "-", run_dir.name)[-56:] + "-" + wandb.util.generate_id(6)
+            run_id = re.sub(r"[^A-Za-z0-9_-]", "-", run_dir.name)[-56:] + "-" + uuid.uuid4().hex[:8]
             id_file.write_text(run_id + "\n")
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or "aspo", name=run_dir.name, id=run_id, resume="allow",
