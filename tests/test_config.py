@@ -52,10 +52,27 @@ def test_unknown_key_names_it_and_suggests(override, needle):
     ("algorithm.clip_ratio_c=0.5", "algorithm.clip_ratio_c"),
     ("model=/no/such/dir", "/no/such/dir"),
     ("data.train=/no/such.jsonl", "/no/such.jsonl"),
+    ("lora.rank=-1", "lora.rank=-1 must be >= 0"),
+    ("lora.dropout=1", "lora.dropout"),
+    ("lora.alpha=0", "lora.alpha"),
+    ("lora.target_modules=,", "lora.target_modules"),
+    ("train.report_to=tensorboard,mlflow", "train.report_to"),
 ])
 def test_impossible_values_name_the_key(override, needle):
     with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(".", r"\.")):
         load_config(None, [override]).validate()
+
+
+def test_lora_and_report_to_keys_sit_beside_a_plain_model_key(tmp_path):
+    cfg = load_config(None, [f"model={tmp_path}", "lora.rank=16", "lora.alpha=32", "lora.target_modules=q_proj,v_proj",
+                             "train.report_to=tensorboard,wandb"]).validate()
+    assert cfg.model == str(tmp_path) and cfg.lora.rank == 16 and cfg.lora.alpha == 32.0
+    assert Config().lora.rank == 0 and Config().train.report_to == "tensorboard"  # both off by default
+    from aspo.config import report_targets
+    from aspo.lora import target_modules
+
+    assert report_targets(cfg.train.report_to) == ["tensorboard", "wandb"] and report_targets("none") == []
+    assert target_modules(cfg.lora.target_modules) == ["q_proj", "v_proj"] and target_modules("all-linear") == "all-linear"
 
 
 def test_wrong_type_names_key():
@@ -71,7 +88,8 @@ def test_help_documents_every_key():
                 "algorithm.kl_coef", "algorithm.clip_ratio_low", "rollout.n", "rollout.max_new_tokens",
                 "rollout.temperature", "rollout.top_p", "train.prompts_per_step", "train.mini_batches",
                 "train.epochs", "train.steps", "train.lr", "train.seed", "train.eval_every",
-                "train.save_every", "output_dir", "resume"):
+                "train.save_every", "output_dir", "resume", "lora.rank", "lora.alpha", "lora.dropout",
+                "lora.target_modules", "train.report_to"):
         assert f"  {key} = " in text, key
 
 

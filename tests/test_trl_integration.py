@@ -42,7 +42,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_DISABLED", "true")
 
 
-def make_trainer(checkpoint: str, tmp_path, **overrides):
+def make_trainer(checkpoint: str, tmp_path, peft_config=None, **overrides):
     from datasets import Dataset
 
     from aspo.integrations.trl import ASPOConfig, ASPOTrainer
@@ -55,7 +55,8 @@ def make_trainer(checkpoint: str, tmp_path, **overrides):
     settings.update(overrides)
     args = ASPOConfig(**settings)
     dataset = Dataset.from_list([{"prompt": p} for p in PROMPTS])
-    trainer = ASPOTrainer(model=checkpoint, reward_funcs=digit_share, args=args, train_dataset=dataset)
+    trainer = ASPOTrainer(model=checkpoint, reward_funcs=digit_share, args=args, train_dataset=dataset,
+                          peft_config=peft_config)
     # what Trainer's loop sets before each window; compute_loss is also called directly below
     trainer.current_gradient_accumulation_steps = args.gradient_accumulation_steps
     return trainer
@@ -80,6 +81,31 @@ def test_off_policy_training_runs_and_logs_aspo_metrics(checkpoint: str, tmp_pat
     assert max(second["ratio/max"] - 1.0, 1.0 - second["ratio/min"]) > 1e-3  # reused samples: off-policy
     changed = any(not torch.equal(before[n], p.detach()) for n, p in trainer.model.named_parameters())
     assert changed
+
+
+def test_peft_config_trains_lora_adapters_against_the_base_as_reference(checkpoint: str, tmp_path) -> None:
+    peft = pytest.importorskip("peft")
+    from aspo.run_setup import load_checkpoint
+
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = make_trainer(checkpoint, tmp_path, peft_config=lora, num_iterations=2, gradient_accumulation_steps=2,
+                           max_steps=2, learning_rate=3e-2, max_completion_length=8, beta=0.05)
+    assert isinstance(trainer.model, peft.PeftModel) and trainer.ref_model is None  # reference: adapters off
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    history = [row for row in trainer.state.log_history if "clipfrac/pos" in row]
+    assert len(history) == 2 and all(math.isfinite(row["loss"]) for row in history)
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter is the identity: policy = base
+    assert history[1]["kl"] > 0  # after an update the adapted policy has left the base
+    params = dict(trainer.model.named_parameters())
+    assert all(torch.equal(before[n], p) for n, p in params.items() if "lora_" not in n)  # base frozen
+    assert any(not torch.equal(before[n], p) for n, p in params.items() if "lora_B" in n)
+    trainer.save_model(str(tmp_path / "adapter"))  # peft's format, which `aspo eval --model` loads merged
+    merged, _ = load_checkpoint(str(tmp_path / "adapter"))
+    ids = torch.tensor([[3, 9, 12, 7, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, trainer.model(input_ids=ids).logits,
+                                   atol=1e-5, rtol=0)
 
 
 def _batch(trainer, completion_lengths, log_ratio_of, seed: int = 0):
