@@ -56,11 +56,12 @@ def test_unknown_key_names_it_and_suggests(override, needle):
     ("lora.dropout=1", "lora.dropout"),
     ("lora.alpha=0", "lora.alpha"),
     ("lora.target_modules=,", "lora.target_modules"),
+    ("rollout.engine=vllm lora.rank=8", "rollout.engine=hf only"),
     ("train.report_to=tensorboard,mlflow", "train.report_to"),
 ])
 def test_impossible_values_name_the_key(override, needle):
     with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(".", r"\.")):
-        load_config(None, [override]).validate()
+        load_config(None, override.split()).validate()
 
 
 def test_lora_and_report_to_keys_sit_beside_a_plain_model_key(tmp_path):

@@ -224,6 +224,9 @@ class Config:
         if self.model != "tiny" and not os.path.isdir(self.model):
             raise UserError(f"model path {self.model!r} does not exist or is not a directory "
                             "(give a local Hugging Face checkpoint directory, or model=tiny)")
+        if self.lora.rank and self.rollout.engine != "hf":
+            raise UserError(f"lora.rank={self.lora.rank} works with rollout.engine=hf only (the {self.rollout.engine!r} "
+                            "engine would need the merged weights pushed after every update)")
         # a missing optional package fails here, before any model is loaded
         if self.lora.rank and importlib.util.find_spec("peft") is None:
             raise UserError(f'lora.rank={self.lora.rank} needs the peft package: pip install "aspo[peft]"')
