@@ -3,9 +3,6 @@ adapter checkpoints resume exactly, load in `aspo eval`, and merge into a plain 
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,13 +18,16 @@ from aspo.update import packed_token_logprobs, packing_applies, padded_token_log
 
 pytest.importorskip("peft")
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
 LORA = ["lora.rank=4", "lora.alpha=8", "train.lr=1e-2", "train.plots=false"]
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "aspo", *args], capture_output=True, text=True, timeout=240,
-                          env=ENV)
+def run_cli(capsys, *args):
+    """`aspo ARGS...` in this process: (exit status, stderr)."""
+    from aspo.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
 
 
 def comparable(rows):
@@ -173,7 +173,7 @@ def _logits(model, ids):
 
 
 def test_adapter_checkpoint_loads_merged_and_merge_lora_writes_a_plain_checkpoint(lora_run, tiny_run_inputs,
-                                                                                   tmp_path):
+                                                                                   tmp_path, capsys):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -189,24 +189,24 @@ def test_adapter_checkpoint_loads_merged_and_merge_lora_writes_a_plain_checkpoin
     torch.testing.assert_close(_logits(merged, ids), want, atol=1e-5, rtol=0)
 
     out = tmp_path / "merged"
-    result = run_cli("merge-lora", str(ckpt), str(out))
-    assert result.returncode == 0, result.stderr
+    code, err = run_cli(capsys, "merge-lora", ckpt, out)
+    assert code == 0, err
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
     plain = AutoModelForCausalLM.from_pretrained(out)
     torch.testing.assert_close(_logits(plain, ids), want, atol=1e-5, rtol=0)
-    again = run_cli("merge-lora", str(ckpt), str(out))
-    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
-    not_adapter = run_cli("merge-lora", str(out), str(tmp_path / "x"))
-    assert not_adapter.returncode == 2 and "holds no LoRA adapter" in not_adapter.stderr
+    code, err = run_cli(capsys, "merge-lora", ckpt, out)
+    assert code == 2 and "not empty" in err and len(err.strip().splitlines()) == 1
+    code, err = run_cli(capsys, "merge-lora", out, tmp_path / "x")
+    assert code == 2 and "holds no LoRA adapter" in err and not (tmp_path / "x").exists()
 
 
-def test_aspo_eval_loads_an_adapter_checkpoint(lora_run, tiny_run_inputs, tmp_path):
+def test_aspo_eval_loads_an_adapter_checkpoint(lora_run, tiny_run_inputs, tmp_path, capsys):
     ckpt = lora_run[0] / "checkpoints" / "step-3"
     out = tmp_path / "eval"
-    result = run_cli("eval", "--model", str(ckpt), "--data", str(tiny_run_inputs / "test.jsonl"), "--reward",
-                     f"{DATA / 'rewards.py'}:digit_share", "--n", "2", "--max-new-tokens", "8", "--output", str(out),
-                     "--device", "cpu")
-    assert result.returncode == 0, result.stderr
+    code, err = run_cli(capsys, "eval", "--model", ckpt, "--data", tiny_run_inputs / "test.jsonl", "--reward",
+                        f"{DATA / 'rewards.py'}:digit_share", "--n", "2", "--max-new-tokens", "8", "--output", out,
+                        "--device", "cpu")
+    assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["problems"] == 8 and summary["n"] == 2 and 0 <= summary["pass@1"] <= 1
     assert summary["model"] == str(ckpt)
