@@ -185,7 +185,7 @@ def test_adapter_checkpoint_loads_merged_and_merge_lora_writes_a_plain_checkpoin
     want = _logits(PeftModel.from_pretrained(copy.deepcopy(base), ckpt), ids)  # peft's own adapter forward
     assert (want - _logits(base, ids)).abs().max() > 1e-4  # the trained adapter is not the identity
     merged, tokenizer = load_checkpoint(str(ckpt))
-    assert not hasattr(merged, "peft_config")
+    assert not hasattr(merged, "peft_config") and merged.name_or_path == str(ckpt)  # the base of a next adapter
     torch.testing.assert_close(_logits(merged, ids), want, atol=1e-5, rtol=0)
 
     out = tmp_path / "merged"

@@ -59,7 +59,9 @@ def load_checkpoint(path: str, dtype: Any = None) -> tuple[Any, Any]:
         except UserError as err:
             raise UserError(f"{path!r} is a LoRA adapter on the base model {base!r}, which does not load: "
                             f"{err}") from err
-        return attach_adapter(model, path, merge=True), tokenizer
+        merged = attach_adapter(model, path, merge=True)
+        merged.name_or_path = str(path)  # a new adapter trained on top of it names this checkpoint as its base
+        return merged, tokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
