@@ -62,7 +62,7 @@ def main() -> None:
     try:
         write_job(root)
         common = [f"model={args.model}", f"data.train={root / 'train.jsonl'}", f"data.test={root / 'test.jsonl'}",
-                  f"reward={root / 'reward.py'}:last_number", "data.chat_template=true", "rollout.n=8",
+                  f"reward={root / 'reward.py'}:last_number", "prompt.chat_template=true", "rollout.n=8",
                   "train.prompts_per_step=8", "rollout.max_new_tokens=64", "rollout.temperature=0.7",
                   "eval.temperature=0.7", f"eval.n={args.eval_n}", f"data.num_test={args.num_test}",
                   "train.mini_batches=2", "train.epochs=1", "train.threads=1", "train.device=cpu",

@@ -11,10 +11,10 @@ from conftest import DATA, tiny_overrides
 from aspo.config import load_config
 from aspo.errors import UserError
 from aspo.lora import apply_lora, reference_policy
+from aspo.models import lean_supported, packed_token_logprobs, packing_applies, padded_token_logprobs
 from aspo.report.metrics import read_metrics
-from aspo.rollout.hf import HFEngine, lean_supported
+from aspo.rollout.hf import HFEngine
 from aspo.trainer import Trainer
-from aspo.update import packed_token_logprobs, packing_applies, padded_token_logprobs
 
 pytest.importorskip("peft")
 
