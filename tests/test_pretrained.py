@@ -30,7 +30,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 def tiny_vocab() -> tuple[list[str], list[int], list[str]]:
     """Byte-level BPE tokens (GPT-2 spelling: 'Ġ' is a space), their GGUF token types, and merges."""
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789?+=.,!") + ["Ġ", "Ċ"]
+    chars = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789?+=.,!") + ["Ġ", "Ċ"]
     merges = ["Ġ w", "h a", "Ġw ha", "i s", "Ġ is"]
     tokens = specials + chars + [m.replace(" ", "") for m in merges]
     types = [3] * len(specials) + [1] * (len(tokens) - len(specials))  # 3: control, 1: normal
