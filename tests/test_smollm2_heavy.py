@@ -27,7 +27,7 @@ def test_smollm2_arithmetic_learns_and_eval_reproduces_it(tmp_path):
     assert (out / "samples.jsonl").stat().st_size > 0
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-15"]  # keep_checkpoints=1
     subprocess.run([sys.executable, "-m", "aspo", "eval", "--model", str(out / "checkpoints" / "step-15"),
-                    "--data", "lab:add:48", "--reward", "number", "--n", "4", "--temperature", "0.7",
+                    "--data", "lab:add:48", "--reward", "number", "--n", "4", "--temperature", "0.7", "--top-p", "1.0",
                     "--max-new-tokens", "64", "--output", str(tmp_path / "eval")], check=True, env=env, timeout=1800)
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     # 48 problems x 4 samples: a binomial standard error of ~0.04 on each side; 0.15 is ~2.7 joint SEs
