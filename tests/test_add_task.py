@@ -56,7 +56,7 @@ def test_train_on_a_gguf_file_with_the_add_task(tmp_path, monkeypatch):
     gguf_file = tmp_path / "tiny.gguf"
     write_tiny_gguf(gguf_file, reference_model(len(tokens)), tokens, types, merges)
     out = tmp_path / "run"
-    cfg = load_config(None, [f"model={gguf_file}", "task=add", "data.chat_template=true", "data.num_train=16",
+    cfg = load_config(None, [f"model={gguf_file}", "task=add", "prompt.chat_template=true", "data.num_train=16",
                              "data.num_test=4", "rollout.n=2", "rollout.max_new_tokens=4", "eval.n=2",
                              "train.prompts_per_step=2", "train.mini_batches=1", "train.epochs=1", "train.steps=1",
                              "train.device=cpu", "train.threads=1", "train.plots=false", f"output_dir={out}"])

@@ -5,6 +5,7 @@ from conftest import tiny_overrides
 
 from aspo.checkpoint import list_checkpoints, save_checkpoint
 from aspo.config import load_config
+from aspo.errors import UserError
 from aspo.report.metrics import read_metrics
 from aspo.trainer import Trainer
 
@@ -51,6 +52,6 @@ def test_a_failed_save_removes_nothing(tiny_run_inputs, tmp_path):
         def save_pretrained(self, path):
             raise OSError("No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="previous checkpoint .*step-2 is intact"):
         save_checkpoint(tmp_path, 3, model, BrokenTokenizer(), optimizer, scheduler, {}, keep=1)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2]  # the last complete checkpoint survives

@@ -30,8 +30,8 @@ from aspo.checkpoint import latest_readable_checkpoint, restore, save_checkpoint
 from aspo.config import Config, save_config
 from aspo.errors import Interrupted, NonFiniteError, UserError
 from aspo.evaluate import repetition_rate, sample_policy, summarize
-from aspo.lab.tasks import get_task
 from aspo.graceful_stop import GracefulStop
+from aspo.lab.tasks import get_task
 from aspo.models import token_logprobs
 from aspo.objectives import agg_loss, kl_penalty, policy_loss
 from aspo.objectives.base import resolve_params as check_objective

@@ -105,6 +105,9 @@ def _validate(args: argparse.Namespace) -> None:
 def _load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
+    from aspo.pretrained import resolve_model
+
+    path = resolve_model(path)  # a model name or .gguf file: its cached checkpoint (converted on first use)
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
