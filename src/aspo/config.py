@@ -153,10 +153,12 @@ class LoraConfig:
 class Config:
     """`aspo train` configuration. Dotted keys address nested fields: `rollout.n=16`."""
 
-    model: str = _f("tiny", "a local Hugging Face checkpoint directory, or `tiny` for the embedded lab")
-    task: str = _f("arithmetic", "lab task (arithmetic | countdown) used with model=tiny or as the reward")
-    reward: str | None = _f(None, "reward: a name (math, code, arithmetic, countdown) or path/file.py:fn; "
-                                   "default: the lab task's verifier")
+    model: str = _f("tiny", "a local Hugging Face checkpoint directory, a .gguf file (converted once and cached), "
+                            "the bundled `smollm2-135m-instruct`, or `tiny` for the embedded lab")
+    task: str = _f("arithmetic", "lab task generating the data when data.train is not given: arithmetic | "
+                                 "countdown (lab model) | add (short answers, pretrained chat models)")
+    reward: str | None = _f(None, "reward: a name (math, number, code, arithmetic, countdown) or "
+                                   "path/file.py:fn; default: the lab task's verifier")
     reward_timeout: float = _f(60.0, "seconds a path/file.py:fn reward may take per response (it runs in a "
                                      "worker process; past this it is killed and the response scores 0); 0: "
                                      "no bound, in-process")
@@ -221,9 +223,10 @@ class Config:
             value = getattr(self.algorithm, key)
             if value is not None and not 0 <= value < 10:
                 raise UserError(f"algorithm.{key}={value!r} must be in [0, 10)")
-        if self.model != "tiny" and not os.path.isdir(self.model):
-            raise UserError(f"model path {self.model!r} does not exist or is not a directory "
-                            "(give a local Hugging Face checkpoint directory, or model=tiny)")
+        if self.model != "tiny":
+            from aspo.pretrained import model_source
+
+            model_source(self.model)  # a missing directory, file or package is named now, not after imports
         if self.lora.rank and self.rollout.engine != "hf":
             raise UserError(f"lora.rank={self.lora.rank} works with rollout.engine=hf only (the {self.rollout.engine!r} "
                             "engine would need the merged weights pushed after every update)")
@@ -237,9 +240,16 @@ class Config:
             path = getattr(self.data, key)
             if path is not None and not os.path.exists(path):  # a file, or a datasets save_to_disk directory
                 raise UserError(f"data.{key} file {path!r} does not exist")
-        if self.data.train is None and self.reward is not None and self.reward not in ("arithmetic", "countdown"):
-            raise UserError(f"data.train is required with reward={self.reward!r} (the lab generates data only "
-                            "for its own tasks)")
+        if self.data.train is None:
+            from aspo.lab.tasks import get_task
+
+            task = get_task(self.task)
+            if self.reward is not None and self.reward not in (task.name, task.reward):
+                raise UserError(f"data.train is required with reward={self.reward!r} (the lab generates data only "
+                                f"for its own tasks; task={task.name!r} is scored by reward={task.reward!r})")
+            if self.model == "tiny" and not task.lab_model:
+                raise UserError(f"task={task.name!r} is for pretrained chat models, not the lab's character model: "
+                                "give model=smollm2-135m-instruct (or another checkpoint)")
         return self
 
 

@@ -22,11 +22,12 @@ def seed_for(*parts: int | str) -> int:
 
 
 def load_policy(cfg: Config) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, lab task or None). ``model=tiny`` builds or reuses the lab's cached warm start."""
+    """(model, tokenizer, lab task or None). ``model=tiny`` builds or reuses the lab's cached warm start;
+    a .gguf file or a model name is converted once and cached (``aspo.pretrained``)."""
     import torch
 
     task = None
-    if cfg.model == "tiny" or cfg.reward is None:
+    if cfg.model == "tiny" or cfg.reward is None or not cfg.data.train:
         from aspo.lab import get_task
 
         try:
@@ -38,6 +39,10 @@ def load_policy(cfg: Config) -> tuple[Any, Any, Any]:
         from aspo.lab import warm_start
 
         path = str(warm_start(cfg.task))
+    else:
+        from aspo.pretrained import resolve_model
+
+        path = resolve_model(cfg.model)
     model, tokenizer = load_checkpoint(path, torch.float32)
     return model, tokenizer, task
 
@@ -97,7 +102,7 @@ def resolve_run_dir(cfg: Config, accelerator: Any = None) -> str:
     """``output_dir`` or a new timestamped ``runs/...``; with resume and no output_dir, the newest match."""
     from aspo.checkpoint import list_checkpoints
 
-    suffix = f"{cfg.task if cfg.model == 'tiny' else Path(cfg.model).name}-{cfg.algorithm.loss}-s{cfg.train.seed}"
+    suffix = f"{cfg.task if cfg.model == 'tiny' else Path(cfg.model).name.removesuffix('.gguf')}-{cfg.algorithm.loss}-s{cfg.train.seed}"
     if cfg.output_dir:
         path = cfg.output_dir
     elif cfg.resume:

@@ -31,6 +31,7 @@ from aspo.config import Config, report_targets, save_config, to_dict
 from aspo.errors import Interrupted, NonFiniteError, UserError
 from aspo.evaluate import repetition_rate, sample_policy, summarize
 from aspo.graceful_stop import GracefulStop
+from aspo.lab.tasks import get_task
 from aspo.lora import apply_lora, reference_policy
 from aspo.models import token_logprobs
 from aspo.objectives import agg_loss, kl_penalty, policy_loss
@@ -80,7 +81,7 @@ class Trainer:
                             f"number of processes ({self.world})")
         self.progress = progress and self.is_main
         # before the model loads: a reward that cannot run here (no sandbox) fails in a second
-        self.reward = get_reward(cfg.reward or cfg.task, timeout=cfg.reward_timeout)
+        self.reward = get_reward(cfg.reward or get_task(cfg.task).reward, timeout=cfg.reward_timeout)
         with self.accelerator.main_process_first():  # rank 0 builds the lab warm start once
             self.model, self.tokenizer, self.task = load_policy(cfg)
         self.peft_model = None  # with LoRA: peft's wrapper of self.model, for adapter saving and the reference

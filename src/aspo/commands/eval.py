@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
             "math) and samples.jsonl. Rerun the same command to resume an interrupted evaluation.", 100),
         epilog=f"benchmarks: {', '.join(BENCHMARKS)} (or a .jsonl file with prompt/answer fields)\n\n"
                "example:\n  aspo eval --model runs/aspo/final --data gsm8k --n 8 --output runs/eval-gsm8k")
-    parser.add_argument("--model", required=True, help="checkpoint directory (save_pretrained: model + tokenizer)")
+    parser.add_argument("--model", required=True, help="checkpoint directory (save_pretrained: model + tokenizer), "
+                                                       "a .gguf file, or smollm2-135m-instruct")
     parser.add_argument("--data", required=True, help="benchmark name or JSONL file")
     parser.add_argument("--reward", default=None,
                         help="math, code, a lab task reward, or path/file.py:fn (default: the benchmark's own)")
@@ -96,13 +97,17 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError(f"--temperature must be > 0, got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if not Path(args.model).is_dir():
-        raise UserError(f"--model {args.model!r} is not a directory (expected a save_pretrained checkpoint)")
+    from aspo.pretrained import model_source
+
+    model_source(args.model)  # a checkpoint directory, a .gguf file or a model name; else a UserError
 
 
 def _load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
+    from aspo.pretrained import resolve_model
+
+    path = resolve_model(path)  # a model name or .gguf file: its cached checkpoint (converted on first use)
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
@@ -112,8 +117,10 @@ def _load_tokenizer(path: str) -> Any:
 def _load_model(path: str, device: str | None) -> tuple[Any, Any, str]:
     import torch
 
+    from aspo.pretrained import resolve_model
     from aspo.run_setup import load_checkpoint
 
+    path = resolve_model(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_checkpoint(path, torch.bfloat16 if device.startswith("cuda") else torch.float32)
     return model.to(device).eval(), tokenizer, device
@@ -176,14 +183,14 @@ def _check_settings(output: Path, settings: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from aspo.benchmarks import DEFAULT_REWARD, load_benchmark
+    from aspo.benchmarks import DEFAULT_REWARD, lab_reward, load_benchmark
     from aspo.evaluate import summarize
     from aspo.rewards import get_reward
 
     args = build_parser().parse_args(argv)
     _validate(args)
     problems = load_benchmark(args.data)
-    reward = args.reward or DEFAULT_REWARD.get(args.data)
+    reward = args.reward or DEFAULT_REWARD.get(args.data) or lab_reward(args.data)
     if reward is None:
         raise UserError(f"--reward is required for data {args.data!r} (math, code, or path/file.py:fn)")
     reward_fn = get_reward(reward)

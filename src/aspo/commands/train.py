@@ -15,6 +15,7 @@ Examples:
   aspo train                                   # the demo: ASPO on the tiny lab
   aspo train algorithm.loss=grpo train.seed=1  # the GRPO baseline
   aspo train model=./my-ckpt data.train=train.jsonl data.test=test.jsonl reward=math
+  aspo train configs/smollm2-arithmetic.yaml   # a real model (model=smollm2-135m-instruct; make smollm2)
   aspo train output_dir=runs/x resume=true     # continue from the newest complete checkpoint
 
 Multi-process: accelerate launch [--cpu] --num_processes N -m aspo train ...

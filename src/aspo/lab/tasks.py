@@ -9,10 +9,13 @@ the response starts; a demonstration is the response text without any end-of-seq
   digit first (632 -> ``236``), the order in which a left-to-right model can compute it.
 - ``countdown``: ``3,5,7,2>44:`` -> ``(3*5+7)*2``. Any expression over ``+ - * /`` and parentheses that uses
   each given number exactly once (as a multiset) and equals the target scores 1.
+- ``add``: ``What is 21 + 10?`` -> a short answer stating ``31``, scored by the strict ``number`` reward. A
+  task for pretrained chat models (``model=smollm2-135m-instruct``), not for the lab's character model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import random
@@ -40,6 +43,8 @@ class Task:
     name: str = "task"
     max_new_tokens: int = 48
     test_fraction: float = 0.2
+    reward: str = ""         # the registered reward that scores it ("": the task's own name)
+    lab_model: bool = True   # the lab's character model can learn it (has demonstrations in its alphabet)
 
     def sample(self, rng: random.Random) -> dict[str, Any]:  # one random problem from either split
         raise NotImplementedError
@@ -251,14 +256,50 @@ def countdown_reward(prompt: str, response: str, answer: Any, numbers: Any = Non
     return float(sorted(used) == sorted(int(n) for n in numbers) and value == target)
 
 
-TASKS: dict[str, type[Task]] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
+# ---------------------------------------------------------------- add (short answer, pretrained models)
+
+
+@dataclass(frozen=True)
+class AdditionQuestionTask(Task):
+    """``What is a + b?`` with a, b uniform in [``low``, ``high``]; the answer is the sum, stated as one number.
+
+    There are m(m+1)/2 problems up to order, m = high - low + 1 (435 for 2..30); about 20 % are held out,
+    both orders of a pair on the same side.
+    """
+
+    name: str = "add"
+    low: int = 2
+    high: int = 30
+    max_new_tokens: int = 64
+    reward: str = "number"
+    lab_model: bool = False
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        a, b = rng.randint(self.low, self.high), rng.randint(self.low, self.high)
+        return {"prompt": f"What is {a} + {b}?", "answer": str(a + b), "a": a, "b": b}
+
+    def key(self, record: dict[str, Any]) -> str:  # a + b and b + a are one problem: never split apart
+        return "+".join(map(str, sorted((record["a"], record["b"]))))
+
+    def demonstration(self, record: dict[str, Any]) -> str:
+        return str(record["a"] + record["b"])
+
+    def verify(self, prompt: str, response: str, answer: Any, **fields: Any) -> float:
+        from aspo.rewards.number import number_reward
+
+        return number_reward(prompt, response, answer)
+
+
+TASKS: dict[str, type[Task]] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask,
+                                "add": AdditionQuestionTask}
 
 
 def get_task(name: str, **params: Any) -> Task:
-    """The lab task called ``name`` (``arithmetic`` or ``countdown``), with optional size ``params``."""
+    """The lab task called ``name`` (``arithmetic``, ``countdown``, ``add``), with optional size ``params``."""
     if name not in TASKS:
         raise UserError(f"unknown lab task {name!r}; valid: {', '.join(sorted(TASKS))}")
     try:
-        return TASKS[name](**params)
+        task = TASKS[name](**params)
     except TypeError as err:
         raise UserError(f"bad parameters for lab task {name!r}: {err}") from err
+    return task if task.reward else dataclasses.replace(task, reward=name)

@@ -17,15 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from aspo import cache
 from aspo.errors import UserError
 from aspo.lab.model import DEFAULT_SIZE, build_model, count_parameters
 from aspo.lab.tasks import Task, get_task
@@ -83,12 +80,7 @@ def settings_hash(task_name: str, settings: dict[str, Any]) -> str:
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """``cache_dir`` if given, else ``$ASPO_CACHE_DIR/warmstart``, else ``~/.cache/aspo/warmstart``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("ASPO_CACHE_DIR"):
-        return Path(os.environ["ASPO_CACHE_DIR"]) / "warmstart"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "aspo" / "warmstart"
+    return cache.cache_root("warmstart", cache_dir)
 
 
 def warm_start_path(task_name: str, *, cache_dir: str | Path | None = None, **settings: Any) -> Path:
@@ -102,28 +94,10 @@ def warm_start(task_name: str, *, cache_dir: str | Path | None = None, progress:
     """Checkpoint directory of the supervised warm start for ``task_name``, building it on first use."""
     resolved = resolve_settings(task_name, settings)
     final = cache_root(cache_dir) / f"{task_name}-{settings_hash(task_name, resolved)}"
-    if (final / INFO_FILE).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if progress:
-        print(f"building the {task_name} warm start once ({resolved['steps']} SFT steps); cached at {final}",
-              file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        build_warm_start(task_name, resolved, tmp, progress=progress)
-        if final.exists():  # a broken leftover (no info file) or a concurrent build that finished first
-            if (final / INFO_FILE).is_file():
-                return final
-            shutil.rmtree(final)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # lost a race with another process building the same settings
-            if not (final / INFO_FILE).is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    notice = (f"building the {task_name} warm start once ({resolved['steps']} SFT steps); cached at {final}"
+              if progress else None)
+    return cache.build_once(final, lambda tmp: build_warm_start(task_name, resolved, tmp, progress=progress),
+                            marker=INFO_FILE, notice=notice)
 
 
 def build_warm_start(task_name: str, settings: dict[str, Any], out_dir: Path, *,

@@ -26,6 +26,7 @@ RewardFn = Callable[..., float]
 BUILTIN_REWARDS: dict[str, str] = {
     "math": "aspo.rewards.math:math_reward",
     "code": "aspo.rewards.code:code_reward",
+    "number": "aspo.rewards.number:number_reward",
     "arithmetic": "aspo.lab.tasks:arithmetic_reward",
     "countdown": "aspo.lab.tasks:countdown_reward",
 }
