@@ -137,10 +137,11 @@ def trl_command(job: Job, settings: Settings, out_dir: Path) -> list[str]:
 
 
 def child_env(threads: int) -> dict[str, str]:
-    """Same thread count for every child; no network, no telemetry, no progress bars."""
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    """Same thread count and thread policy for every child; no network, no telemetry, no progress bars."""
+    from aspo.threads import child_environment
+
+    env = child_environment(threads)
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "WANDB_DISABLED": "true",
                 "DISABLE_MLFLOW_INTEGRATION": "TRUE", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
                 "PYTHONWARNINGS": "ignore"})

@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from aspo.errors import Interrupted, UserError
 
+    if "torch" not in sys.modules:  # libgomp reads its wait policy once, when torch loads: set it before
+        from aspo.threads import configure_environment
+
+        configure_environment()
     try:
         module = importlib.import_module(f"aspo.commands.{name.replace('-', '_')}")
         return int(module.main(rest) or 0)

@@ -127,7 +127,8 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, "newest checkpoints kept on disk")
     max_nonfinite_steps: int = _f(3, "stop after this many consecutive steps with a non-finite loss")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    threads: int = _f(0, "torch CPU threads per process (0: torch's default; 1 is faster on a busy machine)")
+    threads: int = _f(0, "torch CPU threads per process (0: OMP_NUM_THREADS if set, else one per usable core, "
+                         "waiting threads sleeping instead of spinning: see README, Sharing the machine)")
     plots: bool = _f(True, "draw plots/*.png at the end of the run")
     report_to: str = _f("tensorboard", "where metrics go besides metrics.jsonl: comma-separated tensorboard, "
                                        "wandb (pip install \"aspo[wandb]\"; project from WANDB_PROJECT, default "

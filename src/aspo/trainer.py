@@ -41,6 +41,7 @@ from aspo.report.metrics import MetricsLogger
 from aspo.rewards import get_reward, score_records
 from aspo.rollout import Rollout, make_engine
 from aspo.run_setup import load_data, load_policy, resolve_run_dir, seed_for
+from aspo.threads import apply_threads
 from aspo.update import (
     UpdateBatch,
     mean_metrics,
@@ -68,8 +69,7 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg = cfg.validate()
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        apply_threads(cfg.train.threads)
         if cfg.train.deterministic:  # multi-threaded CPU reductions otherwise differ from run to run at ~1e-8
             torch.use_deterministic_algorithms(True, warn_only=True)
         device = cfg.train.device

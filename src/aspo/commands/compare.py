@@ -277,9 +277,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1",
-                "PYTHONUNBUFFERED": "1"})
+    from aspo.threads import child_environment
+
+    env = child_environment(threads)
+    env.update({"TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"})
     return env
 
 
@@ -303,6 +304,7 @@ def machine_info() -> dict[str, Any]:
 def execute(args: argparse.Namespace, argv: list[str]) -> int:
     from aspo.config import to_dict
     from aspo.presets import preset_overrides
+    from aspo.threads import usable_cores
 
     config_path, overrides = split_items(args.items)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
@@ -313,7 +315,7 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
     runs, base, cap = plan_runs(config_path, overrides, algos, list(range(args.seeds)), output, grid)
     for run in runs:
         check_existing(run)
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     workers = min(args.workers or cores, len(runs))
     threads = max(1, cores // workers)
     output.mkdir(parents=True, exist_ok=True)

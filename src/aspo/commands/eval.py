@@ -119,7 +119,9 @@ def _load_model(path: str, device: str | None) -> tuple[Any, Any, str]:
 
     from aspo.pretrained import resolve_model
     from aspo.run_setup import load_checkpoint
+    from aspo.threads import apply_threads
 
+    apply_threads()
     path = resolve_model(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_checkpoint(path, torch.bfloat16 if device.startswith("cuda") else torch.float32)

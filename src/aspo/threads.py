@@ -1,0 +1,88 @@
+"""CPU thread policy: how many threads a process computes with and how its idle threads wait.
+
+The goal is graceful degradation: a run sharing the machine (a busy core, a second training, an
+evaluation beside it) should slow roughly in proportion to the CPU it lost. What breaks that is
+*spinning*: by default libgomp (torch's OpenMP, also driving MKL and oneDNN here) keeps a thread that
+reaches the end of a parallel region busy-waiting for ~300k iterations (milliseconds) for its siblings.
+When a sibling is descheduled, the spinner burns the very core the sibling needs, and every parallel
+region stalls for a scheduler time slice. ``benchmarks/contention.py`` measures the candidates.
+
+Two parts, because they take effect at different times:
+
+* ``configure_environment()`` -- environment variables read once when a library loads (libgomp's wait
+  policy, OpenBLAS's and tokenizers' own pools). It must run before torch is imported, so the CLI calls
+  it first thing; a value the user already set is never overridden.
+* ``apply_threads(requested)`` -- torch's intra-op thread count, set when a command starts computing:
+  ``requested`` (``train.threads``) when > 0, else ``OMP_NUM_THREADS`` when the user set it, else
+  ``default_threads()``.
+
+Stdlib only at import time: the CLI and the benchmark drivers import this before torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+# Waiting threads sleep in the kernel (futex) at once instead of spinning: a descheduled sibling then gets
+# its core back immediately. Chosen by measurement (benchmarks/contention.py; README "Sharing the machine").
+WAIT_POLICY = "PASSIVE"
+
+# Read at library load. Keys already present in the environment win.
+ENV_DEFAULTS = {
+    "OMP_WAIT_POLICY": WAIT_POLICY,
+    # numpy's OpenBLAS keeps its own spinning pool; aspo's numpy work is small and single-threaded
+    "OPENBLAS_NUM_THREADS": "1",
+    # the Rust tokenizers' pool: tokenising is a tiny share of a step, and its threads warn after a fork
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask: honours taskset, cgroup cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Fill in ``ENV_DEFAULTS`` that the user has not set; returns what was set.
+
+    An explicit ``GOMP_SPINCOUNT`` is the user's choice of wait policy too, so the wait policy is then
+    left alone (libgomp would let the spin count win anyway).
+    """
+    env = os.environ if environ is None else environ
+    added = {}
+    for key, value in ENV_DEFAULTS.items():
+        if key in env or (key == "OMP_WAIT_POLICY" and "GOMP_SPINCOUNT" in env):
+            continue
+        env[key] = added[key] = value
+    return added
+
+
+def default_threads(environ: MutableMapping[str, str] | None = None) -> int:
+    """Intra-op threads when nothing is requested: ``OMP_NUM_THREADS`` if set, else every usable core."""
+    env = os.environ if environ is None else environ
+    value = env.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return usable_cores()
+
+
+def apply_threads(requested: int = 0) -> int:
+    """Set torch's intra-op threads (``requested`` when > 0, else ``default_threads()``); returns the count."""
+    import torch
+
+    threads = requested if requested > 0 else default_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def child_environment(threads: int, environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of the environment for a worker process limited to ``threads`` threads, with the policy."""
+    env = dict(os.environ if environ is None else environ)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    configure_environment(env)
+    return env
