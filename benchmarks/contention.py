@@ -241,7 +241,7 @@ def main() -> None:
 def report(names: list[str], scenarios: list[str], results: dict, loads: dict) -> None:
     med = statistics.median
     print("\nmedian wall seconds (ratio to the same variant idle; cpu = CPU seconds of the training)")
-    print(f"{'scenario':22s}" + "".join(f"{n:>22s}" for n in names))
+    print(f"{'scenario':22s}" + "".join(f"{n:>28s}" for n in names))
     rows = [("train", s) for s in scenarios] + [("eval", s) for s in scenarios if s in ("idle", "eval")]
     for key, scenario in rows:
         cells = []
@@ -255,9 +255,9 @@ def report(names: list[str], scenarios: list[str], results: dict, loads: dict) -
             if key == "train":
                 cell += f" cpu {med(results[name][scenario]['train_cpu']):.0f}"
             cells.append(cell)
-        print(f"{key + ' ' + scenario:22s}" + "".join(f"{c:>22s}" for c in cells))
+        print(f"{key + ' ' + scenario:22s}" + "".join(f"{c:>28s}" for c in cells))
     print(f"{'load (1 min, median)':22s}"
-          + "".join(f"{med([x for s in scenarios for x in loads[n][s]]):>22.2f}" for n in names))
+          + "".join(f"{med([x for s in scenarios for x in loads[n][s]]):>28.2f}" for n in names))
     if "today" in names:
         today = med(results["today"]["idle"]["train"])
         print("idle training vs today: " + ", ".join(
