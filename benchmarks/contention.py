@@ -24,8 +24,9 @@ policy's idle time no worse than today's. Variants are environment settings of e
 
 The machine is whatever it is: other load makes every figure noisy, so variants are interleaved within each
 repeat (A B A B), medians are reported, and the 1-minute load average is printed beside each measurement.
-Rerun on a quiet machine for clean figures. Runtime: ~25 s per variant and repeat for idle, ~2 min per
-variant and repeat in all on a quiet 2-core machine (``--quick``: policy and today once, about 3-4 min).
+Rerun on a quiet machine for clean figures. Runtime on a quiet 2-core machine, estimated from the idle
+run (12.5 s): ~1.5 min per variant and repeat, up to ~3 min for ``today`` (it is the slow one under
+contention); the default 4 variants x 2 repeats ~15 min, ``--quick`` (policy and today once) ~5 min.
 The lab's warm start is built first if it is not cached (~30 s on a quiet machine).
 """
 
@@ -187,7 +188,7 @@ def load1() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="policy and today, one repeat (~3-4 min quiet)")
+    parser.add_argument("--quick", action="store_true", help="policy and today, one repeat (~5 min quiet)")
     parser.add_argument("--steps", type=int, default=12, help="training steps per run (default 12)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over every variant (default 2)")
     parser.add_argument("--variants", default="policy,today,passive,one", help="comma-separated, in order")
