@@ -68,8 +68,9 @@ class AlgorithmConfig:
     clip_ratio_low: float | None = _f(None, "eps_low of the trust region (None: the objective's default)")
     clip_ratio_high: float | None = _f(None, "eps_high (None: the objective's default; dapo uses 0.28)")
     clip_ratio_c: float = _f(3.0, "dual-clip constant c (hard for grpo/dapo, soft for aspo)")
-    loss_agg_mode: str = _f("token-mean", "token-mean | seq-mean-token-mean | seq-mean-token-sum | "
-                                          "seq-mean-token-sum-norm")
+    loss_agg_mode: str | None = _f(None, "token-mean | seq-mean-token-mean | seq-mean-token-sum | "
+                                         "seq-mean-token-sum-norm (None: the objective's registered default: "
+                                         "seq-mean-token-mean for gspo, token-mean for the others)")
     entropy_split: bool = _f(True, "pass token entropy to the objective (ASPO's entropy-aware clip ranges)")
     entropy_quantile: float = _f(0.8, "per-response entropy quantile above which the high-entropy range applies")
     high_entropy_clip_ratio_low: float | None = _f(None, "eps_low for high-entropy tokens (None: the "
@@ -82,6 +83,31 @@ class AlgorithmConfig:
     max_sampling_rounds: int = _f(3, "with dynamic_sampling: rollout rounds per step at most")
     overlong_buffer: int = _f(0, "DAPO soft overlong penalty buffer B in tokens (0: off)")
     overlong_penalty: float = _f(1.0, "DAPO soft overlong penalty factor")
+
+    def objective_params(self) -> dict[str, Any]:
+        """The keyword parameters of ``policy_loss`` (a None key is left out: the objective's default)."""
+        params = {
+            "clip_ratio_low": self.clip_ratio_low,
+            "clip_ratio_high": self.clip_ratio_high,
+            "clip_ratio_c": self.clip_ratio_c,
+            "loss_agg_mode": self.loss_agg_mode,
+            "entropy_quantile": self.entropy_quantile,
+            "high_entropy_clip_ratio_low": self.high_entropy_clip_ratio_low,
+            "high_entropy_clip_ratio_high": self.high_entropy_clip_ratio_high,
+        }
+        return {k: v for k, v in params.items() if v is not None}
+
+    def resolved_objective_params(self) -> dict[str, Any]:
+        """Every parameter the objective will run with: ``objective_params`` over its registered defaults.
+        The objective's own checks apply here (a bad value raises UserError naming the key)."""
+        from aspo.objectives import POLICY_LOSSES
+        from aspo.objectives.base import resolve_params
+
+        try:
+            return resolve_params(self.loss, self.objective_params())[1]
+        except UserError as err:  # name the key: "algorithm.clip_ratio_c must be > 1 (got 0.5)"
+            where = f"algorithm.loss={self.loss!r}: " if self.loss not in POLICY_LOSSES else "algorithm."
+            raise UserError(f"{where}{err}") from err
 
 
 @dataclass
@@ -201,8 +227,6 @@ class Config:
             ("train.threads", self.train.threads >= 0, "must be >= 0"),
             ("data.num_test", self.data.num_test >= 1, "must be >= 1"),
             ("algorithm.kl_coef", self.algorithm.kl_coef >= 0, "must be >= 0"),
-            ("algorithm.clip_ratio_c", self.algorithm.clip_ratio_c > 1, "must be > 1"),
-            ("algorithm.entropy_quantile", 0 <= self.algorithm.entropy_quantile <= 1, "must be in [0, 1]"),
             ("algorithm.overlong_buffer", self.algorithm.overlong_buffer >= 0, "must be >= 0"),
             ("algorithm.max_sampling_rounds", self.algorithm.max_sampling_rounds >= 1, "must be >= 1"),
             ("lora.rank", self.lora.rank >= 0, "must be >= 0"),
@@ -224,6 +248,7 @@ class Config:
             value = getattr(self.algorithm, key)
             if value is not None and not 0 <= value < 10:
                 raise UserError(f"algorithm.{key}={value!r} must be in [0, 10)")
+        self.algorithm.resolved_objective_params()  # the objective's own checks: a bad name or value fails now
         if self.model != "tiny":
             from aspo.pretrained import model_source
 
@@ -252,6 +277,30 @@ class Config:
                 raise UserError(f"task={task.name!r} is for pretrained chat models, not the lab's character model: "
                                 "give model=smollm2-135m-instruct (or another checkpoint)")
         return self
+
+    # -- rules derived from the tree (each in one place) ---------------------------------------
+    @property
+    def uses_lab_task(self) -> bool:
+        """The lab task supplies the data or the reward: the lab model, no reward of the user's own, or no
+        training data of the user's own."""
+        return self.model == "tiny" or self.reward is None or not self.data.train
+
+    @property
+    def response_cap(self) -> int:
+        """Response length cap in tokens: rollout.max_new_tokens, else the lab task's, else 256."""
+        if self.rollout.max_new_tokens:
+            return int(self.rollout.max_new_tokens)
+        if self.uses_lab_task:
+            from aspo.lab import get_task
+
+            return int(get_task(self.task).max_new_tokens)
+        return 256
+
+    @property
+    def has_heldout_data(self) -> bool:
+        """Whether runs evaluate on held-out problems: data.test, or the lab task's split when it also
+        generates the training data."""
+        return bool(self.data.test) or (self.uses_lab_task and not self.data.train)
 
 
 # -- dotted keys ----------------------------------------------------------------------------------

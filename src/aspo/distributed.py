@@ -11,10 +11,19 @@ from typing import Any
 
 import torch
 
-from aspo.update import mean_metrics
-
 # metrics that count things: summed over data-parallel ranks instead of averaged
 COUNT_METRICS = ("reward/errors", "groups/solve_all", "groups/solve_none", "groups/valid")
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Average dicts key by key (a key absent from a row is not counted for that row)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for row in rows:
+        for key, value in row.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+            counts[key] = counts.get(key, 0) + 1
+    return {key: sums[key] / counts[key] for key in sums}
 
 
 def reduce_sum(accelerator: Any, value: float) -> float:

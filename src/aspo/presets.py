@@ -14,8 +14,6 @@ no algorithm is tuned more than another. A user's own overrides apply to every p
 
 from __future__ import annotations
 
-from typing import Any
-
 from aspo.errors import UserError
 
 # DAPO's overlong buffer as a fraction of the response cap (the DAPO paper: 4k of 20k tokens).
@@ -34,17 +32,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
 
 # presets whose overrides also carry the soft overlong penalty, sized from the response cap
 _OVERLONG_PRESETS = ("dapo", "dapo_no_is")
-
-
-def response_cap(cfg: Any) -> int:
-    """The response length cap a run of ``cfg`` uses (the same rule as the trainer's)."""
-    if cfg.rollout.max_new_tokens:
-        return int(cfg.rollout.max_new_tokens)
-    if cfg.model == "tiny" or cfg.reward is None:
-        from aspo.lab import get_task
-
-        return int(get_task(cfg.task).max_new_tokens)
-    return 256
 
 
 def overlong_buffer(max_new_tokens: int) -> int:

@@ -27,7 +27,7 @@ def load_policy(cfg: Config) -> tuple[Any, Any, Any]:
     import torch
 
     task = None
-    if cfg.model == "tiny" or cfg.reward is None or not cfg.data.train:
+    if cfg.uses_lab_task:
         from aspo.lab import get_task
 
         try:
@@ -91,7 +91,7 @@ def load_data(cfg: Config, task: Any) -> tuple[list[dict], list[dict]]:
         raise UserError("data.train is required")
     if cfg.data.test:
         test = load_prompt_data(cfg.data.test)
-    elif task is not None and not cfg.data.train:
+    elif cfg.has_heldout_data:  # the lab task's held-out split
         test = task.make_split("test", cfg.data.num_test, seed=0)
     else:
         test = []

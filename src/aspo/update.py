@@ -1,16 +1,28 @@
-"""The update stage: current log-probs and entropy in one forward, objective, backward.
+"""The update stage, in one place: a rollout's rows -> mini-batches -> micro-batches -> current log-probs and
+entropy in one forward -> objective (+ KL to the reference) -> backward, each part weighted by its share of
+the global normaliser.
 
-Pure functions of (model, batch); the optimizer step and all state stay in the trainer.
+    stage = PolicyUpdate(accelerator, model, cfg.algorithm, ...)   # once
+    grads = stage.backward(mini_batch)                              # once per mini-batch
+    then the trainer clips, steps the optimizer (unless grads.global_tokens == 0) and records UpdateStats.
+
+The optimizer, the schedule and all other state stay in the trainer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-from aspo.rollout.base import Rollout
+from aspo import distributed as dist
+from aspo.models import token_logprobs
+from aspo.objectives import agg_loss, kl_penalty, policy_loss
+from aspo.rollout.base import Rollout, select_rows
 
 
 @dataclass
@@ -32,17 +44,16 @@ class UpdateBatch:
                            rollout.response_mask, rollout.behaviour_logprobs, advantages, ref_logprobs)
 
     def rows(self, index: torch.Tensor) -> UpdateBatch:
-        """Select rows and trim columns that are padding in every selected row."""
-        prompt_mask = self.prompt_mask[index]
-        response_mask = self.response_mask[index]
-        p_keep = int(prompt_mask.any(0).nonzero().min()) if prompt_mask.any() else prompt_mask.shape[1] - 1
-        r_keep = int(response_mask.any(0).nonzero().max()) + 1 if response_mask.any() else 1
-        return UpdateBatch(
-            prompt_ids=self.prompt_ids[index, p_keep:], prompt_mask=prompt_mask[:, p_keep:],
-            response_ids=self.response_ids[index, :r_keep], response_mask=response_mask[:, :r_keep],
-            behaviour_logprobs=self.behaviour_logprobs[index, :r_keep], advantages=self.advantages[index],
-            ref_logprobs=None if self.ref_logprobs is None else self.ref_logprobs[index, :r_keep],
-        )
+        """Select rows (as ``Rollout.select``) and trim columns that are padding in every selected row."""
+        out = select_rows(self, index)
+        p_keep = int(out.prompt_mask.any(0).nonzero().min()) if out.prompt_mask.any() else out.prompt_mask.shape[1] - 1
+        r_keep = int(out.response_mask.any(0).nonzero().max()) + 1 if out.response_mask.any() else 1
+        out.prompt_ids, out.prompt_mask = out.prompt_ids[:, p_keep:], out.prompt_mask[:, p_keep:]
+        for name in ("response_ids", "response_mask", "behaviour_logprobs", "ref_logprobs"):
+            value = getattr(out, name)
+            if value is not None:
+                setattr(out, name, value[:, :r_keep])
+        return out
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -61,17 +72,18 @@ class UpdateBatch:
 
 
 def normaliser_scale(response_mask: torch.Tensor, loss_agg_mode: str, global_tokens: float,
-                     global_seqs: float, world_size: int) -> float:
+                     global_rows: float, world_size: int) -> float:
     """Factor that turns a micro-batch's own mean into its share of the global mean.
 
-    ``policy_loss`` averages over the tokens (or sequences) it is given; a mini-batch split into micro-
+    ``policy_loss`` averages over the tokens it is given (token-mean) or over all its rows (the seq-mean
+    modes count every row, one without valid tokens too: ``agg_loss``). A mini-batch split into micro-
     batches, or across data-parallel ranks whose gradients DDP averages, must weight each part by its
-    share of the global count so that the summed gradient equals the one-batch gradient.
+    share of the same global count so that the summed gradient equals the one-batch gradient.
     """
     if loss_agg_mode == "token-mean":
         local, total = float(response_mask.sum()), global_tokens
     else:
-        local, total = float(response_mask.any(-1).sum()), global_seqs
+        local, total = float(response_mask.shape[0]), global_rows
     return local * world_size / max(total, 1.0)
 
 
@@ -83,26 +95,105 @@ def micro_batches(batch: UpdateBatch, size: int) -> list[UpdateBatch]:
     return [batch.rows(torch.arange(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Average dicts key by key (a key absent from a row is not counted for that row)."""
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for row in rows:
-        for key, value in row.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
-            counts[key] = counts.get(key, 0) + 1
-    return {key: sums[key] / counts[key] for key in sums}
+def mini_batch_indices(rows: int, count: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """``count`` near-equal mini-batches of a random permutation of ``rows`` (some empty when rows < count)."""
+    order = torch.randperm(rows, generator=generator)
+    return [torch.as_tensor(chunk, dtype=torch.long) for chunk in np.array_split(order.numpy(), count)]
 
 
-def objective_params(algorithm: Any) -> dict[str, Any]:
-    """The keyword parameters of ``policy_loss`` from an AlgorithmConfig (None means: the default)."""
-    params = {
-        "clip_ratio_low": algorithm.clip_ratio_low,
-        "clip_ratio_high": algorithm.clip_ratio_high,
-        "clip_ratio_c": algorithm.clip_ratio_c,
-        "loss_agg_mode": algorithm.loss_agg_mode,
-        "entropy_quantile": algorithm.entropy_quantile,
-        "high_entropy_clip_ratio_low": algorithm.high_entropy_clip_ratio_low,
-        "high_entropy_clip_ratio_high": algorithm.high_entropy_clip_ratio_high,
-    }
-    return {k: v for k, v in params.items() if v is not None}
+@dataclass
+class GradientPass:
+    """What one mini-batch's forward and backward left behind (the gradients sit in the model)."""
+
+    global_tokens: float  # valid response tokens of this mini-batch on all ranks; 0: nothing was computed
+    loss: float = 0.0     # sum of the micro-batches' losses on this rank (non-finite: skip the step)
+    metrics: list[dict[str, float]] = field(default_factory=list)  # per micro-batch with rows on this rank
+    entropy: list[float] = field(default_factory=list)  # mean token entropy per micro-batch with tokens
+
+
+@dataclass
+class UpdateStats:
+    """What the update on one rollout reports, accumulated over its mini-batches."""
+
+    micro_metrics: list[dict[str, float]] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)  # first epoch only: the policy that sampled
+    grad_norms: list[float] = field(default_factory=list)  # one per optimizer step taken
+    nonfinite_steps: int = 0
+
+    def add(self, grads: GradientPass, first_epoch: bool) -> None:
+        self.micro_metrics += grads.metrics
+        if first_epoch:
+            self.entropy += grads.entropy
+
+    def metrics(self, lr: float) -> dict[str, float]:
+        out = {f"actor/{k}": v for k, v in dist.mean_metrics(self.micro_metrics).items()}
+        out.update({"actor/entropy": float(np.mean(self.entropy)) if self.entropy else float("nan"),
+                    "actor/grad_norm": float(np.mean(self.grad_norms)) if self.grad_norms else float("nan"),
+                    "actor/lr": lr, "actor/nonfinite_steps": float(self.nonfinite_steps),
+                    "actor/optimizer_steps": float(len(self.grad_norms))})
+        return out
+
+
+class PolicyUpdate:
+    """Forward, objective and backward for one mini-batch, split into micro-batches and over ranks.
+
+    Each part's loss is its own mean (``policy_loss``), scaled by ``normaliser_scale`` so that the gradient
+    accumulated over micro-batches and averaged by DDP equals the gradient of the mini-batch's loss.
+    """
+
+    def __init__(self, accelerator: Any, model: torch.nn.Module, algorithm: Any, *, temperature: float,
+                 micro_batch_size: int, pad_token_id: int) -> None:
+        self.accelerator, self.model = accelerator, model
+        self.objective, self.params = algorithm.loss, algorithm.objective_params()
+        # the aggregation the objective really uses (its registered default unless set): the KL term and
+        # the normalisers must agree with it
+        self.loss_agg_mode = algorithm.resolved_objective_params()["loss_agg_mode"]
+        self.entropy_split = algorithm.entropy_split
+        self.kl_coef, self.kl_estimator = algorithm.kl_coef, algorithm.kl_estimator
+        self.temperature, self.micro_batch_size, self.pad_token_id = temperature, micro_batch_size, pad_token_id
+
+    def backward(self, mini: UpdateBatch) -> GradientPass:
+        """Accumulate the gradient of ``mini``'s loss (this rank's rows; may be empty) into the model."""
+        acc = self.accelerator
+        tokens = dist.reduce_sum(acc, float(mini.response_mask.sum()))
+        if tokens == 0:  # on every rank: nothing to learn from, and every rank knows it
+            return GradientPass(global_tokens=0.0)
+        rows = dist.reduce_sum(acc, float(len(mini)))
+        # a rank without rows still runs one empty part: DDP's all-reduce needs every rank
+        parts = micro_batches(mini, self.micro_batch_size) if len(mini) else [mini.without_tokens(self.pad_token_id)]
+        out = GradientPass(global_tokens=tokens)
+        for i, part in enumerate(parts):
+            # gradients are all-reduced once, after the last part
+            sync = acc.no_sync(self.model) if i < len(parts) - 1 else contextlib.nullcontext()
+            with sync:
+                loss, metrics, entropy = self.loss(part)
+                if math.isfinite(float(loss)):
+                    acc.backward(loss * normaliser_scale(part.response_mask, self.loss_agg_mode, tokens, rows,
+                                                         acc.num_processes))
+            out.loss += float(loss)
+            if len(mini):
+                out.metrics.append(metrics)
+                if entropy is not None:
+                    out.entropy.append(entropy)
+        return out
+
+    def loss(self, part: UpdateBatch) -> tuple[torch.Tensor, dict[str, float], float | None]:
+        """(loss, metrics, mean token entropy) of one micro-batch; a NaN loss when the log-probs are not
+        finite (diverged weights: the caller skips the step and counts it)."""
+        logprobs, entropy = token_logprobs(self.model, part.prompt_ids, part.prompt_mask, part.response_ids,
+                                           part.response_mask, temperature=self.temperature)
+        device = logprobs.device
+        mask = part.response_mask.to(device)
+        if not bool(torch.isfinite(logprobs[mask]).all()):
+            return torch.tensor(float("nan")), {}, None
+        loss, metrics = policy_loss(self.objective, logprobs, part.behaviour_logprobs.to(device),
+                                    part.advantages.to(device), mask,
+                                    entropy=entropy if self.entropy_split else None, **self.params)
+        if part.ref_logprobs is not None:
+            kl = agg_loss(kl_penalty(logprobs, part.ref_logprobs.to(device), self.kl_estimator), mask,
+                          self.loss_agg_mode)
+            metrics["kl_loss"] = float(kl.detach())
+            loss = loss + self.kl_coef * kl
+        assert entropy is not None  # with_entropy=True
+        mean_entropy = float(entropy.detach()[mask].mean()) if mask.any() else None
+        return loss, metrics, mean_entropy

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aspo.commands.parser import CommandParser
 from aspo.errors import UserError
 
 MANIFEST = "compare.json"  # the settings of the comparison, so `--report-only --output DIR` needs nothing else
@@ -35,15 +36,10 @@ RUN_LOG = "train.log"
 HARNESS_KEYS = ("train.seed", "output_dir", "resume")  # set per run by the harness, never by the user
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # bad input is a UserError (one paragraph, exit 2), as everywhere
-        raise UserError(f"{message} (`aspo compare --help` shows the usage)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from aspo.presets import describe_presets
 
-    parser = _Parser(
+    parser = CommandParser(
         prog="aspo compare", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Run several algorithm presets over several seeds on the same config (the tiny lab by default) and "
@@ -128,9 +124,7 @@ def plan_runs(config_path: str | None, overrides: list[str], algos: list[str], s
               output: Path, grid: dict[str, list[str]] | None = None) -> tuple[list[PlannedRun], Any, int]:
     """Resolve and validate every run's config before anything starts; returns (runs, base config, cap)."""
     from aspo.config import load_config
-    from aspo.objectives.base import resolve_params
-    from aspo.presets import PRESETS, preset_keys, preset_overrides, response_cap
-    from aspo.update import objective_params
+    from aspo.presets import PRESETS, preset_keys, preset_overrides
 
     unknown = [a for a in algos if a not in PRESETS]
     if unknown or not algos:
@@ -147,31 +141,24 @@ def plan_runs(config_path: str | None, overrides: list[str], algos: list[str], s
         raise UserError(f"--grid key(s) {sorted(swept & (reserved | {o.partition('=')[0].strip() for o in overrides}))}"
                         " are also set by a preset, the harness or a shared override; sweep a key nothing else sets")
     base = load_config(config_path, overrides).validate()
-    if not has_heldout_data(base):
+    if not base.has_heldout_data:
         raise UserError("aspo compare reports held-out pass@1 / pass@k: give data.test=FILE (without data.train "
                         "the lab task's held-out split is used)")
-    cap = response_cap(base)
+    cap = base.response_cap
     runs = []
     for point in grid_points(grid):
         point_items = [f"{key}={value}" for key, value in point.items()]
         # the response cap may be what is swept: size DAPO's overlong buffer per point
-        point_cap = response_cap(load_config(config_path, [*overrides, *point_items]).validate()) if point else cap
+        point_cap = load_config(config_path, [*overrides, *point_items]).validate().response_cap if point else cap
         for algo in algos:
             for seed in seeds:
                 planned = PlannedRun(algo, seed, Path(), [], None, point)
                 run_dir = (output / "runs" / planned.name).resolve()
                 items = [*overrides, *point_items, *preset_overrides(algo, point_cap), f"train.seed={seed}",
                          f"output_dir={json.dumps(str(run_dir))}", "resume=true"]
-                cfg = load_config(config_path, items).validate()
-                resolve_params(cfg.algorithm.loss, objective_params(cfg.algorithm))
+                cfg = load_config(config_path, items).validate()  # the objective's checks included
                 runs.append(PlannedRun(algo, seed, run_dir, items, cfg, point))
     return runs, base, cap
-
-
-def has_heldout_data(cfg: Any) -> bool:
-    """Whether runs of ``cfg`` evaluate on held-out problems (the trainer's rule in run_setup.load_data)."""
-    lab_task = cfg.model == "tiny" or cfg.reward is None
-    return bool(cfg.data.test) or (lab_task and not cfg.data.train)
 
 
 def check_existing(run: PlannedRun) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from aspo.commands.parser import CommandParser
 from aspo.config import PromptConfig
 from aspo.errors import UserError
 from aspo.prompting import eval_defaults
@@ -45,15 +46,10 @@ _PROMPT_FLAGS = {"prompt_template": "template", "chat_template": "chat_template"
                  "instruction": "instruction"}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # bad input is a UserError (one paragraph, exit 2), as everywhere
-        raise UserError(f"{message} (`aspo eval --help` shows the usage)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from aspo.benchmarks import BENCHMARKS
 
-    parser = _Parser(
+    parser = CommandParser(
         prog="aspo eval", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Sample K responses per problem from a local checkpoint, score them with a reward and write "

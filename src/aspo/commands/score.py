@@ -18,16 +18,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from aspo.commands.parser import CommandParser
 from aspo.errors import UserError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # bad input is a UserError (one paragraph, exit 2), as everywhere
-        raise UserError(f"{message} (`aspo score --help` shows the usage)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = CommandParser(
         prog="aspo score", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Score the responses of a JSONL file with a reward and write each record back with `reward` "

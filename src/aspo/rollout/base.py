@@ -47,11 +47,7 @@ class Rollout:
 
     def select(self, index: torch.Tensor) -> Rollout:
         """Rows ``index`` (a long index tensor) of every field."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = [value[i] for i in index.tolist()] if isinstance(value, list) else value[index]
-        return Rollout(**out)
+        return select_rows(self, index)
 
     @staticmethod
     def concat(parts: list[Rollout], pad_token_id: int) -> Rollout:
@@ -72,6 +68,19 @@ class Rollout:
             responses=[s for r in parts for s in r.responses],
             truncated=torch.cat([r.truncated for r in parts]),
         )
+
+
+def select_rows(record: Any, index: torch.Tensor) -> Any:
+    """A copy of the row-major dataclass ``record`` holding rows ``index`` of every field (tensors and lists
+    indexed along their first dimension; None stays None). ``Rollout`` and the update's batch share it."""
+    out: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if value is None:
+            out[f.name] = None
+        else:
+            out[f.name] = [value[i] for i in index.tolist()] if isinstance(value, list) else value[index]
+    return type(record)(**out)
 
 
 class GenerationEngine(Protocol):
