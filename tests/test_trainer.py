@@ -185,7 +185,36 @@ def test_groups_with_checks_that_could_not_run_are_left_out_of_the_update(tiny_r
                                            "algorithm.filter_groups=false"))
     trainer = Trainer(cfg, progress=False)
     records = [trainer.train_records[i] for i in trainer.prompt_indices(0)]
-    batch, advantages, metrics = trainer.collect(0)
+    batch = trainer.collect(0)  # a TrainingBatch: the kept rows and the step's metrics
+    advantages, metrics = batch.advantages, batch.metrics()
     assert metrics["reward/infra_errors"] == len(records) * cfg.rollout.n / 8
     # every group is kept (filter_groups=false) except the two with a check that could not run
     assert metrics["groups/valid"] == len(records) - 2 and len(advantages) == (len(records) - 2) * cfg.rollout.n
+
+
+def test_a_mini_batch_without_tokens_on_every_rank_takes_no_optimizer_step(tiny_run_inputs, tmp_path):
+    """AdamW's momentum and weight decay move the weights even on a zero gradient: no step without data."""
+    import torch
+
+    from aspo.trainer import Trainer
+
+    cfg = load_config(None, tiny_overrides(tiny_run_inputs, tmp_path / "run", "train.weight_decay=0.1",
+                                           "train.mini_batches=4", "train.epochs=1", "train.warmup_steps=0"))
+    trainer = Trainer(cfg, progress=False)
+    rollout = trainer.engine.generate(["12+3=", "4+56="], n=2, max_new_tokens=8, seed=0)
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+
+    def weights():
+        return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    # 2 of 4 rows: two mini-batches hold them, two are empty -> two optimizer steps, not four
+    first = trainer.update(1, rollout.select(torch.tensor([0, 1])), advantages[:2])
+    assert first["actor/optimizer_steps"] == 2.0
+    before = weights()
+    empty = rollout.select(torch.arange(4))
+    empty.response_mask = torch.zeros_like(empty.response_mask)  # rows, but not one valid token
+    metrics = trainer.update(2, empty, advantages)
+    assert metrics["actor/optimizer_steps"] == 0.0
+    after = weights()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    trainer.close()

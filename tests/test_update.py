@@ -32,3 +32,62 @@ def test_micro_batch_scales_sum_to_the_whole_batch(tiny_policy):
         assert sum(len(p) for p in parts) == 6
         scales = [normaliser_scale(p.response_mask, mode, tokens, seqs, 1) for p in parts]
         assert abs(sum(scales) - 1.0) < 1e-9  # each part weighs its share of the tokens / sequences
+
+
+def _update_stage(model, tok, *overrides, micro_batch_size=0):
+    from accelerate import Accelerator
+
+    from aspo.config import load_config
+    from aspo.update import PolicyUpdate
+
+    cfg = load_config(None, list(overrides))
+    return PolicyUpdate(Accelerator(cpu=True), model, cfg.algorithm, temperature=1.0,
+                        micro_batch_size=micro_batch_size, pad_token_id=tok.pad_token_id)
+
+
+def _batch_with_an_empty_row(model, tok):
+    """Six responses of different lengths, row 1 without any valid token, off-policy behaviour log-probs."""
+    rollout = HFEngine(model, tok).generate(["1+2=", "33+4="], n=3, max_new_tokens=8, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    batch = UpdateBatch.from_rollout(rollout, torch.randn(6, generator=gen))
+    batch.behaviour_logprobs = batch.behaviour_logprobs + 0.1 * torch.randn(batch.behaviour_logprobs.shape,
+                                                                            generator=gen)
+    batch.response_mask[1] = False
+    return batch
+
+
+def test_gspo_runs_with_its_registered_aggregation_unless_one_is_set(tiny_policy):
+    """algorithm.loss=gspo used to run with the config's token-mean instead of GSPO's seq-mean-token-mean."""
+    model, tok = tiny_policy
+    batch = _batch_with_an_empty_row(model, tok)
+    batch.response_mask[1] = batch.response_mask[0]  # rows of different lengths: the two means differ
+    logp, _ = token_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+    for overrides, mode in ((["algorithm.loss=gspo"], "seq-mean-token-mean"),
+                            (["algorithm.loss=gspo", "algorithm.loss_agg_mode=token-mean"], "token-mean")):
+        stage = _update_stage(model, tok, *overrides, "algorithm.entropy_split=false")
+        assert stage.loss_agg_mode == mode
+        loss, _, _ = stage.loss(batch)
+        expected, _ = policy_loss("gspo", logp, batch.behaviour_logprobs, batch.advantages, batch.response_mask,
+                                  loss_agg_mode=mode)
+        assert torch.allclose(loss, expected, rtol=1e-6, atol=1e-7), (overrides, float(loss), float(expected))
+    assert _update_stage(model, tok).loss_agg_mode == "token-mean"  # the default objective (aspo)'s own
+
+
+def test_micro_batched_gradient_equals_the_one_batch_gradient_with_an_empty_row(tiny_policy):
+    """seq-mean aggregation divides by every row (an empty one too); the micro-batch weights must agree."""
+    model, tok = tiny_policy
+    batch = _batch_with_an_empty_row(model, tok)
+    for mode in ("seq-mean-token-mean", "seq-mean-token-sum", "token-mean"):
+        grads = []
+        for size in (0, 3, 1):
+            stage = _update_stage(model, tok, "algorithm.loss=grpo", "algorithm.entropy_split=false",
+                                  f"algorithm.loss_agg_mode={mode}", micro_batch_size=size)
+            model.zero_grad(set_to_none=True)
+            result = stage.backward(batch)
+            assert result.global_tokens == float(batch.response_mask.sum())
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        scale = float(grads[0].abs().max())
+        assert scale > 0
+        for other in grads[1:]:
+            assert float((other - grads[0]).abs().max()) <= 1e-5 * scale, mode
+    model.zero_grad(set_to_none=True)

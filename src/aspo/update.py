@@ -12,6 +12,7 @@ The optimizer, the schedule and all other state stay in the trainer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,15 +46,15 @@ class UpdateBatch:
 
     def rows(self, index: torch.Tensor) -> UpdateBatch:
         """Select rows (as ``Rollout.select``) and trim columns that are padding in every selected row."""
-        out = select_rows(self, index)
-        p_keep = int(out.prompt_mask.any(0).nonzero().min()) if out.prompt_mask.any() else out.prompt_mask.shape[1] - 1
-        r_keep = int(out.response_mask.any(0).nonzero().max()) + 1 if out.response_mask.any() else 1
-        out.prompt_ids, out.prompt_mask = out.prompt_ids[:, p_keep:], out.prompt_mask[:, p_keep:]
+        prompt_mask, response_mask = self.prompt_mask[index], self.response_mask[index]
+        p_keep = int(prompt_mask.any(0).nonzero().min()) if prompt_mask.any() else prompt_mask.shape[1] - 1
+        r_keep = int(response_mask.any(0).nonzero().max()) + 1 if response_mask.any() else 1
+        trimmed = dataclasses.replace(self, prompt_ids=self.prompt_ids[:, p_keep:],
+                                      prompt_mask=self.prompt_mask[:, p_keep:])
         for name in ("response_ids", "response_mask", "behaviour_logprobs", "ref_logprobs"):
-            value = getattr(out, name)
-            if value is not None:
-                setattr(out, name, value[:, :r_keep])
-        return out
+            value = getattr(self, name)
+            setattr(trimmed, name, None if value is None else value[:, :r_keep])
+        return select_rows(trimmed, index)  # indexing the trimmed views copies once, contiguous
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
