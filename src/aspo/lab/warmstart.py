@@ -31,6 +31,7 @@ from aspo.lab.tokenizer import build_tokenizer
 # Bump when training or evaluation code changes what a given set of settings produces.
 CODE_VERSION = "1"
 INFO_FILE = "warmstart.json"
+GREEDY_TOP_P = 1e-9
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "steps": 300,
@@ -207,24 +208,21 @@ def supervised_finetune(model: Any, tokenizer: Any, task: Task, *, steps: int, b
 
 def sample_responses(model: Any, tokenizer: Any, prompts: list[str], *, n: int, max_new_tokens: int,
                      temperature: float = 1.0, seed: int = 0, batch_prompts: int = 64) -> list[list[str]]:
-    """``n`` responses per prompt with ``model.generate`` (left padding, KV cache); greedy if temperature 0."""
-    import torch
+    """``n`` responses per prompt through the rollout engine (``aspo.rollout.HFEngine``, the sampler RL
+    uses); greedy if ``temperature`` is 0 (one response, repeated ``n`` times)."""
+    from aspo.rollout import HFEngine
 
-    tokenizer.padding_side = "left"
+    engine = HFEngine(model, tokenizer)
+    greedy = temperature <= 0
+    # greedy = the top token only: a nucleus smaller than any probability keeps exactly the argmax
+    settings = {"temperature": 1.0, "top_p": GREEDY_TOP_P} if greedy else {"temperature": temperature}
     out: list[list[str]] = []
-    torch.manual_seed(seed)
-    sampling = temperature > 0
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_prompts):
-            chunk = prompts[start: start + batch_prompts]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True)
-            generated = model.generate(
-                **enc, do_sample=sampling, temperature=temperature if sampling else None, top_k=None,
-                top_p=None, num_return_sequences=n if sampling else 1, max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            texts = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            per = n if sampling else 1
-            out.extend(texts[i * per: (i + 1) * per] * (1 if sampling else n) for i in range(len(chunk)))
+    for start in range(0, len(prompts), batch_prompts):
+        chunk = prompts[start: start + batch_prompts]
+        per = 1 if greedy else n
+        texts = engine.generate(chunk, n=per, max_new_tokens=max_new_tokens, seed=seed + start,
+                                **settings).responses
+        out.extend(texts[i * per: (i + 1) * per] * (n if greedy else 1) for i in range(len(chunk)))
     return out
 
 
