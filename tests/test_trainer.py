@@ -218,3 +218,17 @@ def test_a_mini_batch_without_tokens_on_every_rank_takes_no_optimizer_step(tiny_
     after = weights()
     assert all(torch.equal(before[k], after[k]) for k in before)
     trainer.close()
+
+
+@pytest.mark.parametrize("unit, lrs", [("optimizer_steps", [0.75, 1.0]), ("rollouts", [0.25, 0.5])])
+def test_warm_up_counts_optimizer_steps_or_rollouts(unit, lrs, tiny_run_inputs, tmp_path):
+    from aspo.report.metrics import read_metrics
+
+    cfg = load_config(None, tiny_overrides(tiny_run_inputs, tmp_path / "run", "train.steps=2", "train.warmup_steps=4",
+                                           f"train.warmup_unit={unit}", "train.mini_batches=2", "train.epochs=1",
+                                           "train.eval_every=0", "train.save_every=0", "train.plots=false",
+                                           "algorithm.filter_groups=false"))
+    Trainer(cfg, progress=False).run()
+    rows = [r for r in read_metrics(tmp_path / "run") if r["step"] > 0]
+    assert [r["actor/optimizer_steps"] for r in rows] == [2.0, 2.0]
+    assert [round(r["actor/lr"] / 1e-3, 6) for r in rows] == lrs  # lr after the step's updates / train.lr

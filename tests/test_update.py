@@ -91,3 +91,18 @@ def test_micro_batched_gradient_equals_the_one_batch_gradient_with_an_empty_row(
         for other in grads[1:]:
             assert float((other - grads[0]).abs().max()) <= 1e-5 * scale, mode
     model.zero_grad(set_to_none=True)
+
+
+def test_mini_batches_by_count_or_size_shuffled_or_in_order():
+    from aspo.update import mini_batch_indices
+
+    gen = torch.Generator().manual_seed(0)
+    by_count = mini_batch_indices(10, 4, gen)
+    assert [len(i) for i in by_count] == [3, 3, 2, 2]
+    assert sorted(torch.cat(by_count).tolist()) == list(range(10))
+    assert torch.cat(by_count).tolist() != list(range(10))  # shuffled
+    in_order = mini_batch_indices(10, 4, None, size=4)  # the authors' recipe: fixed size, fixed order
+    assert [i.tolist() for i in in_order] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [len(i) for i in mini_batch_indices(6, 4, None, size=4)] == [4, 2]  # fewer rows: fewer steps
+    # another rank holds 4 of the 10 rows: every rank cuts its share into ceil(10 / 4) = 3 parts
+    assert [len(i) for i in mini_batch_indices(6, 4, None, size=4, global_rows=10)] == [2, 2, 2]

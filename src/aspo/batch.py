@@ -32,6 +32,18 @@ def soft_overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, fact
     return (-over / buffer * factor).clamp(max=0)
 
 
+def keep_groups(rewards: torch.Tensor, rule: str) -> torch.Tensor:
+    """(groups, G) shaped rewards -> (groups,) bool: the groups the filter keeps.
+
+    ``zero_variance``: groups whose rewards are not all equal (the others have zero advantage everywhere).
+    ``all_0_or_1``: all but the groups whose rewards are all 0 or all 1 (the authors' recipe; a group of
+    equal rewards of any other value, e.g. after the overlong penalty, is kept).
+    """
+    if rule == "all_0_or_1":
+        return ~((rewards == 0).all(1) | (rewards == 1).all(1))
+    return rewards.max(1).values > rewards.min(1).values
+
+
 @dataclass
 class SampledRound:
     """One sampling round: what was sampled, how it scored, and which rows the group filter kept."""
@@ -61,7 +73,7 @@ class SampledRound:
         rewards = raw + soft_overlong_penalty(rollout.response_lengths, max_new_tokens, algorithm.overlong_buffer,
                                               algorithm.overlong_penalty)
         grouped, raw_grouped = rewards.view(len(records), -1), raw.view(len(records), -1)
-        has_signal = grouped.max(1).values > grouped.min(1).values
+        has_signal = keep_groups(grouped, algorithm.filter_rule)
         keep = has_signal.repeat_interleave(group_size) if algorithm.filter_groups else torch.ones_like(raw).bool()
         # a check that could not run is no verdict: its group has no trustworthy baseline, leave it out
         unscored = torch.tensor([r.infra for r in results]).view(len(records), -1).any(1)

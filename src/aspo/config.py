@@ -78,7 +78,10 @@ class AlgorithmConfig:
     high_entropy_clip_ratio_high: float | None = _f(None, "eps_high for high-entropy tokens (None: as above)")
     kl_coef: float = _f(0.0, "weight of the KL loss to the frozen initial policy (0: no reference model)")
     kl_estimator: str = _f("k3", "k1 | k2 | k3 (low-variance KL, as the reference recipe)")
-    filter_groups: bool = _f(True, "drop groups whose rewards are all equal (no gradient signal)")
+    filter_groups: bool = _f(True, "drop groups without gradient signal (which: `filter_rule`)")
+    filter_rule: str = _f("zero_variance", "with filter_groups: zero_variance (drop every group whose rewards "
+                                           "are all equal) | all_0_or_1 (the authors' recipe: drop only groups "
+                                           "whose rewards, after the overlong penalty, are all 0 or all 1)")
     dynamic_sampling: bool = _f(False, "DAPO: keep sampling until `prompts_per_step` groups have signal")
     max_sampling_rounds: int = _f(3, "with dynamic_sampling: rollout rounds per step at most")
     overlong_buffer: int = _f(0, "DAPO soft overlong penalty buffer B in tokens (0: off)")
@@ -139,12 +142,19 @@ class TrainConfig:
 
     steps: int = _f(60, "training steps (one rollout each)")
     prompts_per_step: int = _f(16, "prompts sampled per step (each gets rollout.n responses)")
-    mini_batches: int = _f(4, "optimizer steps per epoch over one rollout")
+    mini_batches: int = _f(4, "optimizer steps per epoch over one rollout (unless mini_batch_size is set)")
+    mini_batch_size: int = _f(0, "responses per mini-batch (0: `mini_batches` equal parts instead); a fixed size, "
+                                 "as the authors' recipe: dropped groups mean fewer optimizer steps, the last "
+                                 "mini-batch may be partial")
+    shuffle: bool = _f(True, "reshuffle the rollout's responses before each epoch (false: one fixed order, as "
+                             "the authors' recipe)")
     epochs: int = _f(2, "passes over each rollout; mini_batches*epochs > 1 makes later updates off-policy")
     micro_batch_size: int = _f(0, "sequences per forward/backward (0: the whole mini-batch at once)")
     lr: float = _f(2e-5, "AdamW learning rate (tuned for the ~1M-parameter lab model: at 5e-5 the 8 off-policy "
                          "updates per rollout already push correct responses down; the paper's 1.5B recipe uses 1e-6)")
-    warmup_steps: int = _f(5, "linear learning-rate warm-up, in optimizer steps")
+    warmup_steps: int = _f(5, "linear learning-rate warm-up, in `warmup_unit`s")
+    warmup_unit: str = _f("optimizer_steps", "what warmup_steps counts: optimizer_steps | rollouts (the authors' "
+                                             "recipe; one rollout = mini_batches x epochs optimizer steps)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)")
     seed: int = _f(0, "seed for sampling, shuffling and the data order")
@@ -218,6 +228,11 @@ class Config:
             ("train.mini_batches", self.train.mini_batches >= 1, "must be >= 1"),
             ("train.epochs", self.train.epochs >= 1, "must be >= 1"),
             ("train.micro_batch_size", self.train.micro_batch_size >= 0, "must be >= 0"),
+            ("train.mini_batch_size", self.train.mini_batch_size >= 0, "must be >= 0"),
+            ("train.warmup_unit", self.train.warmup_unit in ("optimizer_steps", "rollouts"),
+             "must be optimizer_steps or rollouts"),
+            ("algorithm.filter_rule", self.algorithm.filter_rule in ("zero_variance", "all_0_or_1"),
+             "must be zero_variance or all_0_or_1"),
             ("train.lr", self.train.lr > 0, "must be > 0"),
             ("train.warmup_steps", self.train.warmup_steps >= 0, "must be >= 0"),
             ("train.eval_every", self.train.eval_every >= 0, "must be >= 0"),

@@ -238,13 +238,16 @@ class Trainer:
         """mini_batches x epochs optimizer steps on one rollout."""
         cfg = self.cfg
         batch = UpdateBatch.from_rollout(rollout, advantages, self.reference_logprobs(rollout))
-        if dist.reduce_sum(self.accelerator, len(batch)) == 0:
+        global_rows = int(dist.reduce_sum(self.accelerator, len(batch)))
+        if global_rows == 0:
             return {"actor/skipped_no_signal": 1.0}
         self.train_model.train()
         stats = UpdateStats()
         for epoch in range(cfg.train.epochs):
-            gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, "shuffle", step, self.rank, epoch))
-            for index in mini_batch_indices(len(batch), cfg.train.mini_batches, gen):
+            gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, "shuffle", step, self.rank, epoch)) \
+                if cfg.train.shuffle else None
+            for index in mini_batch_indices(len(batch), cfg.train.mini_batches, gen, cfg.train.mini_batch_size,
+                                            global_rows):
                 grads = self.policy_update.backward(batch.rows(index))
                 stats.add(grads, first_epoch=epoch == 0)
                 if grads.global_tokens == 0:  # no rank has a token: a step would still move AdamW's weights
@@ -266,7 +269,8 @@ class Trainer:
             return None
         self.weights_version += 1
         self.optimizer.step()
-        self.scheduler.step()
+        if self.cfg.train.warmup_unit == "optimizer_steps":
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
@@ -358,6 +362,8 @@ class Trainer:
             metrics = batch.metrics()
             t1 = time.perf_counter()
             metrics.update(self.update(step, batch.rollout, batch.advantages))
+            if self.cfg.train.warmup_unit == "rollouts":  # the schedule counts rollouts, not optimizer steps
+                self.scheduler.step()
         except NonFiniteError:
             t1 = time.perf_counter()
             metrics = {"actor/nonfinite_steps": 1.0, "actor/optimizer_steps": 0.0}

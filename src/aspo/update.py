@@ -96,9 +96,19 @@ def micro_batches(batch: UpdateBatch, size: int) -> list[UpdateBatch]:
     return [batch.rows(torch.arange(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-def mini_batch_indices(rows: int, count: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """``count`` near-equal mini-batches of a random permutation of ``rows`` (some empty when rows < count)."""
-    order = torch.randperm(rows, generator=generator)
+def mini_batch_indices(rows: int, count: int, generator: torch.Generator | None, size: int = 0,
+                       global_rows: int | None = None) -> list[torch.Tensor]:
+    """This rank's rows of each mini-batch of one epoch, in a random order (``generator``) or in order (None).
+
+    ``size`` 0: ``count`` near-equal parts (some empty when rows < count). ``size`` > 0: mini-batches of
+    ``size`` responses, the last partial; over several ranks (``global_rows`` in all) every rank cuts its
+    rows into the same number of parts, ceil(global_rows / size), so that every rank steps together.
+    """
+    order = torch.randperm(rows, generator=generator) if generator is not None else torch.arange(rows)
+    if size > 0:
+        if global_rows is None or global_rows == rows:
+            return list(order.split(size))
+        count = -(-global_rows // size)
     return [torch.as_tensor(chunk, dtype=torch.long) for chunk in np.array_split(order.numpy(), count)]
 
 
