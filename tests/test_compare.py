@@ -310,3 +310,22 @@ def test_compare_grid_end_to_end(tmp_path, tiny_run_inputs):
     (out / "summary.json").unlink()
     assert main(["compare", "--report-only", "--output", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["frontier"] == summary["frontier"]
+
+
+def test_a_run_that_spelled_out_its_objectives_aggregation_still_resumes(tmp_path):
+    """Runs saved before loss_agg_mode defaulted to the objective's own carry `token-mean`: same run for aspo,
+    a different one for gspo (whose own is seq-mean-token-mean)."""
+    from aspo.commands.compare import PlannedRun, check_existing
+    from aspo.config import load_config, save_config
+
+    for loss, same in (("aspo", True), ("gspo", False)):
+        run_dir = tmp_path / loss
+        run_dir.mkdir()
+        save_config(load_config(None, [f"algorithm.loss={loss}", "algorithm.loss_agg_mode=token-mean"]),
+                    str(run_dir / "config.yaml"))
+        run = PlannedRun(loss, 0, run_dir, [], load_config(None, [f"algorithm.loss={loss}"]))
+        if same:
+            check_existing(run)
+        else:
+            with pytest.raises(UserError, match="loss_agg_mode='token-mean' \\(now 'seq-mean-token-mean'\\)"):
+                check_existing(run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import itertools
 import json
 import os
@@ -169,8 +170,11 @@ def check_existing(run: PlannedRun) -> None:
     if not saved_path.is_file():
         return
     saved = load_config(str(saved_path))
+    now = copy.deepcopy(run.cfg)
+    for cfg in (saved, now):  # an unset aggregation is the objective's own: runs that spelled it out match
+        cfg.algorithm.loss_agg_mode = cfg.algorithm.resolved_objective_params()["loss_agg_mode"]
     diffs = [f"{key}={value!r} (now {v2!r})" for (key, _, value), (_, _, v2) in zip(all_keys(saved),
-                                                                                    all_keys(run.cfg), strict=True)
+                                                                                    all_keys(now), strict=True)
              if value != v2 and key not in ("output_dir", "resume")]
     if diffs:
         raise UserError(f"{run.run_dir} was run with a different config: {', '.join(diffs)}; use another "
