@@ -84,7 +84,7 @@ def test_sigint_after_an_optimizer_step_finishes_the_step_and_saves_it(tiny_run_
     run = trainer(tiny_run_inputs, out)
     # 2 mini-batches x 2 epochs x 1 micro-batch: the 6th loss is step 2's second mini-batch, after its first
     # optimizer step -- the step must finish (eval and log included) and be saved
-    signal_at(run, "loss", 6, signal.SIGINT)
+    signal_at(run.policy_update, "loss", 6, signal.SIGINT)  # the update stage's forward + objective
     with pytest.raises(Interrupted) as stop:
         run.run()
     assert stop.value.exit_code == 128 + signal.SIGINT and "after step 2 of 4" in str(stop.value)
