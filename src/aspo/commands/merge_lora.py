@@ -14,16 +14,12 @@ import shutil
 import textwrap
 from pathlib import Path
 
+from aspo.commands.parser import CommandParser
 from aspo.errors import UserError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # bad input is a UserError (one paragraph, exit 2), as everywhere
-        raise UserError(f"{message} (`aspo merge-lora --help` shows the usage)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = CommandParser(
         prog="aspo merge-lora", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Merge the LoRA adapter of a checkpoint written with lora.rank > 0 into its base model and save "
