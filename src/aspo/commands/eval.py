@@ -55,13 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
             "Sample K responses per problem from a local checkpoint, score them with a reward and write "
             "summary.json (avg@K, pass@1, pass@K with the unbiased estimator of Chen et al. 2021, maj@K for "
             "math) and samples.jsonl. Rerun the same command to resume an interrupted evaluation.", 100),
-        epilog=f"benchmarks: {', '.join(BENCHMARKS)} (or a .jsonl file with prompt/answer fields)\n\n"
-               "example:\n  aspo eval --model runs/aspo/final --data gsm8k --n 8 --output runs/eval-gsm8k")
+        epilog=f"benchmarks: {', '.join(BENCHMARKS)};\n"
+               "  lab:TASK[:N] (the held-out split `aspo train` evaluates);\n"
+               "  or a JSONL / Parquet file or datasets directory with prompt/answer fields\n\n"
+               "example:\n"
+               "  aspo eval --model runs/x/checkpoints/step-60 --data gsm8k --n 8 --output runs/eval-gsm8k")
     parser.add_argument("--model", required=True, help="checkpoint directory (save_pretrained: model + tokenizer), "
                                                        "a .gguf file, or smollm2-135m-instruct")
-    parser.add_argument("--data", required=True, help="benchmark name or JSONL file")
+    parser.add_argument("--data", required=True,
+                        help="benchmark name, lab:TASK[:N], or a JSONL / Parquet file or datasets directory")
     parser.add_argument("--reward", default=None,
-                        help="math, code, a lab task reward, or path/file.py:fn (default: the benchmark's own)")
+                        help="math, number, code, a lab task reward, or path/file.py:fn "
+                             "(default: the benchmark's own)")
     parser.add_argument("--n", type=int, default=1, help="samples per problem K (default 1)")
     parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
@@ -190,7 +195,8 @@ def main(argv: list[str]) -> int:
     problems = load_benchmark(args.data)
     reward = args.reward or DEFAULT_REWARD.get(args.data) or lab_reward(args.data)
     if reward is None:
-        raise UserError(f"--reward is required for data {args.data!r} (math, code, or path/file.py:fn)")
+        raise UserError(f"--reward is required for data {args.data!r} "
+                        "(math, number, code, or path/file.py:fn)")
     reward_fn = get_reward(reward)
     if args.limit:
         problems = problems[: args.limit]

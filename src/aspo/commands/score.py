@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="record fields:\n  math: response, answer (number, text, `#### N` or a solution with \\boxed{})\n"
                "  code: response and tests {inputs, outputs[, fn_name]}, or test + entry_point (HumanEval)\n\n"
                "example:\n  aspo score --reward math --input samples.jsonl --output scored.jsonl")
-    parser.add_argument("--reward", required=True, help="math, code, arithmetic, countdown, or path/file.py:fn")
+    parser.add_argument("--reward", required=True,
+                        help="math, number, code, arithmetic, countdown, or path/file.py:fn")
     parser.add_argument("--input", required=True, type=Path,
                         help="JSONL with one record per line, a Parquet file or a datasets save_to_disk directory")
     parser.add_argument("--output", required=True, type=Path, help="JSONL to write (records + reward [+ error])")

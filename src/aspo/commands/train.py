@@ -18,7 +18,9 @@ Examples:
   aspo train configs/smollm2-arithmetic.yaml   # a real model (model=smollm2-135m-instruct; make smollm2)
   aspo train output_dir=runs/x resume=true     # continue from the newest complete checkpoint
 
-Multi-process: accelerate launch [--cpu] --num_processes N -m aspo train ...
+Multi-process (data parallel; on a CPU-only machine --multi_gpu runs gloo, while --cpu starts one process):
+  accelerate launch --multi_gpu --num_processes N -m aspo train ...
+  torchrun --nproc_per_node N -m aspo train ...
 
 keys (default value, then what it does):
 """
