@@ -232,14 +232,19 @@ def test_cannot_write_or_delete_outside_scratch(backend, visible_dir):
     _assert_clean(backend)
 
 
-def test_cannot_connect_to_host_port(backend):
-    if backend == "unsafe":
-        pytest.skip("the unsafe mode does not isolate the network (its warning says so)")
+def _loopback_listener() -> tuple[socket.socket, int]:
+    """A non-blocking listener on a free loopback port: a connection from the candidate would show up here."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     server.setblocking(False)
-    port = server.getsockname()[1]
+    return server, server.getsockname()[1]
+
+
+def test_cannot_connect_to_host_port(backend):
+    if backend == "unsafe":
+        pytest.skip("the unsafe mode does not isolate the network (its warning says so)")
+    server, port = _loopback_listener()
     try:
         result = _run(f"""
             import socket
@@ -334,11 +339,7 @@ def test_hostile_programs_are_refused_without_isolation(no_bwrap, tmp_path):
     os.chmod(tmp_path, 0o777)
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.setblocking(False)
-    port = server.getsockname()[1]
+    server, port = _loopback_listener()
     attack = (f"import socket\nopen({str(victim)!r}, 'w').write('pwned')\nopen({str(tmp_path / 'new')!r}, 'w')\n"
               f"socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')\n")
     record = {"response": attack, "tests": {"inputs": [""], "outputs": [""]}}
