@@ -116,24 +116,66 @@ class Settings:
 def aspo_command(job: Job, settings: Settings, out_dir: Path) -> list[str]:
     """`aspo train` on the job: grpo loss, grpo advantages, no group filter, no eval, one update a step."""
     s = settings
-    return [PYTHON, "-m", "aspo", "train", f"model={job.model}", f"data.train={job.train}",
-            f"reward={job.reward_file}:addition_reward", f"output_dir={out_dir}",
-            f"rollout.n={s.n}", f"rollout.max_new_tokens={s.max_new_tokens}",
-            f"rollout.temperature={s.temperature}", "rollout.top_p=1.0",
-            f"train.prompts_per_step={s.prompts_per_step}", "train.mini_batches=1", "train.epochs=1",
-            f"train.steps={s.steps}", "train.eval_every=0", "train.save_every=0", "train.plots=false", f"train.lr={s.lr}",
-            "train.warmup_steps=0", "train.weight_decay=0.0", "train.grad_clip=1.0", f"train.seed={s.seed}",
-            "train.device=cpu", "algorithm.loss=grpo", "algorithm.advantage=grpo",
-            "algorithm.loss_agg_mode=token-mean", "algorithm.filter_groups=false",
-            "algorithm.entropy_split=false", "algorithm.kl_coef=0.0"]
+    return [
+        PYTHON,
+        "-m",
+        "aspo",
+        "train",
+        f"model={job.model}",
+        f"data.train={job.train}",
+        f"reward={job.reward_file}:addition_reward",
+        f"output_dir={out_dir}",
+        f"rollout.n={s.n}",
+        f"rollout.max_new_tokens={s.max_new_tokens}",
+        f"rollout.temperature={s.temperature}",
+        "rollout.top_p=1.0",
+        f"train.prompts_per_step={s.prompts_per_step}",
+        "train.mini_batches=1",
+        "train.epochs=1",
+        f"train.steps={s.steps}",
+        "train.eval_every=0",
+        "train.save_every=0",
+        "train.plots=false",
+        f"train.lr={s.lr}",
+        "train.warmup_steps=0",
+        "train.weight_decay=0.0",
+        "train.grad_clip=1.0",
+        f"train.seed={s.seed}",
+        "train.device=cpu",
+        "algorithm.loss=grpo",
+        "algorithm.advantage=grpo",
+        "algorithm.loss_agg_mode=token-mean",
+        "algorithm.filter_groups=false",
+        "algorithm.entropy_split=false",
+        "algorithm.kl_coef=0.0",
+    ]
 
 
 def trl_command(job: Job, settings: Settings, out_dir: Path) -> list[str]:
     s = settings
-    return [PYTHON, str(Path(__file__).resolve()), "trl", "--job", str(job.root), "--out", str(out_dir),
-            "--steps", str(s.steps), "--prompts-per-step", str(s.prompts_per_step), "--n", str(s.n),
-            "--max-new-tokens", str(s.max_new_tokens), "--temperature", str(s.temperature),
-            "--lr", str(s.lr), "--seed", str(s.seed)]
+    return [
+        PYTHON,
+        str(Path(__file__).resolve()),
+        "trl",
+        "--job",
+        str(job.root),
+        "--out",
+        str(out_dir),
+        "--steps",
+        str(s.steps),
+        "--prompts-per-step",
+        str(s.prompts_per_step),
+        "--n",
+        str(s.n),
+        "--max-new-tokens",
+        str(s.max_new_tokens),
+        "--temperature",
+        str(s.temperature),
+        "--lr",
+        str(s.lr),
+        "--seed",
+        str(s.seed),
+    ]
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -141,10 +183,18 @@ def child_env(threads: int) -> dict[str, str]:
     from aspo.threads import child_environment
 
     env = child_environment(threads)
-    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "WANDB_DISABLED": "true",
-                "DISABLE_MLFLOW_INTEGRATION": "TRUE", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-                "PYTHONWARNINGS": "ignore"})
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "WANDB_DISABLED": "true",
+            "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
     return env
 
@@ -222,18 +272,40 @@ def run_trl(argv: list[str]) -> None:
     reward = module.trl_addition_reward
     dataset = load_dataset("json", data_files=str(job.train), split="train")
     config = GRPOConfig(
-        output_dir=args.out, max_steps=args.steps, seed=args.seed, use_cpu=True, report_to="none",
-        save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=args.out,
+        max_steps=args.steps,
+        seed=args.seed,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
         # one generation batch of prompts x n completions, one optimizer update on all of it, on-policy
-        per_device_train_batch_size=args.prompts_per_step * args.n, gradient_accumulation_steps=1,
-        num_generations=args.n, num_iterations=1, steps_per_generation=1,
-        max_completion_length=args.max_new_tokens, temperature=args.temperature, top_p=1.0, top_k=0,
+        per_device_train_batch_size=args.prompts_per_step * args.n,
+        gradient_accumulation_steps=1,
+        num_generations=args.n,
+        num_iterations=1,
+        steps_per_generation=1,
+        max_completion_length=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=1.0,
+        top_k=0,
         # the objective: no KL, PPO clip 0.2, token mean over the batch, group-std-normalised advantages
-        beta=0.0, epsilon=0.2, epsilon_high=0.2, loss_type="dapo", scale_rewards="group",
+        beta=0.0,
+        epsilon=0.2,
+        epsilon_high=0.2,
+        loss_type="dapo",
+        scale_rewards="group",
         mask_truncated_completions=False,
         # the optimizer: AdamW, constant lr, no warm-up, no decay, clip 1.0 (as the aspo command line)
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, bf16=False, fp16=False,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=False,
+        fp16=False,
     )
     trainer = GRPOTrainer(model=str(job.model), reward_funcs=reward, args=config, train_dataset=dataset)
     trainer.train()

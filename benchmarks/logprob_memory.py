@@ -39,9 +39,13 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).train()
-    questions = [f"What is {17 * i + 3} plus {29 * i + 11}? Answer with the number only." for i in range(args.prompts)]
-    texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-             for q in questions]
+    questions = [
+        f"What is {17 * i + 3} plus {29 * i + 11}? Answer with the number only." for i in range(args.prompts)
+    ]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     prompt_ids = enc["input_ids"].repeat_interleave(args.n, 0)
@@ -58,8 +62,15 @@ def child(args: argparse.Namespace) -> None:
         start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, rows, size):
             part = slice(i, i + size)
-            logp, ent = token_logprobs(model, prompt_ids[part], prompt_mask[part], response_ids[part],
-                                       response_mask[part], temperature=0.7, chunk=MODES[args.child])
+            logp, ent = token_logprobs(
+                model,
+                prompt_ids[part],
+                prompt_mask[part],
+                response_ids[part],
+                response_mask[part],
+                temperature=0.7,
+                chunk=MODES[args.child],
+            )
             ((logp * advantages[part]).sum() + 0.01 * ent.sum()).backward()
         return time.perf_counter() - start, time.process_time() - cpu
 
@@ -67,9 +78,17 @@ def child(args: argparse.Namespace) -> None:
     first = step()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = [step() for _ in range(args.passes)] or [first]
-    print(json.dumps({"base_mb": base_mb, "peak_mb": peak_mb, "time_s": statistics.median(t[0] for t in times),
-                      "cpu_s": statistics.median(t[1] for t in times),
-                      "prompt_tokens": int(enc["attention_mask"].sum(-1).float().mean())}))
+    print(
+        json.dumps(
+            {
+                "base_mb": base_mb,
+                "peak_mb": peak_mb,
+                "time_s": statistics.median(t[0] for t in times),
+                "cpu_s": statistics.median(t[1] for t in times),
+                "prompt_tokens": int(enc["attention_mask"].sum(-1).float().mean()),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -79,39 +98,77 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="responses per prompt")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per response")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per mode (interleaved)")
-    parser.add_argument("--passes", type=int, default=1,
-                        help="timed forward + backward passes per process after the first (0: time the first)")
-    parser.add_argument("--micro-batch", type=int, default=0, help="rows per forward + backward (0: all at once)")
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="timed forward + backward passes per process after the first (0: time the first)",
+    )
+    parser.add_argument(
+        "--micro-batch", type=int, default=0, help="rows per forward + backward (0: all at once)"
+    )
     parser.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONWARNINGS="ignore",
+    )
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
     results: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for _ in range(args.repeats):
         for mode in MODES:
-            cmd = [sys.executable, __file__, "--child", mode, "--model", args.model, "--prompts", str(args.prompts),
-                   "--n", str(args.n), "--tokens", str(args.tokens), "--passes", str(args.passes),
-                   "--micro-batch", str(args.micro_batch)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                "--model",
+                args.model,
+                "--prompts",
+                str(args.prompts),
+                "--n",
+                str(args.n),
+                "--tokens",
+                str(args.tokens),
+                "--passes",
+                str(args.passes),
+                "--micro-batch",
+                str(args.micro_batch),
+            ]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    med = {mode: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for mode, rs in results.items()}
+    med = {
+        mode: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for mode, rs in results.items()
+    }
     one, five, _ = os.getloadavg()
-    print(f"{args.prompts} prompts (~{med['full']['prompt_tokens']:.0f} tokens) x {args.n} responses x "
-          f"{args.tokens} tokens, micro-batch {args.micro_batch or 'all'}, one thread, medians of {args.repeats} "
-          f"processes per mode; "
-          f"load {one:.2f}/{five:.2f} on {os.cpu_count()} cores")
-    print(f"{'mode':8} {'baseline MB':>12} {'peak MB':>9} {'peak - baseline':>16} {'fwd+bwd s':>10} {'CPU s':>8}")
+    print(
+        f"{args.prompts} prompts (~{med['full']['prompt_tokens']:.0f} tokens) x {args.n} responses x "
+        f"{args.tokens} tokens, micro-batch {args.micro_batch or 'all'}, one thread, medians of {args.repeats} "
+        f"processes per mode; "
+        f"load {one:.2f}/{five:.2f} on {os.cpu_count()} cores"
+    )
+    print(
+        f"{'mode':8} {'baseline MB':>12} {'peak MB':>9} {'peak - baseline':>16} {'fwd+bwd s':>10} {'CPU s':>8}"
+    )
     for mode, m in med.items():
-        print(f"{mode:8} {m['base_mb']:12.0f} {m['peak_mb']:9.0f} {m['peak_mb'] - m['base_mb']:16.0f} "
-              f"{m['time_s']:10.2f} {m['cpu_s']:8.2f}")
+        print(
+            f"{mode:8} {m['base_mb']:12.0f} {m['peak_mb']:9.0f} {m['peak_mb'] - m['base_mb']:16.0f} "
+            f"{m['time_s']:10.2f} {m['cpu_s']:8.2f}"
+        )
     full, chunked = med["full"], med["chunked"]
-    print(f"chunked / full: peak RSS {chunked['peak_mb'] / full['peak_mb']:.2f}x, peak above baseline "
-          f"{(chunked['peak_mb'] - chunked['base_mb']) / (full['peak_mb'] - full['base_mb']):.2f}x, "
-          f"wall time {chunked['time_s'] / full['time_s']:.2f}x, CPU time {chunked['cpu_s'] / full['cpu_s']:.2f}x")
+    print(
+        f"chunked / full: peak RSS {chunked['peak_mb'] / full['peak_mb']:.2f}x, peak above baseline "
+        f"{(chunked['peak_mb'] - chunked['base_mb']) / (full['peak_mb'] - full['base_mb']):.2f}x, "
+        f"wall time {chunked['time_s'] / full['time_s']:.2f}x, CPU time {chunked['cpu_s'] / full['cpu_s']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def write_job(root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="local HF checkpoint directory (e.g. SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--model", required=True, help="local HF checkpoint directory (e.g. SmolLM2-135M-Instruct)"
+    )
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=32.0)
@@ -61,29 +63,55 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="aspo-lora-bench-"))
     try:
         write_job(root)
-        common = [f"model={args.model}", f"data.train={root / 'train.jsonl'}", f"data.test={root / 'test.jsonl'}",
-                  f"reward={root / 'reward.py'}:last_number", "prompt.chat_template=true", "rollout.n=8",
-                  "train.prompts_per_step=8", "rollout.max_new_tokens=64", "rollout.temperature=0.7",
-                  "eval.temperature=0.7", f"eval.n={args.eval_n}", f"data.num_test={args.num_test}",
-                  "train.mini_batches=2", "train.epochs=1", "train.threads=1", "train.device=cpu",
-                  "train.eval_every=0", f"train.save_every={args.steps}", "train.keep_checkpoints=1",
-                  f"train.steps={args.steps}", "train.plots=false"]
-        runs = {"full": [f"train.lr={args.lr_full}"],
-                "lora": [f"train.lr={args.lr_lora}", f"lora.rank={args.rank}", f"lora.alpha={args.alpha}"]}
-        print("| run | peak RSS | CPU time | median s/step | checkpoint | pass@1 before -> after | load before / after |")
+        common = [
+            f"model={args.model}",
+            f"data.train={root / 'train.jsonl'}",
+            f"data.test={root / 'test.jsonl'}",
+            f"reward={root / 'reward.py'}:last_number",
+            "prompt.chat_template=true",
+            "rollout.n=8",
+            "train.prompts_per_step=8",
+            "rollout.max_new_tokens=64",
+            "rollout.temperature=0.7",
+            "eval.temperature=0.7",
+            f"eval.n={args.eval_n}",
+            f"data.num_test={args.num_test}",
+            "train.mini_batches=2",
+            "train.epochs=1",
+            "train.threads=1",
+            "train.device=cpu",
+            "train.eval_every=0",
+            f"train.save_every={args.steps}",
+            "train.keep_checkpoints=1",
+            f"train.steps={args.steps}",
+            "train.plots=false",
+        ]
+        runs = {
+            "full": [f"train.lr={args.lr_full}"],
+            "lora": [f"train.lr={args.lr_lora}", f"lora.rank={args.rank}", f"lora.alpha={args.alpha}"],
+        }
+        print(
+            "| run | peak RSS | CPU time | median s/step | checkpoint | pass@1 before -> after | load before / after |"
+        )
         print("|---|---|---|---|---|---|---|")
         for name, extra in runs.items():
             out = root / name
             before = load_average()
-            timed = run_timed([PYTHON, "-m", "aspo", "train", *common, *extra, f"output_dir={out}"],
-                              child_env(1), root / f"{name}.log")
+            timed = run_timed(
+                [PYTHON, "-m", "aspo", "train", *common, *extra, f"output_dir={out}"],
+                child_env(1),
+                root / f"{name}.log",
+            )
             rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
             evals = [r["eval/pass@1"] for r in rows if "eval/pass@1" in r]
             step_s = median([r["time/step"] for r in rows if "time/step" in r])
             ckpt = out / "checkpoints" / f"step-{args.steps}"
             size_mb = sum(f.stat().st_size for f in ckpt.iterdir()) / 1e6
-            print(f"| {name} | {timed.max_rss_mb:.0f} MB | {timed.cpu_s:.0f} s | {step_s:.0f} s | {size_mb:.0f} MB | "
-                  f"{evals[0]:.3f} -> {evals[-1]:.3f} | {before} / {load_average()} |", flush=True)
+            print(
+                f"| {name} | {timed.max_rss_mb:.0f} MB | {timed.cpu_s:.0f} s | {step_s:.0f} s | {size_mb:.0f} MB | "
+                f"{evals[0]:.3f} -> {evals[-1]:.3f} | {before} / {load_average()} |",
+                flush=True,
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -68,12 +68,21 @@ def sweep(name: str, values: list[int], make: object, job: object, env: dict, wo
         shutil.rmtree(out, ignore_errors=True)
         load = load_average()
         timed = run_timed(aspo_command(job, settings, out), env, work / f"{name}-{value}.log")
-        row = {name: value, **step_medians(out), "max_rss_mb": timed.max_rss_mb, "wall_s": timed.wall_s,
-               "tokens_per_step": settings.prompts_per_step * settings.n * settings.max_new_tokens, "load": load}
+        row = {
+            name: value,
+            **step_medians(out),
+            "max_rss_mb": timed.max_rss_mb,
+            "wall_s": timed.wall_s,
+            "tokens_per_step": settings.prompts_per_step * settings.n * settings.max_new_tokens,
+            "load": load,
+        }
         rows.append(row)
-        print(f"  {name}={value:4d}: step {row['step']:6.3f} s (generation {row['rollout']:6.3f}, update "
-              f"{row['update']:6.3f}), peak RSS {row['max_rss_mb']:5.0f} MB, {row['tokens_per_step']} tokens/step "
-              f"(load {load})", flush=True)
+        print(
+            f"  {name}={value:4d}: step {row['step']:6.3f} s (generation {row['rollout']:6.3f}, update "
+            f"{row['update']:6.3f}), peak RSS {row['max_rss_mb']:5.0f} MB, {row['tokens_per_step']} tokens/step "
+            f"(load {load})",
+            flush=True,
+        )
     return rows
 
 
@@ -82,8 +91,10 @@ def report(name: str, rows: list[dict]) -> None:
     for key in ("step", "rollout", "update"):
         ys = [r[key] for r in rows]
         _, slope, r2 = linear_fit(xs, ys)
-        print(f"  {key:8s} time ~ {name}^{power_fit(xs, ys):.2f}; straight line {slope * 1000:.2f} ms per unit of "
-              f"{name}, R^2 {r2:.3f}")
+        print(
+            f"  {key:8s} time ~ {name}^{power_fit(xs, ys):.2f}; straight line {slope * 1000:.2f} ms per unit of "
+            f"{name}, R^2 {r2:.3f}"
+        )
     mem = [r["max_rss_mb"] for r in rows]
     _, slope, r2 = linear_fit(xs, mem)
     print(f"  peak RSS {mem[0]:.0f} -> {mem[-1]:.0f} MB: +{slope:.2f} MB per unit of {name} (R^2 {r2:.3f})")
@@ -102,10 +113,14 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="aspo-scaling-"))
     job = build_job(work / "job", unreachable_eos=True)
     env = child_env(args.threads)
-    print(f"tiny Qwen2, 8 prompts per step, one update per step, {args.steps} steps per setting, "
-          f"threads {args.threads}; every response exactly max_new_tokens long")
+    print(
+        f"tiny Qwen2, 8 prompts per step, one update per step, {args.steps} steps per setting, "
+        f"threads {args.threads}; every response exactly max_new_tokens long"
+    )
     print("response length L (n = 8):")
-    by_length = sweep("L", args.lengths, lambda v: Settings(steps=args.steps, max_new_tokens=v), job, env, work)
+    by_length = sweep(
+        "L", args.lengths, lambda v: Settings(steps=args.steps, max_new_tokens=v), job, env, work
+    )
     print("group size n (L = 32):")
     by_group = sweep("n", args.groups, lambda v: Settings(steps=args.steps, n=v), job, env, work)
     print("\ngrowth with response length L:")
@@ -113,8 +128,12 @@ def main() -> None:
     print("growth with group size n:")
     report("n", by_group)
     if args.json:
-        Path(args.json).write_text(json.dumps({"by_length": by_length, "by_group": by_group,
-                                               "threads": args.threads, "steps": args.steps}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"by_length": by_length, "by_group": by_group, "threads": args.threads, "steps": args.steps},
+                indent=1,
+            )
+        )
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

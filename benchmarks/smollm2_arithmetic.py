@@ -39,7 +39,9 @@ def timed(cmd: list[str]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / f"smollm2-bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "runs" / f"smollm2-bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the aspo eval reproduction")
     args, overrides = parser.parse_known_args()
     load_before = os.getloadavg()
@@ -50,15 +52,21 @@ def main() -> None:
     steps = [r for r in rows if "time/step" in r]
     first, last = evals[0], evals[-1]
     k = next(key for key in first if key.startswith("eval/pass@") and key != "eval/pass@1")
-    print(f"\nheld-out pass@1 {first['eval/pass@1']:.3f} -> {last['eval/pass@1']:.3f} "
-          f"(gain {last['eval/pass@1'] - first['eval/pass@1']:+.3f}); {k.split('/')[1]} "
-          f"{first[k]:.3f} -> {last[k]:.3f}")
-    print(f"token entropy {steps[0]['actor/entropy']:.3f} (step 1) -> {steps[-1]['actor/entropy']:.3f} "
-          f"(step {steps[-1]['step']}); train reward {steps[0]['reward/mean']:.3f} -> {steps[-1]['reward/mean']:.3f}")
+    print(
+        f"\nheld-out pass@1 {first['eval/pass@1']:.3f} -> {last['eval/pass@1']:.3f} "
+        f"(gain {last['eval/pass@1'] - first['eval/pass@1']:+.3f}); {k.split('/')[1]} "
+        f"{first[k]:.3f} -> {last[k]:.3f}"
+    )
+    print(
+        f"token entropy {steps[0]['actor/entropy']:.3f} (step 1) -> {steps[-1]['actor/entropy']:.3f} "
+        f"(step {steps[-1]['step']}); train reward {steps[0]['reward/mean']:.3f} -> {steps[-1]['reward/mean']:.3f}"
+    )
     split = {key: statistics.mean(r[key] for r in steps) for key in steps[0] if key.startswith("time/")}
     print("seconds per step (mean): " + ", ".join(f"{key[5:]} {v:.1f}" for key, v in split.items()))
-    print(f"aspo train: wall {train['wall_s']:.0f} s, CPU {train['cpu_s']:.0f} s, peak RSS {train['peak_mib']:.0f} MiB; "
-          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(
+        f"aspo train: wall {train['wall_s']:.0f} s, CPU {train['cpu_s']:.0f} s, peak RSS {train['peak_mib']:.0f} MiB; "
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    )
     if args.no_eval:
         return
     import yaml
@@ -66,14 +74,35 @@ def main() -> None:
     cfg = yaml.safe_load((args.out / "config.yaml").read_text())
     ckpt = sorted((args.out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
     out = args.out / "eval-final"
-    ev = timed([sys.executable, "-m", "aspo", "eval", "--model", str(ckpt), "--data",
-                f"lab:{cfg['task']}:{cfg['data']['num_test']}", "--reward", cfg["reward"] or "number",
-                "--n", str(cfg["eval"]["n"]), "--temperature", str(cfg["eval"]["temperature"]),
-                "--top-p", str(cfg["eval"]["top_p"]), "--max-new-tokens", str(cfg["rollout"]["max_new_tokens"]),
-                "--output", str(out)])
+    ev = timed(
+        [
+            sys.executable,
+            "-m",
+            "aspo",
+            "eval",
+            "--model",
+            str(ckpt),
+            "--data",
+            f"lab:{cfg['task']}:{cfg['data']['num_test']}",
+            "--reward",
+            cfg["reward"] or "number",
+            "--n",
+            str(cfg["eval"]["n"]),
+            "--temperature",
+            str(cfg["eval"]["temperature"]),
+            "--top-p",
+            str(cfg["eval"]["top_p"]),
+            "--max-new-tokens",
+            str(cfg["rollout"]["max_new_tokens"]),
+            "--output",
+            str(out),
+        ]
+    )
     summary = json.loads((out / "summary.json").read_text())
-    print(f"aspo eval on {ckpt.name}: pass@1 {summary['pass@1']:.3f} (training's final eval "
-          f"{last['eval/pass@1']:.3f}), wall {ev['wall_s']:.0f} s")
+    print(
+        f"aspo eval on {ckpt.name}: pass@1 {summary['pass@1']:.3f} (training's final eval "
+        f"{last['eval/pass@1']:.3f}), wall {ev['wall_s']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each trainer (interleaved)")
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch / OpenMP threads for both (1: steadiest on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch / OpenMP threads for both (1: steadiest on a shared machine)",
+    )
     parser.add_argument("--workdir", default=None, help="default: a temporary directory, removed at the end")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args()
@@ -69,10 +73,14 @@ def main() -> None:
     job = build_job(work / "job")
     settings = Settings(steps=args.steps)
     env = child_env(args.threads)
-    commands = {"aspo": lambda out: aspo_command(job, settings, out),
-                "trl": lambda out: trl_command(job, settings, out)}
-    print(f"job: {job.root}  steps {settings.steps}, {settings.prompts_per_step} prompts x {settings.n} samples, "
-          f"{settings.max_new_tokens} new tokens, threads {args.threads}")
+    commands = {
+        "aspo": lambda out: aspo_command(job, settings, out),
+        "trl": lambda out: trl_command(job, settings, out),
+    }
+    print(
+        f"job: {job.root}  steps {settings.steps}, {settings.prompts_per_step} prompts x {settings.n} samples, "
+        f"{settings.max_new_tokens} new tokens, threads {args.threads}"
+    )
     # one short untimed run each: file-system caches and .pyc files warm for both alike
     warm = Settings(steps=1, prompts_per_step=2, n=2, max_new_tokens=4)
     for name, build in (("aspo", aspo_command), ("trl", trl_command)):
@@ -92,30 +100,40 @@ def main() -> None:
             else:
                 row["step"] = trl_step_seconds(work / f"{name}-{run}.log")
             results[name].append(row)
-            print(f"run {run} {name:4s}: wall {timed.wall_s:6.1f} s  cpu {timed.cpu_s:6.1f} s  "
-                  f"peak RSS {timed.max_rss_mb:6.0f} MB  (in steps {row['step']:.1f} s; load {load})", flush=True)
+            print(
+                f"run {run} {name:4s}: wall {timed.wall_s:6.1f} s  cpu {timed.cpu_s:6.1f} s  "
+                f"peak RSS {timed.max_rss_mb:6.0f} MB  (in steps {row['step']:.1f} s; load {load})",
+                flush=True,
+            )
 
     def med(name: str, key: str) -> float:
         return median([r[key] for r in results[name]])
 
     print("\nmedians over", args.runs, "runs:")
     for name in ("aspo", "trl"):
-        print(f"  {name:4s}: wall {med(name, 'wall_s'):6.1f} s, cpu {med(name, 'cpu_s'):6.1f} s, "
-              f"peak RSS {med(name, 'max_rss_mb'):5.0f} MB, in training steps {med(name, 'step'):5.1f} s, "
-              f"outside them (start-up, teardown) {med(name, 'wall_s') - med(name, 'step'):4.1f} s")
+        print(
+            f"  {name:4s}: wall {med(name, 'wall_s'):6.1f} s, cpu {med(name, 'cpu_s'):6.1f} s, "
+            f"peak RSS {med(name, 'max_rss_mb'):5.0f} MB, in training steps {med(name, 'step'):5.1f} s, "
+            f"outside them (start-up, teardown) {med(name, 'wall_s') - med(name, 'step'):4.1f} s"
+        )
     per_run_wall = [t["wall_s"] / a["wall_s"] for a, t in zip(results["aspo"], results["trl"], strict=True)]
     per_run_cpu = [t["cpu_s"] / a["cpu_s"] for a, t in zip(results["aspo"], results["trl"], strict=True)]
-    print(f"ratio TRL / aspo: wall {median(per_run_wall):.2f}x (median of per-run ratios; runs "
-          f"{', '.join(f'{r:.2f}' for r in per_run_wall)}), cpu {median(per_run_cpu):.2f}x; "
-          f"training steps only {med('trl', 'step') / med('aspo', 'step'):.2f}x")
+    print(
+        f"ratio TRL / aspo: wall {median(per_run_wall):.2f}x (median of per-run ratios; runs "
+        f"{', '.join(f'{r:.2f}' for r in per_run_wall)}), cpu {median(per_run_cpu):.2f}x; "
+        f"training steps only {med('trl', 'step') / med('aspo', 'step'):.2f}x"
+    )
     print(f"peak memory aspo / TRL: {med('aspo', 'max_rss_mb') / med('trl', 'max_rss_mb'):.2f}")
     step = med("aspo", "step")
-    print(f"aspo: {med('aspo', 'tokens') / med('aspo', 'rollout'):.0f} generated tokens/s in generation; "
-          f"of step time: generation {med('aspo', 'rollout') / step:.0%}, scoring "
-          f"{med('aspo', 'reward') / step:.1%}, update {med('aspo', 'update') / step:.0%}")
+    print(
+        f"aspo: {med('aspo', 'tokens') / med('aspo', 'rollout'):.0f} generated tokens/s in generation; "
+        f"of step time: generation {med('aspo', 'rollout') / step:.0%}, scoring "
+        f"{med('aspo', 'reward') / step:.1%}, update {med('aspo', 'update') / step:.0%}"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": settings.__dict__, "threads": args.threads,
-                                               "results": results}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"settings": settings.__dict__, "threads": args.threads, "results": results}, indent=1)
+        )
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -13,8 +13,9 @@ def tiny_policy():
     from aspo.lab import build_model, build_tokenizer
 
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128)
+    model = build_model(
+        tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
+    )
     model.eval()
     return model, tokenizer
 
@@ -35,8 +36,9 @@ def tiny_run_inputs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_inputs")
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer, seed=0, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64)
+    model = build_model(
+        tokenizer, seed=0, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     task = get_task("arithmetic")
@@ -49,10 +51,27 @@ def tiny_run_inputs(tmp_path_factory):
 
 def tiny_overrides(root, out_dir, *extra):
     """A few-second training config on ``tiny_run_inputs``."""
-    return [f"model={root / 'model'}", f"data.train={root / 'train.jsonl'}", f"data.test={root / 'test.jsonl'}",
-            f"reward={DATA / 'rewards.py'}:digit_share", "rollout.n=4", "rollout.max_new_tokens=12", "train.prompts_per_step=4",
-            "train.mini_batches=2", "train.epochs=2", "train.steps=3", "train.eval_every=2", "train.save_every=2",
-            "data.num_test=4", "eval.n=2", "train.lr=1e-3", "train.device=cpu", "train.threads=1", f"output_dir={out_dir}", *extra]
+    return [
+        f"model={root / 'model'}",
+        f"data.train={root / 'train.jsonl'}",
+        f"data.test={root / 'test.jsonl'}",
+        f"reward={DATA / 'rewards.py'}:digit_share",
+        "rollout.n=4",
+        "rollout.max_new_tokens=12",
+        "train.prompts_per_step=4",
+        "train.mini_batches=2",
+        "train.epochs=2",
+        "train.steps=3",
+        "train.eval_every=2",
+        "train.save_every=2",
+        "data.num_test=4",
+        "eval.n=2",
+        "train.lr=1e-3",
+        "train.device=cpu",
+        "train.threads=1",
+        f"output_dir={out_dir}",
+        *extra,
+    ]
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,8 +90,10 @@ def _sandbox_state() -> tuple[bool, str]:
     if missing:
         line += f"; SKIPPED for {missing}"
     if problems["bwrap"] is not None and problems["unshare"] is not None:
-        line += ("; code-reward tests run this repository's own programs with ASPO_SANDBOX=unsafe. Install "
-                 "bubblewrap (`make sandbox`) to test the isolated path")
+        line += (
+            "; code-reward tests run this repository's own programs with ASPO_SANDBOX=unsafe. Install "
+            "bubblewrap (`make sandbox`) to test the isolated path"
+        )
     return problems["bwrap"] is None or problems["unshare"] is None, line
 
 

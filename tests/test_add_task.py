@@ -28,12 +28,18 @@ def test_problems_answers_and_disjoint_splits():
     assert task.verify(prompt="", response="21 + 10", answer="31") == 0.0
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    (["task=add"], "task='add' is for pretrained chat models"),
-    (["model=smollm2-135m-instruct", "task=add", "reward=math"], "data.train is required with reward='math'"),
-    (["model=no/such/dir", "task=add"], "'no/such/dir' is neither"),
-    (["task=nope"], "unknown lab task 'nope'"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["task=add"], "task='add' is for pretrained chat models"),
+        (
+            ["model=smollm2-135m-instruct", "task=add", "reward=math"],
+            "data.train is required with reward='math'",
+        ),
+        (["model=no/such/dir", "task=add"], "'no/such/dir' is neither"),
+        (["task=nope"], "unknown lab task 'nope'"),
+    ],
+)
 def test_config_rules(overrides, needle):
     with pytest.raises(UserError, match=needle):
         load_config(None, overrides).validate()
@@ -56,10 +62,27 @@ def test_train_on_a_gguf_file_with_the_add_task(tmp_path, monkeypatch):
     gguf_file = tmp_path / "tiny.gguf"
     write_tiny_gguf(gguf_file, reference_model(len(tokens)), tokens, types, merges)
     out = tmp_path / "run"
-    cfg = load_config(None, [f"model={gguf_file}", "task=add", "prompt.chat_template=true", "data.num_train=16",
-                             "data.num_test=4", "rollout.n=2", "rollout.max_new_tokens=4", "eval.n=2",
-                             "train.prompts_per_step=2", "train.mini_batches=1", "train.epochs=1", "train.steps=1",
-                             "train.device=cpu", "train.threads=1", "train.plots=false", f"output_dir={out}"])
+    cfg = load_config(
+        None,
+        [
+            f"model={gguf_file}",
+            "task=add",
+            "prompt.chat_template=true",
+            "data.num_train=16",
+            "data.num_test=4",
+            "rollout.n=2",
+            "rollout.max_new_tokens=4",
+            "eval.n=2",
+            "train.prompts_per_step=2",
+            "train.mini_batches=1",
+            "train.epochs=1",
+            "train.steps=1",
+            "train.device=cpu",
+            "train.threads=1",
+            "train.plots=false",
+            f"output_dir={out}",
+        ],
+    )
     Trainer(cfg, progress=False).run()
     assert len(list((tmp_path / "cache" / "gguf").iterdir())) == 1  # converted once, into the cache
     samples = [json.loads(line) for line in open(out / "samples.jsonl")]

@@ -52,8 +52,9 @@ def test_lean_decode_logprobs_equal_the_models_forward(kv_heads):
         lengths = r.response_lengths
         assert lengths.min() < lengths.max()  # rows ended at different steps: the drop-out path ran
         with torch.no_grad():
-            logp, _ = padded_token_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask,
-                                            temperature=temperature)
+            logp, _ = padded_token_logprobs(
+                model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, temperature=temperature
+            )
         assert torch.allclose(logp, r.behaviour_logprobs, atol=1e-5)
         assert r.behaviour_logprobs[~r.response_mask].eq(0).all()
         assert r.response_ids[~r.response_mask].eq(tok.pad_token_id).all()
@@ -111,7 +112,9 @@ def test_wrapped_models_fall_back_to_the_padded_forward(tiny_policy):
         disable()
     resp = torch.full((len(PROMPTS), 3), tok.pad_token_id)
     with torch.no_grad():
-        logp, _ = token_logprobs(model, enc["input_ids"], mask, resp, torch.zeros_like(resp, dtype=torch.bool))
+        logp, _ = token_logprobs(
+            model, enc["input_ids"], mask, resp, torch.zeros_like(resp, dtype=torch.bool)
+        )
     assert logp.eq(0).all()
 
 
@@ -142,4 +145,6 @@ def test_benchmark_job_builds_and_aspo_runs_it(tmp_path):
     shares = common.aspo_time_shares(out)
     assert shares["step"] > 0 and shares["tokens"] > 0
     assert "trl" in " ".join(common.trl_command(job, settings, tmp_path / "trl"))
-    assert subprocess.run([sys.executable, str(ROOT / "benchmarks" / "_common.py")], capture_output=True).returncode
+    assert subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "_common.py")], capture_output=True
+    ).returncode

@@ -18,5 +18,7 @@ def test_unknown_command_is_a_clear_error(capsys):
 
 
 def test_module_entry_point_runs():
-    out = subprocess.run([sys.executable, "-m", "aspo", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "aspo", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip()

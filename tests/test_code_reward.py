@@ -55,14 +55,20 @@ def test_extract_code_takes_last_python_block():
 STDIO = {"inputs": ["3\n1 2 3\n", "2\n10 20\n"], "outputs": ["6\n2.000000\n", "30\n15.0"]}
 
 
-@pytest.mark.parametrize("program, expected", [
-    ("n=int(input()); a=list(map(int,input().split())); print(sum(a)); print(sum(a)/n)", 1.0),
-    ("n=int(input()); a=list(map(int,input().split())); print(sum(a), ' '); print('%.7f' % (sum(a)/n))", 1.0),
-    ("n=int(input()); a=list(map(int,input().split())); print(sum(a)); print(sum(a)/n + 0.01)", 0.0),
-    ("n=int(input()); a=list(map(int,input().split())); print(sum(a))", 0.0),
-    ("print(6); print(2)", 0.0),
-    ("raise SystemExit(3)", 0.0),
-])
+@pytest.mark.parametrize(
+    "program, expected",
+    [
+        ("n=int(input()); a=list(map(int,input().split())); print(sum(a)); print(sum(a)/n)", 1.0),
+        (
+            "n=int(input()); a=list(map(int,input().split())); print(sum(a), ' '); print('%.7f' % (sum(a)/n))",
+            1.0,
+        ),
+        ("n=int(input()); a=list(map(int,input().split())); print(sum(a)); print(sum(a)/n + 0.01)", 0.0),
+        ("n=int(input()); a=list(map(int,input().split())); print(sum(a))", 0.0),
+        ("print(6); print(2)", 0.0),
+        ("raise SystemExit(3)", 0.0),
+    ],
+)
 def test_stdin_stdout_tests(program, expected):
     response = f"Solution:\n```python\n{program}\n```"
     assert code_reward(response=response, tests=STDIO) == expected
@@ -84,7 +90,11 @@ def test_livecodebench_json_string_tests_and_timeout():
 
 
 def test_function_call_tests():
-    tests = {"fn_name": "twoSum", "inputs": [[[2, 7, 11, 15], 9], [[3, 2, 4], 6]], "outputs": [[0, 1], [1, 2]]}
+    tests = {
+        "fn_name": "twoSum",
+        "inputs": [[[2, 7, 11, 15], 9], [[3, 2, 4], 6]],
+        "outputs": [[0, 1], [1, 2]],
+    }
     leetcode = """
 class Solution:
     def twoSum(self, nums, target):
@@ -97,8 +107,13 @@ class Solution:
     assert code_reward(response=leetcode, tests=tests) == 1.0
     plain = "def twoSum(nums, target):\n    return [0, 1]"
     assert code_reward(response=plain, tests=tests) == 0.0
-    assert code_reward(response="def area(r):\n    return 3.14159265 * r * r",
-                       tests={"fn_name": "area", "inputs": [[1.0]], "outputs": [[3.1415926]]}) == 1.0  # APPS [ret]
+    assert (
+        code_reward(
+            response="def area(r):\n    return 3.14159265 * r * r",
+            tests={"fn_name": "area", "inputs": [[1.0]], "outputs": [[3.1415926]]},
+        )
+        == 1.0
+    )  # APPS [ret]
     crash = check_code({"response": "def twoSum(n, t):\n    raise ValueError('boom')", "tests": tests})
     assert crash.reward == 0.0 and "boom" in crash.error
     missing = check_code({"response": "x = 1", "tests": tests})
@@ -127,15 +142,27 @@ def test_reward_hacks_do_not_pass(humaneval):
     rigged = "class Any:\n    def __eq__(self, o): return True\ndef add(a, b):\n    return Any()"
     assert code_reward(response=rigged, tests={"fn_name": "add", "inputs": [[1, 2]], "outputs": [3]}) == 0.0
     # leaving before the tests run, or printing what a pass looks like, is not a pass
-    assert code_reward(prompt=p["prompt"], response="    import sys; sys.exit(0)\n", test=p["test"],
-                       entry_point=p["entry_point"]) == 0.0
+    assert (
+        code_reward(
+            prompt=p["prompt"],
+            response="    import sys; sys.exit(0)\n",
+            test=p["test"],
+            entry_point=p["entry_point"],
+        )
+        == 0.0
+    )
     fake = '    import os; os.write(1, b\'{"status": ["ok"]}\\n\'); os._exit(0)\n'
     assert code_reward(prompt=p["prompt"], response=fake, test=p["test"], entry_point=p["entry_point"]) == 0.0
 
 
 def test_malformed_records_are_errors_not_crashes():
-    results = score_batch([{"response": "print(1)"}, {"response": "print(1)", "tests": {"inputs": ["1"]}},
-                           {"response": "print(1)", "tests": {"inputs": [""], "outputs": ["1"]}}])
+    results = score_batch(
+        [
+            {"response": "print(1)"},
+            {"response": "print(1)", "tests": {"inputs": ["1"]}},
+            {"response": "print(1)", "tests": {"inputs": [""], "outputs": ["1"]}},
+        ]
+    )
     assert [r.reward for r in results] == [0.0, 0.0, 1.0]
     assert "needs 'tests'" in results[0].error and "'outputs'" in results[1].error
     assert call_reward(code_reward, {"response": "print(1)"}).error is not None
@@ -143,8 +170,10 @@ def test_malformed_records_are_errors_not_crashes():
 
 def test_registry_uses_the_batch_scorer():
     assert get_reward("code") is code_reward
-    records = [{"response": "print(input())", "tests": {"inputs": ["hi\n"], "outputs": ["hi\n"]}},
-               {"response": "print('no')", "tests": {"inputs": ["hi\n"], "outputs": ["hi\n"]}}]
+    records = [
+        {"response": "print(input())", "tests": {"inputs": ["hi\n"], "outputs": ["hi\n"]}},
+        {"response": "print('no')", "tests": {"inputs": ["hi\n"], "outputs": ["hi\n"]}},
+    ]
     assert [r.reward for r in score_records("code", records)] == [1.0, 0.0]
 
 

@@ -22,8 +22,19 @@ from aspo.report.stats import band, mean_ci95, t_quantile_975, trailing_mean
 # -- statistics ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("df,expected", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045),
-                                         (60, 2.000), (1000, 1.962), (10**9, 1.960)])
+@pytest.mark.parametrize(
+    "df,expected",
+    [
+        (1, 12.706),
+        (2, 4.303),
+        (4, 2.776),
+        (9, 2.262),
+        (29, 2.045),
+        (60, 2.000),
+        (1000, 1.962),
+        (10**9, 1.960),
+    ],
+)
 def test_t_quantiles_match_the_tables(df, expected):
     assert t_quantile_975(df) == pytest.approx(expected, abs=1.5e-3)
 
@@ -90,8 +101,12 @@ def test_preset_errors_name_the_preset():
 
 
 def test_a_failing_run_is_reported_and_the_others_finish(tmp_path):
-    jobs = [Job("bad", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "bad.log", {}),
-            Job("good", [sys.executable, "-c", "print('fine')"], tmp_path / "good.log", {})]
+    jobs = [
+        Job(
+            "bad", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "bad.log", {}
+        ),
+        Job("good", [sys.executable, "-c", "print('fine')"], tmp_path / "good.log", {}),
+    ]
     seen = []
     results = {r.name: r for r in run_jobs(jobs, workers=2, report=seen.append)}
     assert results["bad"].returncode == 3 and results["good"].returncode == 0
@@ -126,18 +141,36 @@ def test_bad_command_lines_are_user_errors(tmp_path, capsys):
     assert "--output" in capsys.readouterr().err
     train = tmp_path / "train.jsonl"
     train.write_text('{"prompt": "1+1=", "answer": "2"}\n')
-    assert main(["compare", "--output", out, f"model={tmp_path}", f"data.train={train}", "reward=arithmetic"]) == 2
+    assert (
+        main(["compare", "--output", out, f"model={tmp_path}", f"data.train={train}", "reward=arithmetic"])
+        == 2
+    )
     assert "data.test" in capsys.readouterr().err  # no held-out data: nothing to compare
 
 
 # -- end to end ------------------------------------------------------------------------------------
 
+
 def tiny_compare_overrides(root):
     """A seconds-long config on the session's tiny checkpoint + JSONL data (conftest.tiny_run_inputs)."""
-    return [f"model={root / 'model'}", f"data.train={root / 'train.jsonl'}", f"data.test={root / 'test.jsonl'}",
-            f"reward={DATA / 'rewards.py'}:digit_share", "rollout.max_new_tokens=12", "rollout.n=4",
-            "train.prompts_per_step=4", "train.mini_batches=2", "train.epochs=2", "train.steps=2", "train.lr=1e-3",
-            "train.eval_every=1", "train.save_every=1", "data.num_test=4", "eval.n=2", "train.device=cpu"]
+    return [
+        f"model={root / 'model'}",
+        f"data.train={root / 'train.jsonl'}",
+        f"data.test={root / 'test.jsonl'}",
+        f"reward={DATA / 'rewards.py'}:digit_share",
+        "rollout.max_new_tokens=12",
+        "rollout.n=4",
+        "train.prompts_per_step=4",
+        "train.mini_batches=2",
+        "train.epochs=2",
+        "train.steps=2",
+        "train.lr=1e-3",
+        "train.eval_every=1",
+        "train.save_every=1",
+        "data.num_test=4",
+        "eval.n=2",
+        "train.device=cpu",
+    ]
 
 
 def _rows(run_dir):
@@ -147,11 +180,26 @@ def _rows(run_dir):
 @pytest.mark.slow
 def test_compare_end_to_end_and_resume(tmp_path, capsys, tiny_run_inputs):
     out = tmp_path / "cmp"
-    argv = ["compare", "--algos", "grpo,aspo", "--seeds", "2", "--output", str(out), "--workers", "2",
-            *tiny_compare_overrides(tiny_run_inputs)]
+    argv = [
+        "compare",
+        "--algos",
+        "grpo,aspo",
+        "--seeds",
+        "2",
+        "--output",
+        str(out),
+        "--workers",
+        "2",
+        *tiny_compare_overrides(tiny_run_inputs),
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert [(r["algo"], r["seed"]) for r in summary["runs"]] == [("grpo", 0), ("grpo", 1), ("aspo", 0), ("aspo", 1)]
+    assert [(r["algo"], r["seed"]) for r in summary["runs"]] == [
+        ("grpo", 0),
+        ("grpo", 1),
+        ("aspo", 0),
+        ("aspo", 1),
+    ]
     for run in summary["runs"]:
         run_dir = out / run["run_dir"]
         rows = _rows(run_dir)
@@ -161,7 +209,10 @@ def test_compare_end_to_end_and_resume(tmp_path, capsys, tiny_run_inputs):
         assert run["final"]["pass@k"] == evals[-1]["eval/pass@k"]
         assert run["final"]["repetition"] == evals[-1]["eval/repetition"]
         assert run["final"]["response_length"] == evals[-1]["eval/response_length"]
-        assert run["final"]["entropy"] == [r["actor/entropy"] for r in rows if r.get("actor/entropy") is not None][-1]
+        assert (
+            run["final"]["entropy"]
+            == [r["actor/entropy"] for r in rows if r.get("actor/entropy") is not None][-1]
+        )
         assert run["initial"]["pass@1"] == evals[0]["eval/pass@1"]
         loss = load_config(str(run_dir / "config.yaml")).algorithm.loss
         assert loss == run["algo"]
@@ -170,18 +221,37 @@ def test_compare_end_to_end_and_resume(tmp_path, capsys, tiny_run_inputs):
             finals = [r["final"][metric] for r in summary["runs"] if r["algo"] == algo]
             agg = summary["aggregate"][algo][metric]
             assert agg["n"] == 2 and agg["mean"] == pytest.approx(np.mean(finals)), metric
-            assert agg["ci95"] == pytest.approx(12.706 * np.std(finals, ddof=1) / math.sqrt(2), abs=1e-12), metric
-    assert summary["aggregate"]["aspo"]["entropy"]["ci95"] > 0  # seeds differ: the interval is not trivially 0
+            assert agg["ci95"] == pytest.approx(12.706 * np.std(finals, ddof=1) / math.sqrt(2), abs=1e-12), (
+                metric
+            )
+    assert (
+        summary["aggregate"]["aspo"]["entropy"]["ci95"] > 0
+    )  # seeds differ: the interval is not trivially 0
     # the same seed evaluates the same starting policy with the same samples, whatever the algorithm
     initial = {r["seed"]: set() for r in summary["runs"]}
     for r in summary["runs"]:
         initial[r["seed"]].add(r["initial"]["pass@1"])
     assert all(len(v) == 1 for v in initial.values())
     report = (out / "report.md").read_text()
-    for needle in ("grpo", "aspo", "## Claims", "eval_pass_at_1.png", "token_weight.png", "algorithm.loss=aspo"):
+    for needle in (
+        "grpo",
+        "aspo",
+        "## Claims",
+        "eval_pass_at_1.png",
+        "token_weight.png",
+        "algorithm.loss=aspo",
+    ):
         assert needle in report
-    for name in ("eval_pass_at_1", "eval_pass_at_k", "entropy", "clip_fraction", "dual_clip_fraction",
-                 "response_length", "repetition", "token_weight"):
+    for name in (
+        "eval_pass_at_1",
+        "eval_pass_at_k",
+        "entropy",
+        "clip_fraction",
+        "dual_clip_fraction",
+        "response_length",
+        "repetition",
+        "token_weight",
+    ):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
     # make one run look killed during step 2 (after the step-1 checkpoint), then rerun the same command
@@ -200,8 +270,10 @@ def test_compare_end_to_end_and_resume(tmp_path, capsys, tiny_run_inputs):
     rows = _rows(victim)
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert rows[1] == step1_row  # resumed from the step-1 checkpoint, not restarted (timings would differ)
-    states = {r["run_dir"]: json.loads((out / r["run_dir"] / "compare_run.json").read_text())["attempts"]
-              for r in summary["runs"]}
+    states = {
+        r["run_dir"]: json.loads((out / r["run_dir"] / "compare_run.json").read_text())["attempts"]
+        for r in summary["runs"]
+    }
     assert states == {"runs/grpo-s0": 1, "runs/grpo-s1": 1, "runs/aspo-s0": 1, "runs/aspo-s1": 2}
 
     # a changed shared config must not silently resume the old runs
@@ -229,10 +301,15 @@ def test_grid_is_the_product_of_its_keys_in_order():
     assert point_tag({"data.test": "a/b c.jsonl"}) == "-testa_b_c.jsonl"
 
 
-@pytest.mark.parametrize("spec, needle", [
-    ("train.epochs", "dotted.key=v1,v2"), ("=1,2", "dotted.key=v1,v2"), ("train.epochs=", "dotted.key=v1,v2"),
-    ("train.epochs=1,1", "repeats a value"),
-])
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("train.epochs", "dotted.key=v1,v2"),
+        ("=1,2", "dotted.key=v1,v2"),
+        ("train.epochs=", "dotted.key=v1,v2"),
+        ("train.epochs=1,1", "repeats a value"),
+    ],
+)
 def test_bad_grids_are_user_errors(spec, needle):
     from aspo.commands.compare import parse_grid
 
@@ -245,10 +322,15 @@ def test_bad_grids_are_user_errors(spec, needle):
 def test_grid_runs_are_planned_per_point_and_may_not_sweep_what_presets_set(tmp_path):
     from aspo.commands.compare import plan_runs
 
-    runs, _, _ = plan_runs(None, ["train.steps=2"], ["grpo", "aspo"], [0, 1], tmp_path,
-                           {"train.mini_batches": ["1", "8"]})
-    assert [r.name for r in runs][:4] == ["grpo-mini_batches1-s0", "grpo-mini_batches1-s1",
-                                          "aspo-mini_batches1-s0", "aspo-mini_batches1-s1"]
+    runs, _, _ = plan_runs(
+        None, ["train.steps=2"], ["grpo", "aspo"], [0, 1], tmp_path, {"train.mini_batches": ["1", "8"]}
+    )
+    assert [r.name for r in runs][:4] == [
+        "grpo-mini_batches1-s0",
+        "grpo-mini_batches1-s1",
+        "aspo-mini_batches1-s0",
+        "aspo-mini_batches1-s1",
+    ]
     assert {r.cfg.train.mini_batches for r in runs} == {1, 8} and len(runs) == 8
     assert runs[-1].variant == "aspo [train.mini_batches=8]" and runs[-1].cfg.algorithm.loss == "aspo"
     for bad in ("algorithm.loss", "train.seed", "train.steps"):
@@ -268,7 +350,11 @@ def test_verdicts_follow_the_welch_interval():
     va, vb = np.var([0.60, 0.62, 0.64, 0.66], ddof=1) / 4, np.var([0.40, 0.45, 0.50, 0.42], ddof=1) / 4
     df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 3)
     half = t_quantile_975(math.floor(df)) * math.sqrt(va + vb)
-    assert diff == pytest.approx(0.1875) and lo == pytest.approx(diff - half) and hi == pytest.approx(diff + half)
+    assert (
+        diff == pytest.approx(0.1875)
+        and lo == pytest.approx(diff - half)
+        and hi == pytest.approx(diff + half)
+    )
     assert verdict((diff, lo, hi), "higher") == "holds here"
     assert verdict((diff, lo, hi), "lower") == "contradicted here"
     assert verdict((0.01, -0.05, 0.07), "higher") == "no difference larger than 0.070 at this power"
@@ -279,10 +365,26 @@ def test_verdicts_follow_the_welch_interval():
 @pytest.mark.slow
 def test_compare_grid_end_to_end(tmp_path, tiny_run_inputs):
     out = tmp_path / "grid"
-    overrides = [o for o in tiny_compare_overrides(tiny_run_inputs) if not o.startswith(("train.epochs",
-                                                                                          "train.steps"))]
-    argv = ["compare", "--algos", "grpo,aspo", "--seeds", "2", "--output", str(out), "--workers", "2",
-            "--grid", "train.epochs=1,3", *overrides, "train.steps=1"]
+    overrides = [
+        o
+        for o in tiny_compare_overrides(tiny_run_inputs)
+        if not o.startswith(("train.epochs", "train.steps"))
+    ]
+    argv = [
+        "compare",
+        "--algos",
+        "grpo,aspo",
+        "--seeds",
+        "2",
+        "--output",
+        str(out),
+        "--workers",
+        "2",
+        "--grid",
+        "train.epochs=1,3",
+        *overrides,
+        "train.steps=1",
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["runs"]) == 8 and all(r["status"] == "finished" for r in summary["runs"])
@@ -291,8 +393,9 @@ def test_compare_grid_end_to_end(tmp_path, tiny_run_inputs):
         assert str(cfg.train.epochs) == run["point"]["train.epochs"] and cfg.algorithm.loss == run["algo"]
         # 2 mini-batches x epochs optimizer steps per rollout, as the grid point says
         rows = _rows(out / run["run_dir"])
-        assert [r["actor/optimizer_steps"] for r in rows if "actor/optimizer_steps" in r] == \
-            [2.0 * cfg.train.epochs]
+        assert [r["actor/optimizer_steps"] for r in rows if "actor/optimizer_steps" in r] == [
+            2.0 * cfg.train.epochs
+        ]
     front = summary["frontier"]["train.epochs"]
     assert set(front) == {"grpo", "aspo"} and [e["value"] for e in front["aspo"]] == ["1", "3"]
     agg = summary["aggregate"]["aspo [train.epochs=3]"]
@@ -300,8 +403,9 @@ def test_compare_grid_end_to_end(tmp_path, tiny_run_inputs):
     finals = [r["final"]["pass@1"] for r in summary["runs"] if r["variant"] == "aspo [train.epochs=3]"]
     assert agg["pass@1"]["mean"] == pytest.approx(np.mean(finals))
     assert agg["collapsed"]["n"] == 2
-    assert agg["collapsed"]["count"] == sum(bool(r["collapse"]) for r in summary["runs"]
-                                            if r["variant"] == "aspo [train.epochs=3]")
+    assert agg["collapsed"]["count"] == sum(
+        bool(r["collapse"]) for r in summary["runs"] if r["variant"] == "aspo [train.epochs=3]"
+    )
     report = (out / "report.md").read_text()
     for needle in ("## Frontier", "train.epochs=3", "### At train.epochs=1", "frontier_train_epochs.png"):
         assert needle in report
@@ -321,8 +425,10 @@ def test_a_run_that_spelled_out_its_objectives_aggregation_still_resumes(tmp_pat
     for loss, same in (("aspo", True), ("gspo", False)):
         run_dir = tmp_path / loss
         run_dir.mkdir()
-        save_config(load_config(None, [f"algorithm.loss={loss}", "algorithm.loss_agg_mode=token-mean"]),
-                    str(run_dir / "config.yaml"))
+        save_config(
+            load_config(None, [f"algorithm.loss={loss}", "algorithm.loss_agg_mode=token-mean"]),
+            str(run_dir / "config.yaml"),
+        )
         run = PlannedRun(loss, 0, run_dir, [], load_config(None, [f"algorithm.loss={loss}"]))
         if same:
             check_existing(run)

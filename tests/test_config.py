@@ -12,8 +12,17 @@ def test_defaults_are_the_off_policy_aspo_regime():
 
 
 def test_overrides_parse_yaml_scalars_and_types():
-    cfg = load_config(None, ["rollout.n=16", "train.lr=1e-5", "resume=true", "algorithm.loss=grpo",
-                             "algorithm.clip_ratio_high=0.28", "rollout.max_new_tokens=null"])
+    cfg = load_config(
+        None,
+        [
+            "rollout.n=16",
+            "train.lr=1e-5",
+            "resume=true",
+            "algorithm.loss=grpo",
+            "algorithm.clip_ratio_high=0.28",
+            "rollout.max_new_tokens=null",
+        ],
+    )
     assert cfg.rollout.n == 16 and cfg.train.lr == 1e-5 and cfg.resume is True
     assert cfg.algorithm.loss == "grpo" and cfg.algorithm.clip_ratio_high == 0.28
     assert cfg.rollout.max_new_tokens is None
@@ -33,47 +42,64 @@ def test_saved_config_round_trips(tmp_path):
     assert to_dict(load_config(str(tmp_path / "config.yaml"))) == to_dict(cfg)
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("rollout.nn=3", "did you mean 'rollout.n'"),
-    ("lr=3", "did you mean 'train.lr'"),
-    ("trian.steps=3", "did you mean 'train.steps'"),
-    ("rollout=3", "unknown config key 'rollout'"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("rollout.nn=3", "did you mean 'rollout.n'"),
+        ("lr=3", "did you mean 'train.lr'"),
+        ("trian.steps=3", "did you mean 'train.steps'"),
+        ("rollout=3", "unknown config key 'rollout'"),
+    ],
+)
 def test_unknown_key_names_it_and_suggests(override, needle):
     with pytest.raises(UserError, match=needle):
         load_config(None, [override])
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("rollout.n=0", "rollout.n=0 must be >= 1"),
-    ("train.mini_batches=0", "train.mini_batches"),
-    ("rollout.temperature=0", "rollout.temperature"),
-    ("rollout.top_p=1.5", "rollout.top_p"),
-    ("algorithm.clip_ratio_c=0.5", "algorithm.clip_ratio_c"),
-    ("model=/no/such/dir", "/no/such/dir"),
-    ("data.train=/no/such.jsonl", "/no/such.jsonl"),
-    ("lora.rank=-1", "lora.rank=-1 must be >= 0"),
-    ("lora.dropout=1", "lora.dropout"),
-    ("lora.alpha=0", "lora.alpha"),
-    ("lora.target_modules=,", "lora.target_modules"),
-    ("rollout.engine=vllm lora.rank=8", "rollout.engine=hf only"),
-    ("train.report_to=tensorboard,mlflow", "train.report_to"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("rollout.n=0", "rollout.n=0 must be >= 1"),
+        ("train.mini_batches=0", "train.mini_batches"),
+        ("rollout.temperature=0", "rollout.temperature"),
+        ("rollout.top_p=1.5", "rollout.top_p"),
+        ("algorithm.clip_ratio_c=0.5", "algorithm.clip_ratio_c"),
+        ("model=/no/such/dir", "/no/such/dir"),
+        ("data.train=/no/such.jsonl", "/no/such.jsonl"),
+        ("lora.rank=-1", "lora.rank=-1 must be >= 0"),
+        ("lora.dropout=1", "lora.dropout"),
+        ("lora.alpha=0", "lora.alpha"),
+        ("lora.target_modules=,", "lora.target_modules"),
+        ("rollout.engine=vllm lora.rank=8", "rollout.engine=hf only"),
+        ("train.report_to=tensorboard,mlflow", "train.report_to"),
+    ],
+)
 def test_impossible_values_name_the_key(override, needle):
     with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(".", r"\.")):
         load_config(None, override.split()).validate()
 
 
 def test_lora_and_report_to_keys_sit_beside_a_plain_model_key(tmp_path):
-    cfg = load_config(None, [f"model={tmp_path}", "lora.rank=16", "lora.alpha=32", "lora.target_modules=q_proj,v_proj",
-                             "train.report_to=tensorboard,wandb"]).validate()
+    cfg = load_config(
+        None,
+        [
+            f"model={tmp_path}",
+            "lora.rank=16",
+            "lora.alpha=32",
+            "lora.target_modules=q_proj,v_proj",
+            "train.report_to=tensorboard,wandb",
+        ],
+    ).validate()
     assert cfg.model == str(tmp_path) and cfg.lora.rank == 16 and cfg.lora.alpha == 32.0
     assert Config().lora.rank == 0 and Config().train.report_to == "tensorboard"  # both off by default
     from aspo.config import report_targets
     from aspo.lora import target_modules
 
     assert report_targets(cfg.train.report_to) == ["tensorboard", "wandb"] and report_targets("none") == []
-    assert target_modules(cfg.lora.target_modules) == ["q_proj", "v_proj"] and target_modules("all-linear") == "all-linear"
+    assert (
+        target_modules(cfg.lora.target_modules) == ["q_proj", "v_proj"]
+        and target_modules("all-linear") == "all-linear"
+    )
 
 
 def test_wrong_type_names_key():
@@ -85,12 +111,36 @@ def test_wrong_type_names_key():
 
 def test_help_documents_every_key():
     text = describe_keys()
-    for key in ("model", "task", "data.train", "data.test", "reward", "algorithm.loss", "algorithm.advantage",
-                "algorithm.kl_coef", "algorithm.clip_ratio_low", "rollout.n", "rollout.max_new_tokens",
-                "rollout.temperature", "rollout.top_p", "train.prompts_per_step", "train.mini_batches",
-                "train.epochs", "train.steps", "train.lr", "train.seed", "train.eval_every",
-                "train.save_every", "output_dir", "resume", "lora.rank", "lora.alpha", "lora.dropout",
-                "lora.target_modules", "train.report_to"):
+    for key in (
+        "model",
+        "task",
+        "data.train",
+        "data.test",
+        "reward",
+        "algorithm.loss",
+        "algorithm.advantage",
+        "algorithm.kl_coef",
+        "algorithm.clip_ratio_low",
+        "rollout.n",
+        "rollout.max_new_tokens",
+        "rollout.temperature",
+        "rollout.top_p",
+        "train.prompts_per_step",
+        "train.mini_batches",
+        "train.epochs",
+        "train.steps",
+        "train.lr",
+        "train.seed",
+        "train.eval_every",
+        "train.save_every",
+        "output_dir",
+        "resume",
+        "lora.rank",
+        "lora.alpha",
+        "lora.dropout",
+        "lora.target_modules",
+        "train.report_to",
+    ):
         assert f"  {key} = " in text, key
 
 
@@ -102,8 +152,14 @@ def test_shipped_configs_load_and_match_the_defaults():
 
 
 def test_prompt_section_and_renamed_keys():
-    cfg = load_config(None, ["prompt.template=Q: {prompt}", "prompt.system=Be brief.", "prompt.instruction=Think."])
-    assert (cfg.prompt.template, cfg.prompt.system, cfg.prompt.instruction) == ("Q: {prompt}", "Be brief.", "Think.")
+    cfg = load_config(
+        None, ["prompt.template=Q: {prompt}", "prompt.system=Be brief.", "prompt.instruction=Think."]
+    )
+    assert (cfg.prompt.template, cfg.prompt.system, cfg.prompt.instruction) == (
+        "Q: {prompt}",
+        "Be brief.",
+        "Think.",
+    )
     assert load_config(None, ["prompt.template={prompt}"]).prompt.template == "{prompt}"  # not a YAML mapping
     # the keys prompt.* replaced still load (saved run directories), into the new section
     old = load_config(None, ["data.prompt_template={prompt} =", "data.chat_template=true"])

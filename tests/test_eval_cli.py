@@ -28,8 +28,11 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def problems(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "problems.jsonl"
-    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"{i}+{i}=", "answer": str(2 * i)}) + "\n"
-                            for i in range(5)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "prompt": f"{i}+{i}=", "answer": str(2 * i)}) + "\n" for i in range(5)
+        )
+    )
     return path
 
 
@@ -37,14 +40,34 @@ def problems(tmp_path_factory) -> Path:
 def reward_file(tmp_path_factory) -> Path:
     # a reward the random model sometimes earns, so pass@k is not trivially 0
     path = tmp_path_factory.mktemp("reward") / "has_digit.py"
-    path.write_text("def has_digit(prompt, response, answer, **kw):\n"
-                    "    return float(any(c.isdigit() for c in response[:2]))\n")
+    path.write_text(
+        "def has_digit(prompt, response, answer, **kw):\n"
+        "    return float(any(c.isdigit() for c in response[:2]))\n"
+    )
     return path
 
 
 def _eval(model_dir, data, out, *extra) -> int:
-    return main(["eval", "--model", str(model_dir), "--data", str(data), "--n", "3", "--max-new-tokens", "4",
-                 "--temperature", "1.0", "--batch-size", "2", "--output", str(out), *extra])
+    return main(
+        [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data),
+            "--n",
+            "3",
+            "--max-new-tokens",
+            "4",
+            "--temperature",
+            "1.0",
+            "--batch-size",
+            "2",
+            "--output",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def _rows(out: Path) -> list[dict]:
@@ -94,8 +117,26 @@ def test_eval_resumes_to_the_same_samples(model_dir, problems, reward_file, tmp_
 
 def test_eval_math_records_answers_for_maj(model_dir, tmp_path):
     out = tmp_path / "ev"
-    assert main(["eval", "--model", str(model_dir), "--data", "gsm8k", "--limit", "2", "--n", "2",
-                 "--max-new-tokens", "4", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_dir),
+                "--data",
+                "gsm8k",
+                "--limit",
+                "2",
+                "--n",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reward"] == "math" and "maj@2" in summary and summary["problems"] == 2
     assert all("answer" in row for row in _rows(out))
@@ -103,8 +144,26 @@ def test_eval_math_records_answers_for_maj(model_dir, tmp_path):
 
 def test_eval_humaneval_through_the_sandbox(model_dir, tmp_path, model_code_sandbox):
     out = tmp_path / "ev"
-    assert main(["eval", "--model", str(model_dir), "--data", "humaneval", "--limit", "2", "--n", "2",
-                 "--max-new-tokens", "4", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_dir),
+                "--data",
+                "humaneval",
+                "--limit",
+                "2",
+                "--n",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = _rows(out)
     assert len(rows) == 4 and all(r["reward"] == 0.0 for r in rows)  # 4 random characters are no program
     assert [r["id"] for r in rows[::2]] == ["HumanEval/0", "HumanEval/1"]
@@ -125,7 +184,9 @@ def test_eval_default_prompts_for_a_plain_checkpoint():
     assert format_prompt(record, math_cfg, tokenizer) == f"<user>1+1=\n{MATH_INSTRUCTION}</><a>"
     assert format_prompt(record, PromptConfig(chat_template=False), tokenizer) == "1+1="
     code_cfg = eval_defaults("code", [{"prompt": "def f():", "entry_point": "f"}], tokenizer)
-    assert format_prompt({"prompt": "def f():"}, code_cfg, tokenizer).startswith("<user>Complete the following")
+    assert format_prompt({"prompt": "def f():"}, code_cfg, tokenizer).startswith(
+        "<user>Complete the following"
+    )
 
 
 def test_bad_arguments_are_clear_errors(model_dir, problems, tmp_path, capsys):
@@ -137,8 +198,24 @@ def test_bad_arguments_are_clear_errors(model_dir, problems, tmp_path, capsys):
     assert "--reward is required" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--data", "gsm8k", "--n", "0"]) == 2
     assert "--n must be >= 1" in capsys.readouterr().err
-    assert main(["eval", "--model", str(model_dir), "--data", str(problems), "--reward", "math",
-                 "--prompt-template", "{question}", "--output", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(problems),
+                "--reward",
+                "math",
+                "--prompt-template",
+                "{question}",
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "names field 'question'" in capsys.readouterr().err
 
 
@@ -146,11 +223,28 @@ def test_math_answers_and_maj_use_the_rewards_extraction_and_equivalence(model_d
     from aspo.rewards.math import check_math
 
     data = tmp_path / "math.jsonl"
-    data.write_text(json.dumps({"id": "a", "prompt": "3/4=", "answer": "0.75"}) + "\n"
-                    + json.dumps({"id": "b", "prompt": "21+10=", "answer": "31"}) + "\n")
+    data.write_text(
+        json.dumps({"id": "a", "prompt": "3/4=", "answer": "0.75"})
+        + "\n"
+        + json.dumps({"id": "b", "prompt": "21+10=", "answer": "31"})
+        + "\n"
+    )
     out = tmp_path / "ev"
-    args = ["eval", "--model", str(model_dir), "--data", str(data), "--reward", "math", "--n", "3",
-            "--max-new-tokens", "4", "--output", str(out)]
+    args = [
+        "eval",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--reward",
+        "math",
+        "--n",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--output",
+        str(out),
+    ]
     assert main(args) == 0
     rows = _rows(out)
     gold = {"a": "0.75", "b": "31"}
@@ -158,8 +252,10 @@ def test_math_answers_and_maj_use_the_rewards_extraction_and_equivalence(model_d
         assert row["answer"] == check_math(row["response"], gold[row["id"]]).answer
     # the same evaluation, as if the model had answered these (rewards from the real reward): rerunning
     # the finished evaluation recomputes the summary from samples.jsonl
-    responses = {"a": ["\\boxed{0.5}", "so \\boxed{3/4}", "The answer is 0.75."],
-                 "b": ["21 + 10 = \\boxed{}", "#### 31", "\\boxed{31.0} dollars"]}
+    responses = {
+        "a": ["\\boxed{0.5}", "so \\boxed{3/4}", "The answer is 0.75."],
+        "b": ["21 + 10 = \\boxed{}", "#### 31", "\\boxed{31.0} dollars"],
+    }
     for row in rows:
         result = check_math(responses[row["id"]][row["sample"]], gold[row["id"]])
         row.update(response=responses[row["id"]][row["sample"]], reward=result.reward, answer=result.answer)

@@ -49,16 +49,19 @@ def test_summarize_averages_over_problems():
     assert out["pass@4"] == pytest.approx((1 + 0 + 1) / 3)
     assert "maj@4" not in out
     assert summarize(rewards, 2)["pass@2"] == pytest.approx(
-        (_brute_pass_at_k(4, 2, 2) + 0 + _brute_pass_at_k(4, 3, 2)) / 3)
+        (_brute_pass_at_k(4, 2, 2) + 0 + _brute_pass_at_k(4, 3, 2)) / 3
+    )
     assert summarize(rewards, 4, threshold=0.5)["pass@1"] == pytest.approx((0.5 + 0 + 1.0) / 3)
 
 
 def test_majority_vote():
     rewards = [[0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
-    answers = [["3", "4", "4", None],    # majority right
-               ["4", "5", "5", "6"],     # majority wrong though one sample was right
-               [None, None, None, None],  # no answers: 0
-               ["4", None, None, None]]   # Nones do not vote
+    answers = [
+        ["3", "4", "4", None],  # majority right
+        ["4", "5", "5", "6"],  # majority wrong though one sample was right
+        [None, None, None, None],  # no answers: 0
+        ["4", None, None, None],
+    ]  # Nones do not vote
     out = summarize(rewards, 4, answers_per_problem=answers)
     assert out["maj@4"] == pytest.approx((1 + 0 + 0 + 1) / 4)
 

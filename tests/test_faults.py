@@ -63,8 +63,9 @@ def signal_at(trainer_, method, call, signum):
     setattr(trainer_, method, wrapped)
 
 
-def test_sigterm_before_the_first_optimizer_step_abandons_it_and_saves_the_last_step(tiny_run_inputs, whole_run,
-                                                                                      tmp_path):
+def test_sigterm_before_the_first_optimizer_step_abandons_it_and_saves_the_last_step(
+    tiny_run_inputs, whole_run, tmp_path
+):
     # the case: checkpoints every 1000 steps, so without the signal nothing would be on disk
     out = tmp_path / "run"
     run = trainer(tiny_run_inputs, out, "train.save_every=1000")
@@ -95,9 +96,17 @@ def test_sigint_after_an_optimizer_step_finishes_the_step_and_saves_it(tiny_run_
 
 
 @pytest.mark.slow  # two `aspo train` processes
-def test_sigterm_from_outside_exits_143_with_one_line_and_resumes_exactly(tiny_run_inputs, whole_run, tmp_path):
+def test_sigterm_from_outside_exits_143_with_one_line_and_resumes_exactly(
+    tiny_run_inputs, whole_run, tmp_path
+):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "aspo", "train", *tiny_overrides(tiny_run_inputs, out, *ARGS, "train.save_every=1000")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "aspo",
+        "train",
+        *tiny_overrides(tiny_run_inputs, out, *ARGS, "train.save_every=1000"),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.time() + 240
     metrics = out / "metrics.jsonl"
@@ -159,7 +168,10 @@ def test_no_readable_checkpoint_is_one_clear_error(tiny_run_inputs, whole_run, t
     shutil.copytree(whole_run, out)
     for _, path in list_checkpoints(out):
         (path / "optimizer.pt").write_bytes(b"")
-    with pytest.warns(UserWarning), pytest.raises(UserError, match="no checkpoint in .* can be read.*optimizer.pt"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(UserError, match="no checkpoint in .* can be read.*optimizer.pt"),
+    ):
         trainer(tiny_run_inputs, out, "resume=true")
 
 
@@ -168,7 +180,9 @@ def test_weights_that_do_not_fit_the_model_are_refused_not_ignored(tiny_run_inpu
 
     out = tmp_path / "run"
     shutil.copytree(whole_run, out)
-    for _, path in list_checkpoints(out):  # what a model with other parameter names (or flat FSDP shards) sees
+    for _, path in list_checkpoints(
+        out
+    ):  # what a model with other parameter names (or flat FSDP shards) sees
         weights = load_file(str(path / "model.safetensors"))
         save_file({f"renamed.{k}": v for k, v in weights.items()}, str(path / "model.safetensors"))
     with pytest.raises(UserError, match="do not fit the model.*renamed"):

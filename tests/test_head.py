@@ -45,8 +45,14 @@ def test_chunked_head_equals_the_plain_path(chunk, temperature, with_entropy):
     h, w, b, targets = leaves()
     upstream = torch.randn(2, len(targets), generator=torch.Generator().manual_seed(1))
     ref = values_and_grads(lambda *a: plain(*a, temperature, with_entropy), h, w, b, targets, upstream)
-    got = values_and_grads(lambda *a: head_logprobs(*a, temperature=temperature, with_entropy=with_entropy,
-                                                    chunk=chunk), h, w, b, targets, upstream)
+    got = values_and_grads(
+        lambda *a: head_logprobs(*a, temperature=temperature, with_entropy=with_entropy, chunk=chunk),
+        h,
+        w,
+        b,
+        targets,
+        upstream,
+    )
     assert torch.allclose(got[0], ref[0], atol=1e-5)
     assert (got[1] is None) == (not with_entropy)
     if with_entropy:
@@ -79,8 +85,10 @@ def test_nothing_vocabulary_sized_is_kept_for_the_backward():
     """The point of chunking: the plain path saves (N, V) tensors for its backward, the chunked one at
     most the inputs and a few numbers per token."""
     h, w, b, targets = leaves(n=64, hidden=8, vocab=500)
-    for fn, expect_big in ((lambda: plain(h, w, b, targets, 0.7, True), True),
-                           (lambda: head_logprobs(h, w, b, targets, temperature=0.7, chunk=16), False)):
+    for fn, expect_big in (
+        (lambda: plain(h, w, b, targets, 0.7, True), True),
+        (lambda: head_logprobs(h, w, b, targets, temperature=0.7, chunk=16), False),
+    ):
         sizes: list[int] = []
 
         def record(t: torch.Tensor, sizes: list[int] = sizes) -> torch.Tensor:
@@ -98,8 +106,15 @@ def grouped_rollout():
     from aspo.lab import build_model, build_tokenizer
 
     tok = build_tokenizer()
-    model = build_model(tok, seed=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, intermediate_size=48)
+    model = build_model(
+        tok,
+        seed=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+    )
     r = HFEngine(model.eval(), tok).generate(["12+34=", "7*8=", "5="], n=3, max_new_tokens=10, seed=6)
     r.response_mask[4] = False  # a row with no valid token
     return model.train(), r
@@ -112,10 +127,13 @@ def test_token_logprobs_chunked_equals_unchunked(grouped_rollout, forward):
     results = []
     for chunk in (0, 5):  # 0: the whole batch's logits at once
         model.zero_grad()
-        logp, ent = forward(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, temperature=0.8,
-                            chunk=chunk)
+        logp, ent = forward(
+            model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, temperature=0.8, chunk=chunk
+        )
         ((logp * upstream[0]).sum() + (ent * upstream[1]).sum()).backward()
-        results.append((logp.detach(), ent.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        results.append(
+            (logp.detach(), ent.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+        )
     (lp_a, ent_a, grads_a), (lp_b, ent_b, grads_b) = results
     assert int(r.response_mask.sum()) > 5  # more than one chunk
     assert torch.allclose(lp_a, lp_b, atol=1e-5) and torch.allclose(ent_a, ent_b, atol=1e-5)

@@ -29,7 +29,9 @@ def import_graph() -> dict[str, set[str]]:
                 if node.level:
                     anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(anchor + ([base] if base else []))
-                targets.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+                targets.update(
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+                )
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
 
@@ -61,8 +63,6 @@ def circles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
         if start not in index:
             visit(start)
     return found
-
-
 
 
 def test_the_checker_finds_circles():

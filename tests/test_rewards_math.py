@@ -44,8 +44,11 @@ def test_gsm8k_gold_solutions_score_one(gsm8k):
 
 
 def test_gsm8k_crossed_answers_score_zero(gsm8k):
-    pairs = [(a, b) for a, b in zip(gsm8k, gsm8k[1:] + gsm8k[:1], strict=True)
-             if float(a["answer"]) != float(b["answer"])]
+    pairs = [
+        (a, b)
+        for a, b in zip(gsm8k, gsm8k[1:] + gsm8k[:1], strict=True)
+        if float(a["answer"]) != float(b["answer"])
+    ]
     # every pair: numeric golds are compared by value, without sympy
     results = score_batch([{"response": a["solution"], "answer": b["answer"]} for a, b in pairs])
     assert len(results) == 1304 and _rate(results) == 0.0
@@ -60,8 +63,11 @@ def test_minerva_gold_solutions_score_one(minerva):
 
 
 def test_minerva_crossed_answers_score_zero(minerva):
-    pairs = [(a, b) for a, b in zip(minerva, minerva[1:] + minerva[:1], strict=True)
-             if normalize_answer(a["answer"]) != normalize_answer(b["answer"])]
+    pairs = [
+        (a, b)
+        for a, b in zip(minerva, minerva[1:] + minerva[:1], strict=True)
+        if normalize_answer(a["answer"]) != normalize_answer(b["answer"])
+    ]
     # 120 pairs: a mismatch makes sympy try harder, and this file must stay fast on 2 cores
     results = score_batch([{"response": a["solution"], "answer": b["answer"]} for a, b in pairs[:120]])
     assert _rate(results) == 0.0
@@ -70,34 +76,42 @@ def test_minerva_crossed_answers_score_zero(minerva):
 @pytest.mark.parametrize("name", ["aime24", "amc23"])
 def test_contest_answers(name):
     records = load_benchmark(name)
-    right = score_batch([{"response": f"Thus the answer is $\\boxed{{{r['answer']}}}$.", "answer": r["answer"]}
-                         for r in records])
+    right = score_batch(
+        [
+            {"response": f"Thus the answer is $\\boxed{{{r['answer']}}}$.", "answer": r["answer"]}
+            for r in records
+        ]
+    )
     assert _rate(right) == 1.0
-    off_by_one = score_batch([{"response": f"\\boxed{{{int(float(r['answer'])) + 1}}}", "answer": r["answer"]}
-                              for r in records])
+    off_by_one = score_batch(
+        [{"response": f"\\boxed{{{int(float(r['answer'])) + 1}}}", "answer": r["answer"]} for r in records]
+    )
     assert _rate(off_by_one) == 0.0
 
 
-@pytest.mark.parametrize("response, gold, expected", [
-    ("so $x = \\boxed{\\frac{3}{4}}$", "0.75", 1.0),
-    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt 2}", 1.0),
-    ("\\boxed{\\sqrt{3}}", "\\sqrt{2}", 0.0),
-    ("the set is $\\boxed{[0, \\infty)}$", "[0,\\infty)", 1.0),
-    ("\\boxed{(0, \\infty)}", "[0,\\infty)", 0.0),
-    ("\\boxed{(1, -2)}", "(1,-2)", 1.0),
-    ("\\boxed{(-2, 1)}", "(1,-2)", 0.0),
-    ("She earns $1,250 a week.\n#### 1,250", "1250", 1.0),
-    ("#### 1250", "1,250", 1.0),
-    ("Adding them, the answer is 42.", "42", 1.0),
-    ("The final answer is $\\frac{7}{2}$.", "3.5", 1.0),
-    # several boxes must all be right: a "correction" is indistinguishable from a hedge
-    ("first \\boxed{3}, then corrected: \\boxed{4}", "4", 0.0),
-    ("first \\boxed{3}, then corrected: \\boxed{4}", "3", 0.0),
-    ("\\boxed{\\dfrac{1}{2}}", "\\frac12", 1.0),
-    ("\\boxed{18}", 18.0, 1.0),
-    ("no answer here", "7", 0.0),
-    ("", "7", 0.0),
-])
+@pytest.mark.parametrize(
+    "response, gold, expected",
+    [
+        ("so $x = \\boxed{\\frac{3}{4}}$", "0.75", 1.0),
+        ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt 2}", 1.0),
+        ("\\boxed{\\sqrt{3}}", "\\sqrt{2}", 0.0),
+        ("the set is $\\boxed{[0, \\infty)}$", "[0,\\infty)", 1.0),
+        ("\\boxed{(0, \\infty)}", "[0,\\infty)", 0.0),
+        ("\\boxed{(1, -2)}", "(1,-2)", 1.0),
+        ("\\boxed{(-2, 1)}", "(1,-2)", 0.0),
+        ("She earns $1,250 a week.\n#### 1,250", "1250", 1.0),
+        ("#### 1250", "1,250", 1.0),
+        ("Adding them, the answer is 42.", "42", 1.0),
+        ("The final answer is $\\frac{7}{2}$.", "3.5", 1.0),
+        # several boxes must all be right: a "correction" is indistinguishable from a hedge
+        ("first \\boxed{3}, then corrected: \\boxed{4}", "4", 0.0),
+        ("first \\boxed{3}, then corrected: \\boxed{4}", "3", 0.0),
+        ("\\boxed{\\dfrac{1}{2}}", "\\frac12", 1.0),
+        ("\\boxed{18}", 18.0, 1.0),
+        ("no answer here", "7", 0.0),
+        ("", "7", 0.0),
+    ],
+)
 def test_answer_formats(response, gold, expected):
     assert math_reward(response=response, answer=gold) == expected
 
@@ -145,6 +159,7 @@ def test_works_off_the_main_thread():
 
 def test_registry_uses_the_batch_scorer():
     assert get_reward("math") is math_reward
-    results = score_records("math", [{"response": "\\boxed{3}", "answer": "3"},
-                                     {"response": "\\boxed{4}", "answer": "3"}])
+    results = score_records(
+        "math", [{"response": "\\boxed{3}", "answer": "3"}, {"response": "\\boxed{4}", "answer": "3"}]
+    )
     assert [r.reward for r in results] == [1.0, 0.0]

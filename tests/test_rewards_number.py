@@ -86,7 +86,12 @@ def test_gold_forms_thousands_and_negatives():
 
 def test_registered_and_a_non_numeric_gold_is_an_error_not_a_wrong_answer():
     assert get_reward("number") is number_reward
-    [good, bad] = score_records("number", [{"prompt": "p", "response": "31", "answer": "31"},
-                                           {"prompt": "p", "response": "31", "answer": "thirty-one"}])
+    [good, bad] = score_records(
+        "number",
+        [
+            {"prompt": "p", "response": "31", "answer": "31"},
+            {"prompt": "p", "response": "31", "answer": "thirty-one"},
+        ],
+    )
     assert good.reward == 1.0 and good.error is None
     assert bad.reward == 0.0 and "numeric gold answer" in bad.error

@@ -33,8 +33,9 @@ def test_behaviour_logprobs_equal_a_full_forward(tiny_policy):
     for temperature in (1.0, 0.7):
         r = HFEngine(model, tok).generate(PROMPTS, n=3, max_new_tokens=16, temperature=temperature, seed=1)
         with torch.no_grad():
-            logp, ent = token_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask,
-                                       temperature=temperature)
+            logp, ent = token_logprobs(
+                model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask, temperature=temperature
+            )
         assert torch.allclose(logp, r.behaviour_logprobs, atol=1e-5)
         assert (ent[r.response_mask] > 0).all() and ent[~r.response_mask].eq(0).all()
 
@@ -52,7 +53,9 @@ def test_seeded_sampling_is_reproducible(tiny_policy):
 def test_decoded_text_matches_tokens(tiny_policy):
     model, tok = tiny_policy
     r = HFEngine(model, tok).generate(PROMPTS, n=2, max_new_tokens=10, seed=0)
-    for ids, mask, ended, text in zip(r.response_ids, r.response_mask, ~r.truncated, r.responses, strict=True):
+    for ids, mask, ended, text in zip(
+        r.response_ids, r.response_mask, ~r.truncated, r.responses, strict=True
+    ):
         valid = ids[mask].tolist()
         if ended:
             valid = valid[:-1]

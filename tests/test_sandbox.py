@@ -24,8 +24,9 @@ from aspo.rewards.code import check_code
 from aspo.rewards.sandbox import Limits, run_python
 from aspo.rewards.sandbox.zygote import POOL as ZYGOTES
 
-FAST = Limits(cpu_seconds=1, wall_seconds=1.5, memory_bytes=256 << 20, max_processes=16,
-              max_output_bytes=1 << 20)
+FAST = Limits(
+    cpu_seconds=1, wall_seconds=1.5, memory_bytes=256 << 20, max_processes=16, max_output_bytes=1 << 20
+)
 
 
 def _modes() -> list[str]:
@@ -46,13 +47,19 @@ def _modes() -> list[str]:
 
 
 MODES = _modes()
-_KWARGS = {"unsafe": {"backend": "unsafe", "reuse": False}, "unshare": {"backend": "unshare", "reuse": False}, "bwrap": {"backend": "bwrap", "reuse": False},
-           "zygote": {"backend": "bwrap", "reuse": True}}
+_KWARGS = {
+    "unsafe": {"backend": "unsafe", "reuse": False},
+    "unshare": {"backend": "unshare", "reuse": False},
+    "bwrap": {"backend": "bwrap", "reuse": False},
+    "zygote": {"backend": "bwrap", "reuse": True},
+}
 
 
-_WHY_NOT = {"unsafe": "unsafe mode runs hostile code only as root (as a throw-away uid)",
-            "unshare": "util-linux unshare cannot build the namespaces sandbox here",
-            "bwrap": "bubblewrap unusable here (not installed, or no user namespaces)"}
+_WHY_NOT = {
+    "unsafe": "unsafe mode runs hostile code only as root (as a throw-away uid)",
+    "unshare": "util-linux unshare cannot build the namespaces sandbox here",
+    "bwrap": "bubblewrap unusable here (not installed, or no user namespaces)",
+}
 
 
 @pytest.fixture(params=["unsafe", "unshare", "bwrap", "zygote"])
@@ -87,8 +94,10 @@ def _run(code: str, backend: str, limits: Limits = FAST, **kw):
 
 
 def _honest_still_scores(backend: str) -> None:
-    record = {"response": "```python\nprint(sum(map(int, input().split())))\n```",
-              "tests": {"inputs": ["2 3\n", "10 -4\n"], "outputs": ["5\n", "6\n"]}}
+    record = {
+        "response": "```python\nprint(sum(map(int, input().split())))\n```",
+        "tests": {"inputs": ["2 3\n", "10 -4\n"], "outputs": ["5\n", "6\n"]},
+    }
     assert check_code(record, limits=FAST, **_KWARGS[backend]).reward == 1.0
     wrong = dict(record, response="print(0)")
     assert check_code(wrong, limits=FAST, **_KWARGS[backend]).reward == 0.0
@@ -105,8 +114,9 @@ def _assert_clean(backend: str) -> None:
 
 
 def test_ordinary_program_runs(backend):
-    result = _run("import sys; print(sys.stdin.read().upper()); print('err', file=sys.stderr)", backend,
-                  stdin=b"hello")
+    result = _run(
+        "import sys; print(sys.stdin.read().upper()); print('err', file=sys.stderr)", backend, stdin=b"hello"
+    )
     assert (result.returncode, result.stdout, result.breach) == (0, b"HELLO\n", None)
     assert b"err" in result.stderr
 
@@ -130,7 +140,8 @@ def test_sleep_hits_wall_limit(backend):
 
 def test_fork_bomb_is_bounded_then_killed(backend):
     # children park in sleep; the parent keeps forking: the process limit must stop it
-    result = _run("""
+    result = _run(
+        """
         import os, time
         ok = failed = 0
         for _ in range(500):
@@ -149,7 +160,9 @@ def test_fork_bomb_is_bounded_then_killed(backend):
                 os.fork()
             except OSError:
                 pass
-    """, backend)
+    """,
+        backend,
+    )
     ok, failed = map(int, result.stdout.split())
     assert ok < FAST.max_processes and failed > 0
     assert result.breach is not None  # stopped by the CPU or the wall-clock limit
@@ -157,7 +170,8 @@ def test_fork_bomb_is_bounded_then_killed(backend):
 
 
 def test_memory_bomb_is_refused(backend):
-    result = _run("""
+    result = _run(
+        """
         chunks = []
         try:
             while True:
@@ -165,7 +179,9 @@ def test_memory_bomb_is_refused(backend):
         except MemoryError:
             print(len(chunks) * 32, "MiB")
             raise
-    """, backend)
+    """,
+        backend,
+    )
     assert result.returncode != 0 and b"MemoryError" in result.stderr
     mib = int(result.stdout.split()[0])
     assert mib <= FAST.memory_bytes >> 20
@@ -173,14 +189,17 @@ def test_memory_bomb_is_refused(backend):
 
 
 def test_output_flood_is_capped(backend):
-    result = _run("""
+    result = _run(
+        """
         import sys
         while True:
             try:
                 sys.stdout.write('x' * 65536)
             except OSError:
                 pass
-    """, backend)
+    """,
+        backend,
+    )
     assert result.breach is not None
     assert len(result.stdout) <= FAST.max_output_bytes
     _assert_clean(backend)
@@ -194,7 +213,9 @@ def visible_dir():
     import tempfile
     from pathlib import Path
 
-    path = Path(tempfile.mkdtemp(prefix="aspo-victim-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
+    path = Path(
+        tempfile.mkdtemp(prefix="aspo-victim-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None)
+    )
     yield path
     shutil.rmtree(path)
 
@@ -210,22 +231,25 @@ def test_cannot_write_or_delete_outside_scratch(backend, visible_dir):
     victim.write_text("keep me")
     os.chmod(victim, 0o644 if backend == "unsafe" else 0o666)
     escape = f"/tmp/aspo-escape-{os.getpid()}"
-    result = _run(f"""
+    result = _run(
+        f"""
         import os
         for attempt in (lambda: open({str(victim)!r}, 'w').write('pwned'),
                         lambda: os.remove({str(victim)!r}),
-                        lambda: open({str(tmp_path / 'new.txt')!r}, 'w').write('x'),
+                        lambda: open({str(tmp_path / "new.txt")!r}, 'w').write('x'),
                         lambda: open('/etc/aspo-escape', 'w').write('x')):
             try:
                 attempt()
                 print('ESCAPED')
             except OSError:
                 print('blocked')
-        if {backend in ('bwrap', 'unshare')!r}:
+        if {backend in ("bwrap", "unshare")!r}:
             open({escape!r}, 'w').write('x')  # lands in the sandbox's private /tmp, not the host's
         open('scratch.txt', 'w').write('fine')  # its own scratch dir is writable
         print(open('scratch.txt').read())
-    """, backend)
+    """,
+        backend,
+    )
     assert result.stdout.decode().split() == ["blocked"] * 4 + ["fine"], result.stderr
     assert victim.read_text() == "keep me"
     assert not (tmp_path / "new.txt").exists() and not os.path.exists(escape)
@@ -246,14 +270,17 @@ def test_cannot_connect_to_host_port(backend):
         pytest.skip("the unsafe mode does not isolate the network (its warning says so)")
     server, port = _loopback_listener()
     try:
-        result = _run(f"""
+        result = _run(
+            f"""
             import socket
             try:
                 socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')
                 print('CONNECTED')
             except OSError as err:
                 print('blocked', type(err).__name__)
-        """, backend)
+        """,
+            backend,
+        )
         assert result.stdout.startswith(b"blocked")
         with pytest.raises(BlockingIOError):
             server.accept()
@@ -263,7 +290,8 @@ def test_cannot_connect_to_host_port(backend):
 
 
 def test_cannot_kill_parent_or_its_group(backend):
-    result = _run("""
+    result = _run(
+        """
         import os, signal
         for attempt in (lambda: os.kill(os.getppid(), signal.SIGKILL),
                         lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGKILL),
@@ -273,7 +301,9 @@ def test_cannot_kill_parent_or_its_group(backend):
                 attempt()
             except OSError:
                 pass
-    """, backend)
+    """,
+        backend,
+    )
     # we are alive to read it; in zygote mode the candidate may kill its server, which is then replaced
     assert result.returncode is not None or (backend == "zygote" and result.stderr == b"sandbox server lost")
     _assert_clean(backend)
@@ -282,7 +312,8 @@ def test_cannot_kill_parent_or_its_group(backend):
 def test_cannot_read_parent_environment(backend, monkeypatch):
     secret = "aspo-secret-" + os.urandom(8).hex()
     monkeypatch.setenv("ASPO_TEST_SECRET", secret)
-    result = _run(f"""
+    result = _run(
+        f"""
         import os
         print(dict(os.environ))
         for pid in [str(os.getppid()), str({os.getpid()}), '1'] + os.listdir('/proc'):
@@ -290,7 +321,9 @@ def test_cannot_read_parent_environment(backend, monkeypatch):
                 print(open('/proc/' + pid + '/environ', 'rb').read())
             except OSError:
                 pass
-    """, backend)
+    """,
+        backend,
+    )
     assert result.returncode == 0
     assert secret.encode() not in result.stdout
     _assert_clean(backend)
@@ -307,7 +340,8 @@ def test_isolation_reports_gaps_of_the_unsafe_mode():
 @pytest.mark.skipif("zygote" not in MODES, reason="bwrap unusable here")
 def test_zygote_runs_are_isolated_from_each_other():
     # run 1 leaves a process, files, a patched module, and tries to reach its server through /proc
-    first = _run("""
+    first = _run(
+        """
         import math, os, time
         math.pi = 3
         open('/tmp/left-behind', 'w').write('x')
@@ -322,15 +356,20 @@ def test_zygote_runs_are_isolated_from_each_other():
                 print('REACHED', path)
             except OSError:
                 print('blocked')
-    """, "zygote")
+    """,
+        "zygote",
+    )
     assert first.stdout.decode().split() == ["blocked"] * 3
-    second = _run("""
+    second = _run(
+        """
         import math, os
         print(math.pi > 3.14)
         left = set(os.listdir('/tmp')) - {'.job', os.path.basename(os.getcwd())}  # .job: the read-only server
         print(left == set(), sorted(os.listdir('/dev/shm')))
         print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == sorted({1, os.getppid(), os.getpid()}))
-    """, "zygote")
+    """,
+        "zygote",
+    )
     assert second.stdout.decode().split() == ["True", "True", "[]", "True"], second.stderr
     _assert_clean("zygote")
 
@@ -340,13 +379,17 @@ def test_hostile_programs_are_refused_without_isolation(no_bwrap, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     server, port = _loopback_listener()
-    attack = (f"import socket\nopen({str(victim)!r}, 'w').write('pwned')\nopen({str(tmp_path / 'new')!r}, 'w')\n"
-              f"socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')\n")
+    attack = (
+        f"import socket\nopen({str(victim)!r}, 'w').write('pwned')\nopen({str(tmp_path / 'new')!r}, 'w')\n"
+        f"socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')\n"
+    )
     record = {"response": attack, "tests": {"inputs": [""], "outputs": [""]}}
     try:
-        for attempt in (lambda: run_python({"main.py": attack}, "main.py"),
-                        lambda: run_python({"main.py": attack}, "main.py", reuse=False),
-                        lambda: check_code(record)):
+        for attempt in (
+            lambda: run_python({"main.py": attack}, "main.py"),
+            lambda: run_python({"main.py": attack}, "main.py", reuse=False),
+            lambda: check_code(record),
+        ):
             with pytest.raises(sandbox.SandboxUnavailable) as refused:
                 attempt()
             message = str(refused.value)
@@ -371,11 +414,14 @@ def test_leftover_processes_do_not_count_against_the_cap(monkeypatch):
     monkeypatch.setattr(host, "UIDS", pool)
     uid = pool.acquire()
     pool.release(uid)
-    leftovers = [subprocess.Popen(["sleep", "60"], **host.user_kwargs(uid)) for _ in range(2 * FAST.max_processes)]
+    leftovers = [
+        subprocess.Popen(["sleep", "60"], **host.user_kwargs(uid)) for _ in range(2 * FAST.max_processes)
+    ]
     try:
         assert host.tasks_of(uid) == len(leftovers)
         _honest_still_scores("unsafe")
-        result = _run("""
+        result = _run(
+            """
             import os, time
             ok = 0
             for _ in range(100):
@@ -387,7 +433,9 @@ def test_leftover_processes_do_not_count_against_the_cap(monkeypatch):
                 except OSError:
                     break
             print(ok)
-        """, "unsafe")
+        """,
+            "unsafe",
+        )
         assert 0 < int(result.stdout) < FAST.max_processes  # still capped, at its own share
     finally:
         for proc in leftovers:

@@ -28,8 +28,20 @@ def test_score_math(tmp_path, capsys):
     records[3]["response"] = "I think it is \\boxed{-1}"
     records[4]["answer"] = None  # unusable gold: reward 0 with an error, the run goes on
     out = tmp_path / "out.jsonl"
-    assert main(["score", "--reward", "math", "--input", str(_write(tmp_path / "in.jsonl", records)),
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--reward",
+                "math",
+                "--input",
+                str(_write(tmp_path / "in.jsonl", records)),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     scored = _read(out)
     assert [r["id"] for r in scored] == [r["id"] for r in records]
     assert [r["reward"] for r in scored] == [1.0] * 3 + [0.0, 0.0] + [1.0] * 15
@@ -40,15 +52,41 @@ def test_score_math(tmp_path, capsys):
 
 def test_score_code_with_both_test_formats(tmp_path, capsys):
     he = load_benchmark("humaneval")[:3]
-    records = [{"prompt": p["prompt"], "response": p["canonical_solution"], "test": p["test"],
-                "entry_point": p["entry_point"]} for p in he]
-    records.append({"response": "```python\nprint(int(input()) * 2)\n```",
-                    "tests": {"inputs": ["4\n"], "outputs": ["8\n"]}})
-    records.append({"response": "while True: pass", "tests": {"inputs": ["4\n"], "outputs": ["8\n"]},
-                    "time_limit": 1})
+    records = [
+        {
+            "prompt": p["prompt"],
+            "response": p["canonical_solution"],
+            "test": p["test"],
+            "entry_point": p["entry_point"],
+        }
+        for p in he
+    ]
+    records.append(
+        {
+            "response": "```python\nprint(int(input()) * 2)\n```",
+            "tests": {"inputs": ["4\n"], "outputs": ["8\n"]},
+        }
+    )
+    records.append(
+        {"response": "while True: pass", "tests": {"inputs": ["4\n"], "outputs": ["8\n"]}, "time_limit": 1}
+    )
     out = tmp_path / "out.jsonl"
-    assert main(["score", "--reward", "code", "--input", str(_write(tmp_path / "in.jsonl", records)),
-                 "--output", str(out), "--workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--reward",
+                "code",
+                "--input",
+                str(_write(tmp_path / "in.jsonl", records)),
+                "--output",
+                str(out),
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     scored = _read(out)
     assert [r["reward"] for r in scored] == [1.0, 1.0, 1.0, 1.0, 0.0]
     assert "timeout" in scored[4]["error"]
@@ -59,23 +97,30 @@ def test_score_user_reward_file(tmp_path):
     reward_file.write_text("def length(prompt, response, answer, **kw):\n    return len(response)\n")
     out = tmp_path / "out.jsonl"
     src = _write(tmp_path / "in.jsonl", [{"response": "abc"}, {"response": ""}])
-    assert main(["score", "--reward", f"{reward_file}:length", "--input", str(src), "--output", str(out)]) == 0
+    assert (
+        main(["score", "--reward", f"{reward_file}:length", "--input", str(src), "--output", str(out)]) == 0
+    )
     assert [r["reward"] for r in _read(out)] == [3.0, 0.0]
 
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
     src = tmp_path / "in.jsonl"
     src.write_text('{"response": "x", "answer": "1"}\n{"answer": "2"}\n')
-    assert main(["score", "--reward", "math", "--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert (
+        main(["score", "--reward", "math", "--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 2
+    )
     assert "in.jsonl:2" in capsys.readouterr().err
     src.write_text('{"response": "x"\n')
-    assert main(["score", "--reward", "math", "--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert (
+        main(["score", "--reward", "math", "--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 2
+    )
     assert "not valid JSON" in capsys.readouterr().err
-    assert main(["score", "--reward", "nope", "--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert (
+        main(["score", "--reward", "nope", "--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 2
+    )
     assert "unknown reward 'nope'" in capsys.readouterr().err
     assert main(["score", "--reward", "math"]) == 2
     assert "--input" in capsys.readouterr().err
-
 
 
 def test_user_reward_that_hangs_or_crashes_is_bounded_and_counted(tmp_path, capsys):
@@ -83,7 +128,10 @@ def test_user_reward_that_hangs_or_crashes_is_bounded_and_counted(tmp_path, caps
     responses = ["spin", "ok", "sleep", "die", "raise", "ok"]
     out = tmp_path / "out.jsonl"
     src = _write(tmp_path / "in.jsonl", [{"response": r} for r in responses])
-    assert main(["score", "--reward", spec, "--input", str(src), "--output", str(out), "--reward-timeout", "1"]) == 0
+    assert (
+        main(["score", "--reward", spec, "--input", str(src), "--output", str(out), "--reward-timeout", "1"])
+        == 0
+    )
     scored = _read(out)
     assert [r["reward"] for r in scored] == [0.0, 1.0, 0.0, 0.0, 0.0, 1.0]  # the run went on after each
     errors = [r.get("error") for r in scored]
@@ -95,7 +143,9 @@ def test_user_reward_that_hangs_or_crashes_is_bounded_and_counted(tmp_path, caps
 
 def test_code_without_a_sandbox_is_refused_not_scored(no_bwrap, tmp_path, capsys):
     out = tmp_path / "out.jsonl"
-    src = _write(tmp_path / "in.jsonl", [{"response": "print(1)", "tests": {"inputs": [""], "outputs": ["1"]}}])
+    src = _write(
+        tmp_path / "in.jsonl", [{"response": "print(1)", "tests": {"inputs": [""], "outputs": ["1"]}}]
+    )
     assert main(["score", "--reward", "code", "--input", str(src), "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert "refusing to run model-written programs" in err and "ASPO_SANDBOX=unsafe" in err
@@ -111,7 +161,9 @@ def test_checks_that_could_not_run_are_marked_and_stop(tmp_path, capsys, monkeyp
     monkeypatch.setenv("ASPO_SANDBOX_REUSE", "0")
     host.sandbox_python.cache_clear()
     out = tmp_path / "out.jsonl"
-    src = _write(tmp_path / "in.jsonl", [{"response": "print(1)", "tests": {"inputs": [""], "outputs": ["1"]}}] * 2)
+    src = _write(
+        tmp_path / "in.jsonl", [{"response": "print(1)", "tests": {"inputs": [""], "outputs": ["1"]}}] * 2
+    )
     try:
         assert main(["score", "--reward", "code", "--input", str(src), "--output", str(out)]) == 2
     finally:
@@ -120,4 +172,6 @@ def test_checks_that_could_not_run_are_marked_and_stop(tmp_path, capsys, monkeyp
     assert [r["reward"] for r in scored] == [0.0, 0.0]
     assert all(r["error"].startswith("infrastructure: ") for r in scored)
     captured = capsys.readouterr()
-    assert "(of which could not run: 2)" in captured.out and "2 of 2 reward checks could not run" in captured.err
+    assert (
+        "(of which could not run: 2)" in captured.out and "2 of 2 reward checks could not run" in captured.err
+    )

@@ -55,10 +55,12 @@ def test_worker_environment_carries_the_count_and_the_policy():
 
 def _cli_environment(env):
     """Run the CLI's entry in a fresh interpreter; what OpenMP sees once torch has loaded after it."""
-    code = ("from aspo.cli import main\n"
-            "assert main(['train', '--help']) == 0\n"
-            "import os, torch\n"
-            "print('RESULT', os.environ.get('OMP_WAIT_POLICY'), torch.get_num_threads())\n")
+    code = (
+        "from aspo.cli import main\n"
+        "assert main(['train', '--help']) == 0\n"
+        "import os, torch\n"
+        "print('RESULT', os.environ.get('OMP_WAIT_POLICY'), torch.get_num_threads())\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return out.stdout.split("RESULT")[-1].split()
 

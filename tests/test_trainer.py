@@ -19,8 +19,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def run_cli(*args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "aspo", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "aspo", *args], capture_output=True, text=True, timeout=timeout, env=ENV
+    )
 
 
 def comparable(rows):
@@ -45,9 +46,20 @@ def test_run_directory_is_complete(finished_run):
     assert [r["step"] for r in evals] == [0, 2, 3]  # before training, every 2 steps, at the end
     assert all(0 <= r["eval/pass@1"] <= r["eval/pass@k"] <= 1 for r in evals)
     train_rows = rows[1:]
-    for key in ("reward/mean", "actor/entropy", "actor/clipfrac/pos", "actor/dualclip/neg", "actor/ppo_kl",
-                "groups/valid", "groups/solve_all", "groups/solve_none", "response/length_mean",
-                "time/step", "perf/tokens_per_s", "actor/grad_norm"):
+    for key in (
+        "reward/mean",
+        "actor/entropy",
+        "actor/clipfrac/pos",
+        "actor/dualclip/neg",
+        "actor/ppo_kl",
+        "groups/valid",
+        "groups/solve_all",
+        "groups/solve_none",
+        "response/length_mean",
+        "time/step",
+        "perf/tokens_per_s",
+        "actor/grad_norm",
+    ):
         assert all(key in r for r in train_rows), key
     # 2 mini-batches x 2 epochs = 4 optimizer steps per rollout
     assert all(r["actor/optimizer_steps"] == 4 for r in train_rows)
@@ -55,11 +67,20 @@ def test_run_directory_is_complete(finished_run):
     for name in ("reward", "eval_pass", "entropy", "clip_fraction", "dual_clip_fraction", "response_length"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
     samples = [json.loads(line) for line in open(out / "samples.jsonl")]
-    assert {s["step"] for s in samples} == {0, 2, 3} and all("response" in s and "reward" in s for s in samples)
+    assert {s["step"] for s in samples} == {0, 2, 3} and all(
+        "response" in s and "reward" in s for s in samples
+    )
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step-2", "step-3"]
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "optimizer.pt", "scheduler.pt", "rng.pt",
-              "trainer_state.json"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng.pt",
+        "trainer_state.json",
+    ):
         assert (out / "checkpoints" / "step-3" / f).is_file(), f
 
 
@@ -74,7 +95,9 @@ def test_checkpoint_is_a_loadable_model(finished_run):
 def test_existing_run_is_never_overwritten(finished_run, tiny_run_inputs):
     out = finished_run[0]
     result = run_cli("train", *tiny_overrides(tiny_run_inputs, out))
-    assert result.returncode == 2 and "already holds a run" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2 and "already holds a run" in result.stderr and "Traceback" not in result.stderr
+    )
 
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_run_inputs, tmp_path):
@@ -82,8 +105,12 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_run_inputs, 
     whole = tmp_path / "whole"
     assert run_cli("train", *tiny_overrides(tiny_run_inputs, whole, *args)).returncode == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "aspo", "train", *tiny_overrides(tiny_run_inputs, killed, *args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aspo", "train", *tiny_overrides(tiny_run_inputs, killed, *args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "step-2").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before its step-2 checkpoint"
@@ -100,21 +127,28 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_run_inputs, 
 
 def test_a_raising_reward_scores_zero_and_training_goes_on(tiny_run_inputs, tmp_path):
     out = tmp_path / "flaky"
-    cfg = load_config(None, tiny_overrides(tiny_run_inputs, out, f"reward={DATA / 'rewards.py'}:flaky",
-                                           "train.steps=2", "train.plots=false"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_run_inputs, out, f"reward={DATA / 'rewards.py'}:flaky", "train.steps=2", "train.plots=false"
+        ),
+    )
     Trainer(cfg, progress=False).run()
     assert not (out / "plots").exists()
     rows = [r for r in read_metrics(out) if "reward/errors" in r]
     assert len(rows) == 2 and sum(r["reward/errors"] for r in rows) > 0
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["model=/no/such/model"], "/no/such/model"),
-    (["rollout.nn=4"], "did you mean 'rollout.n'"),
-    (["algorithm.loss=apso"], "valid names"),
-    (["rollout.n=0"], "rollout.n=0 must be >= 1"),
-    (["reward=nosuch"], "unknown reward 'nosuch'"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["model=/no/such/model"], "/no/such/model"),
+        (["rollout.nn=4"], "did you mean 'rollout.n'"),
+        (["algorithm.loss=apso"], "valid names"),
+        (["rollout.n=0"], "rollout.n=0 must be >= 1"),
+        (["reward=nosuch"], "unknown reward 'nosuch'"),
+    ],
+)
 def test_bad_input_is_one_clear_message(args, needle, tiny_run_inputs, tmp_path):
     base = tiny_overrides(tiny_run_inputs, tmp_path / "bad")
     result = run_cli("train", *base, *args)
@@ -130,8 +164,17 @@ def test_malformed_data_line_names_file_and_line(tiny_run_inputs, tmp_path):
 
 
 def test_repeated_non_finite_loss_stops_with_a_message(tiny_run_inputs, tmp_path):
-    result = run_cli("train", *tiny_overrides(tiny_run_inputs, tmp_path / "nan", "train.lr=1e30",
-                                              "train.grad_clip=0", "train.steps=8", "train.eval_every=0"))
+    result = run_cli(
+        "train",
+        *tiny_overrides(
+            tiny_run_inputs,
+            tmp_path / "nan",
+            "train.lr=1e30",
+            "train.grad_clip=0",
+            "train.steps=8",
+            "train.eval_every=0",
+        ),
+    )
     assert result.returncode == 2, result.stderr
     assert "non-finite" in result.stderr and "Traceback" not in result.stderr
 
@@ -148,9 +191,20 @@ def test_soft_overlong_penalty_matches_dapo():
 
 def test_kl_to_reference_dynamic_sampling_and_overlong_penalty_run(tiny_run_inputs, tmp_path):
     out = tmp_path / "dapo-kl"
-    cfg = load_config(None, tiny_overrides(tiny_run_inputs, out, "algorithm.kl_coef=0.01", "algorithm.loss=dapo",
-                                           "algorithm.dynamic_sampling=true", "algorithm.overlong_buffer=4",
-                                           "train.steps=2", "train.eval_every=0", "train.save_every=0"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_run_inputs,
+            out,
+            "algorithm.kl_coef=0.01",
+            "algorithm.loss=dapo",
+            "algorithm.dynamic_sampling=true",
+            "algorithm.overlong_buffer=4",
+            "train.steps=2",
+            "train.eval_every=0",
+            "train.save_every=0",
+        ),
+    )
     Trainer(cfg, progress=False).run()
     assert not (out / "checkpoints").exists()  # save_every=0: checkpoints off
     rows = [r for r in read_metrics(out) if r["step"] > 0]
@@ -163,8 +217,17 @@ def test_kl_to_reference_dynamic_sampling_and_overlong_penalty_run(tiny_run_inpu
 
 def test_a_hanging_or_dying_reward_function_is_bounded_and_training_goes_on(tiny_run_inputs, tmp_path):
     out = tmp_path / "hangs"
-    cfg = load_config(None, tiny_overrides(tiny_run_inputs, out, f"reward={DATA / 'rewards.py'}:spins_on_some",
-                                           "reward_timeout=0.5", "train.steps=2", "train.plots=false"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_run_inputs,
+            out,
+            f"reward={DATA / 'rewards.py'}:spins_on_some",
+            "reward_timeout=0.5",
+            "train.steps=2",
+            "train.plots=false",
+        ),
+    )
     Trainer(cfg, progress=False).run()
     rows = [r for r in read_metrics(out) if "reward/errors" in r]
     assert len(rows) == 2 and sum(r["reward/errors"] for r in rows) > 0
@@ -180,16 +243,27 @@ def test_code_reward_without_a_sandbox_stops_before_training(no_bwrap, tiny_run_
 
 def test_groups_with_checks_that_could_not_run_are_left_out_of_the_update(tiny_run_inputs, tmp_path):
     out = tmp_path / "infra"
-    cfg = load_config(None, tiny_overrides(tiny_run_inputs, out, f"reward={DATA / 'verifier_service.py'}:digits",
-                                           "reward_timeout=0", "train.steps=2", "train.plots=false",
-                                           "algorithm.filter_groups=false"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_run_inputs,
+            out,
+            f"reward={DATA / 'verifier_service.py'}:digits",
+            "reward_timeout=0",
+            "train.steps=2",
+            "train.plots=false",
+            "algorithm.filter_groups=false",
+        ),
+    )
     trainer = Trainer(cfg, progress=False)
     records = [trainer.train_records[i] for i in trainer.prompt_indices(0)]
     batch = trainer.collect(0)  # a TrainingBatch: the kept rows and the step's metrics
     advantages, metrics = batch.advantages, batch.metrics()
     assert metrics["reward/infra_errors"] == len(records) * cfg.rollout.n / 8
     # every group is kept (filter_groups=false) except the two with a check that could not run
-    assert metrics["groups/valid"] == len(records) - 2 and len(advantages) == (len(records) - 2) * cfg.rollout.n
+    assert (
+        metrics["groups/valid"] == len(records) - 2 and len(advantages) == (len(records) - 2) * cfg.rollout.n
+    )
 
 
 def test_a_mini_batch_without_tokens_on_every_rank_takes_no_optimizer_step(tiny_run_inputs, tmp_path):
@@ -198,8 +272,17 @@ def test_a_mini_batch_without_tokens_on_every_rank_takes_no_optimizer_step(tiny_
 
     from aspo.trainer import Trainer
 
-    cfg = load_config(None, tiny_overrides(tiny_run_inputs, tmp_path / "run", "train.weight_decay=0.1",
-                                           "train.mini_batches=4", "train.epochs=1", "train.warmup_steps=0"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_run_inputs,
+            tmp_path / "run",
+            "train.weight_decay=0.1",
+            "train.mini_batches=4",
+            "train.epochs=1",
+            "train.warmup_steps=0",
+        ),
+    )
     trainer = Trainer(cfg, progress=False)
     rollout = trainer.engine.generate(["12+3=", "4+56="], n=2, max_new_tokens=8, seed=0)
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
@@ -224,10 +307,22 @@ def test_a_mini_batch_without_tokens_on_every_rank_takes_no_optimizer_step(tiny_
 def test_warm_up_counts_optimizer_steps_or_rollouts(unit, lrs, tiny_run_inputs, tmp_path):
     from aspo.report.metrics import read_metrics
 
-    cfg = load_config(None, tiny_overrides(tiny_run_inputs, tmp_path / "run", "train.steps=2", "train.warmup_steps=4",
-                                           f"train.warmup_unit={unit}", "train.mini_batches=2", "train.epochs=1",
-                                           "train.eval_every=0", "train.save_every=0", "train.plots=false",
-                                           "algorithm.filter_groups=false"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_run_inputs,
+            tmp_path / "run",
+            "train.steps=2",
+            "train.warmup_steps=4",
+            f"train.warmup_unit={unit}",
+            "train.mini_batches=2",
+            "train.epochs=1",
+            "train.eval_every=0",
+            "train.save_every=0",
+            "train.plots=false",
+            "algorithm.filter_groups=false",
+        ),
+    )
     Trainer(cfg, progress=False).run()
     rows = [r for r in read_metrics(tmp_path / "run") if r["step"] > 0]
     assert [r["actor/optimizer_steps"] for r in rows] == [2.0, 2.0]

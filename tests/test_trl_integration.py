@@ -28,8 +28,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     from aspo.lab import build_model, build_tokenizer
 
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128)
+    model = build_model(
+        tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
+    )
     path = tmp_path_factory.mktemp("tiny_policy")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -48,15 +49,26 @@ def make_trainer(checkpoint: str, tmp_path, peft_config=None, **overrides):
     from aspo.integrations.trl import ASPOConfig, ASPOTrainer
 
     settings = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=4,
-        gradient_accumulation_steps=1, max_completion_length=10, temperature=1.0, report_to="none",
-        use_cpu=True, bf16=False, save_strategy="no", logging_steps=1, seed=0, dataloader_num_workers=0,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        gradient_accumulation_steps=1,
+        max_completion_length=10,
+        temperature=1.0,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        dataloader_num_workers=0,
     )
     settings.update(overrides)
     args = ASPOConfig(**settings)
     dataset = Dataset.from_list([{"prompt": p} for p in PROMPTS])
-    trainer = ASPOTrainer(model=checkpoint, reward_funcs=digit_share, args=args, train_dataset=dataset,
-                          peft_config=peft_config)
+    trainer = ASPOTrainer(
+        model=checkpoint, reward_funcs=digit_share, args=args, train_dataset=dataset, peft_config=peft_config
+    )
     # what Trainer's loop sets before each window; compute_loss is also called directly below
     trainer.current_gradient_accumulation_steps = args.gradient_accumulation_steps
     return trainer
@@ -65,8 +77,15 @@ def make_trainer(checkpoint: str, tmp_path, peft_config=None, **overrides):
 def test_off_policy_training_runs_and_logs_aspo_metrics(checkpoint: str, tmp_path) -> None:
     # num_iterations=2 with 2 accumulation steps: step 2 re-uses step 1's generations after an update,
     # so TRL keeps behaviour log-probs and the ratios leave 1.
-    trainer = make_trainer(checkpoint, tmp_path, num_iterations=2, gradient_accumulation_steps=2, max_steps=2,
-                           learning_rate=3e-2, max_completion_length=8)
+    trainer = make_trainer(
+        checkpoint,
+        tmp_path,
+        num_iterations=2,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        learning_rate=3e-2,
+        max_completion_length=8,
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     history = [row for row in trainer.state.log_history if "clipfrac/pos" in row]
@@ -88,8 +107,17 @@ def test_peft_config_trains_lora_adapters_against_the_base_as_reference(checkpoi
     from aspo.run_setup import load_checkpoint
 
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = make_trainer(checkpoint, tmp_path, peft_config=lora, num_iterations=2, gradient_accumulation_steps=2,
-                           max_steps=2, learning_rate=3e-2, max_completion_length=8, beta=0.05)
+    trainer = make_trainer(
+        checkpoint,
+        tmp_path,
+        peft_config=lora,
+        num_iterations=2,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        learning_rate=3e-2,
+        max_completion_length=8,
+        beta=0.05,
+    )
     assert isinstance(trainer.model, peft.PeftModel) and trainer.ref_model is None  # reference: adapters off
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
@@ -104,8 +132,9 @@ def test_peft_config_trains_lora_adapters_against_the_base_as_reference(checkpoi
     merged, _ = load_checkpoint(str(tmp_path / "adapter"))
     ids = torch.tensor([[3, 9, 12, 7, 5]])
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids).logits, trainer.model(input_ids=ids).logits,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            merged(input_ids=ids).logits, trainer.model(input_ids=ids).logits, atol=1e-5, rtol=0
+        )
 
 
 def _batch(trainer, completion_lengths, log_ratio_of, seed: int = 0):
@@ -124,8 +153,11 @@ def _batch(trainer, completion_lengths, log_ratio_of, seed: int = 0):
         completion_mask[row, :length] = 1
     advantages = torch.tensor([1.0, -0.5, 0.8, -1.2])[:rows]
     return {
-        "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-        "completion_mask": completion_mask, "advantages": advantages,
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": advantages,
         "num_items_in_batch": completion_mask.sum(),
     }
 
@@ -169,7 +201,9 @@ def _cycle_log_ratio(row: int, col: int) -> float:
         ("aspo", "token-mean", 0.05),
     ],
 )
-def test_loss_and_gradient_equal_native_objective(checkpoint, tmp_path, loss_type, loss_agg_mode, beta) -> None:
+def test_loss_and_gradient_equal_native_objective(
+    checkpoint, tmp_path, loss_type, loss_agg_mode, beta
+) -> None:
     from transformers import AutoModelForCausalLM
 
     trainer = make_trainer(checkpoint, tmp_path, loss_type=loss_type, loss_agg_mode=loss_agg_mode, beta=beta)
@@ -180,7 +214,9 @@ def test_loss_and_gradient_equal_native_objective(checkpoint, tmp_path, loss_typ
     # behaviour / reference log-probs chosen relative to the (identical) current ones
     with torch.no_grad():
         current, _, mask = _native_logprobs(native, batch)
-    shift = torch.tensor([[_cycle_log_ratio(r, c) for c in range(mask.shape[1])] for r in range(mask.shape[0])])
+    shift = torch.tensor(
+        [[_cycle_log_ratio(r, c) for c in range(mask.shape[1])] for r in range(mask.shape[0])]
+    )
     batch["old_per_token_logps"] = (current - shift).masked_fill(~mask, 0.0)
     if beta:
         batch["ref_per_token_logps"] = (current + 0.3 * shift.flip(-1)).masked_fill(~mask, 0.0)
@@ -195,8 +231,15 @@ def test_loss_and_gradient_equal_native_objective(checkpoint, tmp_path, loss_typ
     log_prob, entropy, native_mask = _native_logprobs(native, batch, pad_to=pad_to)
     pad = native_mask.shape[1] - mask.shape[1]
     old = torch.nn.functional.pad(batch["old_per_token_logps"], (0, pad))
-    expected, metrics = policy_loss(loss_type, log_prob, old, batch["advantages"], native_mask, entropy=entropy,
-                                    loss_agg_mode=loss_agg_mode)
+    expected, metrics = policy_loss(
+        loss_type,
+        log_prob,
+        old,
+        batch["advantages"],
+        native_mask,
+        entropy=entropy,
+        loss_agg_mode=loss_agg_mode,
+    )
     if beta:
         ref = torch.nn.functional.pad(batch["ref_per_token_logps"], (0, pad))
         # TRL's default use_bias_correction_kl: k3 times the (differentiable) IS ratio
@@ -233,17 +276,21 @@ def test_trl_entropies_set_aspo_clip_ranges(checkpoint, tmp_path) -> None:
     trainer.model.train()
     trl_loss = trainer.compute_loss(trainer.model, batch)
     log_prob, entropy, _ = _native_logprobs(native, batch)
-    with_entropy, _ = policy_loss("aspo", log_prob, batch["old_per_token_logps"], batch["advantages"], mask,
-                                  entropy=entropy)
-    without_entropy, _ = policy_loss("aspo", log_prob, batch["old_per_token_logps"], batch["advantages"], mask)
+    with_entropy, _ = policy_loss(
+        "aspo", log_prob, batch["old_per_token_logps"], batch["advantages"], mask, entropy=entropy
+    )
+    without_entropy, _ = policy_loss(
+        "aspo", log_prob, batch["old_per_token_logps"], batch["advantages"], mask
+    )
     assert trl_loss.item() == pytest.approx(with_entropy.item(), rel=1e-5)
     assert abs(with_entropy.item() - without_entropy.item()) > 1e-3
 
 
 def test_gradient_accumulation_splits_token_mean_over_the_window(checkpoint, tmp_path) -> None:
     """token-mean normalises by the tokens of the whole accumulation window (TRL's dapo), not per micro-batch."""
-    trainer = make_trainer(checkpoint, tmp_path, gradient_accumulation_steps=2, per_device_train_batch_size=2,
-                           num_generations=2)
+    trainer = make_trainer(
+        checkpoint, tmp_path, gradient_accumulation_steps=2, per_device_train_batch_size=2, num_generations=2
+    )
     batch = _batch(trainer, [7, 3], None)
     batch["old_per_token_logps"] = None
     window_tokens = 30  # num_items_in_batch spans the generation batch: 2 micro-batches here
@@ -277,8 +324,14 @@ def test_config_maps_to_policy_loss_params(tmp_path) -> None:
     default = ASPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     assert default.loss_type == "aspo"
     assert default.policy_loss_params()["clip_ratio_low"] is None  # -> the objective's own 0.2
-    tuned = ASPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, loss_type="sapo", epsilon=0.1,
-                       sapo_temperature_pos=2.0)
+    tuned = ASPOConfig(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        loss_type="sapo",
+        epsilon=0.1,
+        sapo_temperature_pos=2.0,
+    )
     params = tuned.policy_loss_params()
     assert (params["clip_ratio_low"], params["clip_ratio_high"], params["tau_pos"]) == (0.1, 0.1, 2.0)
 
@@ -287,20 +340,35 @@ def test_config_maps_to_policy_loss_params(tmp_path) -> None:
     ("trl_loss_type", "loss_agg_mode"),
     [("dapo", "token-mean"), ("grpo", "seq-mean-token-mean"), ("dr_grpo", "seq-mean-token-sum-norm")],
 )
-def test_trl_own_loss_equals_our_ppo_under_the_documented_mapping(checkpoint, tmp_path, trl_loss_type,
-                                                                  loss_agg_mode) -> None:
+def test_trl_own_loss_equals_our_ppo_under_the_documented_mapping(
+    checkpoint, tmp_path, trl_loss_type, loss_agg_mode
+) -> None:
     """Control: TRL's own GRPOTrainer loss (PPO-clip, no dual clip) == ASPOTrainer with our ``ppo`` and the
     aggregation the module docstring maps TRL's loss_type to -- with gradient accumulation, the KL term and
     vLLM-style importance-sampling weights, so every piece of the plumbing is compared with TRL's."""
     from trl import GRPOConfig, GRPOTrainer
 
-    common = dict(per_device_train_batch_size=4, num_generations=4, gradient_accumulation_steps=2,
-                  max_completion_length=10, temperature=1.0, report_to="none", use_cpu=True, bf16=False,
-                  save_strategy="no", seed=0, beta=0.05, epsilon=0.2)
+    common = dict(
+        per_device_train_batch_size=4,
+        num_generations=4,
+        gradient_accumulation_steps=2,
+        max_completion_length=10,
+        temperature=1.0,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        seed=0,
+        beta=0.05,
+        epsilon=0.2,
+    )
     ours = make_trainer(checkpoint, tmp_path, loss_type="ppo", loss_agg_mode=loss_agg_mode, **common)
-    theirs = GRPOTrainer(model=checkpoint, reward_funcs=digit_share,
-                         args=GRPOConfig(output_dir=str(tmp_path / "trl"), loss_type=trl_loss_type, **common),
-                         train_dataset=ours.train_dataset)
+    theirs = GRPOTrainer(
+        model=checkpoint,
+        reward_funcs=digit_share,
+        args=GRPOConfig(output_dir=str(tmp_path / "trl"), loss_type=trl_loss_type, **common),
+        train_dataset=ours.train_dataset,
+    )
     batch = _batch(ours, [7, 5, 3, 6], None)
     with torch.no_grad():
         ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)

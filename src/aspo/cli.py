@@ -22,7 +22,13 @@ USAGE = "usage: aspo {train,eval,score,compare,merge-lora} [args...]\n       asp
 
 
 def _help() -> str:
-    lines = ["aspo -- reinforcement learning with verifiable rewards, built around ASPO.", "", USAGE, "", "commands:"]
+    lines = [
+        "aspo -- reinforcement learning with verifiable rewards, built around ASPO.",
+        "",
+        USAGE,
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<11}{doc}" for name, doc in COMMANDS.items()]
     lines += ["", "`aspo train` with no arguments trains the embedded tiny lab with ASPO (no download)."]
     return "\n".join(lines)

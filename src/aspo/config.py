@@ -38,9 +38,12 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best in the
 class DataConfig:
     """Where prompts come from. With ``model=tiny`` and no files, the lab task generates them."""
 
-    train: str | None = _f(None, "training prompts: JSONL, Parquet (verl's RLHF layout too) or a datasets "
-                                 "save_to_disk directory, with `prompt` and `answer` fields (other fields are "
-                                 "passed to the reward); default: the lab task's generator")
+    train: str | None = _f(
+        None,
+        "training prompts: JSONL, Parquet (verl's RLHF layout too) or a datasets "
+        "save_to_disk directory, with `prompt` and `answer` fields (other fields are "
+        "passed to the reward); default: the lab task's generator",
+    )
     test: str | None = _f(None, "held-out prompts (same format); default: the lab task's held-out split")
     num_train: int = _f(20000, "lab only: number of generated training problems")
     num_test: int = _f(128, "held-out problems evaluated (the first N of data.test or the lab split)")
@@ -50,13 +53,22 @@ class DataConfig:
 class PromptConfig:
     """How a record becomes the policy's input: one rule for `aspo train`, its evals and `aspo eval`."""
 
-    template: str = _f("{prompt}", "format string for the user message; `{prompt}` and any record field may "
-                                   "appear (with a chat-message-list prompt, `{prompt}` is its last user turn)")
-    chat_template: bool = _f(False, "wrap the message in the tokenizer's chat template (if it has one); "
-                                    "records whose prompt is a chat message list require it")
+    template: str = _f(
+        "{prompt}",
+        "format string for the user message; `{prompt}` and any record field may "
+        "appear (with a chat-message-list prompt, `{prompt}` is its last user turn)",
+    )
+    chat_template: bool = _f(
+        False,
+        "wrap the message in the tokenizer's chat template (if it has one); "
+        "records whose prompt is a chat message list require it",
+    )
     system: str | None = _f(None, "system message: a system turn with the chat template, else a first line")
-    instruction: str = _f("", "appended to the user message after a newline, e.g. \"Please reason step by "
-                              "step, and put your final answer within \\boxed{}.\"")
+    instruction: str = _f(
+        "",
+        'appended to the user message after a newline, e.g. "Please reason step by '
+        'step, and put your final answer within \\boxed{}."',
+    )
 
 
 @dataclass
@@ -68,20 +80,30 @@ class AlgorithmConfig:
     clip_ratio_low: float | None = _f(None, "eps_low of the trust region (None: the objective's default)")
     clip_ratio_high: float | None = _f(None, "eps_high (None: the objective's default; dapo uses 0.28)")
     clip_ratio_c: float = _f(3.0, "dual-clip constant c (hard for grpo/dapo, soft for aspo)")
-    loss_agg_mode: str | None = _f(None, "token-mean | seq-mean-token-mean | seq-mean-token-sum | "
-                                         "seq-mean-token-sum-norm (None: the objective's registered default: "
-                                         "seq-mean-token-mean for gspo, token-mean for the others)")
+    loss_agg_mode: str | None = _f(
+        None,
+        "token-mean | seq-mean-token-mean | seq-mean-token-sum | "
+        "seq-mean-token-sum-norm (None: the objective's registered default: "
+        "seq-mean-token-mean for gspo, token-mean for the others)",
+    )
     entropy_split: bool = _f(True, "pass token entropy to the objective (ASPO's entropy-aware clip ranges)")
-    entropy_quantile: float = _f(0.8, "per-response entropy quantile above which the high-entropy range applies")
-    high_entropy_clip_ratio_low: float | None = _f(None, "eps_low for high-entropy tokens (None: the "
-                                                         "objective's default: 0.4 for aspo, no split for others)")
+    entropy_quantile: float = _f(
+        0.8, "per-response entropy quantile above which the high-entropy range applies"
+    )
+    high_entropy_clip_ratio_low: float | None = _f(
+        None,
+        "eps_low for high-entropy tokens (None: the objective's default: 0.4 for aspo, no split for others)",
+    )
     high_entropy_clip_ratio_high: float | None = _f(None, "eps_high for high-entropy tokens (None: as above)")
     kl_coef: float = _f(0.0, "weight of the KL loss to the frozen initial policy (0: no reference model)")
     kl_estimator: str = _f("k3", "k1 | k2 | k3 (low-variance KL, as the reference recipe)")
     filter_groups: bool = _f(True, "drop groups without gradient signal (which: `filter_rule`)")
-    filter_rule: str = _f("zero_variance", "with filter_groups: zero_variance (drop every group whose rewards "
-                                           "are all equal) | all_0_or_1 (the authors' recipe: drop only groups "
-                                           "whose rewards, after the overlong penalty, are all 0 or all 1)")
+    filter_rule: str = _f(
+        "zero_variance",
+        "with filter_groups: zero_variance (drop every group whose rewards "
+        "are all equal) | all_0_or_1 (the authors' recipe: drop only groups "
+        "whose rewards, after the overlong penalty, are all 0 or all 1)",
+    )
     dynamic_sampling: bool = _f(False, "DAPO: keep sampling until `prompts_per_step` groups have signal")
     max_sampling_rounds: int = _f(3, "with dynamic_sampling: rollout rounds per step at most")
     overlong_buffer: int = _f(0, "DAPO soft overlong penalty buffer B in tokens (0: off)")
@@ -122,9 +144,12 @@ class RolloutConfig:
     max_new_tokens: int | None = _f(None, "response length cap (None: the lab task's, else 256)")
     temperature: float = _f(1.0, "sampling temperature (log-probs are taken at this temperature too)")
     top_p: float = _f(1.0, "nucleus sampling threshold")
-    recompute_logprobs: str = _f("auto", "recompute behaviour log-probs with the trainer's model: auto (only "
-                                         "for engines other than hf, whose log-probs are the trainer's own) | "
-                                         "true | false; the gap is logged as rollout/logprob_abs_diff")
+    recompute_logprobs: str = _f(
+        "auto",
+        "recompute behaviour log-probs with the trainer's model: auto (only "
+        "for engines other than hf, whose log-probs are the trainer's own) | "
+        "true | false; the gap is logged as rollout/logprob_abs_diff",
+    )
 
 
 @dataclass
@@ -143,18 +168,30 @@ class TrainConfig:
     steps: int = _f(60, "training steps (one rollout each)")
     prompts_per_step: int = _f(16, "prompts sampled per step (each gets rollout.n responses)")
     mini_batches: int = _f(4, "optimizer steps per epoch over one rollout (unless mini_batch_size is set)")
-    mini_batch_size: int = _f(0, "responses per mini-batch (0: `mini_batches` equal parts instead); a fixed size, "
-                                 "as the authors' recipe: dropped groups mean fewer optimizer steps, the last "
-                                 "mini-batch may be partial")
-    shuffle: bool = _f(True, "reshuffle the rollout's responses before each epoch (false: one fixed order, as "
-                             "the authors' recipe)")
+    mini_batch_size: int = _f(
+        0,
+        "responses per mini-batch (0: `mini_batches` equal parts instead); a fixed size, "
+        "as the authors' recipe: dropped groups mean fewer optimizer steps, the last "
+        "mini-batch may be partial",
+    )
+    shuffle: bool = _f(
+        True,
+        "reshuffle the rollout's responses before each epoch (false: one fixed order, as "
+        "the authors' recipe)",
+    )
     epochs: int = _f(2, "passes over each rollout; mini_batches*epochs > 1 makes later updates off-policy")
     micro_batch_size: int = _f(0, "sequences per forward/backward (0: the whole mini-batch at once)")
-    lr: float = _f(2e-5, "AdamW learning rate (tuned for the ~1M-parameter lab model: at 5e-5 the 8 off-policy "
-                         "updates per rollout already push correct responses down; the paper's 1.5B recipe uses 1e-6)")
+    lr: float = _f(
+        2e-5,
+        "AdamW learning rate (tuned for the ~1M-parameter lab model: at 5e-5 the 8 off-policy "
+        "updates per rollout already push correct responses down; the paper's 1.5B recipe uses 1e-6)",
+    )
     warmup_steps: int = _f(5, "linear learning-rate warm-up, in `warmup_unit`s")
-    warmup_unit: str = _f("optimizer_steps", "what warmup_steps counts: optimizer_steps | rollouts (the authors' "
-                                             "recipe; one rollout = mini_batches x epochs optimizer steps)")
+    warmup_unit: str = _f(
+        "optimizer_steps",
+        "what warmup_steps counts: optimizer_steps | rollouts (the authors' "
+        "recipe; one rollout = mini_batches x epochs optimizer steps)",
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay")
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)")
     seed: int = _f(0, "seed for sampling, shuffling and the data order")
@@ -163,42 +200,69 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, "newest checkpoints kept on disk")
     max_nonfinite_steps: int = _f(3, "stop after this many consecutive steps with a non-finite loss")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    threads: int = _f(0, "torch CPU threads per process (0: OMP_NUM_THREADS if set, else one per usable core, "
-                         "waiting threads sleeping instead of spinning: see README, Sharing the machine)")
+    threads: int = _f(
+        0,
+        "torch CPU threads per process (0: OMP_NUM_THREADS if set, else one per usable core, "
+        "waiting threads sleeping instead of spinning: see README, Sharing the machine)",
+    )
     plots: bool = _f(True, "draw plots/*.png at the end of the run")
-    report_to: str = _f("tensorboard", "where metrics go besides metrics.jsonl: comma-separated tensorboard, "
-                                       "wandb (pip install \"aspo[wandb]\"; project from WANDB_PROJECT, default "
-                                       "aspo; WANDB_MODE=offline writes a local run to sync later), or none")
-    deterministic: bool = _f(True, "torch deterministic algorithms: bit-identical reruns and resumes with several "
-                                   "CPU threads (no measurable cost on CPU; on CUDA also set "
-                                   "CUBLAS_WORKSPACE_CONFIG=:4096:8)")
+    report_to: str = _f(
+        "tensorboard",
+        "where metrics go besides metrics.jsonl: comma-separated tensorboard, "
+        'wandb (pip install "aspo[wandb]"; project from WANDB_PROJECT, default '
+        "aspo; WANDB_MODE=offline writes a local run to sync later), or none",
+    )
+    deterministic: bool = _f(
+        True,
+        "torch deterministic algorithms: bit-identical reruns and resumes with several "
+        "CPU threads (no measurable cost on CPU; on CUDA also set "
+        "CUBLAS_WORKSPACE_CONFIG=:4096:8)",
+    )
 
 
 @dataclass
 class LoraConfig:
     """LoRA adapters through peft (off while `rank` is 0): the base model is frozen, only the adapters train."""
 
-    rank: int = _f(0, "LoRA rank r (0: off, every weight trains); needs `pip install \"aspo[peft]\"`. Adapters "
-                      "usually want a ~10x higher train.lr than full fine-tuning")
+    rank: int = _f(
+        0,
+        'LoRA rank r (0: off, every weight trains); needs `pip install "aspo[peft]"`. Adapters '
+        "usually want a ~10x higher train.lr than full fine-tuning",
+    )
     alpha: float = _f(16.0, "LoRA alpha: the adapter's update B A is scaled by alpha / rank")
     dropout: float = _f(0.0, "dropout on the adapters' input while training")
-    target_modules: str = _f("all-linear", "layers that get adapters: all-linear (every linear layer but the "
-                                           "LM head) or comma-separated module names, e.g. q_proj,v_proj")
+    target_modules: str = _f(
+        "all-linear",
+        "layers that get adapters: all-linear (every linear layer but the "
+        "LM head) or comma-separated module names, e.g. q_proj,v_proj",
+    )
 
 
 @dataclass
 class Config:
     """`aspo train` configuration. Dotted keys address nested fields: `rollout.n=16`."""
 
-    model: str = _f("tiny", "a local Hugging Face checkpoint directory, a .gguf file (converted once and cached), "
-                            "the bundled `smollm2-135m-instruct`, or `tiny` for the embedded lab")
-    task: str = _f("arithmetic", "lab task generating the data when data.train is not given: arithmetic | "
-                                 "countdown (lab model) | add (short answers, pretrained chat models)")
-    reward: str | None = _f(None, "reward: a name (math, number, code, arithmetic, countdown) or "
-                                   "path/file.py:fn; default: the lab task's verifier")
-    reward_timeout: float = _f(60.0, "seconds a path/file.py:fn reward may take per response (it runs in a "
-                                     "worker process; past this it is killed and the response scores 0); 0: "
-                                     "no bound, in-process")
+    model: str = _f(
+        "tiny",
+        "a local Hugging Face checkpoint directory, a .gguf file (converted once and cached), "
+        "the bundled `smollm2-135m-instruct`, or `tiny` for the embedded lab",
+    )
+    task: str = _f(
+        "arithmetic",
+        "lab task generating the data when data.train is not given: arithmetic | "
+        "countdown (lab model) | add (short answers, pretrained chat models)",
+    )
+    reward: str | None = _f(
+        None,
+        "reward: a name (math, number, code, arithmetic, countdown) or "
+        "path/file.py:fn; default: the lab task's verifier",
+    )
+    reward_timeout: float = _f(
+        60.0,
+        "seconds a path/file.py:fn reward may take per response (it runs in a "
+        "worker process; past this it is killed and the response scores 0); 0: "
+        "no bound, in-process",
+    )
     output_dir: str | None = _f(None, "run directory (default: runs/<time>-<task>-<loss>-s<seed>)")
     resume: bool = _f(False, "continue from the newest complete checkpoint in output_dir")
     data: DataConfig = field(default_factory=DataConfig)
@@ -216,11 +280,17 @@ class Config:
             ("rollout.n", self.rollout.n >= 1, "must be >= 1"),
             ("rollout.temperature", self.rollout.temperature > 0, "must be > 0"),
             ("rollout.top_p", 0 < self.rollout.top_p <= 1, "must be in (0, 1]"),
-            ("rollout.max_new_tokens", self.rollout.max_new_tokens is None or self.rollout.max_new_tokens >= 1,
-             "must be >= 1"),
+            (
+                "rollout.max_new_tokens",
+                self.rollout.max_new_tokens is None or self.rollout.max_new_tokens >= 1,
+                "must be >= 1",
+            ),
             ("eval.n", self.eval.n >= 1, "must be >= 1"),
-            ("rollout.recompute_logprobs", self.rollout.recompute_logprobs in ("auto", "true", "false"),
-             "must be auto, true or false"),
+            (
+                "rollout.recompute_logprobs",
+                self.rollout.recompute_logprobs in ("auto", "true", "false"),
+                "must be auto, true or false",
+            ),
             ("eval.temperature", self.eval.temperature > 0, "must be > 0"),
             ("eval.top_p", 0 < self.eval.top_p <= 1, "must be in (0, 1]"),
             ("train.steps", self.train.steps >= 0, "must be >= 0"),
@@ -229,10 +299,16 @@ class Config:
             ("train.epochs", self.train.epochs >= 1, "must be >= 1"),
             ("train.micro_batch_size", self.train.micro_batch_size >= 0, "must be >= 0"),
             ("train.mini_batch_size", self.train.mini_batch_size >= 0, "must be >= 0"),
-            ("train.warmup_unit", self.train.warmup_unit in ("optimizer_steps", "rollouts"),
-             "must be optimizer_steps or rollouts"),
-            ("algorithm.filter_rule", self.algorithm.filter_rule in ("zero_variance", "all_0_or_1"),
-             "must be zero_variance or all_0_or_1"),
+            (
+                "train.warmup_unit",
+                self.train.warmup_unit in ("optimizer_steps", "rollouts"),
+                "must be optimizer_steps or rollouts",
+            ),
+            (
+                "algorithm.filter_rule",
+                self.algorithm.filter_rule in ("zero_variance", "all_0_or_1"),
+                "must be zero_variance or all_0_or_1",
+            ),
             ("train.lr", self.train.lr > 0, "must be > 0"),
             ("train.warmup_steps", self.train.warmup_steps >= 0, "must be >= 0"),
             ("train.eval_every", self.train.eval_every >= 0, "must be >= 0"),
@@ -247,16 +323,25 @@ class Config:
             ("lora.rank", self.lora.rank >= 0, "must be >= 0"),
             ("lora.alpha", self.lora.alpha > 0, "must be > 0"),
             ("lora.dropout", 0 <= self.lora.dropout < 1, "must be in [0, 1)"),
-            ("lora.target_modules", bool(self.lora.target_modules.strip(" ,")), "must name at least one module"),
-            ("train.report_to", set(report_targets(self.train.report_to)) <= set(REPORT_TARGETS),
-             f"must be a comma-separated list of {', '.join(REPORT_TARGETS)} (or none)"),
+            (
+                "lora.target_modules",
+                bool(self.lora.target_modules.strip(" ,")),
+                "must name at least one module",
+            ),
+            (
+                "train.report_to",
+                set(report_targets(self.train.report_to)) <= set(REPORT_TARGETS),
+                f"must be a comma-separated list of {', '.join(REPORT_TARGETS)} (or none)",
+            ),
         ]
         for key, ok, why in checks:
             if not ok:
                 raise UserError(f"{key}={get_key(self, key)!r} {why}")
         if self.train.mini_batches > self.train.prompts_per_step * self.rollout.n:
-            raise UserError(f"train.mini_batches={self.train.mini_batches} is larger than the "
-                            f"{self.train.prompts_per_step * self.rollout.n} responses of one step")
+            raise UserError(
+                f"train.mini_batches={self.train.mini_batches} is larger than the "
+                f"{self.train.prompts_per_step * self.rollout.n} responses of one step"
+            )
         if self.reward_timeout < 0:
             raise UserError(f"reward_timeout={self.reward_timeout!r} must be >= 0 (0: no bound)")
         for key in ("clip_ratio_low", "clip_ratio_high"):
@@ -269,14 +354,18 @@ class Config:
 
             model_source(self.model)  # a missing directory, file or package is named now, not after imports
         if self.lora.rank and self.rollout.engine != "hf":
-            raise UserError(f"lora.rank={self.lora.rank} works with rollout.engine=hf only (the {self.rollout.engine!r} "
-                            "engine would need the merged weights pushed after every update)")
+            raise UserError(
+                f"lora.rank={self.lora.rank} works with rollout.engine=hf only (the {self.rollout.engine!r} "
+                "engine would need the merged weights pushed after every update)"
+            )
         # a missing optional package fails here, before any model is loaded
         if self.lora.rank and importlib.util.find_spec("peft") is None:
             raise UserError(f'lora.rank={self.lora.rank} needs the peft package: pip install "aspo[peft]"')
         if "wandb" in report_targets(self.train.report_to) and importlib.util.find_spec("wandb") is None:
-            raise UserError('train.report_to includes wandb, but the wandb package is not installed: '
-                            'pip install "aspo[wandb]"')
+            raise UserError(
+                "train.report_to includes wandb, but the wandb package is not installed: "
+                'pip install "aspo[wandb]"'
+            )
         for key in ("train", "test"):
             path = getattr(self.data, key)
             if path is not None and not os.path.exists(path):  # a file, or a datasets save_to_disk directory
@@ -286,11 +375,15 @@ class Config:
 
             task = get_task(self.task)
             if self.reward is not None and self.reward not in (task.name, task.reward):
-                raise UserError(f"data.train is required with reward={self.reward!r} (the lab generates data only "
-                                f"for its own tasks; task={task.name!r} is scored by reward={task.reward!r})")
+                raise UserError(
+                    f"data.train is required with reward={self.reward!r} (the lab generates data only "
+                    f"for its own tasks; task={task.name!r} is scored by reward={task.reward!r})"
+                )
             if self.model == "tiny" and not task.lab_model:
-                raise UserError(f"task={task.name!r} is for pretrained chat models, not the lab's character model: "
-                                "give model=smollm2-135m-instruct (or another checkpoint)")
+                raise UserError(
+                    f"task={task.name!r} is for pretrained chat models, not the lab's character model: "
+                    "give model=smollm2-135m-instruct (or another checkpoint)"
+                )
         return self
 
     # -- rules derived from the tree (each in one place) ---------------------------------------
@@ -357,8 +450,11 @@ def _unknown_key(dotted: str) -> UserError:
 def _coerce(dotted: str, f: dataclasses.Field, value: Any) -> Any:
     """Check/convert a YAML-parsed value to the field's declared type, naming the key on failure."""
     hint = typing.get_type_hints(_owner_of(dotted))[f.name]
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+    allowed = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
         else (hint,)
+    )
     if value is None:
         if type(None) in allowed:
             return None
@@ -402,8 +498,11 @@ def set_key(cfg: Config, dotted: str, value: Any) -> None:
     node: Any = cfg
     parts = dotted.split(".")
     for part in parts[:-1]:
-        if not dataclasses.is_dataclass(node) or part not in _fields(node) \
-                or not dataclasses.is_dataclass(getattr(node, part)):
+        if (
+            not dataclasses.is_dataclass(node)
+            or part not in _fields(node)
+            or not dataclasses.is_dataclass(getattr(node, part))
+        ):
             raise _unknown_key(dotted)
         node = getattr(node, part)
     fields = _fields(node) if dataclasses.is_dataclass(node) else {}

@@ -60,7 +60,9 @@ def _read_saved_dataset(path: str) -> list[dict[str, Any]]:
     try:
         loaded = datasets.load_from_disk(path)
     except (FileNotFoundError, ValueError, OSError) as err:
-        raise UserError(f"{path}: a directory, but not one written by datasets' save_to_disk ({err})") from err
+        raise UserError(
+            f"{path}: a directory, but not one written by datasets' save_to_disk ({err})"
+        ) from err
     if isinstance(loaded, datasets.DatasetDict):
         splits = ", ".join(os.path.join(path, s) for s in loaded)
         raise UserError(f"{path} holds a DatasetDict; name one split's directory: {splits}")
@@ -82,7 +84,11 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 def _from_verl(record: dict[str, Any]) -> dict[str, Any]:
     """verl's RLHF layout: the answer lives in ``reward_model.ground_truth``."""
     reward_model = record.get("reward_model")
-    if "answer" not in record and isinstance(reward_model, dict) and reward_model.get("ground_truth") is not None:
+    if (
+        "answer" not in record
+        and isinstance(reward_model, dict)
+        and reward_model.get("ground_truth") is not None
+    ):
         return {**record, "answer": reward_model["ground_truth"]}
     return record
 
@@ -99,19 +105,37 @@ def require_fields(records: Sequence[dict[str, Any]], fields: Sequence[str], sou
     for i, record in enumerate(records, start=1):
         missing = [f for f in fields if record.get(f) is None]
         if missing:
-            named = ["reward_model.ground_truth" if m == "answer" and "reward_model" in record else m
-                     for m in missing]
+            named = [
+                "reward_model.ground_truth" if m == "answer" and "reward_model" in record else m
+                for m in missing
+            ]
             raise UserError(f"{_where(source, i)}: record has no {', '.join(repr(m) for m in named)} field")
         prompt = record.get("prompt")
         if isinstance(prompt, (list, tuple)):
-            bad = next((m for m in prompt if not isinstance(m, dict) or not isinstance(m.get("role"), str)
-                        or not isinstance(m.get("content"), str)), None) if prompt else "an empty list"
+            bad = (
+                next(
+                    (
+                        m
+                        for m in prompt
+                        if not isinstance(m, dict)
+                        or not isinstance(m.get("role"), str)
+                        or not isinstance(m.get("content"), str)
+                    ),
+                    None,
+                )
+                if prompt
+                else "an empty list"
+            )
             if bad is not None:
-                raise UserError(f"{_where(source, i)}: 'prompt' is a chat message list, but {bad!r:.120} is not "
-                                "a {role, content} message")
+                raise UserError(
+                    f"{_where(source, i)}: 'prompt' is a chat message list, but {bad!r:.120} is not "
+                    "a {role, content} message"
+                )
         elif "prompt" in fields and not isinstance(prompt, str):
-            raise UserError(f"{_where(source, i)}: 'prompt' must be text or a chat message list, "
-                            f"got {type(prompt).__name__}")
+            raise UserError(
+                f"{_where(source, i)}: 'prompt' must be text or a chat message list, "
+                f"got {type(prompt).__name__}"
+            )
 
 
 def load_prompt_data(path: str, fields: Sequence[str] = ("prompt", "answer")) -> list[dict[str, Any]]:

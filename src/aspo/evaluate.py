@@ -22,8 +22,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def summarize(rewards_per_problem: Sequence[Sequence[float]], k: int, *, threshold: float = 1.0,
-              answers_per_problem: Sequence[Sequence[Hashable | None]] | None = None) -> dict[str, float]:
+def summarize(
+    rewards_per_problem: Sequence[Sequence[float]],
+    k: int,
+    *,
+    threshold: float = 1.0,
+    answers_per_problem: Sequence[Sequence[Hashable | None]] | None = None,
+) -> dict[str, float]:
     """avg@k, pass@1, pass@k (and maj@k when answers are given) over problems.
 
     A sample counts as correct when its reward >= ``threshold``. ``answers_per_problem`` holds each
@@ -47,7 +52,9 @@ def summarize(rewards_per_problem: Sequence[Sequence[float]], k: int, *, thresho
             counts = Counter(a for a in answers if a is not None)
             if counts:
                 top = counts.most_common(1)[0][0]
-                maj.append(float(next(r for a, r in zip(answers, voted, strict=True) if a == top) >= threshold))
+                maj.append(
+                    float(next(r for a, r in zip(answers, voted, strict=True) if a == top) >= threshold)
+                )
             else:
                 maj.append(0.0)
     out = {f"avg@{k}": float(np.mean(avg)), "pass@1": float(np.mean(p1)), f"pass@{k}": float(np.mean(pk))}
@@ -64,14 +71,24 @@ def repetition_rate(token_ids: Sequence[Sequence[int]], ngram: int = 4) -> float
     """
     rates = []
     for ids in token_ids:
-        grams = [tuple(ids[i:i + ngram]) for i in range(len(ids) - ngram + 1)]
+        grams = [tuple(ids[i : i + ngram]) for i in range(len(ids) - ngram + 1)]
         rates.append(1.0 - len(set(grams)) / len(grams) if len(grams) >= 2 else 0.0)
     return float(np.mean(rates)) if rates else 0.0
 
 
-def sample_policy(engine, records: Sequence[dict], prompts: Sequence[str], reward, *, n: int,
-                  max_new_tokens: int, temperature: float, top_p: float, seed: int,
-                  workers: int | None = None) -> tuple[list[list[float]], list[dict]]:
+def sample_policy(
+    engine,
+    records: Sequence[dict],
+    prompts: Sequence[str],
+    reward,
+    *,
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    workers: int | None = None,
+) -> tuple[list[list[float]], list[dict]]:
     """Sample ``n`` responses per prompt with ``engine`` and score them with ``reward``.
 
     Returns (rewards per problem, one row per sample with ``index``, ``sample``, ``response``, ``reward``,
@@ -80,17 +97,26 @@ def sample_policy(engine, records: Sequence[dict], prompts: Sequence[str], rewar
     """
     from aspo.rewards import score_records
 
-    rollout = engine.generate(list(prompts), n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_p=top_p, seed=seed)
+    rollout = engine.generate(
+        list(prompts), n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
     scored = [dict(records[i // n], response=text) for i, text in enumerate(rollout.responses)]
     results = score_records(reward, scored, workers=workers)
     lengths = rollout.response_mask.sum(-1).tolist()
     rows, per_problem = [], [[] for _ in prompts]
     for i, result in enumerate(results):
         per_problem[i // n].append(result.reward)
-        rows.append({"index": i // n, "sample": i % n, "response": rollout.responses[i],
-                     "reward": result.reward, "error": result.error, "answer": result.answer,
-                     "length": int(lengths[i]),
-                     "truncated": bool(rollout.truncated[i]),
-                     "token_ids": rollout.response_ids[i, : int(lengths[i])].tolist()})
+        rows.append(
+            {
+                "index": i // n,
+                "sample": i % n,
+                "response": rollout.responses[i],
+                "reward": result.reward,
+                "error": result.error,
+                "answer": result.answer,
+                "length": int(lengths[i]),
+                "truncated": bool(rollout.truncated[i]),
+                "token_ids": rollout.response_ids[i, : int(lengths[i])].tolist(),
+            }
+        )
     return per_problem, rows

@@ -55,8 +55,10 @@ class GracefulStop:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            raise Interrupted(signum, f"stopped at once by a second {signal.Signals(signum).name}; the step in "
-                                      "progress is lost")
+            raise Interrupted(
+                signum,
+                f"stopped at once by a second {signal.Signals(signum).name}; the step in progress is lost",
+            )
         self.signum = signum
         if self._untouched:
             self._untouched = False

@@ -48,8 +48,9 @@ def target_modules(spec: str) -> str | list[str]:
     return "all-linear" if names == ["all-linear"] else names
 
 
-def apply_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, modules: str, base: str,
-               seed: int) -> Any:
+def apply_lora(
+    model: torch.nn.Module, rank: int, alpha: float, dropout: float, modules: str, base: str, seed: int
+) -> Any:
     """Inject LoRA adapters into ``model`` in place and freeze everything else; returns the ``PeftModel``.
 
     ``base`` is recorded as the adapter's base model (a path made absolute, so a checkpoint loads from any
@@ -57,15 +58,23 @@ def apply_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, 
     ``seed`` without touching the global RNG.
     """
     peft = _peft()
-    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules(modules),
-                             bias="none", task_type="CAUSAL_LM")
+    config = peft.LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules(modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     with torch.random.fork_rng(devices=[]), _quiet_peft():
         torch.manual_seed(seed)
         try:
             wrapped = peft.get_peft_model(model, config)
         except ValueError as err:  # e.g. a target module the model does not have
             raise UserError(f"lora.target_modules={modules!r}: {err}") from err
-    wrapped.peft_config["default"].base_model_name_or_path = os.path.abspath(base) if os.path.exists(base) else base
+    wrapped.peft_config["default"].base_model_name_or_path = (
+        os.path.abspath(base) if os.path.exists(base) else base
+    )
     return wrapped
 
 
@@ -111,5 +120,7 @@ def load_adapter_state(peft_model: Any, state: dict[str, torch.Tensor]) -> None:
     result = _peft().set_peft_model_state_dict(peft_model, state)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
-        raise UserError(f"the checkpoint's adapter does not fit this run's lora.* settings (missing "
-                        f"{missing[:2]}, unexpected {list(result.unexpected_keys)[:2]})")
+        raise UserError(
+            f"the checkpoint's adapter does not fit this run's lora.* settings (missing "
+            f"{missing[:2]}, unexpected {list(result.unexpected_keys)[:2]})"
+        )

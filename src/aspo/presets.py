@@ -63,7 +63,10 @@ def describe_presets() -> str:
     """One line per preset with its overrides (for `aspo compare --help`)."""
     lines = []
     for name, items in PRESETS.items():
-        extra = [f"algorithm.overlong_buffer={OVERLONG_BUFFER_FRACTION:g}*max_new_tokens"] \
-            if name in _OVERLONG_PRESETS else []
+        extra = (
+            [f"algorithm.overlong_buffer={OVERLONG_BUFFER_FRACTION:g}*max_new_tokens"]
+            if name in _OVERLONG_PRESETS
+            else []
+        )
         lines.append(f"  {name:<22} {' '.join([*items, *extra])}")
     return "\n".join(lines)

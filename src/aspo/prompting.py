@@ -27,7 +27,9 @@ from aspo.config import PromptConfig
 from aspo.errors import UserError
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-CODE_INSTRUCTION = "Complete the following Python function. Answer with the whole function in a ```python block."
+CODE_INSTRUCTION = (
+    "Complete the following Python function. Answer with the whole function in a ```python block."
+)
 
 
 def is_chat(prompt: Any) -> bool:
@@ -44,7 +46,9 @@ def _fill(template: str, record: dict[str, Any], prompt_text: str) -> str:
     try:
         return template.format(**{**record, "prompt": prompt_text})
     except (KeyError, IndexError) as err:
-        raise UserError(f"prompt.template {template!r} names field {err} which a record does not have") from err
+        raise UserError(
+            f"prompt.template {template!r} names field {err} which a record does not have"
+        ) from err
     except ValueError as err:  # a stray brace
         raise UserError(f"prompt.template {template!r} is not a valid format string: {err}") from err
 
@@ -54,8 +58,10 @@ def format_prompt(record: dict[str, Any], cfg: PromptConfig, tokenizer: Any) -> 
     chat = uses_chat_template(cfg, tokenizer)
     if is_chat(record["prompt"]):
         if not chat:
-            raise UserError("a record's prompt is a chat message list: set prompt.chat_template=true (and use a "
-                            "tokenizer with a chat template) to train or evaluate on it")
+            raise UserError(
+                "a record's prompt is a chat message list: set prompt.chat_template=true (and use a "
+                "tokenizer with a chat template) to train or evaluate on it"
+            )
         messages = [dict(m) for m in record["prompt"]]
         users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
         if not users:
@@ -67,8 +73,9 @@ def format_prompt(record: dict[str, Any], cfg: PromptConfig, tokenizer: Any) -> 
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     user = _user_text(cfg, record, str(record["prompt"]))
     if chat:
-        messages = ([{"role": "system", "content": cfg.system}] if cfg.system is not None else []) \
-            + [{"role": "user", "content": user}]
+        messages = ([{"role": "system", "content": cfg.system}] if cfg.system is not None else []) + [
+            {"role": "user", "content": user}
+        ]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return user if cfg.system is None else f"{cfg.system}\n{user}"
 

@@ -62,10 +62,13 @@ def load_checkpoint(path: str, dtype: Any = None) -> tuple[Any, Any]:
         try:
             model, tokenizer = load_checkpoint(base, dtype)
         except UserError as err:
-            raise UserError(f"{path!r} is a LoRA adapter on the base model {base!r}, which does not load: "
-                            f"{err}") from err
+            raise UserError(
+                f"{path!r} is a LoRA adapter on the base model {base!r}, which does not load: {err}"
+            ) from err
         merged = attach_adapter(model, path, merge=True)
-        merged.name_or_path = str(path)  # a new adapter trained on top of it names this checkpoint as its base
+        merged.name_or_path = str(
+            path
+        )  # a new adapter trained on top of it names this checkpoint as its base
         return merged, tokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -117,6 +120,8 @@ def resolve_run_dir(cfg: Config, accelerator: Any = None) -> str:
 
         path = broadcast_object_list([path])[0]
     if not cfg.resume and (Path(path) / "metrics.jsonl").exists():
-        raise UserError(f"output_dir {path!r} already holds a run; pass resume=true to continue it, or choose "
-                        "another output_dir (nothing was overwritten)")
+        raise UserError(
+            f"output_dir {path!r} already holds a run; pass resume=true to continue it, or choose "
+            "another output_dir (nothing was overwritten)"
+        )
     return path

@@ -67,17 +67,23 @@ class Trainer:
         if cfg.train.deterministic:  # multi-threaded CPU reductions otherwise differ from run to run at ~1e-8
             torch.use_deterministic_algorithms(True, warn_only=True)
         device = cfg.train.device
-        self.accelerator = Accelerator(cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()))
+        self.accelerator = Accelerator(
+            cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        )
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         if cfg.train.prompts_per_step % self.world:
-            raise UserError(f"train.prompts_per_step={cfg.train.prompts_per_step} must be divisible by the "
-                            f"number of processes ({self.world})")
+            raise UserError(
+                f"train.prompts_per_step={cfg.train.prompts_per_step} must be divisible by the "
+                f"number of processes ({self.world})"
+            )
         self.progress = progress and self.is_main
 
     def _setup_reward(self) -> None:
         """The reward, before the model loads: one that cannot run here (no sandbox) fails in a second."""
-        self.reward = get_reward(self.cfg.reward or get_task(self.cfg.task).reward, timeout=self.cfg.reward_timeout)
+        self.reward = get_reward(
+            self.cfg.reward or get_task(self.cfg.task).reward, timeout=self.cfg.reward_timeout
+        )
 
     def _setup_model(self) -> None:
         """The policy (and its tokenizer, and the lab task when one applies), LoRA adapters when asked, and
@@ -85,15 +91,27 @@ class Trainer:
         cfg = self.cfg
         with self.accelerator.main_process_first():  # rank 0 builds the lab warm start once
             self.model, self.tokenizer, self.task = load_policy(cfg)
-        self.peft_model = None  # with LoRA: peft's wrapper of self.model, for adapter saving and the reference
+        self.peft_model = (
+            None  # with LoRA: peft's wrapper of self.model, for adapter saving and the reference
+        )
         if cfg.lora.rank:
-            self.peft_model = apply_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout,
-                                         cfg.lora.target_modules, self.model.name_or_path,
-                                         seed=seed_for(cfg.train.seed, "lora"))
-        torch.manual_seed(seed_for(cfg.train.seed, "dropout", self.rank))  # dropout (LoRA's) repeats run to run
+            self.peft_model = apply_lora(
+                self.model,
+                cfg.lora.rank,
+                cfg.lora.alpha,
+                cfg.lora.dropout,
+                cfg.lora.target_modules,
+                self.model.name_or_path,
+                seed=seed_for(cfg.train.seed, "lora"),
+            )
+        torch.manual_seed(
+            seed_for(cfg.train.seed, "dropout", self.rank)
+        )  # dropout (LoRA's) repeats run to run
         self.model.to(self.accelerator.device)
         self.ref_model = None
-        if self.peft_model is not None and cfg.algorithm.kl_coef > 0:  # the same model, adapters off (see update)
+        if (
+            self.peft_model is not None and cfg.algorithm.kl_coef > 0
+        ):  # the same model, adapters off (see update)
             self.ref_model = self.model
         elif cfg.algorithm.kl_coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -102,7 +120,9 @@ class Trainer:
         """Training and held-out records, the response cap."""
         cfg = self.cfg
         self.train_records, self.test_records = load_data(cfg, self.task)
-        for record in self.train_records[:1] + self.test_records[:1]:  # bad prompt settings fail now, not mid-run
+        for record in (
+            self.train_records[:1] + self.test_records[:1]
+        ):  # bad prompt settings fail now, not mid-run
             self.format(record)
         self.max_new_tokens = cfg.response_cap
 
@@ -113,7 +133,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         warmup = cfg.train.warmup_steps  # validated >= 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
         self.train_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.weights_version = 0  # optimizer steps taken; engines skip a weight push when unchanged
         self.step = 0
@@ -123,17 +144,25 @@ class Trainer:
     def _setup_rollout(self) -> None:
         """The generation engine, and whether behaviour log-probs are recomputed with the trainer's model."""
         cfg = self.cfg
-        self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer,
-                                  add_special_tokens=not uses_chat_template(cfg.prompt, self.tokenizer))
+        self.engine = make_engine(
+            cfg.rollout.engine,
+            self.model,
+            self.tokenizer,
+            add_special_tokens=not uses_chat_template(cfg.prompt, self.tokenizer),
+        )
         recompute = cfg.rollout.recompute_logprobs
         self.recompute_logprobs = recompute == "true" or (recompute == "auto" and cfg.rollout.engine != "hf")
 
     def _setup_update(self) -> None:
         """The update stage (micro-batches, objective, backward) on the wrapped model."""
-        self.policy_update = PolicyUpdate(self.accelerator, self.train_model, self.cfg.algorithm,
-                                          temperature=self.cfg.rollout.temperature,
-                                          micro_batch_size=self.cfg.train.micro_batch_size,
-                                          pad_token_id=self.tokenizer.pad_token_id)
+        self.policy_update = PolicyUpdate(
+            self.accelerator,
+            self.train_model,
+            self.cfg.algorithm,
+            temperature=self.cfg.rollout.temperature,
+            micro_batch_size=self.cfg.train.micro_batch_size,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
 
     def _resume_or_start(self) -> None:
         with warnings.catch_warnings(record=not self.is_main):  # an unreadable checkpoint is reported once
@@ -145,13 +174,19 @@ class Trainer:
             self.step = self.saved_step = int(trainer_state["step"])
             self.nonfinite_streak = int(trainer_state.get("nonfinite_streak", 0))
         elif self.cfg.resume and self.is_main:
-            warnings.warn(f"resume=true but {self.run_dir} has no complete checkpoint; starting from step 0",
-                          stacklevel=2)
+            warnings.warn(
+                f"resume=true but {self.run_dir} has no complete checkpoint; starting from step 0",
+                stacklevel=2,
+            )
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, str(self.run_dir / "config.yaml"))
-            self.logger = MetricsLogger(self.run_dir, resume_step=resume_step if found else -1,
-                                        report_to=report_targets(self.cfg.train.report_to), config=to_dict(self.cfg))
+            self.logger = MetricsLogger(
+                self.run_dir,
+                resume_step=resume_step if found else -1,
+                report_to=report_targets(self.cfg.train.report_to),
+                config=to_dict(self.cfg),
+            )
         self.accelerator.wait_for_everyone()
 
     # -- data --------------------------------------------------------------------------------------
@@ -168,7 +203,7 @@ class Trainer:
             perm = np.random.default_rng(seed_for(self.cfg.train.seed, "data", epoch)).permutation(n_data)
             out.append(int(perm[offset]))
         share = per_step // self.world
-        return out[self.rank * share:(self.rank + 1) * share]
+        return out[self.rank * share : (self.rank + 1) * share]
 
     def format(self, record: dict[str, Any]) -> str:
         return format_prompt(record, self.cfg.prompt, self.tokenizer)
@@ -180,9 +215,14 @@ class Trainer:
         self.model.eval()
         with dist.full_weights(self.accelerator, self.train_model):
             self.engine.sync_weights(self.model, version=self.weights_version)
-            rollout = self.engine.generate([self.format(r) for r in records], n=cfg.rollout.n,
-                                           max_new_tokens=self.max_new_tokens, temperature=cfg.rollout.temperature,
-                                           top_p=cfg.rollout.top_p, seed=seed)
+            rollout = self.engine.generate(
+                [self.format(r) for r in records],
+                n=cfg.rollout.n,
+                max_new_tokens=self.max_new_tokens,
+                temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p,
+                seed=seed,
+            )
         gap = self.recompute_behaviour_logprobs(rollout) if self.recompute_logprobs else None
         return rollout, gap
 
@@ -197,25 +237,37 @@ class Trainer:
             t0 = time.perf_counter()
             rollout, gap = self.sample(records, seed_for(cfg.train.seed, "rollout", step, self.rank, round_))
             t1 = time.perf_counter()
-            scored = SampledRound.score(records, rollout, self.reward, alg, self.max_new_tokens, cfg.rollout.n)
+            scored = SampledRound.score(
+                records, rollout, self.reward, alg, self.max_new_tokens, cfg.rollout.n
+            )
             scored.logprob_gap, scored.seconds_sampling = gap, t1 - t0
             scored.seconds_scoring = time.perf_counter() - t1
             rounds.append(scored)
             if sum(len(r.kept) for r in rounds) >= want_rows:
                 break
-        batch = TrainingBatch.from_rounds(rounds, want_rows if alg.dynamic_sampling else None,
-                                          self.tokenizer.pad_token_id, cfg.rollout.n)
+        batch = TrainingBatch.from_rounds(
+            rounds, want_rows if alg.dynamic_sampling else None, self.tokenizer.pad_token_id, cfg.rollout.n
+        )
         if batch.errors and self.is_main:
-            warnings.warn(f"step {step}: {batch.errors} reward call(s) failed ({batch.infra_errors} could not run at "
-                          "all); those responses got 0", stacklevel=2)
+            warnings.warn(
+                f"step {step}: {batch.errors} reward call(s) failed ({batch.infra_errors} could not run at "
+                "all); those responses got 0",
+                stacklevel=2,
+            )
         return batch
 
     @torch.no_grad()
     def recompute_behaviour_logprobs(self, rollout: Rollout) -> float:
         """Replace the engine's log-probs with the trainer model's; returns their mean absolute gap."""
-        logprobs, _ = token_logprobs(self.model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                                     rollout.response_mask, temperature=self.cfg.rollout.temperature,
-                                     with_entropy=False)
+        logprobs, _ = token_logprobs(
+            self.model,
+            rollout.prompt_ids,
+            rollout.prompt_mask,
+            rollout.response_ids,
+            rollout.response_mask,
+            temperature=self.cfg.rollout.temperature,
+            with_entropy=False,
+        )
         logprobs = logprobs.cpu()
         mask = rollout.response_mask
         gap = float((logprobs - rollout.behaviour_logprobs)[mask].abs().mean()) if mask.any() else 0.0
@@ -229,9 +281,15 @@ class Trainer:
         if self.ref_model is None or not len(rollout.group_ids):
             return None
         with reference_policy(self.peft_model):
-            ref, _ = token_logprobs(self.ref_model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                                    rollout.response_mask, temperature=self.cfg.rollout.temperature,
-                                    with_entropy=False)
+            ref, _ = token_logprobs(
+                self.ref_model,
+                rollout.prompt_ids,
+                rollout.prompt_mask,
+                rollout.response_ids,
+                rollout.response_mask,
+                temperature=self.cfg.rollout.temperature,
+                with_entropy=False,
+            )
         return ref.cpu()
 
     def update(self, step: int, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
@@ -244,10 +302,14 @@ class Trainer:
         self.train_model.train()
         stats = UpdateStats()
         for epoch in range(cfg.train.epochs):
-            gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, "shuffle", step, self.rank, epoch)) \
-                if cfg.train.shuffle else None
-            for index in mini_batch_indices(len(batch), cfg.train.mini_batches, gen, cfg.train.mini_batch_size,
-                                            global_rows):
+            gen = (
+                torch.Generator().manual_seed(seed_for(cfg.train.seed, "shuffle", step, self.rank, epoch))
+                if cfg.train.shuffle
+                else None
+            )
+            for index in mini_batch_indices(
+                len(batch), cfg.train.mini_batches, gen, cfg.train.mini_batch_size, global_rows
+            ):
                 grads = self.policy_update.backward(batch.rows(index))
                 stats.add(grads, first_epoch=epoch == 0)
                 if grads.global_tokens == 0:  # no rank has a token: a step would still move AdamW's weights
@@ -262,8 +324,11 @@ class Trainer:
     def optimizer_step(self, loss: float) -> float | None:
         """Clip, step and clear the accumulated gradient; returns the gradient norm, or None (and no step)
         when the loss or the gradient is not finite."""
-        grad_norm = float(self.accelerator.clip_grad_norm_(self.train_model.parameters(),
-                                                           self.cfg.train.grad_clip or float("inf")))
+        grad_norm = float(
+            self.accelerator.clip_grad_norm_(
+                self.train_model.parameters(), self.cfg.train.grad_clip or float("inf")
+            )
+        )
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             return None
@@ -283,25 +348,40 @@ class Trainer:
         if not self.test_records:
             return {}, []
         t0 = time.perf_counter()
-        records = self.test_records[: cfg.data.num_test][self.rank::self.world]
+        records = self.test_records[: cfg.data.num_test][self.rank :: self.world]
         self.model.eval()
         with dist.full_weights(self.accelerator, self.train_model):
             per_problem, rows = sample_policy(
-                self.engine, records, [self.format(r) for r in records], self.reward, n=cfg.eval.n,
-                max_new_tokens=self.max_new_tokens, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-                seed=seed_for(cfg.train.seed, "eval", self.rank))
+                self.engine,
+                records,
+                [self.format(r) for r in records],
+                self.reward,
+                n=cfg.eval.n,
+                max_new_tokens=self.max_new_tokens,
+                temperature=cfg.eval.temperature,
+                top_p=cfg.eval.top_p,
+                seed=seed_for(cfg.train.seed, "eval", self.rank),
+            )
         for row in rows:  # this rank's i-th record is test record rank + world * i
             row["index"] = self.rank + self.world * row["index"]
-        per_problem, rows = dist.gather_lists(self.accelerator, per_problem), dist.gather_lists(self.accelerator, rows)
+        per_problem, rows = (
+            dist.gather_lists(self.accelerator, per_problem),
+            dist.gather_lists(self.accelerator, rows),
+        )
         rows.sort(key=lambda r: (r["index"], r["sample"]))  # one order whatever the world size
         stats = summarize(per_problem, cfg.eval.n)
         k = cfg.eval.n
-        metrics = {"eval/pass@1": stats["pass@1"], "eval/pass@k": stats[f"pass@{k}"], f"eval/pass@{k}": stats[f"pass@{k}"],
-                   f"eval/avg@{k}": stats[f"avg@{k}"], "eval/k": float(k),
-                   "eval/response_length": float(np.mean([r["length"] for r in rows])),
-                   "eval/truncated_frac": float(np.mean([r["truncated"] for r in rows])),
-                   "eval/repetition": repetition_rate([r["token_ids"] for r in rows]),
-                   "time/eval": time.perf_counter() - t0}
+        metrics = {
+            "eval/pass@1": stats["pass@1"],
+            "eval/pass@k": stats[f"pass@{k}"],
+            f"eval/pass@{k}": stats[f"pass@{k}"],
+            f"eval/avg@{k}": stats[f"avg@{k}"],
+            "eval/k": float(k),
+            "eval/response_length": float(np.mean([r["length"] for r in rows])),
+            "eval/truncated_frac": float(np.mean([r["truncated"] for r in rows])),
+            "eval/repetition": repetition_rate([r["token_ids"] for r in rows]),
+            "time/eval": time.perf_counter() - t0,
+        }
         return metrics, rows
 
     def write_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
@@ -311,10 +391,16 @@ class Trainer:
             return
         from aspo.data import write_jsonl
 
-        keep = [{"step": step, "prompt": self.format(self.test_records[r["index"]]),
-                 "answer": self.test_records[r["index"]].get("answer"),
-                 **{k: r[k] for k in ("sample", "response", "reward", "error")}}
-                for r in rows if r["index"] < SAMPLES_PER_EVAL]
+        keep = [
+            {
+                "step": step,
+                "prompt": self.format(self.test_records[r["index"]]),
+                "answer": self.test_records[r["index"]].get("answer"),
+                **{k: r[k] for k in ("sample", "response", "reward", "error")},
+            }
+            for r in rows
+            if r["index"] < SAMPLES_PER_EVAL
+        ]
         write_jsonl(str(self.run_dir / "samples.jsonl"), keep)
 
     def evaluate_and_record(self, step: int) -> dict[str, float]:
@@ -327,13 +413,29 @@ class Trainer:
     def save(self) -> None:
         self.accelerator.wait_for_everyone()
         # gathers FSDP shards, a no-op copy else; with LoRA peft saves only the adapter from its own wrapper
-        state_dict = None if self.peft_model is not None else self.accelerator.get_state_dict(self.train_model)
+        state_dict = (
+            None if self.peft_model is not None else self.accelerator.get_state_dict(self.train_model)
+        )
         if self.is_main:
-            model = self.accelerator.unwrap_model(self.train_model) if self.peft_model is None else self.peft_model
-            save_checkpoint(self.run_dir, self.step, model, self.tokenizer,
-                            self.optimizer, self.scheduler, {"nonfinite_streak": self.nonfinite_streak,
-                                                             "data_position": self.step * self.cfg.train.prompts_per_step},
-                            keep=self.cfg.train.keep_checkpoints, state_dict=state_dict)
+            model = (
+                self.accelerator.unwrap_model(self.train_model)
+                if self.peft_model is None
+                else self.peft_model
+            )
+            save_checkpoint(
+                self.run_dir,
+                self.step,
+                model,
+                self.tokenizer,
+                self.optimizer,
+                self.scheduler,
+                {
+                    "nonfinite_streak": self.nonfinite_streak,
+                    "data_position": self.step * self.cfg.train.prompts_per_step,
+                },
+                keep=self.cfg.train.keep_checkpoints,
+                state_dict=state_dict,
+            )
         self.accelerator.wait_for_everyone()
         self.saved_step = self.step
 
@@ -349,9 +451,15 @@ class Trainer:
         else:
             if self.saved_step != self.step:
                 self.save()
-            where = f"checkpoint {self.run_dir / 'checkpoints' / f'step-{self.step}'}; continue with resume=true"
-        raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} after step {self.step} of "
-                                  f"{self.cfg.train.steps}; {where}", quiet=not self.is_main)
+            where = (
+                f"checkpoint {self.run_dir / 'checkpoints' / f'step-{self.step}'}; continue with resume=true"
+            )
+        raise Interrupted(
+            signum,
+            f"stopped by {signal.Signals(signum).name} after step {self.step} of "
+            f"{self.cfg.train.steps}; {where}",
+            quiet=not self.is_main,
+        )
 
     def train_step(self) -> dict[str, float]:
         """collect -> update for the next step; metrics reduced over ranks; counts non-finite steps."""
@@ -375,9 +483,11 @@ class Trainer:
             self.nonfinite_streak += 1
             warnings.warn(f"step {step}: non-finite loss or gradient; the update was skipped", stacklevel=2)
             if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
-                raise UserError(f"the loss was non-finite in {self.nonfinite_streak} consecutive steps (up to step "
-                                f"{step}); stopping. The last checkpoint in {self.run_dir / 'checkpoints'} is intact; "
-                                "lower train.lr or check the reward / data")
+                raise UserError(
+                    f"the loss was non-finite in {self.nonfinite_streak} consecutive steps (up to step "
+                    f"{step}); stopping. The last checkpoint in {self.run_dir / 'checkpoints'} is intact; "
+                    "lower train.lr or check the reward / data"
+                )
         else:
             self.nonfinite_streak = 0
         return metrics
@@ -401,11 +511,17 @@ class Trainer:
                     if metrics is None:  # abandoned before it changed anything
                         self.step, self.nonfinite_streak = counters
                         break
-                    if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
+                    if (
+                        cfg.train.eval_every
+                        and self.step % cfg.train.eval_every == 0
+                        or self.step == cfg.train.steps
+                    ):
                         metrics.update(self.evaluate_and_record(self.step))
                     self.log(self.step, metrics)
                     bar.update(self.step, metrics)
-                    if cfg.train.save_every and (self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps):
+                    if cfg.train.save_every and (
+                        self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps
+                    ):
                         self.save()
                 if self.step < cfg.train.steps:  # stopped early: a signal on some rank
                     self.stop_on_signal(stop.signum)

@@ -30,27 +30,36 @@ from aspo.rollout.base import Rollout, select_rows
 class UpdateBatch:
     """The tensors of one (mini-/micro-)batch of responses, all (rows, R) unless noted."""
 
-    prompt_ids: torch.Tensor          # (rows, P)
-    prompt_mask: torch.Tensor         # (rows, P) bool
+    prompt_ids: torch.Tensor  # (rows, P)
+    prompt_mask: torch.Tensor  # (rows, P) bool
     response_ids: torch.Tensor
-    response_mask: torch.Tensor       # bool
+    response_mask: torch.Tensor  # bool
     behaviour_logprobs: torch.Tensor
-    advantages: torch.Tensor          # (rows,)
+    advantages: torch.Tensor  # (rows,)
     ref_logprobs: torch.Tensor | None = None
 
     @staticmethod
-    def from_rollout(rollout: Rollout, advantages: torch.Tensor,
-                     ref_logprobs: torch.Tensor | None = None) -> UpdateBatch:
-        return UpdateBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                           rollout.response_mask, rollout.behaviour_logprobs, advantages, ref_logprobs)
+    def from_rollout(
+        rollout: Rollout, advantages: torch.Tensor, ref_logprobs: torch.Tensor | None = None
+    ) -> UpdateBatch:
+        return UpdateBatch(
+            rollout.prompt_ids,
+            rollout.prompt_mask,
+            rollout.response_ids,
+            rollout.response_mask,
+            rollout.behaviour_logprobs,
+            advantages,
+            ref_logprobs,
+        )
 
     def rows(self, index: torch.Tensor) -> UpdateBatch:
         """Select rows (as ``Rollout.select``) and trim columns that are padding in every selected row."""
         prompt_mask, response_mask = self.prompt_mask[index], self.response_mask[index]
         p_keep = int(prompt_mask.any(0).nonzero().min()) if prompt_mask.any() else prompt_mask.shape[1] - 1
         r_keep = int(response_mask.any(0).nonzero().max()) + 1 if response_mask.any() else 1
-        trimmed = dataclasses.replace(self, prompt_ids=self.prompt_ids[:, p_keep:],
-                                      prompt_mask=self.prompt_mask[:, p_keep:])
+        trimmed = dataclasses.replace(
+            self, prompt_ids=self.prompt_ids[:, p_keep:], prompt_mask=self.prompt_mask[:, p_keep:]
+        )
         for name in ("response_ids", "response_mask", "behaviour_logprobs", "ref_logprobs"):
             value = getattr(self, name)
             setattr(trimmed, name, None if value is None else value[:, :r_keep])
@@ -66,14 +75,21 @@ class UpdateBatch:
             one = self.rows(torch.arange(1))
         else:
             ids = torch.full((1, 1), pad_token_id)
-            one = UpdateBatch(ids, torch.ones(1, 1, dtype=torch.bool), ids.clone(),
-                              torch.zeros(1, 1, dtype=torch.bool), torch.zeros(1, 1), torch.zeros(1))
+            one = UpdateBatch(
+                ids,
+                torch.ones(1, 1, dtype=torch.bool),
+                ids.clone(),
+                torch.zeros(1, 1, dtype=torch.bool),
+                torch.zeros(1, 1),
+                torch.zeros(1),
+            )
         one.response_mask = torch.zeros_like(one.response_mask)
         return one
 
 
-def normaliser_scale(response_mask: torch.Tensor, loss_agg_mode: str, global_tokens: float,
-                     global_rows: float, world_size: int) -> float:
+def normaliser_scale(
+    response_mask: torch.Tensor, loss_agg_mode: str, global_tokens: float, global_rows: float, world_size: int
+) -> float:
     """Factor that turns a micro-batch's own mean into its share of the global mean.
 
     ``policy_loss`` averages over the tokens it is given (token-mean) or over all its rows (the seq-mean
@@ -96,8 +112,9 @@ def micro_batches(batch: UpdateBatch, size: int) -> list[UpdateBatch]:
     return [batch.rows(torch.arange(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-def mini_batch_indices(rows: int, count: int, generator: torch.Generator | None, size: int = 0,
-                       global_rows: int | None = None) -> list[torch.Tensor]:
+def mini_batch_indices(
+    rows: int, count: int, generator: torch.Generator | None, size: int = 0, global_rows: int | None = None
+) -> list[torch.Tensor]:
     """This rank's rows of each mini-batch of one epoch, in a random order (``generator``) or in order (None).
 
     ``size`` 0: ``count`` near-equal parts (some empty when rows < count). ``size`` > 0: mini-batches of
@@ -117,7 +134,7 @@ class GradientPass:
     """What one mini-batch's forward and backward left behind (the gradients sit in the model)."""
 
     global_tokens: float  # valid response tokens of this mini-batch on all ranks; 0: nothing was computed
-    loss: float = 0.0     # sum of the micro-batches' losses on this rank (non-finite: skip the step)
+    loss: float = 0.0  # sum of the micro-batches' losses on this rank (non-finite: skip the step)
     metrics: list[dict[str, float]] = field(default_factory=list)  # per micro-batch with rows on this rank
     entropy: list[float] = field(default_factory=list)  # mean token entropy per micro-batch with tokens
 
@@ -138,10 +155,15 @@ class UpdateStats:
 
     def metrics(self, lr: float) -> dict[str, float]:
         out = {f"actor/{k}": v for k, v in dist.mean_metrics(self.micro_metrics).items()}
-        out.update({"actor/entropy": float(np.mean(self.entropy)) if self.entropy else float("nan"),
-                    "actor/grad_norm": float(np.mean(self.grad_norms)) if self.grad_norms else float("nan"),
-                    "actor/lr": lr, "actor/nonfinite_steps": float(self.nonfinite_steps),
-                    "actor/optimizer_steps": float(len(self.grad_norms))})
+        out.update(
+            {
+                "actor/entropy": float(np.mean(self.entropy)) if self.entropy else float("nan"),
+                "actor/grad_norm": float(np.mean(self.grad_norms)) if self.grad_norms else float("nan"),
+                "actor/lr": lr,
+                "actor/nonfinite_steps": float(self.nonfinite_steps),
+                "actor/optimizer_steps": float(len(self.grad_norms)),
+            }
+        )
         return out
 
 
@@ -152,8 +174,16 @@ class PolicyUpdate:
     accumulated over micro-batches and averaged by DDP equals the gradient of the mini-batch's loss.
     """
 
-    def __init__(self, accelerator: Any, model: torch.nn.Module, algorithm: Any, *, temperature: float,
-                 micro_batch_size: int, pad_token_id: int) -> None:
+    def __init__(
+        self,
+        accelerator: Any,
+        model: torch.nn.Module,
+        algorithm: Any,
+        *,
+        temperature: float,
+        micro_batch_size: int,
+        pad_token_id: int,
+    ) -> None:
         self.accelerator, self.model = accelerator, model
         self.objective, self.params = algorithm.loss, algorithm.objective_params()
         # the aggregation the objective really uses (its registered default unless set): the KL term and
@@ -161,7 +191,11 @@ class PolicyUpdate:
         self.loss_agg_mode = algorithm.resolved_objective_params()["loss_agg_mode"]
         self.entropy_split = algorithm.entropy_split
         self.kl_coef, self.kl_estimator = algorithm.kl_coef, algorithm.kl_estimator
-        self.temperature, self.micro_batch_size, self.pad_token_id = temperature, micro_batch_size, pad_token_id
+        self.temperature, self.micro_batch_size, self.pad_token_id = (
+            temperature,
+            micro_batch_size,
+            pad_token_id,
+        )
 
     def backward(self, mini: UpdateBatch) -> GradientPass:
         """Accumulate the gradient of ``mini``'s loss (this rank's rows; may be empty) into the model."""
@@ -171,7 +205,11 @@ class PolicyUpdate:
             return GradientPass(global_tokens=0.0)
         rows = dist.reduce_sum(acc, float(len(mini)))
         # a rank without rows still runs one empty part: DDP's all-reduce needs every rank
-        parts = micro_batches(mini, self.micro_batch_size) if len(mini) else [mini.without_tokens(self.pad_token_id)]
+        parts = (
+            micro_batches(mini, self.micro_batch_size)
+            if len(mini)
+            else [mini.without_tokens(self.pad_token_id)]
+        )
         out = GradientPass(global_tokens=tokens)
         for i, part in enumerate(parts):
             # gradients are all-reduced once, after the last part
@@ -179,8 +217,12 @@ class PolicyUpdate:
             with sync:
                 loss, metrics, entropy = self.loss(part)
                 if math.isfinite(float(loss)):
-                    acc.backward(loss * normaliser_scale(part.response_mask, self.loss_agg_mode, tokens, rows,
-                                                         acc.num_processes))
+                    acc.backward(
+                        loss
+                        * normaliser_scale(
+                            part.response_mask, self.loss_agg_mode, tokens, rows, acc.num_processes
+                        )
+                    )
             out.loss += float(loss)
             if len(mini):
                 out.metrics.append(metrics)
@@ -191,18 +233,33 @@ class PolicyUpdate:
     def loss(self, part: UpdateBatch) -> tuple[torch.Tensor, dict[str, float], float | None]:
         """(loss, metrics, mean token entropy) of one micro-batch; a NaN loss when the log-probs are not
         finite (diverged weights: the caller skips the step and counts it)."""
-        logprobs, entropy = token_logprobs(self.model, part.prompt_ids, part.prompt_mask, part.response_ids,
-                                           part.response_mask, temperature=self.temperature)
+        logprobs, entropy = token_logprobs(
+            self.model,
+            part.prompt_ids,
+            part.prompt_mask,
+            part.response_ids,
+            part.response_mask,
+            temperature=self.temperature,
+        )
         device = logprobs.device
         mask = part.response_mask.to(device)
         if not bool(torch.isfinite(logprobs[mask]).all()):
             return torch.tensor(float("nan")), {}, None
-        loss, metrics = policy_loss(self.objective, logprobs, part.behaviour_logprobs.to(device),
-                                    part.advantages.to(device), mask,
-                                    entropy=entropy if self.entropy_split else None, **self.params)
+        loss, metrics = policy_loss(
+            self.objective,
+            logprobs,
+            part.behaviour_logprobs.to(device),
+            part.advantages.to(device),
+            mask,
+            entropy=entropy if self.entropy_split else None,
+            **self.params,
+        )
         if part.ref_logprobs is not None:
-            kl = agg_loss(kl_penalty(logprobs, part.ref_logprobs.to(device), self.kl_estimator), mask,
-                          self.loss_agg_mode)
+            kl = agg_loss(
+                kl_penalty(logprobs, part.ref_logprobs.to(device), self.kl_estimator),
+                mask,
+                self.loss_agg_mode,
+            )
             metrics["kl_loss"] = float(kl.detach())
             loss = loss + self.kl_coef * kl
         assert entropy is not None  # with_entropy=True

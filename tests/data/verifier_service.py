@@ -10,8 +10,12 @@ def digits(prompt, response, answer, **fields):
 
 def score_batch(records, workers=None):
     # every 8th check fails to run (with 4 samples per prompt: one sample of every other group)
-    return [ScoreResult(0.0, "infrastructure: verifier unreachable", infra=True) if i % 8 == 0
-            else ScoreResult(digits(**r)) for i, r in enumerate(records)]
+    return [
+        ScoreResult(0.0, "infrastructure: verifier unreachable", infra=True)
+        if i % 8 == 0
+        else ScoreResult(digits(**r))
+        for i, r in enumerate(records)
+    ]
 
 
 score_batch.reward_fn = digits

@@ -12,24 +12,41 @@ import sys
 import pytest
 import torch
 
-core_algos = pytest.importorskip("verl.trainer.ppo.core_algos", reason="verl runs in .venv-verl: make test-verl")
+core_algos = pytest.importorskip(
+    "verl.trainer.ppo.core_algos", reason="verl runs in .venv-verl: make test-verl"
+)
 
 from verl.workers.config import ActorConfig, PolicyLossConfig  # noqa: E402
 
 # verl's own entries, captured before the plug-in is imported here (it may already be loaded through the
 # verl.plugins entry point; these are the module-level functions either way).
-VERL_OWN = {name: fn for name, fn in core_algos.POLICY_LOSS_REGISTRY.items() if fn.__module__ == core_algos.__name__}
+VERL_OWN = {
+    name: fn for name, fn in core_algos.POLICY_LOSS_REGISTRY.items() if fn.__module__ == core_algos.__name__
+}
 
 import aspo.integrations.verl as plugin  # noqa: E402
 from aspo.objectives import POLICY_LOSSES, policy_loss  # noqa: E402
 
-VERL_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+VERL_AGG_MODES = (
+    "token-mean",
+    "token-sum",
+    "seq-mean-token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum-norm",
+)
 
 
 def actor_config(loss_mode: str = "aspo", **overrides) -> ActorConfig:
     """verl's real actor config (its dataclass, as the FSDP / Megatron workers receive it)."""
-    settings = dict(strategy="fsdp", rollout_n=4, ppo_micro_batch_size_per_gpu=2, clip_ratio_low=0.2,
-                    clip_ratio_high=0.28, clip_ratio_c=3.0, policy_loss=PolicyLossConfig(loss_mode=loss_mode))
+    settings = dict(
+        strategy="fsdp",
+        rollout_n=4,
+        ppo_micro_batch_size_per_gpu=2,
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.28,
+        clip_ratio_c=3.0,
+        policy_loss=PolicyLossConfig(loss_mode=loss_mode),
+    )
     settings.update(overrides)
     return ActorConfig(**settings)
 
@@ -45,7 +62,9 @@ def make_batch(seed: int = 0, rows: int = 6, length: int = 9):
     log_ratio = (torch.rand(rows, length, generator=generator) * 2 - 1) * 1.6
     log_prob = (old_log_prob + log_ratio).clamp(max=0.0)
     signs = torch.tensor([1.0, -1.0, 1.0, -1.0, -1.0, 1.0])[:rows]
-    advantages = (signs * (0.3 + torch.rand(rows, generator=generator))).unsqueeze(1).expand(rows, length).clone()
+    advantages = (
+        (signs * (0.3 + torch.rand(rows, generator=generator))).unsqueeze(1).expand(rows, length).clone()
+    )
     return old_log_prob, log_prob, advantages, mask
 
 
@@ -54,8 +73,13 @@ def verl_loss_and_grad(loss_mode, batch, loss_agg_mode, config, rollout_is_weigh
     log_prob = log_prob.clone().requires_grad_(True)
     fn = core_algos.get_policy_loss_fn(loss_mode)
     loss, metrics = fn(
-        old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages, response_mask=mask,
-        loss_agg_mode=loss_agg_mode, config=config, rollout_is_weights=rollout_is_weights,
+        old_log_prob=old_log_prob,
+        log_prob=log_prob,
+        advantages=advantages,
+        response_mask=mask,
+        loss_agg_mode=loss_agg_mode,
+        config=config,
+        rollout_is_weights=rollout_is_weights,
     )
     (grad,) = torch.autograd.grad(loss, log_prob)
     return loss.detach(), grad, metrics
@@ -81,8 +105,16 @@ def test_gradient_equals_native_objective(name: str) -> None:
     loss, grad, metrics = verl_loss_and_grad(name, batch, "token-mean", actor_config(name))
 
     native_log_prob = log_prob.clone().requires_grad_(True)
-    expected, native_metrics = policy_loss(name, native_log_prob, old_log_prob, advantages, mask,
-                                           clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0)
+    expected, native_metrics = policy_loss(
+        name,
+        native_log_prob,
+        old_log_prob,
+        advantages,
+        mask,
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.28,
+        clip_ratio_c=3.0,
+    )
     (expected_grad,) = torch.autograd.grad(expected, native_log_prob)
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-9)
@@ -96,8 +128,13 @@ def test_clip_ranges_come_from_actor_config() -> None:
     batch = make_batch()
     narrow, _, _ = verl_loss_and_grad("aspo", batch, "token-mean", actor_config(clip_ratio_high=0.05))
     wide, _, _ = verl_loss_and_grad("aspo", batch, "token-mean", actor_config(clip_ratio_high=0.5))
-    native_wide, _ = policy_loss("aspo", *(batch[1], batch[0], batch[2], batch[3]), clip_ratio_low=0.2,
-                                 clip_ratio_high=0.5, clip_ratio_c=3.0)
+    native_wide, _ = policy_loss(
+        "aspo",
+        *(batch[1], batch[0], batch[2], batch[3]),
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.5,
+        clip_ratio_c=3.0,
+    )
     assert not torch.allclose(narrow, wide)
     torch.testing.assert_close(wide, native_wide, rtol=1e-6, atol=1e-7)
     _, _, soft_c = verl_loss_and_grad("aspo", batch, "token-mean", actor_config(clip_ratio_c=1.5))
@@ -146,19 +183,27 @@ def test_aspo_differs_from_vanilla_where_the_paper_says() -> None:
     ratio = torch.exp(log_prob - old_log_prob)
     same_rule = (advantages < 0) & (ratio <= 3.0) & mask.bool()
     torch.testing.assert_close(aspo_grad[same_rule], vanilla_grad[same_rule])
-    assert not torch.allclose(aspo_grad[(advantages > 0) & mask.bool()], vanilla_grad[(advantages > 0) & mask.bool()])
+    assert not torch.allclose(
+        aspo_grad[(advantages > 0) & mask.bool()], vanilla_grad[(advantages > 0) & mask.bool()]
+    )
 
 
 def test_verl_external_modules_variable_loads_the_plugin() -> None:
     """verl's documented hook: VERL_USE_EXTERNAL_MODULES imports the module in every process importing verl."""
-    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "aspo.integrations.verl", "VERL_USE_EXTERNAL_PLUGINS": "none"}
+    env = {
+        **os.environ,
+        "VERL_USE_EXTERNAL_MODULES": "aspo.integrations.verl",
+        "VERL_USE_EXTERNAL_PLUGINS": "none",
+    }
     code = "import verl.trainer.ppo.core_algos as c; print(c.get_policy_loss_fn('aspo').__module__)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "aspo.integrations.verl"
 
 
-def actor_micro_batch(batch, prompt_len: int = 3, dp_size: int = 1, batch_num_tokens=None, global_batch_size=None):
+def actor_micro_batch(
+    batch, prompt_len: int = 3, dp_size: int = 1, batch_num_tokens=None, global_batch_size=None
+):
     """What verl's engine hands its actor loss: a TensorDict with padded prompts / responses and the global
     batch sizes as non-tensor data, plus the model output -- log-probs packed over the non-padding tokens."""
     from tensordict import NonTensorData, TensorDict
@@ -177,8 +222,11 @@ def actor_micro_batch(batch, prompt_len: int = 3, dp_size: int = 1, batch_num_to
         },
         batch_size=[rows],
     )
-    for key, value in (("dp_size", dp_size), ("batch_num_tokens", batch_num_tokens),
-                       ("global_batch_size", global_batch_size)):
+    for key, value in (
+        ("dp_size", dp_size),
+        ("batch_num_tokens", batch_num_tokens),
+        ("global_batch_size", global_batch_size),
+    ):
         data[key] = NonTensorData(value)
     # packed model output: the log-prob of token i+1 sits at position i of each sequence
     log_prob = log_prob.clone().requires_grad_(True)
@@ -186,8 +234,9 @@ def actor_micro_batch(batch, prompt_len: int = 3, dp_size: int = 1, batch_num_to
     for row in range(rows):
         response_len = int(mask[row].sum())
         sequence = torch.zeros(prompt_len + response_len)
-        sequence = sequence.index_put((torch.arange(prompt_len - 1, prompt_len - 1 + response_len),),
-                                      log_prob[row, :response_len])
+        sequence = sequence.index_put(
+            (torch.arange(prompt_len - 1, prompt_len - 1 + response_len),), log_prob[row, :response_len]
+        )
         packed.append(sequence)
     return data, {"log_probs": torch.cat(packed)}, log_prob
 
@@ -202,8 +251,9 @@ def test_through_verl_actor_loss_function(dp_size, batch_num_tokens, global_batc
     results = {}
     for mode in ("vanilla", "grpo", "aspo"):
         config = actor_config(mode, loss_agg_mode="token-mean")
-        data, model_output, log_prob = actor_micro_batch(batch, dp_size=dp_size, batch_num_tokens=batch_num_tokens,
-                                                         global_batch_size=global_batch_size)
+        data, model_output, log_prob = actor_micro_batch(
+            batch, dp_size=dp_size, batch_num_tokens=batch_num_tokens, global_batch_size=global_batch_size
+        )
         loss, metrics = ppo_loss(config, model_output, data)
         (grad,) = torch.autograd.grad(loss, log_prob)
         results[mode] = (loss.detach(), grad, metrics)
@@ -213,8 +263,16 @@ def test_through_verl_actor_loss_function(dp_size, batch_num_tokens, global_batc
 
     old_log_prob, log_prob, advantages, mask = batch
     native_log_prob = log_prob.clone().requires_grad_(True)
-    expected, _ = policy_loss("aspo", native_log_prob, old_log_prob, advantages, mask, clip_ratio_low=0.2,
-                              clip_ratio_high=0.28, clip_ratio_c=3.0)
+    expected, _ = policy_loss(
+        "aspo",
+        native_log_prob,
+        old_log_prob,
+        advantages,
+        mask,
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.28,
+        clip_ratio_c=3.0,
+    )
     # verl's token-mean over the global batch: local token sum / global tokens * dp_size
     local_tokens = float(mask.sum())
     expected = expected * (local_tokens / (batch_num_tokens or local_tokens) * dp_size)

@@ -32,7 +32,9 @@ from typing import Any
 from aspo.commands.parser import CommandParser
 from aspo.errors import UserError
 
-MANIFEST = "compare.json"  # the settings of the comparison, so `--report-only --output DIR` needs nothing else
+MANIFEST = (
+    "compare.json"  # the settings of the comparison, so `--report-only --output DIR` needs nothing else
+)
 RUN_LOG = "train.log"
 HARNESS_KEYS = ("train.seed", "output_dir", "resume")  # set per run by the harness, never by the user
 
@@ -41,26 +43,46 @@ def build_parser() -> argparse.ArgumentParser:
     from aspo.presets import describe_presets
 
     parser = CommandParser(
-        prog="aspo compare", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="aspo compare",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Run several algorithm presets over several seeds on the same config (the tiny lab by default) and "
             "write summary.json, report.md and figures into --output. Rerun the same command to resume: "
-            "finished runs are skipped, unfinished ones continue from their checkpoints.", 100),
-        epilog="presets (`--algos`):\n" + describe_presets() + "\n\nexamples:\n  aspo compare --algos grpo,dapo,"
-               "aspo --seeds 3 --output runs/cmp train.steps=40\n  aspo compare --algos grpo,aspo --seeds 5 "
-               "--grid train.mini_batches=1,4,8,24 --output runs/frontier\n\n`aspo train --help` lists every "
-               "config key.")
-    parser.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
-                        help="an optional config file, then dotted overrides shared by every run")
-    parser.add_argument("--algos", default="grpo,dapo,aspo", help="comma-separated presets (default: %(default)s)")
+            "finished runs are skipped, unfinished ones continue from their checkpoints.",
+            100,
+        ),
+        epilog="presets (`--algos`):\n"
+        + describe_presets()
+        + "\n\nexamples:\n  aspo compare --algos grpo,dapo,"
+        "aspo --seeds 3 --output runs/cmp train.steps=40\n  aspo compare --algos grpo,aspo --seeds 5 "
+        "--grid train.mini_batches=1,4,8,24 --output runs/frontier\n\n`aspo train --help` lists every "
+        "config key.",
+    )
+    parser.add_argument(
+        "items",
+        nargs="*",
+        metavar="[CONFIG.yaml] key=value",
+        help="an optional config file, then dotted overrides shared by every run",
+    )
+    parser.add_argument(
+        "--algos", default="grpo,dapo,aspo", help="comma-separated presets (default: %(default)s)"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every preset (default: 3)")
     parser.add_argument("--output", help="comparison directory (rerun with the same one to resume)")
-    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                        help="sweep a config key over values (repeat for several keys: their product); every "
-                             "algorithm x seed runs at every grid point, and the report adds a frontier view")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="sweep a config key over values (repeat for several keys: their product); every "
+        "algorithm x seed runs at every grid point, and the report adds a frontier view",
+    )
     parser.add_argument("--workers", type=int, default=0, help="runs at once (default: number of cores)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="run nothing: rebuild summary/report/figures from the runs in --output")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rebuild summary/report/figures from the runs in --output",
+    )
     return parser
 
 
@@ -87,8 +109,9 @@ class PlannedRun:
 
 def point_tag(point: dict[str, str]) -> str:
     """A file-name-safe tag for a grid point: ``-mini_batches8-lr1e-05``."""
-    return "".join(f"-{key.rsplit('.', 1)[-1]}{re.sub(r'[^A-Za-z0-9._+-]', '_', value)}"
-                   for key, value in point.items())
+    return "".join(
+        f"-{key.rsplit('.', 1)[-1]}{re.sub(r'[^A-Za-z0-9._+-]', '_', value)}" for key, value in point.items()
+    )
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
@@ -121,42 +144,64 @@ def split_items(items: list[str]) -> tuple[str | None, list[str]]:
     return parse_args(items)
 
 
-def plan_runs(config_path: str | None, overrides: list[str], algos: list[str], seeds: list[int],
-              output: Path, grid: dict[str, list[str]] | None = None) -> tuple[list[PlannedRun], Any, int]:
+def plan_runs(
+    config_path: str | None,
+    overrides: list[str],
+    algos: list[str],
+    seeds: list[int],
+    output: Path,
+    grid: dict[str, list[str]] | None = None,
+) -> tuple[list[PlannedRun], Any, int]:
     """Resolve and validate every run's config before anything starts; returns (runs, base config, cap)."""
     from aspo.config import load_config
     from aspo.presets import PRESETS, preset_keys, preset_overrides
 
     unknown = [a for a in algos if a not in PRESETS]
     if unknown or not algos:
-        raise UserError(f"unknown algorithm preset(s) {unknown or algos}; valid presets: {', '.join(PRESETS)}")
+        raise UserError(
+            f"unknown algorithm preset(s) {unknown or algos}; valid presets: {', '.join(PRESETS)}"
+        )
     reserved = preset_keys(algos) | set(HARNESS_KEYS)
     clash = sorted({o.partition("=")[0].strip() for o in overrides} & reserved)
     if clash:
-        raise UserError(f"override(s) {clash} would change what the presets or the harness set per run; shared "
-                        "overrides must apply to every algorithm alike (seeds come from --seeds, run dirs from "
-                        "--output)")
+        raise UserError(
+            f"override(s) {clash} would change what the presets or the harness set per run; shared "
+            "overrides must apply to every algorithm alike (seeds come from --seeds, run dirs from "
+            "--output)"
+        )
     grid = grid or {}
     swept = set(grid)
     if swept & (reserved | {o.partition("=")[0].strip() for o in overrides}):
-        raise UserError(f"--grid key(s) {sorted(swept & (reserved | {o.partition('=')[0].strip() for o in overrides}))}"
-                        " are also set by a preset, the harness or a shared override; sweep a key nothing else sets")
+        raise UserError(
+            f"--grid key(s) {sorted(swept & (reserved | {o.partition('=')[0].strip() for o in overrides}))}"
+            " are also set by a preset, the harness or a shared override; sweep a key nothing else sets"
+        )
     base = load_config(config_path, overrides).validate()
     if not base.has_heldout_data:
-        raise UserError("aspo compare reports held-out pass@1 / pass@k: give data.test=FILE (without data.train "
-                        "the lab task's held-out split is used)")
+        raise UserError(
+            "aspo compare reports held-out pass@1 / pass@k: give data.test=FILE (without data.train "
+            "the lab task's held-out split is used)"
+        )
     cap = base.response_cap
     runs = []
     for point in grid_points(grid):
         point_items = [f"{key}={value}" for key, value in point.items()]
         # the response cap may be what is swept: size DAPO's overlong buffer per point
-        point_cap = load_config(config_path, [*overrides, *point_items]).validate().response_cap if point else cap
+        point_cap = (
+            load_config(config_path, [*overrides, *point_items]).validate().response_cap if point else cap
+        )
         for algo in algos:
             for seed in seeds:
                 planned = PlannedRun(algo, seed, Path(), [], None, point)
                 run_dir = (output / "runs" / planned.name).resolve()
-                items = [*overrides, *point_items, *preset_overrides(algo, point_cap), f"train.seed={seed}",
-                         f"output_dir={json.dumps(str(run_dir))}", "resume=true"]
+                items = [
+                    *overrides,
+                    *point_items,
+                    *preset_overrides(algo, point_cap),
+                    f"train.seed={seed}",
+                    f"output_dir={json.dumps(str(run_dir))}",
+                    "resume=true",
+                ]
                 cfg = load_config(config_path, items).validate()  # the objective's checks included
                 runs.append(PlannedRun(algo, seed, run_dir, items, cfg, point))
     return runs, base, cap
@@ -173,12 +218,16 @@ def check_existing(run: PlannedRun) -> None:
     now = copy.deepcopy(run.cfg)
     for cfg in (saved, now):  # an unset aggregation is the objective's own: runs that spelled it out match
         cfg.algorithm.loss_agg_mode = cfg.algorithm.resolved_objective_params()["loss_agg_mode"]
-    diffs = [f"{key}={value!r} (now {v2!r})" for (key, _, value), (_, _, v2) in zip(all_keys(saved),
-                                                                                    all_keys(now), strict=True)
-             if value != v2 and key not in ("output_dir", "resume")]
+    diffs = [
+        f"{key}={value!r} (now {v2!r})"
+        for (key, _, value), (_, _, v2) in zip(all_keys(saved), all_keys(now), strict=True)
+        if value != v2 and key not in ("output_dir", "resume")
+    ]
     if diffs:
-        raise UserError(f"{run.run_dir} was run with a different config: {', '.join(diffs)}; use another "
-                        "--output, or delete that run directory to redo it")
+        raise UserError(
+            f"{run.run_dir} was run with a different config: {', '.join(diffs)}; use another "
+            "--output, or delete that run directory to redo it"
+        )
 
 
 def is_finished(run: PlannedRun) -> bool:
@@ -222,8 +271,9 @@ def run_jobs(jobs: list[Job], workers: int, report: Any = print) -> list[JobResu
         with open(job.log, "a") as log:
             log.write(f"\n=== aspo compare {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(job.argv)}\n")
             log.flush()
-            proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, env=job.env,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                job.argv, stdout=log, stderr=subprocess.STDOUT, env=job.env, stdin=subprocess.DEVNULL
+            )
             with lock:
                 live[job.name] = proc
             code = proc.wait()
@@ -280,16 +330,26 @@ def _update_run_state(run_dir: Path, result: JobResult) -> None:
 
     path = run_dir / RUN_STATE_FILE
     state = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "attempts": 0}
-    state.update({"wall_s": state["wall_s"] + result.wall_s, "attempts": state["attempts"] + 1,
-                  "returncode": result.returncode, "log": RUN_LOG})
+    state.update(
+        {
+            "wall_s": state["wall_s"] + result.wall_s,
+            "attempts": state["attempts"] + 1,
+            "returncode": result.returncode,
+            "log": RUN_LOG,
+        }
+    )
     path.write_text(json.dumps(state, indent=1) + "\n")
 
 
 def machine_info() -> dict[str, Any]:
     import torch
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count()}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def execute(args: argparse.Namespace, argv: list[str]) -> int:
@@ -314,8 +374,11 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     todo = [r for r in runs if not is_finished(r)]
     points = f" x {len(runs) // (len(algos) * args.seeds)} grid points" if grid else ""
-    print(f"aspo compare: {len(runs)} runs ({', '.join(algos)} x {args.seeds} seeds{points}); {len(runs) - len(todo)} "
-          f"already finished, {len(todo)} to run, {workers} at a time x {threads} thread(s)", flush=True)
+    print(
+        f"aspo compare: {len(runs)} runs ({', '.join(algos)} x {args.seeds} seeds{points}); {len(runs) - len(todo)} "
+        f"already finished, {len(todo)} to run, {workers} at a time x {threads} thread(s)",
+        flush=True,
+    )
     start = time.perf_counter()
     if todo and base.model == "tiny":
         from aspo.lab import warm_start
@@ -331,19 +394,40 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"aspo compare: {result.name} finished in {result.wall_s:.0f} s", flush=True)
         else:
             failed.append(result)
-            print(f"aspo compare: {result.name} FAILED (exit {result.returncode}); log: {result.log}", flush=True)
+            print(
+                f"aspo compare: {result.name} FAILED (exit {result.returncode}); log: {result.log}",
+                flush=True,
+            )
 
     env = run_env(threads)
-    jobs = [Job(r.name, [sys.executable, "-m", "aspo", "train", *([config_path] if config_path else []),
-                         *r.overrides], r.run_dir / RUN_LOG, env) for r in todo]
+    jobs = [
+        Job(
+            r.name,
+            [sys.executable, "-m", "aspo", "train", *([config_path] if config_path else []), *r.overrides],
+            r.run_dir / RUN_LOG,
+            env,
+        )
+        for r in todo
+    ]
     with _sigterm_as_interrupt():  # a killed harness must not leave its runs training unattended
         run_jobs(jobs, workers, report)
     wall = previous.get("wall_s", 0.0) + (time.perf_counter() - start if todo else 0.0)
-    setup = {"name": output.resolve().name, "command": shlex.join(["aspo", "compare", *argv]), "algos": algos,
-             "seeds": list(range(args.seeds)), "grid": grid, "config_file": config_path, "overrides": overrides,
-             "presets": {a: preset_overrides(a, cap) for a in algos}, "max_new_tokens": cap,
-             "config": to_dict(base), "machine": machine_info(), "workers": workers, "threads_per_run": threads,
-             "wall_s": wall}
+    setup = {
+        "name": output.resolve().name,
+        "command": shlex.join(["aspo", "compare", *argv]),
+        "algos": algos,
+        "seeds": list(range(args.seeds)),
+        "grid": grid,
+        "config_file": config_path,
+        "overrides": overrides,
+        "presets": {a: preset_overrides(a, cap) for a in algos},
+        "max_new_tokens": cap,
+        "config": to_dict(base),
+        "machine": machine_info(),
+        "workers": workers,
+        "threads_per_run": threads,
+        "wall_s": wall,
+    }
     manifest_path.write_text(json.dumps(setup, indent=1) + "\n")
     write_report(output, setup, runs)
     return 1 if failed else 0
@@ -353,8 +437,12 @@ def write_report(output: Path, setup: dict[str, Any], runs: list[PlannedRun] | N
     from aspo.report.compare import write_compare_report
 
     if runs is None:  # --report-only: the same plan from the manifest alone
-        runs = [PlannedRun(a, s, Path(), [], None, point) for point in grid_points(setup.get("grid") or {})
-                for a in setup["algos"] for s in setup["seeds"]]
+        runs = [
+            PlannedRun(a, s, Path(), [], None, point)
+            for point in grid_points(setup.get("grid") or {})
+            for a in setup["algos"]
+            for s in setup["seeds"]
+        ]
         for run in runs:
             run.run_dir = output / "runs" / run.name
     planned = [(r.algo, r.seed, r.run_dir, r.point) for r in runs]

@@ -40,52 +40,97 @@ from aspo.prompting import eval_defaults
 
 SAMPLES, SUMMARY, SETTINGS = "samples.jsonl", "summary.json", "eval_config.json"
 # settings that change the samples: a resumed run must match them
-_SAMPLE_SETTINGS = ("model", "data", "reward", "n", "temperature", "top_p", "max_new_tokens", "seed",
-                    "batch_size", "limit", "prompt")
-_PROMPT_FLAGS = {"prompt_template": "template", "chat_template": "chat_template", "system": "system",
-                 "instruction": "instruction"}
+_SAMPLE_SETTINGS = (
+    "model",
+    "data",
+    "reward",
+    "n",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "seed",
+    "batch_size",
+    "limit",
+    "prompt",
+)
+_PROMPT_FLAGS = {
+    "prompt_template": "template",
+    "chat_template": "chat_template",
+    "system": "system",
+    "instruction": "instruction",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     from aspo.benchmarks import BENCHMARKS
 
     parser = CommandParser(
-        prog="aspo eval", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="aspo eval",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Sample K responses per problem from a local checkpoint, score them with a reward and write "
             "summary.json (avg@K, pass@1, pass@K with the unbiased estimator of Chen et al. 2021, maj@K for "
-            "math) and samples.jsonl. Rerun the same command to resume an interrupted evaluation.", 100),
+            "math) and samples.jsonl. Rerun the same command to resume an interrupted evaluation.",
+            100,
+        ),
         epilog=f"benchmarks: {', '.join(BENCHMARKS)};\n"
-               "  lab:TASK[:N] (the held-out split `aspo train` evaluates);\n"
-               "  or a JSONL / Parquet file or datasets directory with prompt/answer fields\n\n"
-               "example:\n"
-               "  aspo eval --model runs/x/checkpoints/step-60 --data gsm8k --n 8 --output runs/eval-gsm8k")
-    parser.add_argument("--model", required=True, help="checkpoint directory (save_pretrained: model + tokenizer), "
-                                                       "a .gguf file, or smollm2-135m-instruct")
-    parser.add_argument("--data", required=True,
-                        help="benchmark name, lab:TASK[:N], or a JSONL / Parquet file or datasets directory")
-    parser.add_argument("--reward", default=None,
-                        help="math, number, code, a lab task reward, or path/file.py:fn "
-                             "(default: the benchmark's own)")
+        "  lab:TASK[:N] (the held-out split `aspo train` evaluates);\n"
+        "  or a JSONL / Parquet file or datasets directory with prompt/answer fields\n\n"
+        "example:\n"
+        "  aspo eval --model runs/x/checkpoints/step-60 --data gsm8k --n 8 --output runs/eval-gsm8k",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint directory (save_pretrained: model + tokenizer), "
+        "a .gguf file, or smollm2-135m-instruct",
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="benchmark name, lab:TASK[:N], or a JSONL / Parquet file or datasets directory",
+    )
+    parser.add_argument(
+        "--reward",
+        default=None,
+        help="math, number, code, a lab task reward, or path/file.py:fn (default: the benchmark's own)",
+    )
     parser.add_argument("--n", type=int, default=1, help="samples per problem K (default 1)")
     parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="response length cap (default 1024)")
-    parser.add_argument("--output", type=Path, default=None, help="output directory (default runs/eval-<data>)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="output directory (default runs/eval-<data>)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="problems per generation batch (default 8)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--prompt-template", default=None,
-                        help="user-message template, {prompt} and record fields (default: the run's, else {prompt})")
-    parser.add_argument("--chat-template", dest="chat_template", action="store_true", default=None,
-                        help="wrap prompts in the tokenizer's chat template (default: the run's setting, else "
-                             "whether the tokenizer has one)")
-    parser.add_argument("--no-chat-template", dest="chat_template", action="store_false",
-                        help="format prompts as plain text even if the tokenizer has a chat template")
+    parser.add_argument(
+        "--prompt-template",
+        default=None,
+        help="user-message template, {prompt} and record fields (default: the run's, else {prompt})",
+    )
+    parser.add_argument(
+        "--chat-template",
+        dest="chat_template",
+        action="store_true",
+        default=None,
+        help="wrap prompts in the tokenizer's chat template (default: the run's setting, else "
+        "whether the tokenizer has one)",
+    )
+    parser.add_argument(
+        "--no-chat-template",
+        dest="chat_template",
+        action="store_false",
+        help="format prompts as plain text even if the tokenizer has a chat template",
+    )
     parser.add_argument("--system", default=None, help="system message (default: the run's, else none)")
-    parser.add_argument("--instruction", default=None,
-                        help="text appended to the user message (default: the run's, else the reward's standard "
-                             "instruction with a chat template)")
+    parser.add_argument(
+        "--instruction",
+        default=None,
+        help="text appended to the user message (default: the run's, else the reward's standard "
+        "instruction with a chat template)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     return parser
 
@@ -148,15 +193,21 @@ def run_prompt_config(model: str) -> PromptConfig | None:
         for key, value in prompt.items():
             set_key(cfg, f"prompt.{key}", value)
     except (yaml.YAMLError, AttributeError, UserError) as err:
-        raise UserError(f"{config_path}: cannot read the run's prompt settings ({err}); give them as flags "
-                        "(--prompt-template, --chat-template, --system, --instruction)") from err
+        raise UserError(
+            f"{config_path}: cannot read the run's prompt settings ({err}); give them as flags "
+            "(--prompt-template, --chat-template, --system, --instruction)"
+        ) from err
     return cfg.prompt
 
 
-def resolve_prompt_config(args: argparse.Namespace, reward: str, problems: list[dict], tokenizer: Any) -> PromptConfig:
+def resolve_prompt_config(
+    args: argparse.Namespace, reward: str, problems: list[dict], tokenizer: Any
+) -> PromptConfig:
     """Explicit flags over the run's own formatting over the eval defaults (see the module docstring)."""
     base = run_prompt_config(args.model) or eval_defaults(reward, problems, tokenizer)
-    explicit = {field: getattr(args, flag) for flag, field in _PROMPT_FLAGS.items() if getattr(args, flag) is not None}
+    explicit = {
+        field: getattr(args, flag) for flag, field in _PROMPT_FLAGS.items() if getattr(args, flag) is not None
+    }
     return dataclasses.replace(base, **explicit)
 
 
@@ -178,8 +229,10 @@ def _check_settings(output: Path, settings: dict[str, Any]) -> None:
         old = json.loads(path.read_text())
         diff = [k for k in _SAMPLE_SETTINGS if old.get(k) != settings.get(k)]
         if diff:
-            raise UserError(f"{output} holds an evaluation with different settings ({', '.join(diff)}); "
-                            "use another --output or the same settings to resume")
+            raise UserError(
+                f"{output} holds an evaluation with different settings ({', '.join(diff)}); "
+                "use another --output or the same settings to resume"
+            )
     else:
         output.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings, indent=2) + "\n")
@@ -195,8 +248,9 @@ def main(argv: list[str]) -> int:
     problems = load_benchmark(args.data)
     reward = args.reward or DEFAULT_REWARD.get(args.data) or lab_reward(args.data)
     if reward is None:
-        raise UserError(f"--reward is required for data {args.data!r} "
-                        "(math, number, code, or path/file.py:fn)")
+        raise UserError(
+            f"--reward is required for data {args.data!r} (math, number, code, or path/file.py:fn)"
+        )
     reward_fn = get_reward(reward)
     if args.limit:
         problems = problems[: args.limit]
@@ -204,12 +258,14 @@ def main(argv: list[str]) -> int:
         raise UserError(f"no problems in {args.data!r}")
     output = args.output or Path("runs") / f"eval-{Path(args.data).stem}"
     prompt_cfg = resolve_prompt_config(args, reward, problems, _load_tokenizer(args.model))
-    settings = {k: getattr(args, k) for k in _SAMPLE_SETTINGS if k not in ("reward", "prompt")} \
-        | {"reward": reward, "prompt": dataclasses.asdict(prompt_cfg)}
+    settings = {k: getattr(args, k) for k in _SAMPLE_SETTINGS if k not in ("reward", "prompt")} | {
+        "reward": reward,
+        "prompt": dataclasses.asdict(prompt_cfg),
+    }
     _check_settings(output, settings)
 
     samples_path = output / SAMPLES
-    batches = [problems[i:i + args.batch_size] for i in range(0, len(problems), args.batch_size)]
+    batches = [problems[i : i + args.batch_size] for i in range(0, len(problems), args.batch_size)]
     rows = _read_done(samples_path)
     done_batches, kept = 0, 0
     for batch in batches:  # only whole batches count as done
@@ -222,17 +278,28 @@ def main(argv: list[str]) -> int:
     # a reward that extracts answers says how to compare them (math: math-verify); maj@K needs it
     answer_classes = getattr(inspect.getmodule(reward_fn), "answer_classes", None)
     if done_batches < len(batches):
-        _generate(args, prompt_cfg, reward_fn, batches, done_batches, samples_path, answer_classes is not None)
+        _generate(
+            args, prompt_cfg, reward_fn, batches, done_batches, samples_path, answer_classes is not None
+        )
     rows = _read_done(samples_path)
     summary = _summarize(rows, problems, args, reward, answer_classes, summarize, output)
     (output / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     metrics = ", ".join(f"{k} {summary[k]:.4f}" for k in summary if "@" in k)
-    print(f"aspo eval: {args.data} ({len(problems)} problems x {args.n}): {metrics}\n  wrote {output / SUMMARY}")
+    print(
+        f"aspo eval: {args.data} ({len(problems)} problems x {args.n}): {metrics}\n  wrote {output / SUMMARY}"
+    )
     return 0
 
 
-def _generate(args: argparse.Namespace, prompt_cfg: PromptConfig, reward_fn: Any, batches: list[list[dict]],
-              start_batch: int, samples_path: Path, with_answers: bool) -> None:
+def _generate(
+    args: argparse.Namespace,
+    prompt_cfg: PromptConfig,
+    reward_fn: Any,
+    batches: list[list[dict]],
+    start_batch: int,
+    samples_path: Path,
+    with_answers: bool,
+) -> None:
     from tqdm.auto import tqdm
 
     from aspo.evaluate import sample_policy
@@ -243,20 +310,35 @@ def _generate(args: argparse.Namespace, prompt_cfg: PromptConfig, reward_fn: Any
     engine = HFEngine(model, tokenizer, add_special_tokens=not uses_chat_template(prompt_cfg, tokenizer))
     total = sum(len(b) for b in batches)
     done = sum(len(b) for b in batches[:start_batch])
-    bar = tqdm(total=total, initial=done, desc="aspo eval", unit="problem", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=total, initial=done, desc="aspo eval", unit="problem", dynamic_ncols=True, file=sys.stderr
+    )
     try:
         for index in range(start_batch, len(batches)):
             batch = batches[index]
             prompts = [format_prompt(p, prompt_cfg, tokenizer) for p in batch]
             started = time.monotonic()
-            _, sampled = sample_policy(engine, batch, prompts, reward_fn, n=args.n,
-                                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                       top_p=args.top_p, seed=args.seed * 1_000_003 + index)
+            _, sampled = sample_policy(
+                engine,
+                batch,
+                prompts,
+                reward_fn,
+                n=args.n,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                seed=args.seed * 1_000_003 + index,
+            )
             lines = []
             for sample in sampled:
-                row = {"id": batch[sample["index"]]["id"], "sample": sample["sample"],
-                       "response": sample["response"], "reward": sample["reward"],
-                       "truncated": sample["truncated"], "length": sample["length"]}
+                row = {
+                    "id": batch[sample["index"]]["id"],
+                    "sample": sample["sample"],
+                    "response": sample["response"],
+                    "reward": sample["reward"],
+                    "truncated": sample["truncated"],
+                    "length": sample["length"],
+                }
                 if sample["error"]:
                     row["error"] = sample["error"]
                 if with_answers:  # the answer that earned the reward, from the reward itself
@@ -267,29 +349,50 @@ def _generate(args: argparse.Namespace, prompt_cfg: PromptConfig, reward_fn: Any
             with samples_path.open("a", encoding="utf-8") as f:  # whole batch at once: resumable
                 f.write("".join(lines))
             bar.update(len(batch))
-            bar.set_postfix(reward=f"{sum(r['reward'] for r in sampled) / len(sampled):.3f}",
-                            s_per_batch=f"{time.monotonic() - started:.1f}")
+            bar.set_postfix(
+                reward=f"{sum(r['reward'] for r in sampled) / len(sampled):.3f}",
+                s_per_batch=f"{time.monotonic() - started:.1f}",
+            )
     finally:
         bar.close()
 
 
-def _summarize(rows: list[dict], problems: list[dict], args: argparse.Namespace, reward: str,
-               answer_classes: Any, summarize: Any, output: Path) -> dict[str, Any]:
+def _summarize(
+    rows: list[dict],
+    problems: list[dict],
+    args: argparse.Namespace,
+    reward: str,
+    answer_classes: Any,
+    summarize: Any,
+    output: Path,
+) -> dict[str, Any]:
     by_id: dict[str, list[dict]] = {}
     for row in rows:
         by_id.setdefault(str(row["id"]), []).append(row)
     per_problem = [sorted(by_id.get(str(p["id"]), []), key=lambda r: r["sample"]) for p in problems]
     if any(len(samples) != args.n for samples in per_problem):
-        raise UserError(f"{output / SAMPLES} is inconsistent with this evaluation (wrong sample counts); "
-                        "delete it or use another --output")
+        raise UserError(
+            f"{output / SAMPLES} is inconsistent with this evaluation (wrong sample counts); "
+            "delete it or use another --output"
+        )
     votes = None
     if answer_classes is not None:  # maj@K votes over the first K samples, on classes of equivalent answers
-        votes = [answer_classes([r.get("answer") for r in s[:args.n]]) for s in per_problem]
+        votes = [answer_classes([r.get("answer") for r in s[: args.n]]) for s in per_problem]
     stats = summarize([[r["reward"] for r in s] for s in per_problem], args.n, answers_per_problem=votes)
-    return {"data": args.data, "model": str(args.model), "reward": reward, "problems": len(problems),
-            "n": args.n, **stats, "truncated_frac": sum(r.get("truncated", False) for r in rows) / len(rows),
-            "errors": sum("error" in r for r in rows), "temperature": args.temperature, "top_p": args.top_p,
-            "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    return {
+        "data": args.data,
+        "model": str(args.model),
+        "reward": reward,
+        "problems": len(problems),
+        "n": args.n,
+        **stats,
+        "truncated_frac": sum(r.get("truncated", False) for r in rows) / len(rows),
+        "errors": sum("error" in r for r in rows),
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+    }
 
 
 if __name__ == "__main__":

@@ -20,14 +20,23 @@ from aspo.errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
-        prog="aspo merge-lora", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="aspo merge-lora",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Merge the LoRA adapter of a checkpoint written with lora.rank > 0 into its base model and save "
-            "the result as a plain transformers checkpoint (no peft needed to load it).", 100),
-        epilog="example:\n  aspo merge-lora runs/x/checkpoints/step-60 runs/x/merged")
-    parser.add_argument("checkpoint", type=Path, help="adapter checkpoint directory (adapter_config.json + "
-                                                      "adapter_model.safetensors)")
-    parser.add_argument("output", type=Path, help="new directory for the merged model (must not exist or be empty)")
+            "the result as a plain transformers checkpoint (no peft needed to load it).",
+            100,
+        ),
+        epilog="example:\n  aspo merge-lora runs/x/checkpoints/step-60 runs/x/merged",
+    )
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        help="adapter checkpoint directory (adapter_config.json + adapter_model.safetensors)",
+    )
+    parser.add_argument(
+        "output", type=Path, help="new directory for the merged model (must not exist or be empty)"
+    )
     return parser
 
 
@@ -39,10 +48,14 @@ def main(argv: list[str]) -> int:
     if not args.checkpoint.is_dir():
         raise UserError(f"checkpoint {str(args.checkpoint)!r} is not a directory")
     if read_adapter_base(args.checkpoint) is None:
-        raise UserError(f"{str(args.checkpoint)!r} holds no LoRA adapter (adapter_config.json); it is already a "
-                        "plain checkpoint")
+        raise UserError(
+            f"{str(args.checkpoint)!r} holds no LoRA adapter (adapter_config.json); it is already a "
+            "plain checkpoint"
+        )
     if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
-        raise UserError(f"output {str(args.output)!r} already exists and is not empty (nothing was overwritten)")
+        raise UserError(
+            f"output {str(args.output)!r} already exists and is not empty (nothing was overwritten)"
+        )
     model, tokenizer = load_checkpoint(str(args.checkpoint))  # the base with the adapter merged in
     tmp = args.output.with_name(f".tmp-{args.output.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -35,8 +35,10 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
         elif i == 0 and arg.endswith((".yaml", ".yml")):
             config_path = arg
         else:
-            raise UserError(f"unexpected argument {arg!r}: give an optional CONFIG.yaml first, then "
-                            "dotted.key=value overrides (`aspo train --help` lists the keys)")
+            raise UserError(
+                f"unexpected argument {arg!r}: give an optional CONFIG.yaml first, then "
+                "dotted.key=value overrides (`aspo train --help` lists the keys)"
+            )
     return config_path, overrides
 
 

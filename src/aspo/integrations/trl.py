@@ -44,8 +44,16 @@ from aspo.objectives import (
 
 # The metrics ``policy_loss`` can return, in a fixed order so every process gathers the same vector.
 _METRIC_KEYS = (
-    "clipfrac/pos", "clipfrac/neg", "dualclip/pos", "dualclip/neg", "ppo_kl",
-    "ratio/min", "ratio/mean", "ratio/max", "weight/pos", "weight/neg",
+    "clipfrac/pos",
+    "clipfrac/neg",
+    "dualclip/pos",
+    "dualclip/neg",
+    "ppo_kl",
+    "ratio/min",
+    "ratio/mean",
+    "ratio/max",
+    "weight/pos",
+    "weight/neg",
     *(f"pos_weight_by_prob/{name}" for name in PROB_BUCKET_NAMES),
     "entropy_high_frac",
 )
@@ -82,7 +90,9 @@ class ASPOConfig(GRPOConfig):
 
     loss_type: str = field(
         default="aspo",
-        metadata={"help": "Policy loss from aspo.objectives.POLICY_LOSSES (aspo, grpo, dapo, ppo, gspo, ...)."},
+        metadata={
+            "help": "Policy loss from aspo.objectives.POLICY_LOSSES (aspo, grpo, dapo, ppo, gspo, ...)."
+        },
     )
     epsilon: float | None = field(
         default=None,
@@ -99,10 +109,12 @@ class ASPOConfig(GRPOConfig):
         default=0.8, metadata={"help": "Per-response entropy quantile above which tokens get the high range."}
     )
     high_entropy_clip_ratio_low: float | None = field(
-        default=None, metadata={"help": "eps_low for high-entropy tokens; None = objective default (aspo 0.4)."}
+        default=None,
+        metadata={"help": "eps_low for high-entropy tokens; None = objective default (aspo 0.4)."},
     )
     high_entropy_clip_ratio_high: float | None = field(
-        default=None, metadata={"help": "eps_high for high-entropy tokens; None = objective default (aspo 0.4)."}
+        default=None,
+        metadata={"help": "eps_high for high-entropy tokens; None = objective default (aspo 0.4)."},
     )
 
     def __post_init__(self) -> None:
@@ -113,7 +125,9 @@ class ASPOConfig(GRPOConfig):
                 f"{', '.join(sorted(POLICY_LOSSES))} (TRL's own loss types run with trl.GRPOTrainer)"
             )
         if self.loss_agg_mode not in LOSS_AGG_MODES:
-            raise UserError(f"ASPOConfig.loss_agg_mode {self.loss_agg_mode!r} is not one of {list(LOSS_AGG_MODES)}")
+            raise UserError(
+                f"ASPOConfig.loss_agg_mode {self.loss_agg_mode!r} is not one of {list(LOSS_AGG_MODES)}"
+            )
         unsupported = {
             "importance_sampling_level": (self.importance_sampling_level != "token", "use loss_type='gspo'"),
             "top_entropy_quantile": (self.top_entropy_quantile < 1.0, "the objectives use all tokens"),
@@ -123,7 +137,9 @@ class ASPOConfig(GRPOConfig):
         }
         for name, (is_set, hint) in unsupported.items():
             if is_set:
-                raise UserError(f"ASPOConfig.{name}={getattr(self, name)!r} is not supported by ASPOTrainer: {hint}")
+                raise UserError(
+                    f"ASPOConfig.{name}={getattr(self, name)!r} is not supported by ASPOTrainer: {hint}"
+                )
 
     def policy_loss_params(self) -> dict[str, Any]:
         """The keyword parameters for ``aspo.objectives.policy_loss`` (None = objective default)."""
@@ -153,7 +169,9 @@ class ASPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         train_args = kwargs.get("args", args[2] if len(args) > 2 else None)
         if not isinstance(train_args, ASPOConfig):
-            raise UserError("ASPOTrainer needs args=ASPOConfig(...) (a GRPOConfig lacks the objective settings)")
+            raise UserError(
+                "ASPOTrainer needs args=ASPOConfig(...) (a GRPOConfig lacks the objective settings)"
+            )
         super().__init__(*args, **kwargs)
         self._policy_loss_params = train_args.policy_loss_params()
 
@@ -164,8 +182,16 @@ class ASPOTrainer(GRPOTrainer):
         forward_kwargs = {
             key: inputs.get(key)
             for key in (
-                "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
-                "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
+                "pixel_values",
+                "image_grid_thw",
+                "num_images",
+                "pixel_attention_mask",
+                "spatial_shapes",
+                "num_tiles",
+                "image_sizes",
+                "token_type_ids",
+                "mm_token_type_ids",
+                "image_position_ids",
             )
         }
         log_prob, entropy, aux_loss = self._get_per_token_logps_and_entropies(
@@ -189,7 +215,13 @@ class ASPOTrainer(GRPOTrainer):
         advantages = advantages.expand_as(log_prob)
 
         loss, metrics = policy_loss(
-            self.loss_type, log_prob, old_log_prob, advantages, mask, entropy=entropy, **self._policy_loss_params
+            self.loss_type,
+            log_prob,
+            old_log_prob,
+            advantages,
+            mask,
+            entropy=entropy,
+            **self._policy_loss_params,
         )
         mode = "train" if self.model.training else "eval"
         scale = self._aggregation_scale(mask, inputs, mode)
@@ -207,10 +239,14 @@ class ASPOTrainer(GRPOTrainer):
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         if self.entropy_coef != 0.0:
             # TRL's static bonus: coef * mean token entropy, scaled for accumulation only.
-            loss = loss - self.entropy_coef * (entropy * mask).sum() / mask.sum().clamp(min=1.0) / accumulation
+            loss = (
+                loss - self.entropy_coef * (entropy * mask).sum() / mask.sum().clamp(min=1.0) / accumulation
+            )
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+            self._metrics[mode]["aux_loss"].append(
+                self.accelerator.gather_for_metrics(aux_loss).mean().item()
+            )
 
         self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_term).mean().item())
         self._metrics[mode]["entropy"].append(self._global_masked_mean(entropy, mask))

@@ -91,7 +91,9 @@ def _verl_aggregation(
         value = batch_info.get(key)
         if value is None:
             if dp_size > 1:
-                raise UserError(f"verl loss_agg_mode {loss_agg_mode!r} with dp_size > 1 needs {key} in global_batch_info")
+                raise UserError(
+                    f"verl loss_agg_mode {loss_agg_mode!r} with dp_size > 1 needs {key} in global_batch_info"
+                )
             return local
         return float(value)
 
@@ -150,7 +152,9 @@ def register_all() -> tuple[str, ...]:
         if name not in core_algos.POLICY_LOSS_REGISTRY:
             core_algos.register_policy_loss(name)(make_verl_policy_loss(name))
     return tuple(
-        name for name, fn in core_algos.POLICY_LOSS_REGISTRY.items() if getattr(fn, "__module__", "") == __name__
+        name
+        for name, fn in core_algos.POLICY_LOSS_REGISTRY.items()
+        if getattr(fn, "__module__", "") == __name__
     )
 
 

@@ -39,9 +39,15 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **size: int) 
     dims.setdefault("num_key_value_heads", dims["num_attention_heads"])
     dims.setdefault("max_position_embeddings", 256)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), tie_word_embeddings=True, rope_theta=10000.0,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, use_cache=True, **dims)
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+        **dims,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
@@ -53,7 +59,10 @@ def _set_generation_defaults(model: Qwen2ForCausalLM, tokenizer: PreTrainedToken
     # plain temperature sampling: no hidden top-k / top-p from library defaults
     gen = model.generation_config
     gen.pad_token_id, gen.eos_token_id, gen.bos_token_id = (
-        tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.bos_token_id,
+    )
     gen.top_k, gen.top_p = None, None
 
 

@@ -43,8 +43,8 @@ class Task:
     name: str = "task"
     max_new_tokens: int = 48
     test_fraction: float = 0.2
-    reward: str = ""         # the registered reward that scores it ("": the task's own name)
-    lab_model: bool = True   # the lab's character model can learn it (has demonstrations in its alphabet)
+    reward: str = ""  # the registered reward that scores it ("": the task's own name)
+    lab_model: bool = True  # the lab's character model can learn it (has demonstrations in its alphabet)
 
     def sample(self, rng: random.Random) -> dict[str, Any]:  # one random problem from either split
         raise NotImplementedError
@@ -124,7 +124,9 @@ class ArithmeticTask(Task):
         digits_a, digits_b = str(a)[::-1], str(b)[::-1]
         width = max(len(digits_a), len(digits_b))
         columns, answer, carry = [], [], 0
-        for i, (da, db) in enumerate(zip(digits_a.ljust(width, "0"), digits_b.ljust(width, "0"), strict=True)):
+        for i, (da, db) in enumerate(
+            zip(digits_a.ljust(width, "0"), digits_b.ljust(width, "0"), strict=True)
+        ):
             total = int(da) + int(db) + carry
             if slip is not None and slip[0] == i:
                 total = total + slip[1] if 0 <= total + slip[1] <= 19 else total - slip[1]
@@ -171,8 +173,13 @@ class CountdownTask(Task):
             if value.denominator == 1 and 0 < value <= self.max_target:
                 target = int(value)
                 prompt = ",".join(map(str, numbers)) + f">{target}:"
-                return {"prompt": prompt, "answer": str(target), "numbers": numbers, "target": target,
-                        "solution": solution}
+                return {
+                    "prompt": prompt,
+                    "answer": str(target),
+                    "numbers": numbers,
+                    "target": target,
+                    "solution": solution,
+                }
 
     def key(self, record: dict[str, Any]) -> str:
         # order of the given numbers does not make a new problem
@@ -188,13 +195,13 @@ class CountdownTask(Task):
         rng.shuffle(spots)
         for i in spots:
             for op in rng.sample("+-*/", 4):
-                candidate = text[:i] + op + text[i + 1:]
+                candidate = text[:i] + op + text[i + 1 :]
                 if countdown_reward(record["prompt"], candidate, record["answer"], record["numbers"]) == 0.0:
                     return candidate
         literal = re.search(r"\d+", text)
         assert literal is not None
         other = int(literal.group()) % self.max_number + 1
-        return text[: literal.start()] + str(other) + text[literal.end():]
+        return text[: literal.start()] + str(other) + text[literal.end() :]
 
     def verify(self, prompt: str, response: str, answer: Any, **fields: Any) -> float:
         return countdown_reward(prompt, response, answer, **fields)
@@ -290,8 +297,11 @@ class AdditionQuestionTask(Task):
         return number_reward(prompt, response, answer)
 
 
-TASKS: dict[str, type[Task]] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask,
-                                "add": AdditionQuestionTask}
+TASKS: dict[str, type[Task]] = {
+    "arithmetic": ArithmeticTask,
+    "countdown": CountdownTask,
+    "add": AdditionQuestionTask,
+}
 
 
 def get_task(name: str, **params: Any) -> Task:

@@ -46,8 +46,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # headroom does not hinge on stopping SFT at the right step.
     "flawed_fraction": None,
     "eval_problems": 200,  # held-out problems for the pass@k measurement saved with the checkpoint
-    "eval_samples": 8,     # samples per problem (k of pass@k)
-    "task_params": {},     # e.g. {"digits": 3} for arithmetic
+    "eval_samples": 8,  # samples per problem (k of pass@k)
+    "task_params": {},  # e.g. {"digits": 3} for arithmetic
     **DEFAULT_SIZE,
 }
 
@@ -90,19 +90,28 @@ def warm_start_path(task_name: str, *, cache_dir: str | Path | None = None, **se
     return cache_root(cache_dir) / f"{task_name}-{settings_hash(task_name, resolved)}"
 
 
-def warm_start(task_name: str, *, cache_dir: str | Path | None = None, progress: bool = True,
-               **settings: Any) -> Path:
+def warm_start(
+    task_name: str, *, cache_dir: str | Path | None = None, progress: bool = True, **settings: Any
+) -> Path:
     """Checkpoint directory of the supervised warm start for ``task_name``, building it on first use."""
     resolved = resolve_settings(task_name, settings)
     final = cache_root(cache_dir) / f"{task_name}-{settings_hash(task_name, resolved)}"
-    notice = (f"building the {task_name} warm start once ({resolved['steps']} SFT steps); cached at {final}"
-              if progress else None)
-    return cache.build_once(final, lambda tmp: build_warm_start(task_name, resolved, tmp, progress=progress),
-                            marker=INFO_FILE, notice=notice)
+    notice = (
+        f"building the {task_name} warm start once ({resolved['steps']} SFT steps); cached at {final}"
+        if progress
+        else None
+    )
+    return cache.build_once(
+        final,
+        lambda tmp: build_warm_start(task_name, resolved, tmp, progress=progress),
+        marker=INFO_FILE,
+        notice=notice,
+    )
 
 
-def build_warm_start(task_name: str, settings: dict[str, Any], out_dir: Path, *,
-                     progress: bool = True) -> dict[str, Any]:
+def build_warm_start(
+    task_name: str, settings: dict[str, Any], out_dir: Path, *, progress: bool = True
+) -> dict[str, Any]:
     """Train, measure and save into ``out_dir`` (no caching); returns the info written to ``INFO_FILE``."""
     import torch
 
@@ -111,31 +120,58 @@ def build_warm_start(task_name: str, settings: dict[str, Any], out_dir: Path, *,
     size = {k: settings[k] for k in DEFAULT_SIZE}
     model = build_model(tokenizer, seed=settings["seed"], **size)
     start = time.perf_counter()
-    losses = supervised_finetune(model, tokenizer, task, steps=settings["steps"],
-                                 batch_size=settings["batch_size"], lr=settings["lr"],
-                                 weight_decay=settings["weight_decay"], warmup_steps=settings["warmup_steps"],
-                                 flawed_fraction=settings["flawed_fraction"], seed=settings["seed"],
-                                 progress=progress)
+    losses = supervised_finetune(
+        model,
+        tokenizer,
+        task,
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+        weight_decay=settings["weight_decay"],
+        warmup_steps=settings["warmup_steps"],
+        flawed_fraction=settings["flawed_fraction"],
+        seed=settings["seed"],
+        progress=progress,
+    )
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     records = task.make_split("test", settings["eval_problems"], seed=settings["seed"])
-    metrics = evaluate_policy(model, tokenizer, task, records, n=settings["eval_samples"], temperature=1.0,
-                              seed=settings["seed"]) if records else {}
+    metrics = (
+        evaluate_policy(
+            model,
+            tokenizer,
+            task,
+            records,
+            n=settings["eval_samples"],
+            temperature=1.0,
+            seed=settings["seed"],
+        )
+        if records
+        else {}
+    )
     greedy = evaluate_policy(model, tokenizer, task, records, n=1, temperature=0.0) if records else {}
     eval_s = time.perf_counter() - start
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    info = {"task": task_name, "code_version": CODE_VERSION, "settings": settings,
-            "parameters": count_parameters(model), "final_loss": losses[-1] if losses else None,
-            "train_seconds": round(train_s, 2), "eval_seconds": round(eval_s, 2),
-            "heldout_temperature_1": metrics, "heldout_greedy_pass@1": greedy.get("pass@1"),
-            "torch_threads": torch.get_num_threads()}
+    info = {
+        "task": task_name,
+        "code_version": CODE_VERSION,
+        "settings": settings,
+        "parameters": count_parameters(model),
+        "final_loss": losses[-1] if losses else None,
+        "train_seconds": round(train_s, 2),
+        "eval_seconds": round(eval_s, 2),
+        "heldout_temperature_1": metrics,
+        "heldout_greedy_pass@1": greedy.get("pass@1"),
+        "torch_threads": torch.get_num_threads(),
+    }
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")  # written last: marks completion
     return info
 
 
-def sft_batch(tokenizer: Any, task: Task, records: list[dict[str, Any]],
-              responses: list[str] | None = None) -> dict[str, Any]:
+def sft_batch(
+    tokenizer: Any, task: Task, records: list[dict[str, Any]], responses: list[str] | None = None
+) -> dict[str, Any]:
     """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` (-100 outside response + EOS).
 
     Shapes: (B, T). ``responses`` default to the task's demonstrations.
@@ -152,15 +188,26 @@ def sft_batch(tokenizer: Any, task: Task, records: list[dict[str, Any]],
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (p, a) in enumerate(rows):
         ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-        labels[i, len(p): len(p) + len(a)] = torch.tensor(a)
+        labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)
         mask[i, : len(p) + len(a)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def supervised_finetune(model: Any, tokenizer: Any, task: Task, *, steps: int, batch_size: int, lr: float,
-                        weight_decay: float = 0.0, warmup_steps: int = 0, flawed_fraction: float = 0.0,
-                        seed: int = 0, progress: bool = True,
-                        examples: list[tuple[dict, str]] | None = None) -> list[float]:
+def supervised_finetune(
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    flawed_fraction: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+    examples: list[tuple[dict, str]] | None = None,
+) -> list[float]:
     """AdamW on demonstrations (fresh train problems each step), or on fixed ``examples`` (record, response).
 
     With ``flawed_fraction`` > 0, that fraction of the demonstrations carries one slip.
@@ -188,8 +235,10 @@ def supervised_finetune(model: Any, tokenizer: Any, task: Task, *, steps: int, b
     for _ in bar:
         if examples is None:
             records = [next(stream) for _ in range(batch_size)]
-            responses = [task.flawed_demonstration(r, rng) if rng.random() < flawed_fraction
-                         else task.demonstration(r) for r in records]
+            responses = [
+                task.flawed_demonstration(r, rng) if rng.random() < flawed_fraction else task.demonstration(r)
+                for r in records
+            ]
             batch = sft_batch(tokenizer, task, records, responses)
         else:
             chosen = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
@@ -206,8 +255,17 @@ def supervised_finetune(model: Any, tokenizer: Any, task: Task, *, steps: int, b
     return losses
 
 
-def sample_responses(model: Any, tokenizer: Any, prompts: list[str], *, n: int, max_new_tokens: int,
-                     temperature: float = 1.0, seed: int = 0, batch_prompts: int = 64) -> list[list[str]]:
+def sample_responses(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    n: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_prompts: int = 64,
+) -> list[list[str]]:
     """``n`` responses per prompt through the rollout engine (``aspo.rollout.HFEngine``, the sampler RL
     uses); greedy if ``temperature`` is 0 (one response, repeated ``n`` times)."""
     from aspo.rollout import HFEngine
@@ -218,20 +276,38 @@ def sample_responses(model: Any, tokenizer: Any, prompts: list[str], *, n: int, 
     settings = {"temperature": 1.0, "top_p": GREEDY_TOP_P} if greedy else {"temperature": temperature}
     out: list[list[str]] = []
     for start in range(0, len(prompts), batch_prompts):
-        chunk = prompts[start: start + batch_prompts]
+        chunk = prompts[start : start + batch_prompts]
         per = 1 if greedy else n
-        texts = engine.generate(chunk, n=per, max_new_tokens=max_new_tokens, seed=seed + start,
-                                **settings).responses
-        out.extend(texts[i * per: (i + 1) * per] * (n if greedy else 1) for i in range(len(chunk)))
+        texts = engine.generate(
+            chunk, n=per, max_new_tokens=max_new_tokens, seed=seed + start, **settings
+        ).responses
+        out.extend(texts[i * per : (i + 1) * per] * (n if greedy else 1) for i in range(len(chunk)))
     return out
 
 
-def evaluate_policy(model: Any, tokenizer: Any, task: Task, records: list[dict[str, Any]], *, n: int = 8,
-                    temperature: float = 1.0, seed: int = 0) -> dict[str, float]:
+def evaluate_policy(
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    records: list[dict[str, Any]],
+    *,
+    n: int = 8,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> dict[str, float]:
     """avg@n, pass@1 and pass@n of ``model`` on ``records`` at ``temperature``."""
     from aspo.evaluate import summarize
 
-    responses = sample_responses(model, tokenizer, [r["prompt"] for r in records], n=n,
-                                 max_new_tokens=task.max_new_tokens, temperature=temperature, seed=seed)
-    rewards = [[task.verify(**r, response=s) for s in samples] for r, samples in zip(records, responses, strict=True)]
+    responses = sample_responses(
+        model,
+        tokenizer,
+        [r["prompt"] for r in records],
+        n=n,
+        max_new_tokens=task.max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+    )
+    rewards = [
+        [task.verify(**r, response=s) for s in samples] for r, samples in zip(records, responses, strict=True)
+    ]
     return summarize(rewards, k=n)

@@ -28,9 +28,16 @@ def default_chunk(vocab_size: int) -> int:
     return max(16, CHUNK_ELEMENTS // max(vocab_size, 1))
 
 
-def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                  *, temperature: float = 1.0, with_entropy: bool = True, chunk: int | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def head_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax(head(hidden) / T)[target] and the entropy of that softmax, token by token.
 
     hidden (N, H); weight (V, H) and bias (V,) or None of the LM head; targets (N,) long. Returns logprobs
@@ -38,13 +45,15 @@ def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     to the plain ``log_softmax(F.linear(hidden, weight, bias).float() / T)`` path up to float summation order.
     """
     chunk = chunk or default_chunk(weight.shape[0])
-    logprobs, entropy = _ChunkedHead.apply(hidden, weight, bias, targets, float(temperature), bool(with_entropy),
-                                           int(chunk))
+    logprobs, entropy = _ChunkedHead.apply(
+        hidden, weight, bias, targets, float(temperature), bool(with_entropy), int(chunk)
+    )
     return logprobs, entropy if with_entropy else None
 
 
-def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  temperature: float) -> torch.Tensor:
+def _chunk_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
     """(C, H) -> (C, V) float32 logits / T, computed in the head's dtype like the model's own forward."""
     logits = F.linear(hidden, weight, bias).float()
     return logits / temperature if temperature != 1.0 else logits
@@ -52,20 +61,27 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 class _ChunkedHead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, temperature: float, with_entropy: bool, chunk: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        temperature: float,
+        with_entropy: bool,
+        chunk: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n = hidden.shape[0]
         logprobs = torch.zeros(n, dtype=torch.float32, device=hidden.device)
         entropy = torch.zeros(n, dtype=torch.float32, device=hidden.device)
         log_norm = torch.zeros(n, dtype=torch.float32, device=hidden.device)
         for i in range(0, n, chunk):
-            z = _chunk_logits(hidden[i:i + chunk], weight, bias, temperature)
+            z = _chunk_logits(hidden[i : i + chunk], weight, bias, temperature)
             lse = torch.logsumexp(z, dim=-1)
-            log_norm[i:i + chunk] = lse
-            logprobs[i:i + chunk] = z.gather(-1, targets[i:i + chunk, None]).squeeze(-1) - lse
+            log_norm[i : i + chunk] = lse
+            logprobs[i : i + chunk] = z.gather(-1, targets[i : i + chunk, None]).squeeze(-1) - lse
             if with_entropy:  # H = lse - sum_v p_v z_v
-                entropy[i:i + chunk] = lse - torch.softmax(z, dim=-1).mul_(z).sum(-1)
+                entropy[i : i + chunk] = lse - torch.softmax(z, dim=-1).mul_(z).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, targets, log_norm, entropy)
         ctx.temperature, ctx.with_entropy, ctx.chunk = temperature, with_entropy, chunk
         if not with_entropy:
@@ -73,8 +89,9 @@ class _ChunkedHead(torch.autograd.Function):
         return logprobs, entropy
 
     @staticmethod
-    def backward(ctx: Any, grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None
-                 ) -> tuple[torch.Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias, targets, log_norm, entropy = ctx.saved_tensors
         temperature, chunk = ctx.temperature, ctx.chunk
         n = hidden.shape[0]
@@ -84,24 +101,30 @@ class _ChunkedHead(torch.autograd.Function):
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         # summed over chunks in float32 even for a low-precision head
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_bias else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        )
+        grad_bias = (
+            torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_bias else None
+        )
         for i in range(0, n, chunk):
-            h, g = hidden[i:i + chunk], g_lp[i:i + chunk, None]
+            h, g = hidden[i : i + chunk], g_lp[i : i + chunk, None]
             # dlogp_t/dz = onehot_t - p and dH/dz = -p (log p + H), with log p = z - lse:
             # dL/dz = -p (g_lp + g_H (log p + H)) + g_lp onehot_t, built in place on one (C, V) buffer
-            log_p = _chunk_logits(h, weight, bias, temperature).sub_(log_norm[i:i + chunk, None])
+            log_p = _chunk_logits(h, weight, bias, temperature).sub_(log_norm[i : i + chunk, None])
             p = log_p.exp()
             coef = g
             if use_entropy:
-                coef = log_p.add_(entropy[i:i + chunk, None]).mul_(g_ent[i:i + chunk, None].float()).add_(g)
-            grad_z = p.mul_(coef).neg_().scatter_add_(-1, targets[i:i + chunk, None], g)
+                coef = (
+                    log_p.add_(entropy[i : i + chunk, None]).mul_(g_ent[i : i + chunk, None].float()).add_(g)
+                )
+            grad_z = p.mul_(coef).neg_().scatter_add_(-1, targets[i : i + chunk, None], g)
             del log_p, coef
             if temperature != 1.0:
                 grad_z.div_(temperature)
             grad_z = grad_z.to(weight.dtype)
             if grad_hidden is not None:
-                grad_hidden[i:i + chunk] = grad_z @ weight
+                grad_hidden[i : i + chunk] = grad_z @ weight
             if grad_weight is not None:
                 if grad_z.dtype == torch.float32:
                     grad_weight.addmm_(grad_z.t(), h)  # no (V, H) temporary
@@ -109,5 +132,12 @@ class _ChunkedHead(torch.autograd.Function):
                     grad_weight += grad_z.t() @ h
             if grad_bias is not None:
                 grad_bias += grad_z.sum(0)
-        return (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
-                None if grad_bias is None else grad_bias.to(weight.dtype), None, None, None, None)
+        return (
+            grad_hidden,
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(weight.dtype),
+            None,
+            None,
+            None,
+            None,
+        )

@@ -46,7 +46,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def distinct_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def distinct_prompts(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The G samples of a group share their prompt: compute each distinct prompt once.
 
     prompt_ids/prompt_mask (rows, P) left-padded -> (first_row (U,) long: the first row holding each distinct
@@ -57,7 +59,8 @@ def distinct_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tup
     _, group = torch.unique(prompt_ids.masked_fill(~prompt_mask, -1), dim=0, return_inverse=True)
     arange = torch.arange(rows, device=prompt_ids.device)
     first_row = torch.full((int(group.max()) + 1,), rows, device=prompt_ids.device).scatter_reduce(
-        0, group, arange, reduce="amin")
+        0, group, arange, reduce="amin"
+    )
     return first_row, group
 
 
@@ -85,8 +88,9 @@ def rotary_tables(base: Any, positions: torch.Tensor) -> tuple[torch.Tensor, tor
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def decoder_layer(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  attend: Attend) -> torch.Tensor:
+def decoder_layer(
+    layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend
+) -> torch.Tensor:
     """One decoder layer with its own modules: x (..., T, H) -> (..., T, H).
 
     Norms, projections, rotary and the MLP are token-wise; ``attend`` receives the rotated queries and keys

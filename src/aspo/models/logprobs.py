@@ -22,9 +22,17 @@ from aspo.models.llama import self_attention_mask as attention_mask
 _PLAIN_HEAD_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "olmo", "olmo2", "smollm3")
 
 
-def token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                   response_ids: torch.Tensor, response_mask: torch.Tensor, *, temperature: float = 1.0,
-                   with_entropy: bool = True, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def token_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the response tokens (and the policy entropy at each position) in one forward.
 
     prompt_ids/prompt_mask (B, P) left-padded; response_ids/response_mask (B, R) right-padded.
@@ -37,8 +45,16 @@ def token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask
     spent on padding. Anything else takes ``padded_token_logprobs``.
     """
     forward = packed_token_logprobs if packing_applies(model, prompt_mask) else padded_token_logprobs
-    return forward(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature=temperature,
-                   with_entropy=with_entropy, chunk=chunk)
+    return forward(
+        model,
+        prompt_ids,
+        prompt_mask,
+        response_ids,
+        response_mask,
+        temperature=temperature,
+        with_entropy=with_entropy,
+        chunk=chunk,
+    )
 
 
 def packing_applies(model: torch.nn.Module, prompt_mask: torch.Tensor) -> bool:
@@ -57,10 +73,17 @@ def packing_applies(model: torch.nn.Module, prompt_mask: torch.Tensor) -> bool:
     return prompt_mask.shape[1] > 0 and bool(prompt_mask[:, -1].all())
 
 
-def padded_token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                          response_ids: torch.Tensor, response_mask: torch.Tensor, *, temperature: float = 1.0,
-                          with_entropy: bool = True, chunk: int | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def padded_token_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``token_logprobs`` through the model's own forward on the padded (B, P + R) batch (any model)."""
     device = next(model.parameters()).device
     ids = torch.cat([prompt_ids, response_ids], dim=1).to(device)
@@ -71,8 +94,9 @@ def padded_token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prom
     head = _output_head(model) if chunk != 0 else None
     if head is None:  # logits through the model's own head, all at once
         # only the logits that predict response tokens: positions P-1 .. P+R-2
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                       logits_to_keep=resp_len + 1).logits[:, :-1]
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=resp_len + 1
+        ).logits[:, :-1]
         return _logprobs_and_entropy(logits, response_ids, valid, temperature, with_entropy)
     # the model's forward (through any DDP wrapper) up to the head's input; the head sees no positions
     captured: list[torch.Tensor] = []
@@ -90,10 +114,17 @@ def padded_token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prom
     return _scatter(head, hidden, response_ids, valid, temperature, with_entropy, chunk)
 
 
-def packed_token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                          response_ids: torch.Tensor, response_mask: torch.Tensor, *, temperature: float = 1.0,
-                          with_entropy: bool = True, chunk: int | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def packed_token_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``token_logprobs`` without padding and with each distinct prompt computed once.
 
     For models that ``packing_applies`` to. The real tokens are packed into one (T, H) sequence for the
@@ -122,28 +153,50 @@ def packed_token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prom
     cos, sin = rotary_tables(base, positions)  # (T, 1, head_dim)
     # prompts attend causally within themselves; responses to their prompt and causally to themselves
     p_attn = attention_mask(p_mask)
-    r_attn = torch.cat([p_mask[group][:, None, None, :].expand(rows, 1, resp_len, prompt_len),
-                        attention_mask(valid)], dim=-1)
+    r_attn = torch.cat(
+        [p_mask[group][:, None, None, :].expand(rows, 1, resp_len, prompt_len), attention_mask(valid)], dim=-1
+    )
 
     def unpack(t: torch.Tensor, real: torch.Tensor, n: int, width: int) -> torch.Tensor:
         """(N, heads, d) packed -> (n, heads, width, d), zeros on padding."""
         full = t.new_zeros(n * width, *t.shape[1:]).index_copy(0, real, t)
         return full.view(n, width, *t.shape[1:]).transpose(1, 2)
 
-    def per_row_attention(scaling: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    def per_row_attention(
+        scaling: float,
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         sdpa = torch.nn.functional.scaled_dot_product_attention
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             gqa = k.shape[1] != q.shape[1]
-            kp, vp = unpack(k[:n_p], p_real, n_prompts, prompt_len), unpack(v[:n_p], p_real, n_prompts, prompt_len)
-            out_p = sdpa(unpack(q[:n_p], p_real, n_prompts, prompt_len), kp, vp, attn_mask=p_attn, scale=scaling,
-                         enable_gqa=gqa)
+            kp, vp = (
+                unpack(k[:n_p], p_real, n_prompts, prompt_len),
+                unpack(v[:n_p], p_real, n_prompts, prompt_len),
+            )
+            out_p = sdpa(
+                unpack(q[:n_p], p_real, n_prompts, prompt_len),
+                kp,
+                vp,
+                attn_mask=p_attn,
+                scale=scaling,
+                enable_gqa=gqa,
+            )
             k_rows = torch.cat([kp[group], unpack(k[n_p:], r_real, rows, resp_len)], dim=2)
             v_rows = torch.cat([vp[group], unpack(v[n_p:], r_real, rows, resp_len)], dim=2)
-            out_r = sdpa(unpack(q[n_p:], r_real, rows, resp_len), k_rows, v_rows, attn_mask=r_attn, scale=scaling,
-                         enable_gqa=gqa)
-            return torch.cat([out_p.transpose(1, 2).reshape(n_prompts * prompt_len, -1)[p_real],
-                              out_r.transpose(1, 2).reshape(rows * resp_len, -1)[r_real]])
+            out_r = sdpa(
+                unpack(q[n_p:], r_real, rows, resp_len),
+                k_rows,
+                v_rows,
+                attn_mask=r_attn,
+                scale=scaling,
+                enable_gqa=gqa,
+            )
+            return torch.cat(
+                [
+                    out_p.transpose(1, 2).reshape(n_prompts * prompt_len, -1)[p_real],
+                    out_r.transpose(1, 2).reshape(rows * resp_len, -1)[r_real],
+                ]
+            )
 
         return attend
 
@@ -154,21 +207,38 @@ def packed_token_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prom
     p_index[p_real] = torch.arange(n_p, device=device)
     r_index = torch.full((rows * resp_len,), -1, dtype=torch.long, device=device)
     r_index[r_real] = n_p + torch.arange(len(r_real), device=device)
-    predictor = torch.cat([p_index.view(n_prompts, prompt_len)[group, -1:], r_index.view(rows, resp_len)[:, :-1]], 1)
+    predictor = torch.cat(
+        [p_index.view(n_prompts, prompt_len)[group, -1:], r_index.view(rows, resp_len)[:, :-1]], 1
+    )
     hidden = base.norm(x[predictor[valid]])  # (N, H)
     lm_head: Any = model.lm_head
     if chunk == 0:
-        logp, ent = _logprobs_and_entropy(lm_head(hidden), response_ids[valid], None, temperature,
-                                          with_entropy)
+        logp, ent = _logprobs_and_entropy(
+            lm_head(hidden), response_ids[valid], None, temperature, with_entropy
+        )
         return _to_rows(logp, valid), None if ent is None else _to_rows(ent, valid)
     return _scatter(lm_head, hidden, response_ids, valid, temperature, with_entropy, chunk)
 
 
-def _scatter(head: Any, hidden: torch.Tensor, response_ids: torch.Tensor, valid: torch.Tensor,
-             temperature: float, with_entropy: bool, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _scatter(
+    head: Any,
+    hidden: torch.Tensor,
+    response_ids: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+    chunk: int | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """hidden (N, H) at the N valid response positions of valid (B, R) -> (B, R) logprobs and entropy."""
-    logp, ent = head_logprobs(hidden, head.weight, head.bias, response_ids[valid], temperature=temperature,
-                              with_entropy=with_entropy, chunk=chunk)
+    logp, ent = head_logprobs(
+        hidden,
+        head.weight,
+        head.bias,
+        response_ids[valid],
+        temperature=temperature,
+        with_entropy=with_entropy,
+        chunk=chunk,
+    )
     return _to_rows(logp, valid), None if ent is None else _to_rows(ent, valid)
 
 
@@ -178,8 +248,13 @@ def _to_rows(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return values.new_zeros(valid.numel()).index_copy(0, flat, values).view(valid.shape)
 
 
-def _logprobs_and_entropy(logits: torch.Tensor, response_ids: torch.Tensor, valid: torch.Tensor | None,
-                          temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _logprobs_and_entropy(
+    logits: torch.Tensor,
+    response_ids: torch.Tensor,
+    valid: torch.Tensor | None,
+    temperature: float,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """logits (..., V) at the positions predicting response_ids (...) -> (logprobs, entropy), 0 where ~valid.
 
     The plain path: the whole batch's float32 logits, log-softmax and their gradients at once.

@@ -26,8 +26,10 @@ NOTES_FILE = "notes.md"  # a person's interpretation, included verbatim in repor
 # A run "collapsed" when its final held-out pass@1 ends below its step-0 value, or its token entropy ends
 # below this fraction of its first update's entropy (the model stopped exploring).
 COLLAPSE_ENTROPY_FRACTION = 0.2
-COLLAPSE_RULE = (f"final held-out pass@1 below its step-0 value, or final token entropy below "
-                 f"{COLLAPSE_ENTROPY_FRACTION:g} x the first update's entropy")
+COLLAPSE_RULE = (
+    f"final held-out pass@1 below its step-0 value, or final token entropy below "
+    f"{COLLAPSE_ENTROPY_FRACTION:g} x the first update's entropy"
+)
 # the final metrics drawn against a swept value in the frontier view
 FRONTIER_METRICS = ("pass@1", "pass@k", "entropy", "avg_ppo_kl", "avg_clipfrac_pos", "avg_dualclip_neg")
 
@@ -45,8 +47,16 @@ TRAINING_METRICS: dict[str, tuple[str, str, str]] = {
     "min_entropy": ("actor/entropy", "min", "lowest token entropy over training"),
     "avg_clipfrac_pos": ("actor/clipfrac/pos", "mean", "clip fraction of positive tokens, mean over steps"),
     "avg_clipfrac_neg": ("actor/clipfrac/neg", "mean", "clip fraction of negative tokens, mean over steps"),
-    "avg_dualclip_pos": ("actor/dualclip/pos", "mean", "dual-clip fraction of positive tokens, mean over steps"),
-    "avg_dualclip_neg": ("actor/dualclip/neg", "mean", "dual-clip fraction of negative tokens, mean over steps"),
+    "avg_dualclip_pos": (
+        "actor/dualclip/pos",
+        "mean",
+        "dual-clip fraction of positive tokens, mean over steps",
+    ),
+    "avg_dualclip_neg": (
+        "actor/dualclip/neg",
+        "mean",
+        "dual-clip fraction of negative tokens, mean over steps",
+    ),
     "avg_ppo_kl": ("actor/ppo_kl", "mean", "behaviour-to-current KL estimate, mean over steps"),
     "jitter_ppo_kl": ("actor/ppo_kl", "jitter", "mean |change| of ppo_kl between consecutive steps"),
     "jitter_clipfrac_pos": ("actor/clipfrac/pos", "jitter", "mean |change| of clipfrac/pos between steps"),
@@ -94,8 +104,9 @@ def variant_label(algo: str, point: dict[str, str]) -> str:
     return algo if not point else f"{algo} [{', '.join(f'{k}={v}' for k, v in point.items())}]"
 
 
-def collapse_reasons(rows: list[dict[str, Any]], initial_pass1: float | None, final_pass1: float | None
-                     ) -> list[str]:
+def collapse_reasons(
+    rows: list[dict[str, Any]], initial_pass1: float | None, final_pass1: float | None
+) -> list[str]:
     """Why a finished run counts as collapsed (``COLLAPSE_RULE``); empty when it did not."""
     reasons = []
     if initial_pass1 is not None and final_pass1 is not None and final_pass1 < initial_pass1:
@@ -106,27 +117,40 @@ def collapse_reasons(rows: list[dict[str, Any]], initial_pass1: float | None, fi
     return reasons
 
 
-def run_record(output_dir: Path, algo: str, seed: int, run_dir: Path,
-               point: dict[str, str] | None = None) -> dict[str, Any]:
+def run_record(
+    output_dir: Path, algo: str, seed: int, run_dir: Path, point: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One entry of ``summary.json["runs"]``."""
     rows = read_metrics(run_dir)
     steps = target_steps(run_dir)
     state_path = run_dir / RUN_STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     complete = is_complete(rows, steps)
-    status = "finished" if complete else ("failed" if state.get("returncode") not in (None, 0) else "unfinished")
+    status = (
+        "finished" if complete else ("failed" if state.get("returncode") not in (None, 0) else "unfinished")
+    )
     record: dict[str, Any] = {
-        "algo": algo, "variant": variant_label(algo, point or {}), "point": dict(point or {}), "seed": seed,
-        "run_dir": _relative(run_dir, output_dir), "status": status,
-        "steps": max((r.get("step", 0) for r in rows), default=None), "target_steps": steps,
-        "wall_s": state.get("wall_s"), "attempts": state.get("attempts"),
+        "algo": algo,
+        "variant": variant_label(algo, point or {}),
+        "point": dict(point or {}),
+        "seed": seed,
+        "run_dir": _relative(run_dir, output_dir),
+        "status": status,
+        "steps": max((r.get("step", 0) for r in rows), default=None),
+        "target_steps": steps,
+        "wall_s": state.get("wall_s"),
+        "attempts": state.get("attempts"),
         "log": _relative(run_dir / state["log"], output_dir) if state.get("log") else None,
     }
     if complete:
-        record["initial"] = {"pass@1": _reduce_initial(rows, "eval/pass@1"),
-                             "pass@k": _reduce_initial(rows, "eval/pass@k")}
+        record["initial"] = {
+            "pass@1": _reduce_initial(rows, "eval/pass@1"),
+            "pass@k": _reduce_initial(rows, "eval/pass@k"),
+        }
         record["final"] = {name: _last(rows, key) for name, (key, _) in FINAL_METRICS.items()}
-        record["training"] = {name: _reduce(rows, key, how) for name, (key, how, _) in TRAINING_METRICS.items()}
+        record["training"] = {
+            name: _reduce(rows, key, how) for name, (key, how, _) in TRAINING_METRICS.items()
+        }
         record["pos_weight_by_prob"] = weight_buckets(rows)
         record["collapse"] = collapse_reasons(rows, record["initial"]["pass@1"], record["final"]["pass@1"])
     return record
@@ -156,7 +180,9 @@ def aggregate(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict
         metrics["initial_pass@1"] = mean_ci95([r["initial"]["pass@1"] for r in done])
         for name in TRAINING_METRICS:
             metrics[name] = mean_ci95([r["training"][name] for r in done])
-        buckets = sorted({b for r in done for b in r["pos_weight_by_prob"]}, key=lambda b: float(b.split("-")[0]))
+        buckets = sorted(
+            {b for r in done for b in r["pos_weight_by_prob"]}, key=lambda b: float(b.split("-")[0])
+        )
         for bucket in buckets:
             metrics[f"pos_weight/{bucket}"] = mean_ci95([r["pos_weight_by_prob"].get(bucket) for r in done])
         metrics["collapsed"] = {"count": sum(bool(r["collapse"]) for r in done), "n": len(done)}
@@ -164,8 +190,9 @@ def aggregate(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict
     return out
 
 
-def frontier(runs: list[dict[str, Any]], agg: dict[str, dict[str, dict[str, Any]]],
-             grid: dict[str, list[str]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+def frontier(
+    runs: list[dict[str, Any]], agg: dict[str, dict[str, dict[str, Any]]], grid: dict[str, list[str]]
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """For each swept key: one line per algorithm (and per value of the other swept keys), its points in
     the grid's order, each ``{"value", <metric>: mean_ci95, "collapsed": count}``."""
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -175,8 +202,11 @@ def frontier(runs: list[dict[str, Any]], agg: dict[str, dict[str, dict[str, Any]
         for variant, (algo, point) in variants.items():
             others = ", ".join(f"{k}={v}" for k, v in point.items() if k != key)
             line = algo if not others else f"{algo} [{others}]"
-            entry = {"value": point[key], **{m: agg[variant][m] for m in FRONTIER_METRICS},
-                     "collapsed": agg[variant]["collapsed"]}
+            entry = {
+                "value": point[key],
+                **{m: agg[variant][m] for m in FRONTIER_METRICS},
+                "collapsed": agg[variant]["collapsed"],
+            }
             lines.setdefault(line, []).append(entry)
         for entries in lines.values():
             entries.sort(key=lambda e: values.index(e["value"]))
@@ -184,8 +214,9 @@ def frontier(runs: list[dict[str, Any]], agg: dict[str, dict[str, dict[str, Any]
     return out
 
 
-def write_compare_report(output_dir: str | Path, setup: dict[str, Any],
-                         planned: list[tuple[str, int, Path, dict[str, str]]]) -> dict[str, Any]:
+def write_compare_report(
+    output_dir: str | Path, setup: dict[str, Any], planned: list[tuple[str, int, Path, dict[str, str]]]
+) -> dict[str, Any]:
     """Write ``summary.json``, the figures and ``report.md`` into ``output_dir``; returns the summary.
 
     ``setup`` describes the comparison (algos, seeds, grid, presets, config, machine, wall time); ``planned``
@@ -197,22 +228,30 @@ def write_compare_report(output_dir: str | Path, setup: dict[str, Any],
     agg = aggregate(runs, variants)
     summary = {
         "setup": setup,
-        "metric_definitions": {**{k: v[1] for k, v in FINAL_METRICS.items()},
-                               "initial_pass@1": "held-out pass@1 at step 0 (before training)",
-                               **{k: v[2] for k, v in TRAINING_METRICS.items()},
-                               "pos_weight/<bucket>": "mean gradient weight of positive-advantage tokens whose "
-                                                      "behaviour probability is in the bucket, mean over steps",
-                               "collapsed": COLLAPSE_RULE},
+        "metric_definitions": {
+            **{k: v[1] for k, v in FINAL_METRICS.items()},
+            "initial_pass@1": "held-out pass@1 at step 0 (before training)",
+            **{k: v[2] for k, v in TRAINING_METRICS.items()},
+            "pos_weight/<bucket>": "mean gradient weight of positive-advantage tokens whose "
+            "behaviour probability is in the bucket, mean over steps",
+            "collapsed": COLLAPSE_RULE,
+        },
         "aggregate_note": "mean and 95 % t-interval half-width (ci95) over the finished seeds; ci95 is null with "
-                          "one seed",
+        "one seed",
         "runs": runs,
         "aggregate": agg,
     }
     grid = setup.get("grid") or {}
     if grid:
         summary["frontier"] = frontier(runs, agg, grid)
-    rows_by_variant = {v: [read_metrics(output_dir / r["run_dir"]) for r in runs
-                           if r["variant"] == v and r["status"] == "finished"] for v in variants}
+    rows_by_variant = {
+        v: [
+            read_metrics(output_dir / r["run_dir"])
+            for r in runs
+            if r["variant"] == v and r["status"] == "finished"
+        ]
+        for v in variants
+    }
     figures = plot_compare({v: rs for v, rs in rows_by_variant.items() if rs}, output_dir)
     if grid:
         figures += plot_frontier(summary["frontier"], grid, FRONTIER_METRICS, output_dir)

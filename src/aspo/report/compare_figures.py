@@ -20,17 +20,29 @@ CURVE_FIGURES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "eval_pass_at_1": ("held-out pass@1", [("eval/pass@1", "held-out pass@1")]),
     "eval_pass_at_k": ("held-out pass@k", [("eval/pass@k", "held-out pass@k")]),
     "entropy": ("token entropy (update forward pass)", [("actor/entropy", "mean token entropy (nats)")]),
-    "clip_fraction": ("trust-region clip fraction by advantage sign",
-                      [("actor/clipfrac/pos", "positive-advantage tokens"),
-                       ("actor/clipfrac/neg", "negative-advantage tokens")]),
-    "dual_clip_fraction": ("dual-clip fraction by advantage sign",
-                           [("actor/dualclip/pos", "positive-advantage tokens"),
-                            ("actor/dualclip/neg", "negative-advantage tokens")]),
+    "clip_fraction": (
+        "trust-region clip fraction by advantage sign",
+        [
+            ("actor/clipfrac/pos", "positive-advantage tokens"),
+            ("actor/clipfrac/neg", "negative-advantage tokens"),
+        ],
+    ),
+    "dual_clip_fraction": (
+        "dual-clip fraction by advantage sign",
+        [
+            ("actor/dualclip/pos", "positive-advantage tokens"),
+            ("actor/dualclip/neg", "negative-advantage tokens"),
+        ],
+    ),
     "ppo_kl": ("KL between behaviour and current policy (update batches)", [("actor/ppo_kl", "ppo_kl")]),
-    "response_length": ("response length (tokens)", [("response/length_mean", "training rollouts"),
-                                                     ("eval/response_length", "held-out samples")]),
-    "repetition": ("repetition rate", [("response/repetition", "training rollouts"),
-                                       ("eval/repetition", "held-out samples")]),
+    "response_length": (
+        "response length (tokens)",
+        [("response/length_mean", "training rollouts"), ("eval/response_length", "held-out samples")],
+    ),
+    "repetition": (
+        "repetition rate",
+        [("response/repetition", "training rollouts"), ("eval/repetition", "held-out samples")],
+    ),
     "reward": ("training reward (before group filtering)", [("reward/mean", "mean reward")]),
 }
 WEIGHT_PREFIX = "actor/pos_weight_by_prob/"
@@ -39,12 +51,15 @@ WEIGHT_FIGURE = "token_weight"
 
 def smoothing_window(rows_by_algo: dict[str, list[list[dict[str, Any]]]]) -> int:
     """A tenth of the longest run (at least 1 step)."""
-    steps = [max((r.get("step", 0) for r in rows), default=0) for runs in rows_by_algo.values() for rows in runs]
+    steps = [
+        max((r.get("step", 0) for r in rows), default=0) for runs in rows_by_algo.values() for rows in runs
+    ]
     return max(1, max(steps, default=0) // 10)
 
 
-def seed_curve(runs: list[list[dict[str, Any]]], key: str, smooth: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def seed_curve(
+    runs: list[list[dict[str, Any]]], key: str, smooth: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(steps, mean, 95 % half-width) over the runs at the steps all of them logged ``key``."""
     per_run = []
     for rows in runs:
@@ -75,7 +90,7 @@ def weight_buckets(rows: list[dict[str, Any]]) -> dict[str, float]:
     for key in keys:
         _, ys = series(rows, key)
         if ys:
-            out[key[len(WEIGHT_PREFIX):]] = float(np.mean(ys))
+            out[key[len(WEIGHT_PREFIX) :]] = float(np.mean(ys))
     return out
 
 
@@ -97,8 +112,10 @@ def plot_curves(rows_by_algo: dict[str, list[list[dict[str, Any]]]], out_dir: Pa
     colors = _colors(list(rows_by_algo))
     written = []
     for stem, (title, panels) in CURVE_FIGURES.items():
-        curves = [[(algo, seed_curve(runs, key, smooth)) for algo, runs in rows_by_algo.items()]
-                  for key, _ in panels]
+        curves = [
+            [(algo, seed_curve(runs, key, smooth)) for algo, runs in rows_by_algo.items()]
+            for key, _ in panels
+        ]
         if not any(c is not None for panel in curves for _, c in panel):
             continue
         fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
@@ -126,12 +143,14 @@ def plot_curves(rows_by_algo: dict[str, list[list[dict[str, Any]]]], out_dir: Pa
     return written
 
 
-def plot_token_weights(rows_by_algo: dict[str, list[list[dict[str, Any]]]], out_dir: Path
-                       ) -> list[tuple[str, str]]:
+def plot_token_weights(
+    rows_by_algo: dict[str, list[list[dict[str, Any]]]], out_dir: Path
+) -> list[tuple[str, str]]:
     """Grouped bars: mean gradient weight of positive tokens per behaviour-probability bucket."""
     per_algo = {algo: [weight_buckets(rows) for rows in runs] for algo, runs in rows_by_algo.items()}
-    buckets = sorted({b for runs in per_algo.values() for run in runs for b in run},
-                     key=lambda b: float(b.split("-")[0]))
+    buckets = sorted(
+        {b for runs in per_algo.values() for run in runs for b in run}, key=lambda b: float(b.split("-")[0])
+    )
     if not buckets:
         return []
     import matplotlib
@@ -152,22 +171,26 @@ def plot_token_weights(rows_by_algo: dict[str, list[list[dict[str, Any]]]], out_
     ax.set_xticks(np.arange(len(buckets)), buckets)
     ax.set_xlabel("behaviour probability of the token, exp(old_log_prob)")
     ax.set_ylabel("mean gradient weight")
-    ax.set_title("gradient weight of positive-advantage tokens by probability (averaged over training)",
-                 fontsize=10)
+    ax.set_title(
+        "gradient weight of positive-advantage tokens by probability (averaged over training)", fontsize=10
+    )
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncol=min(len(per_algo), 3), loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
     name = f"{WEIGHT_FIGURE}.png"
     fig.savefig(out_dir / name, dpi=100)
     plt.close(fig)
-    caption = ("mean gradient weight of positive-advantage tokens by behaviour-probability bucket, averaged over "
-               "all update steps of a run, then over seeds (error bar: 95 % t-interval over seeds); "
-               "GRPO-style weights are r, ASPO's are 1/r")
+    caption = (
+        "mean gradient weight of positive-advantage tokens by behaviour-probability bucket, averaged over "
+        "all update steps of a run, then over seeds (error bar: 95 % t-interval over seeds); "
+        "GRPO-style weights are r, ASPO's are 1/r"
+    )
     return [(name, caption)]
 
 
-def plot_compare(rows_by_algo: dict[str, list[list[dict[str, Any]]]], out_dir: str | Path
-                 ) -> list[tuple[str, str]]:
+def plot_compare(
+    rows_by_algo: dict[str, list[list[dict[str, Any]]]], out_dir: str | Path
+) -> list[tuple[str, str]]:
     """All figures of a comparison into ``out_dir``; returns [(file name, caption)] in report order."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,8 +204,12 @@ def _as_numbers(values: list[str]) -> list[float] | None:
         return None
 
 
-def plot_frontier(frontier: dict[str, dict[str, list[dict[str, Any]]]], grid: dict[str, list[str]],
-                  metrics: tuple[str, ...], out_dir: Path) -> list[tuple[str, str]]:
+def plot_frontier(
+    frontier: dict[str, dict[str, list[dict[str, Any]]]],
+    grid: dict[str, list[str]],
+    metrics: tuple[str, ...],
+    out_dir: Path,
+) -> list[tuple[str, str]]:
     """One figure per swept key: each frontier metric against the swept value, one line per algorithm with
     its 95 % band over seeds; returns [(file name, caption)]."""
     import matplotlib
@@ -197,11 +224,12 @@ def plot_frontier(frontier: dict[str, dict[str, list[dict[str, Any]]]], grid: di
         log_x = numbers is not None and min(numbers) > 0 and max(numbers) / min(numbers) > 10
         position = {v: (numbers[i] if numbers is not None else i) for i, v in enumerate(grid[key])}
         colors = _colors(list(lines))
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6),
-                                 squeeze=False)
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
         for ax, metric in zip(axes[0], metrics, strict=True):
             for line, entries in lines.items():
-                pts = [(position[e["value"]], e[metric]) for e in entries if e[metric].get("mean") is not None]
+                pts = [
+                    (position[e["value"]], e[metric]) for e in entries if e[metric].get("mean") is not None
+                ]
                 if not pts:
                     continue
                 xs = np.array([p[0] for p in pts], dtype=float)
@@ -221,6 +249,11 @@ def plot_frontier(frontier: dict[str, dict[str, list[dict[str, Any]]]], grid: di
         name = f"frontier_{key.replace('.', '_')}.png"
         fig.savefig(out_dir / name, dpi=100)
         plt.close(fig)
-        written.append((name, f"frontier over {key}: each final metric against the swept value, mean over seeds, "
-                              "band = 95 % t-interval over seeds"))
+        written.append(
+            (
+                name,
+                f"frontier over {key}: each final metric against the swept value, mean over seeds, "
+                "band = 95 % t-interval over seeds",
+            )
+        )
     return written

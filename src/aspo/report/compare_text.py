@@ -13,15 +13,30 @@ from aspo.report.stats import diff_ci95
 # which direction the claim predicts for ASPO)
 CLAIMS: list[tuple[str, list[str], str, str]] = [
     ("(1) token entropy does not collapse", ["entropy", "min_entropy"], "entropy", "higher"),
-    ("(2) no premature convergence or repetitive outputs", ["repetition", "response_length", "pass@k"],
-     "repetition", "lower"),
-    ("(3) more stable training (smoother clip fractions and KL)",
-     ["jitter_ppo_kl", "jitter_clipfrac_pos", "jitter_clipfrac_neg", "avg_ppo_kl"], "jitter_ppo_kl", "lower"),
+    (
+        "(2) no premature convergence or repetitive outputs",
+        ["repetition", "response_length", "pass@k"],
+        "repetition",
+        "lower",
+    ),
+    (
+        "(3) more stable training (smoother clip fractions and KL)",
+        ["jitter_ppo_kl", "jitter_clipfrac_pos", "jitter_clipfrac_neg", "avg_ppo_kl"],
+        "jitter_ppo_kl",
+        "lower",
+    ),
     ("(4) higher final accuracy", ["pass@1", "pass@k", "pass@1_gain"], "pass@1", "higher"),
 ]
 FINAL_COLUMNS = ["pass@1", "pass@k", "pass@1_gain", "entropy", "response_length", "repetition"]
-TRAINING_COLUMNS = ["min_entropy", "avg_clipfrac_pos", "avg_clipfrac_neg", "avg_dualclip_pos", "avg_dualclip_neg",
-                    "avg_ppo_kl", "jitter_ppo_kl"]
+TRAINING_COLUMNS = [
+    "min_entropy",
+    "avg_clipfrac_pos",
+    "avg_clipfrac_neg",
+    "avg_dualclip_pos",
+    "avg_dualclip_neg",
+    "avg_ppo_kl",
+    "jitter_ppo_kl",
+]
 
 
 def fmt_stat(stat: dict[str, Any] | None, digits: int = 3) -> str:
@@ -43,15 +58,18 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _metric_table(agg: dict[str, dict[str, Any]], algos: list[str], metrics: list[str],
-                  n_seeds: dict[str, int]) -> list[str]:
-    rows = [[algo, str(n_seeds.get(algo, 0)), *(fmt_stat(agg[algo].get(m), _digits(m)) for m in metrics)]
-            for algo in algos]
+def _metric_table(
+    agg: dict[str, dict[str, Any]], algos: list[str], metrics: list[str], n_seeds: dict[str, int]
+) -> list[str]:
+    rows = [
+        [algo, str(n_seeds.get(algo, 0)), *(fmt_stat(agg[algo].get(m), _digits(m)) for m in metrics)]
+        for algo in algos
+    ]
     return _table(["algorithm", "seeds", *metrics], rows)
 
 
 def verdict(diff: tuple[float, float, float] | None, direction: str, digits: int = 3) -> str:
-    """"holds here" / "contradicted here" / "no difference larger than X at this power" for a claim that
+    """ "holds here" / "contradicted here" / "no difference larger than X at this power" for a claim that
     predicts a ``direction`` ("higher" | "lower") difference, from its 95 % interval (lo, hi)."""
     if diff is None:
         return "no verdict (needs >= 2 seeds on both sides)"
@@ -72,9 +90,13 @@ def _versus(agg: dict[str, dict[str, Any]], a: str, b: str, metric: str, directi
         return f"{a} vs {b}: {metric} not available"
     d = _digits(metric)
     diff = diff_ci95(sa, sb)
-    interval = "no interval (one seed)" if diff is None else f"95 % interval [{diff[1]:+.{d}f}, {diff[2]:+.{d}f}]"
-    text = (f"{a} − {b}: {metric} {sa['mean'] - sb['mean']:+.{d}f}, {interval} "
-            f"({fmt_stat(sa, d)} vs {fmt_stat(sb, d)})")
+    interval = (
+        "no interval (one seed)" if diff is None else f"95 % interval [{diff[1]:+.{d}f}, {diff[2]:+.{d}f}]"
+    )
+    text = (
+        f"{a} − {b}: {metric} {sa['mean'] - sb['mean']:+.{d}f}, {interval} "
+        f"({fmt_stat(sa, d)} vs {fmt_stat(sb, d)})"
+    )
     return text if direction is None else f"{text}: **{verdict(diff, direction, d)}**"
 
 
@@ -111,8 +133,10 @@ def grid_claims_lines(summary: dict[str, Any]) -> list[str]:
         points.setdefault(", ".join(f"{k}={v}" for k, v in r["point"].items()), {})[r["algo"]] = r["variant"]
     for label, by_algo in points.items():
         sub = {algo: agg[variant] for algo, variant in by_algo.items()}
-        n_seeds = {algo: sum(r["variant"] == v and r["status"] == "finished" for r in runs)
-                   for algo, v in by_algo.items()}
+        n_seeds = {
+            algo: sum(r["variant"] == v and r["status"] == "finished" for r in runs)
+            for algo, v in by_algo.items()
+        }
         lines += ["", f"### At {label}"]
         lines += [line.replace("### ", "#### ", 1) for line in claims_lines(sub, list(by_algo), n_seeds)]
     return lines
@@ -126,8 +150,18 @@ def _frontier_lines(summary: dict[str, Any]) -> list[str]:
         rows = []
         for line, entries in per_line.items():
             by_value = {e["value"]: e for e in entries}
-            rows.append([line, *(f"{fmt_stat(by_value[v]['pass@1'])} ({by_value[v]['collapsed']['count']}/"
-                                 f"{by_value[v]['collapsed']['n']})" if v in by_value else "-" for v in values)])
+            rows.append(
+                [
+                    line,
+                    *(
+                        f"{fmt_stat(by_value[v]['pass@1'])} ({by_value[v]['collapsed']['count']}/"
+                        f"{by_value[v]['collapsed']['n']})"
+                        if v in by_value
+                        else "-"
+                        for v in values
+                    ),
+                ]
+            )
         lines += _table(["algorithm", *(f"{key}={v}" for v in values)], rows) + [""]
     return lines
 
@@ -157,10 +191,14 @@ def _setup_lines(setup: dict[str, Any]) -> list[str]:
         f"torch {machine.get('torch')}; {setup.get('workers')} runs in parallel x "
         f"{setup.get('threads_per_run')} torch thread(s) each",
         f"- wall time of the comparison: {_minutes(setup.get('wall_s'))}",
-        "", "Presets (every other setting is shared):", "",
+        "",
+        "Presets (every other setting is shared):",
+        "",
     ]
-    lines += _table(["preset", "overrides"], [[name, " ".join(f"`{o}`" for o in items)]
-                                              for name, items in setup.get("presets", {}).items()])
+    lines += _table(
+        ["preset", "overrides"],
+        [[name, " ".join(f"`{o}`" for o in items)] for name, items in setup.get("presets", {}).items()],
+    )
     return lines
 
 
@@ -172,20 +210,34 @@ def render_report(summary: dict[str, Any], figures: list[tuple[str, str]], notes
     setup, agg, runs = summary["setup"], summary["aggregate"], summary["runs"]
     algos = list(agg)  # variants: the preset, plus its grid point when the comparison sweeps one
     n_seeds = {a: sum(r["variant"] == a and r["status"] == "finished" for r in runs) for a in algos}
-    lines = [f"# aspo compare: {setup.get('name', '')}", "",
-             f"{', '.join(algos)} on the same configuration; numbers are the mean ± 95 % t-interval "
-             "half-width over seeds (`summary.json` holds every run and every number below).", ""]
+    lines = [
+        f"# aspo compare: {setup.get('name', '')}",
+        "",
+        f"{', '.join(algos)} on the same configuration; numbers are the mean ± 95 % t-interval "
+        "half-width over seeds (`summary.json` holds every run and every number below).",
+        "",
+    ]
     lines += _setup_lines(setup)
     lines += ["", "## Final metrics", ""]
     lines += _metric_table(agg, algos, FINAL_COLUMNS, n_seeds)
     initial = [fmt_stat(agg[a].get("initial_pass@1")) for a in algos]
-    collapsed = [f"{a} {agg[a]['collapsed']['count']}/{agg[a]['collapsed']['n']}" for a in algos
-                 if "collapsed" in agg[a]]
+    collapsed = [
+        f"{a} {agg[a]['collapsed']['count']}/{agg[a]['collapsed']['n']}"
+        for a in algos
+        if "collapsed" in agg[a]
+    ]
     if collapsed:
-        lines += ["", f"Collapsed runs ({summary['metric_definitions'].get('collapsed', '')}): "
-                      f"{', '.join(collapsed)}."]
-    lines += ["", f"Held-out pass@1 at step 0 (the shared starting policy): {', '.join(sorted(set(initial)))}.",
-              "", "## Over training", ""]
+        lines += [
+            "",
+            f"Collapsed runs ({summary['metric_definitions'].get('collapsed', '')}): {', '.join(collapsed)}.",
+        ]
+    lines += [
+        "",
+        f"Held-out pass@1 at step 0 (the shared starting policy): {', '.join(sorted(set(initial)))}.",
+        "",
+        "## Over training",
+        "",
+    ]
     lines += _metric_table(agg, algos, TRAINING_COLUMNS, n_seeds)
     buckets = [k for a in algos for k in agg[a] if k.startswith("pos_weight/")]
     buckets = sorted(set(buckets), key=lambda k: float(k.split("/")[1].split("-")[0]))
@@ -197,16 +249,33 @@ def render_report(summary: dict[str, Any], figures: list[tuple[str, str]], notes
         lines += [f"![{caption}]({name})", "", f"*{caption}.*", ""]
     if summary.get("frontier"):
         lines += _frontier_lines(summary)
-    lines += ["## Claims (docs/algorithm.md, the paper's claims)", "",
-              "Each line: the difference of the means over seeds, its Welch 95 % interval, and the verdict -- "
-              "*holds here* when the interval excludes 0 in the predicted direction, *contradicted here* when it "
-              "excludes 0 the other way, else the largest difference the interval still allows."]
+    lines += [
+        "## Claims (docs/algorithm.md, the paper's claims)",
+        "",
+        "Each line: the difference of the means over seeds, its Welch 95 % interval, and the verdict -- "
+        "*holds here* when the interval excludes 0 in the predicted direction, *contradicted here* when it "
+        "excludes 0 the other way, else the largest difference the interval still allows.",
+    ]
     lines += grid_claims_lines(summary) if setup.get("grid") else claims_lines(agg, algos, n_seeds)
     lines += ["", "## Interpretation", ""]
-    lines += [notes.strip() if notes else "_No interpretation written yet: put it in `notes.md` next to this "
-                                          "report and rerun `aspo compare --report-only --output DIR`._"]
+    lines += [
+        notes.strip()
+        if notes
+        else "_No interpretation written yet: put it in `notes.md` next to this "
+        "report and rerun `aspo compare --report-only --output DIR`._"
+    ]
     lines += ["", "## Runs", ""]
-    lines += _table(["run", "status", "steps", "wall", "log"],
-                    [[r["run_dir"], r["status"], f"{r['steps']}/{r['target_steps']}",
-                      _minutes(r.get("wall_s")), r.get("log") or "-"] for r in runs])
+    lines += _table(
+        ["run", "status", "steps", "wall", "log"],
+        [
+            [
+                r["run_dir"],
+                r["status"],
+                f"{r['steps']}/{r['target_steps']}",
+                _minutes(r.get("wall_s")),
+                r.get("log") or "-",
+            ]
+            for r in runs
+        ],
+    )
     return "\n".join(lines) + "\n"

@@ -24,8 +24,10 @@ class Progress:
             return
         if "eval/pass@1" in metrics:
             self.last_pass = metrics["eval/pass@1"]
-        post = {"reward": f"{metrics.get('reward/mean', float('nan')):.3f}",
-                "entropy": f"{metrics.get('actor/entropy', float('nan')):.3f}"}
+        post = {
+            "reward": f"{metrics.get('reward/mean', float('nan')):.3f}",
+            "entropy": f"{metrics.get('actor/entropy', float('nan')):.3f}",
+        }
         if self.last_pass is not None:
             post["pass@1"] = f"{self.last_pass:.3f}"
         self.bar.set_postfix(post, refresh=False)
@@ -48,8 +50,13 @@ def _fmt(value: float | None) -> str:
 def print_summary(run_dir: str | Path, wall_s: float, enabled: bool = True) -> dict[str, Any]:
     """Before -> after table of the run; returns the numbers it shows."""
     rows = read_metrics(run_dir)
-    keys = {"held-out pass@1": "eval/pass@1", "held-out pass@k": "eval/pass@k", "train reward": "reward/mean",
-            "token entropy": "actor/entropy", "response length": "response/length_mean"}
+    keys = {
+        "held-out pass@1": "eval/pass@1",
+        "held-out pass@k": "eval/pass@k",
+        "train reward": "reward/mean",
+        "token entropy": "actor/entropy",
+        "response length": "response/length_mean",
+    }
     out: dict[str, Any] = {}
     for key in keys.values():
         out[key] = _first_last(rows, key)

@@ -37,9 +37,13 @@ class MetricsLogger:
     """Appends rows to ``metrics.jsonl`` and mirrors scalars to the ``report_to`` sinks: TensorBoard (when
     installed) and W&B (``config``: the resolved run config it records)."""
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None,
-                 report_to: tuple[str, ...] | list[str] = ("tensorboard",), config: dict[str, Any] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        resume_step: int | None = None,
+        report_to: tuple[str, ...] | list[str] = ("tensorboard",),
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None:
             truncate_after(self.path, resume_step)
@@ -54,8 +58,10 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"),
-                                            purge_step=None if resume_step is None else resume_step + 1)
+                self.writer = SummaryWriter(
+                    str(Path(run_dir) / "tensorboard"),
+                    purge_step=None if resume_step is None else resume_step + 1,
+                )
             except ImportError:  # tensorboard is a dependency, but a trimmed install should still train
                 self.writer = None
 

@@ -12,8 +12,14 @@ RUN_FIGURES: dict[str, tuple[str, list[str]]] = {
     "reward": ("mean training reward", ["reward/mean"]),
     "eval_pass": ("held-out pass@1 / pass@k", ["eval/pass@1", "eval/pass@k"]),
     "entropy": ("token entropy (update forward)", ["actor/entropy"]),
-    "clip_fraction": ("trust-region clip fraction by advantage sign", ["actor/clipfrac/pos", "actor/clipfrac/neg"]),
-    "dual_clip_fraction": ("dual-clip fraction by advantage sign", ["actor/dualclip/pos", "actor/dualclip/neg"]),
+    "clip_fraction": (
+        "trust-region clip fraction by advantage sign",
+        ["actor/clipfrac/pos", "actor/clipfrac/neg"],
+    ),
+    "dual_clip_fraction": (
+        "dual-clip fraction by advantage sign",
+        ["actor/dualclip/pos", "actor/dualclip/neg"],
+    ),
     "response_length": ("mean response length (tokens)", ["response/length_mean"]),
 }
 

@@ -13,10 +13,39 @@ import numpy as np
 
 # 0.975 quantile of Student's t by degrees of freedom (standard tables, 3 decimals).
 _T975 = {
-    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-    11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-    20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
-    29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980,
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    21: 2.080,
+    22: 2.074,
+    23: 2.069,
+    24: 2.064,
+    25: 2.060,
+    26: 2.056,
+    27: 2.052,
+    28: 2.048,
+    29: 2.045,
+    30: 2.042,
+    40: 2.021,
+    60: 2.000,
+    120: 1.980,
 }
 _Z975 = 1.960
 
@@ -53,8 +82,9 @@ def mean_ci95(values: Sequence[float | None]) -> dict[str, float | int | None]:
     return {"mean": mean, "ci95": half, "n": n}
 
 
-def diff_ci95(a: dict[str, float | int | None], b: dict[str, float | int | None]
-              ) -> tuple[float, float, float] | None:
+def diff_ci95(
+    a: dict[str, float | int | None], b: dict[str, float | int | None]
+) -> tuple[float, float, float] | None:
     """(difference of means a - b, lower, upper): the Welch 95 % interval from two ``mean_ci95`` results.
 
     Each side's standard error is recovered from its half-width (ci95 / t(0.975, n-1)); the degrees of

@@ -26,8 +26,10 @@ def _import_wandb() -> Any:
     try:
         import wandb
     except ImportError as err:
-        raise UserError('train.report_to includes wandb, but the wandb package is not installed: '
-                        'pip install "aspo[wandb]"') from err
+        raise UserError(
+            "train.report_to includes wandb, but the wandb package is not installed: "
+            'pip install "aspo[wandb]"'
+        ) from err
     return wandb
 
 
@@ -44,9 +46,14 @@ class WandbRun:
             run_id = re.sub(r"[^A-Za-z0-9_-]", "-", run_dir.name)[-56:] + "-" + uuid.uuid4().hex[:8]
             id_file.write_text(run_id + "\n")
         self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or "aspo", name=run_dir.name, id=run_id, resume="allow",
-            config=config, dir=None if os.environ.get("WANDB_DIR") else str(run_dir),
-            settings=wandb.Settings(silent=True, save_code=False))
+            project=os.environ.get("WANDB_PROJECT") or "aspo",
+            name=run_dir.name,
+            id=run_id,
+            resume="allow",
+            config=config,
+            dir=None if os.environ.get("WANDB_DIR") else str(run_dir),
+            settings=wandb.Settings(silent=True, save_code=False),
+        )
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}

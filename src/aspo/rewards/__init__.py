@@ -38,7 +38,9 @@ class ScoreResult:
     error: str | None = None
     # keyword-only: a positional third argument would silently land in the wrong field
     infra: bool = field(default=False, kw_only=True)  # the check could not run: not a verdict on the response
-    answer: str | None = field(default=None, kw_only=True)  # the extracted final answer that earned the reward
+    answer: str | None = field(
+        default=None, kw_only=True
+    )  # the extracted final answer that earned the reward
 
 
 def register_reward(name: str, target: str) -> None:
@@ -85,8 +87,11 @@ def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardF
 def call_reward(fn: RewardFn, record: Mapping[str, Any]) -> ScoreResult:
     """Score one record; an exception or a non-finite value gives reward 0 and an error string."""
     fields = dict(record)
-    kwargs = {"prompt": fields.pop("prompt", ""), "response": fields.pop("response", ""),
-              "answer": fields.pop("answer", None)}
+    kwargs = {
+        "prompt": fields.pop("prompt", ""),
+        "response": fields.pop("response", ""),
+        "answer": fields.pop("answer", None),
+    }
     params = inspect.signature(fn).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         fields = {k: v for k, v in fields.items() if k in params}
@@ -101,8 +106,13 @@ def call_reward(fn: RewardFn, record: Mapping[str, Any]) -> ScoreResult:
     return ScoreResult(value)
 
 
-def score_records(spec: str | RewardFn, records: Iterable[Mapping[str, Any]], *,
-                  workers: int | None = None, stop_on_infra: bool = True) -> list[ScoreResult]:
+def score_records(
+    spec: str | RewardFn,
+    records: Iterable[Mapping[str, Any]],
+    *,
+    workers: int | None = None,
+    stop_on_infra: bool = True,
+) -> list[ScoreResult]:
     """Score records (each with ``prompt``, ``response``, ``answer`` and any other fields).
 
     A result with ``infra=True`` is a check that could not run; when most of the batch is, this raises
@@ -125,6 +135,8 @@ def check_infra(results: list[ScoreResult]) -> None:
     their zeros would say nothing about the responses."""
     failed = [r for r in results if r.infra]
     if len(failed) >= 2 and len(failed) > len(results) / 2:
-        raise RewardInfraError(f"{len(failed)} of {len(results)} reward checks could not run (retried once "
-                               f"each), e.g. {failed[0].error}. Stopping rather than scoring them as wrong: "
-                               "check the machine's free memory and process limits, and the sandbox set-up.")
+        raise RewardInfraError(
+            f"{len(failed)} of {len(results)} reward checks could not run (retried once "
+            f"each), e.g. {failed[0].error}. Stopping rather than scoring them as wrong: "
+            "check the machine's free memory and process limits, and the sandbox set-up."
+        )

@@ -39,7 +39,7 @@ def _send(fd: int, obj: Any) -> None:
     os.write(fd, struct.pack(">I", len(data)))
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _read_exact(fd: int, n: int, deadline: float | None = None) -> bytes:
@@ -75,8 +75,12 @@ class BoundedReward:
         atexit.register(self.close)
 
     def _start(self) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "aspo.rewards.bounded"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, close_fds=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aspo.rewards.bounded"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
         assert proc.stdin is not None
         _send(proc.stdin.fileno(), (self.spec, sys.path))
         return proc
@@ -94,8 +98,10 @@ class BoundedReward:
                 status, value = _receive(proc.stdout.fileno(), time.monotonic() + self.timeout)
             except TimeoutError:
                 self.close()
-                raise RewardTimeout(f"{self.spec} did not return within {self.timeout:g}s "
-                                    "(reward_timeout); its worker was killed") from None
+                raise RewardTimeout(
+                    f"{self.spec} did not return within {self.timeout:g}s "
+                    "(reward_timeout); its worker was killed"
+                ) from None
             except (EOFError, BrokenPipeError):
                 code = proc.wait()
                 self._proc = None

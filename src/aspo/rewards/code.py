@@ -141,13 +141,23 @@ def _build_spec(record: Mapping[str, Any], case_timeout: float) -> tuple[dict, d
         defines = re.compile(rf"^\s*def\s+{re.escape(entry)}\s*\(", re.MULTILINE)
         if not defines.search(code) and defines.search(prompt):
             code = prompt + code
-        return {"mode": "check", "code": code, "test": record["test"], "entry_point": entry,
-                "timeout": case_timeout}, None
+        return {
+            "mode": "check",
+            "code": code,
+            "test": record["test"],
+            "entry_point": entry,
+            "timeout": case_timeout,
+        }, None
     raise UserError("a code record needs 'tests' {inputs, outputs[, fn_name]} or 'test' + 'entry_point'")
 
 
-def check_code(record: Mapping[str, Any], *, limits: Limits | None = None,
-               backend: str | None = None, reuse: bool | None = None) -> ScoreResult:
+def check_code(
+    record: Mapping[str, Any],
+    *,
+    limits: Limits | None = None,
+    backend: str | None = None,
+    reuse: bool | None = None,
+) -> ScoreResult:
     """Score one record in a fresh sandbox. Reward 1.0 iff every test passes; error says why not.
 
     A check that could not run (the sandbox or the harness failed before the candidate ran, the host
@@ -157,8 +167,11 @@ def check_code(record: Mapping[str, Any], *, limits: Limits | None = None,
     n_cases = len(spec.get("inputs", [None]))
     # per-process CPU: call/check modes run every case in one process; the harness's per-case wall
     # timeout should fire first
-    limits = limits or replace(DEFAULT_LIMITS, cpu_seconds=min(case_timeout * n_cases + 1, 300.0),
-                               wall_seconds=min(case_timeout * n_cases + 5.0, 300.0))
+    limits = limits or replace(
+        DEFAULT_LIMITS,
+        cpu_seconds=min(case_timeout * n_cases + 1, 300.0),
+        wall_seconds=min(case_timeout * n_cases + 5.0, 300.0),
+    )
     files = {"harness.py": _HARNESS, "spec.marshal": marshal.dumps(spec)}
     for _attempt in range(2):
         result = _run_check(files, spec, tests, limits, backend, reuse)
@@ -167,26 +180,35 @@ def check_code(record: Mapping[str, Any], *, limits: Limits | None = None,
     return result
 
 
-def _run_check(files: dict, spec: dict, tests: dict | None, limits: Limits, backend: str | None,
-               reuse: bool | None) -> ScoreResult:
+def _run_check(
+    files: dict, spec: dict, tests: dict | None, limits: Limits, backend: str | None, reuse: bool | None
+) -> ScoreResult:
     nonce = secrets.token_hex(16)
     try:
-        run = run_python(files, "harness.py", stdin=(nonce + "\n").encode(), limits=limits, backend=backend,
-                         reuse=reuse)
+        run = run_python(
+            files, "harness.py", stdin=(nonce + "\n").encode(), limits=limits, backend=backend, reuse=reuse
+        )
     except OSError as err:  # SandboxUnavailable is not an OSError: it propagates (nothing may run here)
         return ScoreResult(0.0, f"infrastructure: the sandbox could not start: {err}", infra=True)
-    lines = [ln[len(nonce):] for ln in run.stdout.decode(errors="replace").splitlines() if ln.startswith(nonce)]
+    lines = [
+        ln[len(nonce) :] for ln in run.stdout.decode(errors="replace").splitlines() if ln.startswith(nonce)
+    ]
     if "+" not in lines and run.stderr != b"sandbox server lost":  # (lost: the candidate killed its server)
         tail = run.stderr.decode(errors="replace").strip().splitlines()[-1:]
         why = "timed out" if run.timed_out else f"exit {run.returncode}"
-        return ScoreResult(0.0, f"infrastructure: the harness did not start ({why}){': ' + tail[0] if tail else ''}",
-                           infra=True)
+        return ScoreResult(
+            0.0,
+            f"infrastructure: the harness did not start ({why}){': ' + tail[0] if tail else ''}",
+            infra=True,
+        )
     if run.breach:
         return ScoreResult(0.0, run.breach)
     lines = [ln for ln in lines if ln != "+"]
     if not lines:
         tail = run.stderr.decode(errors="replace").strip().splitlines()[-1:]
-        return ScoreResult(0.0, f"no result from the sandbox (exit {run.returncode}){': ' + tail[0] if tail else ''}")
+        return ScoreResult(
+            0.0, f"no result from the sandbox (exit {run.returncode}){': ' + tail[0] if tail else ''}"
+        )
     result = json.loads(lines[-1])
     if result.get("infra"):
         return ScoreResult(0.0, f"infrastructure: {result['infra']}", infra=True)
@@ -207,12 +229,26 @@ def _run_check(files: dict, spec: dict, tests: dict | None, limits: Limits, back
     return ScoreResult(1.0 if ok else 0.0)
 
 
-def code_reward(prompt: str = "", response: str = "", answer: Any = None, *, tests: Any = None,
-                test: str | None = None, entry_point: str | None = None, time_limit: float | None = None,
-                **_: Any) -> float:
+def code_reward(
+    prompt: str = "",
+    response: str = "",
+    answer: Any = None,
+    *,
+    tests: Any = None,
+    test: str | None = None,
+    entry_point: str | None = None,
+    time_limit: float | None = None,
+    **_: Any,
+) -> float:
     """1.0 if the program in ``response`` passes all tests, else 0.0 (see the module docstring)."""
-    record = {"prompt": prompt, "response": response, "tests": tests, "test": test,
-              "entry_point": entry_point, "time_limit": time_limit}
+    record = {
+        "prompt": prompt,
+        "response": response,
+        "tests": tests,
+        "test": test,
+        "entry_point": entry_point,
+        "time_limit": time_limit,
+    }
     return check_code(record).reward
 
 

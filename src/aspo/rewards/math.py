@@ -117,8 +117,14 @@ class _Worker:
 
     def __init__(self) -> None:
         code = "from aspo.rewards.math import serve_stdio; serve_stdio()"
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], _STARTUP_TIMEOUT_S)
         if not ready or self.proc.stdout.readline() != "ready\n":
@@ -245,7 +251,9 @@ def math_reward(prompt: str = "", response: str = "", answer: Any = None, **_: A
 def score_batch(records: Iterable[Mapping[str, Any]], workers: int | None = None) -> list[ScoreResult]:
     """Score many records on a pool of math-verify worker processes (one per core by default)."""
     records = list(records)
-    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    workers = workers or (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    )
     workers = max(1, min(workers or 1, len(records) or 1))
 
     def one(record: Mapping[str, Any]) -> ScoreResult:

@@ -62,7 +62,7 @@ def _balanced(text: str, start: int) -> str | None:
     while i < len(text) and depth:
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         i += 1
-    return text[start:i - 1].strip() if depth == 0 else None
+    return text[start : i - 1].strip() if depth == 0 else None
 
 
 def boxed_contents(text: str) -> list[str]:
@@ -95,7 +95,13 @@ def answer_statements(response: str) -> list[str]:
     if phrased:
         return [phrased[-1]]
     bare = text.strip()
-    if bare and len(bare) <= _BARE_MAX_CHARS and "\n" not in bare and not _BOXED.search(bare) and "?" not in bare:
+    if (
+        bare
+        and len(bare) <= _BARE_MAX_CHARS
+        and "\n" not in bare
+        and not _BOXED.search(bare)
+        and "?" not in bare
+    ):
         return [bare]
     return []
 
@@ -115,14 +121,18 @@ def as_number(text: str) -> str | None:
     text = re.sub(r"\\[dt]frac", r"\\frac", text)
     text = re.split(r"=|\\approx|\\simeq", text)[-1].strip().rstrip(".").strip()
     match = _NUMBER.match(text)
-    if match is None or _UNITS.fullmatch(text[match.end():]) is None or _HEDGE.search(text[match.end():]):
+    if match is None or _UNITS.fullmatch(text[match.end() :]) is None or _HEDGE.search(text[match.end() :]):
         return None
     number = match.group(0).strip()
     exponent = re.fullmatch(r"([-+]?\s*[\d.,]+)[eE]([-+]?\d+)", number)
     if exponent:  # math-verify reads 4.5e33 as 4.5 * e * 33
         number = f"{exponent.group(1)} \\times 10^{{{int(exponent.group(2))}}}"
     if match.group(1) is not None:  # \frac{a}{b}
-        sign, numerator, denominator = match.group(1), match.group(2) or match.group(3), match.group(4) or match.group(5)
+        sign, numerator, denominator = (
+            match.group(1),
+            match.group(2) or match.group(3),
+            match.group(4) or match.group(5),
+        )
     elif match.group(6) is not None:  # a/b
         sign, numerator, denominator = "", match.group(6), match.group(7)
     else:

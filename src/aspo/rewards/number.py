@@ -54,7 +54,7 @@ def final_number(response: str) -> Decimal | None:
         if any(v is None for v in values) or len(set(values)) != 1:
             return None
         value = values[0]
-        tail = text[statements[-1][1]:]
+        tail = text[statements[-1][1] :]
         if any(v != value for v in numbers_in(tail)):
             return None
         return value
@@ -75,7 +75,7 @@ def answer_statements(text: str) -> list[tuple[str, int]]:
             continue
         stop = _SENTENCE_END.search(text, match.end())
         end = stop.start() if stop else len(text)
-        found.append((match.start(), text[match.end():end], end))
+        found.append((match.start(), text[match.end() : end], end))
     return [(content, end) for _, content, end in sorted(found)]
 
 
@@ -88,7 +88,7 @@ def boxed_contents(text: str) -> list[tuple[int, str, int]]:
         while i < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
-        content = text[match.end(): i - 1] if depth == 0 else ""
+        content = text[match.end() : i - 1] if depth == 0 else ""
         out.append((match.start(), content, i))
     return out
 
@@ -99,7 +99,7 @@ def single_number(segment: str) -> Decimal | None:
     found = list(_NUMBER.finditer(cleaned))
     if len(found) != 1:
         return None
-    rest = cleaned[: found[0].start()] + cleaned[found[0].end():]
+    rest = cleaned[: found[0].start()] + cleaned[found[0].end() :]
     if _ANY_DIGIT_RUN.search(rest):
         return None  # digits the literal pattern refused: 3.1e1, 31%, 2x
     return parse_number(found[0].group())

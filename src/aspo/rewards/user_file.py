@@ -14,7 +14,9 @@ def load_file_function(spec: str) -> Callable[..., Any]:
     """The function ``attr`` of the Python file ``path`` in a ``path/file.py:attr`` spec (UserError if not)."""
     path, _, attr = spec.rpartition(":")
     if not os.path.isfile(path):
-        raise UserError(f"reward file {path!r} does not exist (reward spec {spec!r}, expected path/file.py:function)")
+        raise UserError(
+            f"reward file {path!r} does not exist (reward spec {spec!r}, expected path/file.py:function)"
+        )
     module_name = "aspo_user_reward_" + os.path.splitext(os.path.basename(path))[0]
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:

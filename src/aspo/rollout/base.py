@@ -9,13 +9,15 @@ import torch
 import torch.nn.functional as F
 
 
-def pad_to_width(parts: list[torch.Tensor], value: float | int | bool, *, left: bool = False,
-                 width: int | None = None) -> torch.Tensor:
+def pad_to_width(
+    parts: list[torch.Tensor], value: float | int | bool, *, left: bool = False, width: int | None = None
+) -> torch.Tensor:
     """Concatenate (rows_i, W_i) tensors into (sum rows_i, width), filling with ``value`` on the right (or the
     left); width defaults to the widest part."""
     width = max(p.shape[1] for p in parts) if width is None else width
-    return torch.cat([F.pad(p, (width - p.shape[1], 0) if left else (0, width - p.shape[1]), value=value)
-                      for p in parts])
+    return torch.cat(
+        [F.pad(p, (width - p.shape[1], 0) if left else (0, width - p.shape[1]), value=value) for p in parts]
+    )
 
 
 @dataclass
@@ -86,8 +88,16 @@ def select_rows(record: Any, index: torch.Tensor) -> Any:
 class GenerationEngine(Protocol):
     """What the trainer needs from a generator."""
 
-    def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int = 0) -> Rollout: ...
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> Rollout: ...
 
     def sync_weights(self, model: torch.nn.Module, version: int | None = None) -> None:
         """Make the engine sample from ``model``'s current weights (``version``: skip if already synced)."""

@@ -33,8 +33,9 @@ from aspo.models.llama import (
 from aspo.rollout.base import Rollout, pad_to_width
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
-                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_token(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row.
 
     logits (B, V) -> (tokens (B,) long, logprobs (B,) float32 of those tokens under softmax(logits / T)).
@@ -58,8 +59,9 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
 class HFEngine:
     """Samples from a `transformers` causal LM that the trainer also updates (weights are shared)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_batch_size: int = 0,
-                 add_special_tokens: bool = True) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Any, max_batch_size: int = 0, add_special_tokens: bool = True
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size  # 0: all rows at once
@@ -74,16 +76,25 @@ class HFEngine:
         self.model = model  # same process, same tensors: nothing to copy
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int = 0) -> Rollout:
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> Rollout:
         if not prompts:
             raise ValueError("no prompts to generate from")
         tok = self.tokenizer
         side = tok.padding_side
         tok.padding_side = "left"
         try:
-            enc = tok(list(prompts), return_tensors="pt", padding=True,
-                      add_special_tokens=self.add_special_tokens)
+            enc = tok(
+                list(prompts), return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens
+            )
         finally:
             tok.padding_side = side
         prompt_ids = enc["input_ids"].repeat_interleave(n, dim=0)
@@ -94,26 +105,47 @@ class HFEngine:
         sample = self._sample
         if self.lean and lean_supported(self.model):
             sample = self._sample_lean
-        parts = [sample(prompt_ids[i:i + chunk], prompt_mask[i:i + chunk], max_new_tokens,
-                              temperature, top_p, generator) for i in range(0, rows, chunk)]
+        parts = [
+            sample(
+                prompt_ids[i : i + chunk],
+                prompt_mask[i : i + chunk],
+                max_new_tokens,
+                temperature,
+                top_p,
+                generator,
+            )
+            for i in range(0, rows, chunk)
+        ]
         response_ids = pad_to_width([p[0] for p in parts], tok.pad_token_id)
         response_mask = pad_to_width([p[1] for p in parts], False)
         logprobs = pad_to_width([p[2] for p in parts], 0.0)
         lengths = response_mask.sum(-1)
         last = response_ids.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
         ended = (lengths > 0) & torch.isin(last, torch.tensor(self.eos_ids))
-        texts = [tok.decode(ids[: int(length) - int(e)], skip_special_tokens=False)
-                 for ids, length, e in zip(response_ids, lengths, ended, strict=True)]
+        texts = [
+            tok.decode(ids[: int(length) - int(e)], skip_special_tokens=False)
+            for ids, length, e in zip(response_ids, lengths, ended, strict=True)
+        ]
         return Rollout(
-            prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
-            response_mask=response_mask, behaviour_logprobs=logprobs,
-            group_ids=torch.arange(len(prompts)).repeat_interleave(n), responses=texts,
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=response_mask,
+            behaviour_logprobs=logprobs,
+            group_ids=torch.arange(len(prompts)).repeat_interleave(n),
+            responses=texts,
             truncated=~ended,
         )
 
-    def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-                temperature: float, top_p: float, generator: torch.Generator
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _sample(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One batch: returns response ids, mask and log-probs, each (rows, steps taken)."""
         model = self.model
         device = next(model.parameters()).device
@@ -123,8 +155,13 @@ class HFEngine:
         eos = torch.tensor(self.eos_ids, device=device)
         # transformers >= 5.2x names the KV cache `cache`; older releases `past_key_values`
         cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        out = model(input_ids=prompt_ids.to(device), attention_mask=attention, position_ids=positions,
-                    use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=prompt_ids.to(device),
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         cache = out[cache_arg]
         next_pos = positions[:, -1:] + 1
         done = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -140,15 +177,30 @@ class HFEngine:
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             attention = torch.cat([attention, torch.ones(rows, 1, dtype=attention.dtype, device=device)], 1)
-            out = model(input_ids=tokens[-1][:, None], attention_mask=attention, position_ids=next_pos,
-                        use_cache=True, **{cache_arg: cache})
+            out = model(
+                input_ids=tokens[-1][:, None],
+                attention_mask=attention,
+                position_ids=next_pos,
+                use_cache=True,
+                **{cache_arg: cache},
+            )
             cache = out[cache_arg]
             next_pos = next_pos + 1
-        return (torch.stack(tokens, 1).cpu(), torch.stack(masks, 1).cpu(), torch.stack(logps, 1).float().cpu())
+        return (
+            torch.stack(tokens, 1).cpu(),
+            torch.stack(masks, 1).cpu(),
+            torch.stack(logps, 1).float().cpu(),
+        )
 
-    def _sample_lean(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-                     temperature: float, top_p: float, generator: torch.Generator
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _sample_lean(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As ``_sample``, through ``lean_decode``."""
         eos = torch.tensor(self.eos_ids)
 
@@ -156,10 +208,10 @@ class HFEngine:
             token, logp = sample_token(logits, temperature, top_p, generator)
             return token, logp, torch.isin(token, eos.to(token.device))
 
-        tokens, mask, logps = lean_decode(self.model, prompt_ids, prompt_mask, max_new_tokens, pick,
-                                          self.tokenizer.pad_token_id)
+        tokens, mask, logps = lean_decode(
+            self.model, prompt_ids, prompt_mask, max_new_tokens, pick, self.tokenizer.pad_token_id
+        )
         return tokens.cpu(), mask.cpu(), logps.float().cpu()
-
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
@@ -176,8 +228,9 @@ def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
 # -- the lean path (the layer itself: aspo.models.llama) ----------------------------------------------
 
 
-def _cache_attention(k_cache: torch.Tensor, v_cache: torch.Tensor, start: int, mask: torch.Tensor,
-                     scaling: float) -> Attend:
+def _cache_attention(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, start: int, mask: torch.Tensor, scaling: float
+) -> Attend:
     """Attention of T new tokens against a static KV cache: writes their keys and values at cache columns
     start..start+T-1 (caches (rows, kv_heads, total, head_dim)); mask (rows, 1, T, start+T) bool, True = may
     attend."""
@@ -193,17 +246,28 @@ def _cache_attention(k_cache: torch.Tensor, v_cache: torch.Tensor, start: int, m
             scores = torch.matmul(q, k_cache[:, :, :end].transpose(-1, -2)) * scaling
             probs = torch.softmax(scores.masked_fill(~mask.view(rows, 1, 1, end), float("-inf")), dim=-1)
             return torch.matmul(probs, v_cache[:, :, :end]).reshape(rows, 1, heads * head_dim)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end],
-                                             attn_mask=mask, scale=scaling, enable_gqa=kv_heads != heads)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k_cache[:, :, :end],
+            v_cache[:, :, :end],
+            attn_mask=mask,
+            scale=scaling,
+            enable_gqa=kv_heads != heads,
+        )
         return out.transpose(1, 2).reshape(rows, width, heads * head_dim)
 
     return attend
 
 
 @torch.no_grad()
-def lean_decode(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                max_new_tokens: int, pick: Any, pad_id: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lean_decode(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    pick: Any,
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample up to ``max_new_tokens`` per row from a ``lean_supported`` model with a static KV cache.
 
     prompt_ids/prompt_mask (rows, P) left-padded. ``pick(logits (r, V)) -> (tokens (r,), logprobs (r,),
@@ -233,12 +297,21 @@ def lean_decode(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: t
     mask = self_attention_mask(valid[first_row, :prompt_len])
     x = base.embed_tokens(prompt_ids[first_row])
     _, kv_heads, head_dim = head_counts(base.layers[0].self_attn)
-    shared = [(torch.empty(len(first_row), kv_heads, total, head_dim, device=device, dtype=dtype),
-               torch.empty(len(first_row), kv_heads, total, head_dim, device=device, dtype=dtype))
-              for _ in base.layers]
+    shared = [
+        (
+            torch.empty(len(first_row), kv_heads, total, head_dim, device=device, dtype=dtype),
+            torch.empty(len(first_row), kv_heads, total, head_dim, device=device, dtype=dtype),
+        )
+        for _ in base.layers
+    ]
     for layer, (k_cache, v_cache) in zip(base.layers, shared, strict=True):
-        x = decoder_layer(layer, x, cos[first_row, :prompt_len], sin[first_row, :prompt_len],
-                          _cache_attention(k_cache, v_cache, 0, mask, layer.self_attn.scaling))
+        x = decoder_layer(
+            layer,
+            x,
+            cos[first_row, :prompt_len],
+            sin[first_row, :prompt_len],
+            _cache_attention(k_cache, v_cache, 0, mask, layer.self_attn.scaling),
+        )
     x = x[group]
     caches = [(k[group], v[group]) for k, v in shared]
     steps = 0
@@ -255,13 +328,25 @@ def lean_decode(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: t
             break
         if n_alive <= 3 * len(live) // 4:  # drop ended rows: later steps compute only live ones
             keep = (~done).nonzero().squeeze(-1)
-            live, token, valid, cos, sin, done = live[keep], token[keep], valid[keep], cos[keep], sin[keep], done[keep]
+            live, token, valid, cos, sin, done = (
+                live[keep],
+                token[keep],
+                valid[keep],
+                cos[keep],
+                sin[keep],
+                done[keep],
+            )
             caches = [(k[keep], v[keep]) for k, v in caches]
         col = prompt_len + step
         valid[:, col] = True
         x = base.embed_tokens(token[:, None])
-        mask = valid[:, None, None, :col + 1]
+        mask = valid[:, None, None, : col + 1]
         for layer, (k_cache, v_cache) in zip(base.layers, caches, strict=True):
-            x = decoder_layer(layer, x, cos[:, col:col + 1], sin[:, col:col + 1],
-                              _cache_attention(k_cache, v_cache, col, mask, layer.self_attn.scaling))
+            x = decoder_layer(
+                layer,
+                x,
+                cos[:, col : col + 1],
+                sin[:, col : col + 1],
+                _cache_attention(k_cache, v_cache, col, mask, layer.self_attn.scaling),
+            )
     return out_tokens[:, :steps], out_mask[:, :steps], out_logps[:, :steps]

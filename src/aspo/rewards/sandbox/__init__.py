@@ -28,5 +28,12 @@ from aspo.rewards.sandbox.host import Isolation, isolation, sandbox_python
 from aspo.rewards.sandbox.limits import Limits, RunResult
 from aspo.rewards.sandbox.run import run_python
 
-__all__ = ["Isolation", "Limits", "RunResult", "SandboxUnavailable", "isolation", "run_python",
-           "sandbox_python"]
+__all__ = [
+    "Isolation",
+    "Limits",
+    "RunResult",
+    "SandboxUnavailable",
+    "isolation",
+    "run_python",
+    "sandbox_python",
+]

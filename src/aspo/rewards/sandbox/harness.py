@@ -24,7 +24,9 @@ import sys
 
 RESULT_FD = os.dup(1)
 NONCE = sys.stdin.readline().strip()
-os.write(RESULT_FD, (NONCE + "+\n").encode())  # "started": failures before this are the host's, not the candidate's
+os.write(
+    RESULT_FD, (NONCE + "+\n").encode()
+)  # "started": failures before this are the host's, not the candidate's
 
 
 class _Timeout(BaseException):  # BaseException: candidate `except Exception` must not swallow it
@@ -68,7 +70,9 @@ def _to_json(value, depth=0):
     if type(value) in (set, frozenset):
         return "[" + ",".join(sorted(_to_json(v, depth + 1) for v in value)) + "]"
     if type(value) is dict:
-        return "{" + ",".join(_json_str(str(k)) + ":" + _to_json(v, depth + 1) for k, v in value.items()) + "}"
+        return (
+            "{" + ",".join(_json_str(str(k)) + ":" + _to_json(v, depth + 1) for k, v in value.items()) + "}"
+        )
     return '{"__repr__": %s}' % _json_str(repr(value)[:1000])
 
 
@@ -187,8 +191,13 @@ def _run_call(spec):
             break
         except BaseException as err:
             status.append("error")
-            _emit({"returns": _Raw("[" + ",".join(returns) + "]"), "status": status,
-                   "error": "%s: %s" % (type(err).__name__, err)})
+            _emit(
+                {
+                    "returns": _Raw("[" + ",".join(returns) + "]"),
+                    "status": status,
+                    "error": "%s: %s" % (type(err).__name__, err),
+                }
+            )
             return
     _emit({"returns": _Raw("[" + ",".join(returns) + "]"), "status": status})
 
@@ -196,9 +205,11 @@ def _run_call(spec):
 def _run_check(spec):
     env = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
+
         def run():
             exec(compile(spec["code"] + "\n\n" + spec["test"], "solution.py", "exec"), env)
             env["check"](env[spec["entry_point"]])
+
         _timed(run, spec["timeout"])
     except _Timeout:
         _emit({"status": ["timeout"]})

@@ -28,11 +28,15 @@ JOB_DIR_INSIDE = "/tmp/.job"  # where bwrap mounts the (read-only) job files
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 BACKENDS = ("bwrap", "unshare", "unsafe")
 
-INSTALL_HINT = ("Install bubblewrap: `sudo apt-get install bubblewrap` (Debian/Ubuntu), `sudo dnf install "
-                "bubblewrap` (Fedora), or `make sandbox` in the repository; it needs a kernel that allows "
-                "unprivileged user namespaces")
-UNSAFE_HINT = ("To run them anyway WITHOUT isolation (they can then use the network and, unless you are root, "
-               "read and write your files), set ASPO_SANDBOX=unsafe")
+INSTALL_HINT = (
+    "Install bubblewrap: `sudo apt-get install bubblewrap` (Debian/Ubuntu), `sudo dnf install "
+    "bubblewrap` (Fedora), or `make sandbox` in the repository; it needs a kernel that allows "
+    "unprivileged user namespaces"
+)
+UNSAFE_HINT = (
+    "To run them anyway WITHOUT isolation (they can then use the network and, unless you are root, "
+    "read and write your files), set ASPO_SANDBOX=unsafe"
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,11 @@ class Isolation:
     def warning(self) -> str | None:
         if not self.not_enforced:
             return None
-        return (f"code sandbox: {self.reason}: model-written programs run WITHOUT isolation. NOT enforced: "
-                + "; ".join(self.not_enforced) + f". {INSTALL_HINT}.")
+        return (
+            f"code sandbox: {self.reason}: model-written programs run WITHOUT isolation. NOT enforced: "
+            + "; ".join(self.not_enforced)
+            + f". {INSTALL_HINT}."
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -96,10 +103,29 @@ def sandbox_python() -> str:
 
 def bwrap_args(limits: Limits, job_dir: str) -> list[str]:
     bwrap = shutil.which("bwrap") or "bwrap"
-    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
-            "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-            "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp",
-            "--ro-bind", job_dir, JOB_DIR_INSIDE, "--chdir", "/tmp", "--clearenv"]
+    args = [
+        bwrap,
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--ro-bind",
+        "/",
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(limits.tmpfs_bytes),
+        "--tmpfs",
+        "/tmp",
+        "--ro-bind",
+        job_dir,
+        JOB_DIR_INSIDE,
+        "--chdir",
+        "/tmp",
+        "--clearenv",
+    ]
     if hidden_home():
         args += ["--tmpfs", hidden_home()]
     for key, value in clean_env("/tmp").items():
@@ -120,8 +146,12 @@ def bwrap_problem() -> str | None:
     try:
         user = UIDS.acquire()
         try:
-            proc = subprocess.run(bwrap_args(Limits(), job) + ["/bin/true"], capture_output=True, timeout=20,
-                                  **user_kwargs(user))
+            proc = subprocess.run(
+                bwrap_args(Limits(), job) + ["/bin/true"],
+                capture_output=True,
+                timeout=20,
+                **user_kwargs(user),
+            )
         finally:
             UIDS.release(user)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -141,7 +171,9 @@ def isolation(backend: str | None = None) -> Isolation:
     """
     backend = backend or os.environ.get("ASPO_SANDBOX") or None
     if backend == "rlimits":
-        raise UserError("ASPO_SANDBOX=rlimits is now called ASPO_SANDBOX=unsafe (it does not isolate the program)")
+        raise UserError(
+            "ASPO_SANDBOX=rlimits is now called ASPO_SANDBOX=unsafe (it does not isolate the program)"
+        )
     if backend not in (None, *BACKENDS):
         raise UserError(f"ASPO_SANDBOX={backend!r}: valid values are {' and '.join(map(repr, BACKENDS))}")
     return _isolation(backend)
@@ -155,41 +187,71 @@ def _isolation(backend: str | None) -> Isolation:
             if backend in (None, name):
                 reason = problem()
                 if reason is None:
-                    return Isolation(name, _is_root(), _COMMON + ("no network", "read-only system", "private /tmp",
-                                                                  "PID namespace", "no capabilities"))
+                    return Isolation(
+                        name,
+                        _is_root(),
+                        _COMMON
+                        + (
+                            "no network",
+                            "read-only system",
+                            "private /tmp",
+                            "PID namespace",
+                            "no capabilities",
+                        ),
+                    )
                 reasons.append(reason)
-        raise SandboxUnavailable(f"code sandbox: refusing to run model-written programs without isolation: "
-                                 f"{'; '.join(reasons)}. {INSTALL_HINT}. {UNSAFE_HINT}.")
+        raise SandboxUnavailable(
+            f"code sandbox: refusing to run model-written programs without isolation: "
+            f"{'; '.join(reasons)}. {INSTALL_HINT}. {UNSAFE_HINT}."
+        )
     iso = _unsafe_isolation()
     logger.warning(iso.warning)
     return iso
 
 
-_COMMON = ("CPU time", "wall time (tree killed)", "address space", "output size", "processes (RLIMIT_NPROC)",
-           "scrubbed environment")
+_COMMON = (
+    "CPU time",
+    "wall time (tree killed)",
+    "address space",
+    "output size",
+    "processes (RLIMIT_NPROC)",
+    "scrubbed environment",
+)
 
 
 def _unsafe_isolation() -> Isolation:
-    gaps = ["network isolation (the program can open sockets)",
-            "PID namespace (the program can see other processes)"]
+    gaps = [
+        "network isolation (the program can open sockets)",
+        "PID namespace (the program can see other processes)",
+    ]
     if _is_root():
-        enforced: tuple[str, ...] = _COMMON + ("a throw-away uid per run",
-                                               "files writable only where a stranger uid may write")
-        gaps.append("read-only filesystem: world-writable places such as /tmp, /var/tmp and /dev/shm stay "
-                    "writable")
+        enforced: tuple[str, ...] = _COMMON + (
+            "a throw-away uid per run",
+            "files writable only where a stranger uid may write",
+        )
+        gaps.append(
+            "read-only filesystem: world-writable places such as /tmp, /var/tmp and /dev/shm stay writable"
+        )
     else:
         enforced = _COMMON
-        gaps += ["filesystem protection (the program runs as you and can write or delete your files)",
-                 "killing the whole tree (a process that calls setsid can outlive the wall-time kill)",
-                 "privacy of your processes (it may signal or read other processes you own)",
-                 "an exact process cap (your other processes starting meanwhile shrink it)"]
+        gaps += [
+            "filesystem protection (the program runs as you and can write or delete your files)",
+            "killing the whole tree (a process that calls setsid can outlive the wall-time kill)",
+            "privacy of your processes (it may signal or read other processes you own)",
+            "an exact process cap (your other processes starting meanwhile shrink it)",
+        ]
     return Isolation("unsafe", _is_root(), enforced, tuple(gaps), "ASPO_SANDBOX=unsafe")
 
 
 def hidden_home() -> str:
     """The user's home, hidden behind an empty tmpfs in the sandbox (same uid inside: keys, tokens)."""
     home = os.path.expanduser("~")
-    if _is_root() or home in ("/", "") or sandbox_python().startswith(home + os.sep) or not os.path.isdir(home):
+    if (
+        _is_root()
+        or home in ("/", "")
+        or sandbox_python().startswith(home + os.sep)
+        or not os.path.isdir(home)
+    ):
         return ""
     return home
 
@@ -205,8 +267,13 @@ def unshare_problem() -> str | None:
     user = UIDS.acquire()
     try:
         python = sandbox_python()
-        proc = subprocess.run(unshare_args(job, 1 << 20, hidden_home(), python) + [python, "-S", "-c", "pass"],
-                              capture_output=True, timeout=20, env=clean_env("/tmp"), **user_kwargs(user))
+        proc = subprocess.run(
+            unshare_args(job, 1 << 20, hidden_home(), python) + [python, "-S", "-c", "pass"],
+            capture_output=True,
+            timeout=20,
+            env=clean_env("/tmp"),
+            **user_kwargs(user),
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"unshare failed to start: {err}"
     finally:
@@ -214,7 +281,9 @@ def unshare_problem() -> str | None:
         shutil.rmtree(job, ignore_errors=True)
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
-        return f"unshare cannot build the namespaces sandbox here: {tail[0][:200] if tail else proc.returncode}"
+        return (
+            f"unshare cannot build the namespaces sandbox here: {tail[0][:200] if tail else proc.returncode}"
+        )
     return None
 
 
@@ -364,5 +433,12 @@ def _namespace_init_pid(info_fd: int) -> int | None:
 
 def _kill_uid(uid: int) -> None:
     """SIGKILL every process of ``uid`` (kill(-1) as that uid reaches exactly its own processes)."""
-    subprocess.run(["/bin/kill", "-KILL", "-1"], user=uid, group=uid, extra_groups=[],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(
+        ["/bin/kill", "-KILL", "-1"],
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )

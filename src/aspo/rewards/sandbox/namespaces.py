@@ -59,6 +59,26 @@ while True:  # the namespace's init: reap everything, report the run's status as
 def unshare_args(job_dir: str, tmpfs_bytes: int, hide: str, python: str) -> list[str]:
     """Command prefix: run ``python <args>`` (appended by the caller) inside fresh namespaces."""
     unshare = shutil.which("unshare") or "unshare"
-    return [unshare, "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-            "--net", "--ipc", "--uts", "--", python, "-I", "-S", "-B", "-c", SETUP, job_dir, str(tmpfs_bytes),
-            hide]
+    return [
+        unshare,
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "--net",
+        "--ipc",
+        "--uts",
+        "--",
+        python,
+        "-I",
+        "-S",
+        "-B",
+        "-c",
+        SETUP,
+        job_dir,
+        str(tmpfs_bytes),
+        hide,
+    ]

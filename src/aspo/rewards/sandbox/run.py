@@ -39,9 +39,16 @@ def _read_capped(path: str, cap: int) -> tuple[bytes, bool]:
     return data[:cap], len(data) >= cap
 
 
-def run_python(files: dict[str, str | bytes], main: str, *, args: list[str] | tuple[str, ...] = (),
-               stdin: bytes = b"", limits: Limits | None = None, backend: str | None = None,
-               reuse: bool | None = None) -> RunResult:
+def run_python(
+    files: dict[str, str | bytes],
+    main: str,
+    *,
+    args: list[str] | tuple[str, ...] = (),
+    stdin: bytes = b"",
+    limits: Limits | None = None,
+    backend: str | None = None,
+    reuse: bool | None = None,
+) -> RunResult:
     """Run ``python main`` in the sandbox with ``files`` (name -> content) next to it.
 
     Its working directory is a private writable scratch dir. With bwrap and ``reuse`` (default: on unless
@@ -57,8 +64,9 @@ def run_python(files: dict[str, str | bytes], main: str, *, args: list[str] | tu
     if reuse and iso.backend == "bwrap" and not args and limits.tmpfs_bytes == Limits.tmpfs_bytes:
         from aspo.rewards.sandbox.zygote import POOL
 
-        return POOL.run({k: v.encode() if isinstance(v, str) else v for k, v in files.items()}, main, stdin,
-                        limits)
+        return POOL.run(
+            {k: v.encode() if isinstance(v, str) else v for k, v in files.items()}, main, stdin, limits
+        )
     uid = host.UIDS.acquire()
     job = tempfile.mkdtemp(dir=host.work_root())
     os.chmod(job, 0o711)  # the run uid must reach job/files; stdin/stdout/stderr stay private (0600)
@@ -74,8 +82,11 @@ def run_python(files: dict[str, str | bytes], main: str, *, args: list[str] | tu
             for name in files:
                 os.chmod(os.path.join(job_files, name), 0o644)
             main_path, cwd = f"{host.JOB_DIR_INSIDE}/{main}", job_files
-            prefix = (host.bwrap_args(limits, job_files) if iso.backend == "bwrap" else
-                      unshare_args(job_files, limits.tmpfs_bytes, host.hidden_home(), host.sandbox_python()))
+            prefix = (
+                host.bwrap_args(limits, job_files)
+                if iso.backend == "bwrap"
+                else unshare_args(job_files, limits.tmpfs_bytes, host.hidden_home(), host.sandbox_python())
+            )
             env = host.clean_env("/tmp")
             in_use = int(iso.backend == "unshare")  # per user namespace (fresh per run); + unshare's init
         else:
@@ -96,11 +107,23 @@ def run_python(files: dict[str, str | bytes], main: str, *, args: list[str] | tu
             cmd[1:1] = ["--info-fd", str(info_write)]
         start = time.monotonic()
         try:
-            with open(paths["stdin"], "rb") as fin, open(paths["stdout"], "wb", opener=_private) as fout, \
-                    open(paths["stderr"], "wb", opener=_private) as ferr:
-                proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=cwd, env=env,
-                                        start_new_session=True, close_fds=True,
-                                        pass_fds=(info_write,) if info_write >= 0 else (), **host.user_kwargs(uid))
+            with (
+                open(paths["stdin"], "rb") as fin,
+                open(paths["stdout"], "wb", opener=_private) as fout,
+                open(paths["stderr"], "wb", opener=_private) as ferr,
+            ):
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=fin,
+                    stdout=fout,
+                    stderr=ferr,
+                    cwd=cwd,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=(info_write,) if info_write >= 0 else (),
+                    **host.user_kwargs(uid),
+                )
             if info_write >= 0:
                 os.close(info_write)
             try:

@@ -44,17 +44,30 @@ class _Zygote:
         os.chmod(Path(self.job) / "zygote_main.py", 0o644)
         limits = Limits(tmpfs_bytes=tmpfs_bytes)
         self.info_read, info_write = os.pipe()
-        cmd = host.bwrap_args(limits, self.job) + [host.sandbox_python(), "-I", "-S", "-B",
-                                                   f"{host.JOB_DIR_INSIDE}/zygote_main.py"]
+        cmd = host.bwrap_args(limits, self.job) + [
+            host.sandbox_python(),
+            "-I",
+            "-S",
+            "-B",
+            f"{host.JOB_DIR_INSIDE}/zygote_main.py",
+        ]
         cmd[1:1] = ["--info-fd", str(info_write)]
         # No --die-with-parent: its "parent" is the creating *thread* (PR_SET_PDEATHSIG), and scoring threads
         # come and go. If the scorer dies, the server reads EOF on stdin and exits, taking bwrap with it.
         cmd.remove("--die-with-parent")
         try:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, env=host.clean_env("/tmp"), cwd=self.job,
-                                         start_new_session=True, close_fds=True, pass_fds=(info_write,),
-                                         **host.user_kwargs(self.uid))
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=host.clean_env("/tmp"),
+                cwd=self.job,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=(info_write,),
+                **host.user_kwargs(self.uid),
+            )
         finally:
             os.close(info_write)
         try:
@@ -81,7 +94,7 @@ class _Zygote:
             if header is None and len(data) >= 4:
                 header = struct.unpack(">I", data[:4])[0]
             if header is not None and len(data) >= 4 + header:
-                return json.loads(data[4:4 + header])
+                return json.loads(data[4 : 4 + header])
 
     def run(self, request: dict, timeout: float) -> dict:
         assert self.proc.stdin is not None
@@ -133,11 +146,15 @@ class ZygotePool:
                 raise OSError(f"sandbox server failed to start: {type(err).__name__}: {err}") from err
             with self._lock:
                 self._count += 1
-        request = {"files": {k: v.decode("latin-1") for k, v in files.items()}, "main": main,
-                   "stdin": stdin.decode("latin-1"), "wall": limits.wall_seconds,
-                   "max_output": limits.max_output_bytes,
-                   # the server and the namespace's init share the uid: two more processes
-                   "rlimits": [[k, a, b] for k, (a, b) in limits.rlimits(nproc_in_use=2).items()]}
+        request = {
+            "files": {k: v.decode("latin-1") for k, v in files.items()},
+            "main": main,
+            "stdin": stdin.decode("latin-1"),
+            "wall": limits.wall_seconds,
+            "max_output": limits.max_output_bytes,
+            # the server and the namespace's init share the uid: two more processes
+            "rlimits": [[k, a, b] for k, (a, b) in limits.rlimits(nproc_in_use=2).items()],
+        }
         start = time.monotonic()
         try:
             reply = zygote.run(request, limits.wall_seconds + _REPLY_MARGIN_S)
@@ -149,8 +166,14 @@ class ZygotePool:
         stdout = reply["stdout"].encode("latin-1")
         rc = reply["rc"]
         limited = reply["largest_output"] >= limits.max_output_bytes
-        return RunResult(rc, stdout[: limits.max_output_bytes], reply["stderr"].encode("latin-1"),
-                            reply["timed_out"], limited, time.monotonic() - start)
+        return RunResult(
+            rc,
+            stdout[: limits.max_output_bytes],
+            reply["stderr"].encode("latin-1"),
+            reply["timed_out"],
+            limited,
+            time.monotonic() - start,
+        )
 
     def _discard(self, zygote: _Zygote) -> None:
         zygote.close()

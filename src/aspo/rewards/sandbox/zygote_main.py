@@ -91,9 +91,11 @@ def _child(request, scratch):
                 f.write(text.encode("latin-1"))
         with open(os.path.join(scratch, ".stdin"), "wb") as f:
             f.write(request["stdin"].encode("latin-1"))
-        fds = [os.open(os.path.join(scratch, ".stdin"), os.O_RDONLY),
-               os.open(os.path.join(scratch, ".stdout"), os.O_WRONLY | os.O_CREAT, 0o600),
-               os.open(os.path.join(scratch, ".stderr"), os.O_WRONLY | os.O_CREAT, 0o600)]
+        fds = [
+            os.open(os.path.join(scratch, ".stdin"), os.O_RDONLY),
+            os.open(os.path.join(scratch, ".stdout"), os.O_WRONLY | os.O_CREAT, 0o600),
+            os.open(os.path.join(scratch, ".stderr"), os.O_WRONLY | os.O_CREAT, 0o600),
+        ]
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -166,11 +168,17 @@ def serve():
         _, status = os.waitpid(pid, 0)
         _kill_everything_else()
         cap = request["max_output"]
-        sizes = [os.path.getsize(p) if os.path.exists(p) else 0
-                 for p in (os.path.join(scratch, ".stdout"), os.path.join(scratch, ".stderr"))]
-        reply = {"rc": os.waitstatus_to_exitcode(status), "timed_out": timed_out, "largest_output": max(sizes),
-                 "stdout": _read_tail(os.path.join(scratch, ".stdout"), cap),
-                 "stderr": _read_tail(os.path.join(scratch, ".stderr"), 1 << 16)}
+        sizes = [
+            os.path.getsize(p) if os.path.exists(p) else 0
+            for p in (os.path.join(scratch, ".stdout"), os.path.join(scratch, ".stderr"))
+        ]
+        reply = {
+            "rc": os.waitstatus_to_exitcode(status),
+            "timed_out": timed_out,
+            "largest_output": max(sizes),
+            "stdout": _read_tail(os.path.join(scratch, ".stdout"), cap),
+            "stderr": _read_tail(os.path.join(scratch, ".stderr"), 1 << 16),
+        }
         _wipe("/tmp")
         if os.path.isdir("/dev/shm"):
             _wipe("/dev/shm")
