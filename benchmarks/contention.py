@@ -1,6 +1,7 @@
 """How much a short `aspo train` slows when it shares the machine, per thread policy.
 
-    .venv/bin/python benchmarks/contention.py [--quick] [--steps 12] [--repeats 2] [--variants policy,today,...]
+    .venv/bin/python benchmarks/contention.py [--quick] [--steps 12] [--repeats 2]
+        [--variants policy,today,...]
 
 The same short lab run (``aspo train train.steps=12``, otherwise defaults; whole process, start-up
 included) is timed in four situations:

@@ -180,7 +180,8 @@ def policy_gradient_proxy(args: argparse.Namespace, task: Any, path: Any, test: 
     after = evaluate_policy(model, tokenizer, task, test, n=args.samples, temperature=1.0, seed=args.seed)
     print(
         f"policy-gradient proxy: {steps} steps of {args.pg_prompts}x{args.samples} in {pg_s:.1f} s, "
-        f"train reward {reward_sum / max(1, sampled):.3f}, mixed-reward groups {mixed}/{steps * args.pg_prompts}"
+        f"train reward {reward_sum / max(1, sampled):.3f}, "
+        f"mixed-reward groups {mixed}/{steps * args.pg_prompts}"
     )
     print(
         f"held-out T=1.0 after PG: {after}  (pass@1 {before['pass@1']:.3f} -> {after['pass@1']:.3f}, "

@@ -151,12 +151,13 @@ def main() -> None:
     one, five, _ = os.getloadavg()
     print(
         f"{args.prompts} prompts (~{med['full']['prompt_tokens']:.0f} tokens) x {args.n} responses x "
-        f"{args.tokens} tokens, micro-batch {args.micro_batch or 'all'}, one thread, medians of {args.repeats} "
-        f"processes per mode; "
+        f"{args.tokens} tokens, micro-batch {args.micro_batch or 'all'}, one thread, "
+        f"medians of {args.repeats} processes per mode; "
         f"load {one:.2f}/{five:.2f} on {os.cpu_count()} cores"
     )
     print(
-        f"{'mode':8} {'baseline MB':>12} {'peak MB':>9} {'peak - baseline':>16} {'fwd+bwd s':>10} {'CPU s':>8}"
+        f"{'mode':8} {'baseline MB':>12} {'peak MB':>9} {'peak - baseline':>16} "
+        f"{'fwd+bwd s':>10} {'CPU s':>8}"
     )
     for mode, m in med.items():
         print(
@@ -167,7 +168,8 @@ def main() -> None:
     print(
         f"chunked / full: peak RSS {chunked['peak_mb'] / full['peak_mb']:.2f}x, peak above baseline "
         f"{(chunked['peak_mb'] - chunked['base_mb']) / (full['peak_mb'] - full['base_mb']):.2f}x, "
-        f"wall time {chunked['time_s'] / full['time_s']:.2f}x, CPU time {chunked['cpu_s'] / full['cpu_s']:.2f}x"
+        f"wall time {chunked['time_s'] / full['time_s']:.2f}x, "
+        f"CPU time {chunked['cpu_s'] / full['cpu_s']:.2f}x"
     )
 
 

@@ -91,7 +91,8 @@ def main() -> None:
             "lora": [f"train.lr={args.lr_lora}", f"lora.rank={args.rank}", f"lora.alpha={args.alpha}"],
         }
         print(
-            "| run | peak RSS | CPU time | median s/step | checkpoint | pass@1 before -> after | load before / after |"
+            "| run | peak RSS | CPU time | median s/step | checkpoint "
+            "| pass@1 before -> after | load before / after |"
         )
         print("|---|---|---|---|---|---|---|")
         for name, extra in runs.items():
@@ -108,7 +109,8 @@ def main() -> None:
             ckpt = out / "checkpoints" / f"step-{args.steps}"
             size_mb = sum(f.stat().st_size for f in ckpt.iterdir()) / 1e6
             print(
-                f"| {name} | {timed.max_rss_mb:.0f} MB | {timed.cpu_s:.0f} s | {step_s:.0f} s | {size_mb:.0f} MB | "
+                f"| {name} | {timed.max_rss_mb:.0f} MB | {timed.cpu_s:.0f} s | {step_s:.0f} s "
+                f"| {size_mb:.0f} MB | "
                 f"{evals[0]:.3f} -> {evals[-1]:.3f} | {before} / {load_average()} |",
                 flush=True,
             )

@@ -6,9 +6,10 @@ Each objective gets the same random batch (a quarter of the positions padded, lo
 weight region is populated). Timings interleave the objectives round by round and report medians of both
 the process CPU time and the wall time, so load from other processes hits all of them alike. The default
 is one torch thread: on a shared machine CPU time of a single thread is the stable measure (wall time
-with several threads mostly measures the neighbours); the verdict uses CPU time. The target from the issue: aspo with the entropy split
-(the reference recipe) at most 1.5x grpo. ``aspo_naive`` is for context only: the textbook formulation
-(``torch.nanquantile`` for the entropy split and autograd through the clipped ratios), not the library's.
+with several threads mostly measures the neighbours); the verdict uses CPU time. The target from the
+issue: aspo with the entropy split (the reference recipe) at most 1.5x grpo. ``aspo_naive`` is for context
+only: the textbook formulation (``torch.nanquantile`` for the entropy split and autograd through the clipped
+ratios), not the library's.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def main() -> None:
     cpu = {name: statistics.median(t[0] for t in values) for name, values in timings.items()}
     wall = {name: statistics.median(t[1] for t in values) for name, values in timings.items()}
     print(
-        f"{args.batch} x {args.length} tokens, CPU, {torch.get_num_threads()} thread(s), median of {args.repeats}"
+        f"{args.batch} x {args.length} tokens, CPU, {torch.get_num_threads()} thread(s), "
+        f"median of {args.repeats}"
     )
     print(f"{'objective':<22}{'cpu ms':>9}{'x grpo':>9}{'wall ms':>10}{'x grpo':>9}")
     for name in cases:

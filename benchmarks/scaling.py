@@ -1,6 +1,7 @@
 """How the native trainer's step time and peak memory grow with response length and group size.
 
-    .venv/bin/python benchmarks/scaling.py [--steps 6] [--threads 1] [--lengths 32 64 128 256] [--groups 4 8 16]
+    .venv/bin/python benchmarks/scaling.py [--steps 6] [--threads 1] [--lengths 32 64 128 256]
+        [--groups 4 8 16]
 
 The job of benchmarks/vs_trl.py (tiny random-init Qwen2, 8 prompts per step, one update per step), except
 that the tokenizer's EOS is a token the model cannot emit, so every response is exactly ``max_new_tokens``
@@ -79,7 +80,8 @@ def sweep(name: str, values: list[int], make: object, job: object, env: dict, wo
         rows.append(row)
         print(
             f"  {name}={value:4d}: step {row['step']:6.3f} s (generation {row['rollout']:6.3f}, update "
-            f"{row['update']:6.3f}), peak RSS {row['max_rss_mb']:5.0f} MB, {row['tokens_per_step']} tokens/step "
+            f"{row['update']:6.3f}), peak RSS {row['max_rss_mb']:5.0f} MB, "
+            f"{row['tokens_per_step']} tokens/step "
             f"(load {load})",
             flush=True,
         )
@@ -92,7 +94,8 @@ def report(name: str, rows: list[dict]) -> None:
         ys = [r[key] for r in rows]
         _, slope, r2 = linear_fit(xs, ys)
         print(
-            f"  {key:8s} time ~ {name}^{power_fit(xs, ys):.2f}; straight line {slope * 1000:.2f} ms per unit of "
+            f"  {key:8s} time ~ {name}^{power_fit(xs, ys):.2f}; "
+            f"straight line {slope * 1000:.2f} ms per unit of "
             f"{name}, R^2 {r2:.3f}"
         )
     mem = [r["max_rss_mb"] for r in rows]

@@ -1,4 +1,4 @@
-"""The real-model run: `aspo train configs/smollm2-arithmetic.yaml`, timed, then `aspo eval` on its checkpoint.
+"""Real-model run: `aspo train configs/smollm2-arithmetic.yaml`, timed, then `aspo eval` on its checkpoint.
 
     .venv/bin/python benchmarks/smollm2_arithmetic.py [--out runs/smollm2-bench] [--no-eval] [key=value ...]
 
@@ -59,12 +59,14 @@ def main() -> None:
     )
     print(
         f"token entropy {steps[0]['actor/entropy']:.3f} (step 1) -> {steps[-1]['actor/entropy']:.3f} "
-        f"(step {steps[-1]['step']}); train reward {steps[0]['reward/mean']:.3f} -> {steps[-1]['reward/mean']:.3f}"
+        f"(step {steps[-1]['step']}); "
+        f"train reward {steps[0]['reward/mean']:.3f} -> {steps[-1]['reward/mean']:.3f}"
     )
     split = {key: statistics.mean(r[key] for r in steps) for key in steps[0] if key.startswith("time/")}
     print("seconds per step (mean): " + ", ".join(f"{key[5:]} {v:.1f}" for key, v in split.items()))
     print(
-        f"aspo train: wall {train['wall_s']:.0f} s, CPU {train['cpu_s']:.0f} s, peak RSS {train['peak_mib']:.0f} MiB; "
+        f"aspo train: wall {train['wall_s']:.0f} s, CPU {train['cpu_s']:.0f} s, "
+        f"peak RSS {train['peak_mib']:.0f} MiB; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
     if args.no_eval:

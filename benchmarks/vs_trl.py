@@ -78,7 +78,8 @@ def main() -> None:
         "trl": lambda out: trl_command(job, settings, out),
     }
     print(
-        f"job: {job.root}  steps {settings.steps}, {settings.prompts_per_step} prompts x {settings.n} samples, "
+        f"job: {job.root}  steps {settings.steps}, "
+        f"{settings.prompts_per_step} prompts x {settings.n} samples, "
         f"{settings.max_new_tokens} new tokens, threads {args.threads}"
     )
     # one short untimed run each: file-system caches and .pyc files warm for both alike

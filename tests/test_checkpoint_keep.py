@@ -1,4 +1,4 @@
-"""`train.keep_checkpoints`: older complete checkpoints go only after a newer one is complete; resume works."""
+"""`train.keep_checkpoints`: older complete checkpoints go only once a newer one is complete; resume works."""
 
 import pytest
 from conftest import tiny_overrides

@@ -1,4 +1,4 @@
-"""Code reward: HumanEval canonical solutions and stubs, stdin/stdout and function-call tests, reward hacks."""
+"""Code reward: HumanEval solutions and stubs, stdin/stdout and function-call tests, reward hacks."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ STDIO = {"inputs": ["3\n1 2 3\n", "2\n10 20\n"], "outputs": ["6\n2.000000\n", "3
     [
         ("n=int(input()); a=list(map(int,input().split())); print(sum(a)); print(sum(a)/n)", 1.0),
         (
-            "n=int(input()); a=list(map(int,input().split())); print(sum(a), ' '); print('%.7f' % (sum(a)/n))",
+            "n=int(input()); a=list(map(int,input().split())); "
+            "print(sum(a), ' '); print('%.7f' % (sum(a)/n))",
             1.0,
         ),
         ("n=int(input()); a=list(map(int,input().split())); print(sum(a)); print(sum(a)/n + 0.01)", 0.0),

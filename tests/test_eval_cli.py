@@ -75,7 +75,7 @@ def _rows(out: Path) -> list[dict]:
 
 
 def _pass_at_k_brute(rewards: list[float], k: int) -> float:
-    """Fraction of k-subsets with at least one correct sample (the definition the estimator is unbiased for)."""
+    """Fraction of k-subsets with a correct sample (the definition the estimator is unbiased for)."""
     subsets = list(itertools.combinations(rewards, k))
     return sum(any(r >= 1.0 for r in s) for s in subsets) / len(subsets)
 

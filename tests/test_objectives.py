@@ -1,7 +1,7 @@
 """Weight tables, values, aggregation, KL, the entropy split, metrics and input checks of aspo.objectives.
 
-Expected weights are written out by hand per region (docs/algorithm.md and each objective's docstring) -- never
-taken from the library's own weight tensors.
+Expected weights are written out by hand per region (docs/algorithm.md and each objective's docstring) --
+never taken from the library's own weight tensors.
 """
 
 from __future__ import annotations

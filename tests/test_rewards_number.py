@@ -1,4 +1,5 @@
-"""The strict `number` reward: a table of reward hacks that must score 0 and legitimate answers that score 1."""
+"""The strict `number` reward: a table of reward hacks that must score 0 and of legitimate answers that score
+1."""
 
 from __future__ import annotations
 

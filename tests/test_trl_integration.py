@@ -1,4 +1,4 @@
-"""ASPOTrainer on TRL's GRPOTrainer: it trains off-policy, and its loss and gradient are the native objective's.
+"""ASPOTrainer on TRL's GRPOTrainer: it trains off-policy; its loss and gradient are the native objective's.
 
 The tiny lab model is saved to a temp dir and loaded by TRL from there (HF_HUB_OFFLINE: no hub).
 """
@@ -287,7 +287,7 @@ def test_trl_entropies_set_aspo_clip_ranges(checkpoint, tmp_path) -> None:
 
 
 def test_gradient_accumulation_splits_token_mean_over_the_window(checkpoint, tmp_path) -> None:
-    """token-mean normalises by the tokens of the whole accumulation window (TRL's dapo), not per micro-batch."""
+    """token-mean normalises by the whole accumulation window's tokens (TRL's dapo), not per micro-batch."""
     trainer = make_trainer(
         checkpoint, tmp_path, gradient_accumulation_steps=2, per_device_train_batch_size=2, num_generations=2
     )

@@ -1,8 +1,8 @@
 """One step's training batch, built from its sampling rounds: score -> shape -> advantages -> group filter.
 
-    round_ = SampledRound.score(records, rollout, reward, ...)  # per sampling round (dynamic sampling: several)
+    round_ = SampledRound.score(records, rollout, reward, ...)  # per sampling round (>1: dynamic sampling)
     batch = TrainingBatch.from_rounds(rounds, want_rows, ...)   # the kept rows, cut to the batch size
-    batch.metrics()                                             # reward / group / response metrics of the step
+    batch.metrics()                                             # reward / group / response metrics of a step
 
 Pure records and functions; sampling itself (engine, seeds, weights) is the trainer's.
 """
@@ -71,7 +71,8 @@ class SampledRound:
         group_size: int,
     ) -> SampledRound:
         """Score ``rollout`` (G responses for each of ``records``), shape the rewards, compute the group
-        advantages and apply the group filter (``algorithm.filter_groups``: drop groups with equal rewards)."""
+        advantages and apply the group filter (``algorithm.filter_groups``: drop groups with equal
+        rewards)."""
         scored = [
             dict(records[int(g)], response=text)
             for g, text in zip(rollout.group_ids, rollout.responses, strict=True)

@@ -167,8 +167,9 @@ def restore(
     scheduler: Any,
     peft_model: Any = None,
 ) -> dict[str, Any]:
-    """Load what `read_checkpoint` returned into the trainer's objects and the RNGs; returns the trainer state.
-    With LoRA (``peft_model``, the wrapper of ``model``) the checkpoint must hold an adapter, and only that loads."""
+    """Load what `read_checkpoint` returned into the trainer's objects and the RNGs; returns the trainer
+    state. With LoRA (``peft_model``, the wrapper of ``model``) the checkpoint must hold an adapter, and only
+    that loads."""
     if parts.get("adapter", False) != (peft_model is not None):
         held, run = ("a LoRA adapter", "without") if parts.get("adapter") else ("a full model", "with")
         raise UserError(

@@ -222,7 +222,7 @@ class TrainConfig:
 
 @dataclass
 class LoraConfig:
-    """LoRA adapters through peft (off while `rank` is 0): the base model is frozen, only the adapters train."""
+    """LoRA adapters through peft (off while `rank` is 0): the base model frozen, only the adapters train."""
 
     rank: int = _f(
         0,
@@ -348,7 +348,7 @@ class Config:
             value = getattr(self.algorithm, key)
             if value is not None and not 0 <= value < 10:
                 raise UserError(f"algorithm.{key}={value!r} must be in [0, 10)")
-        self.algorithm.resolved_objective_params()  # the objective's own checks: a bad name or value fails now
+        self.algorithm.resolved_objective_params()  # the objective's own checks: bad name or value fails now
         if self.model != "tiny":
             from aspo.pretrained import model_source
 

@@ -131,7 +131,7 @@ def convert_gguf(
 
 
 def write_checkpoint(gguf_file: Path, out_dir: Path) -> None:
-    """Dequantise ``gguf_file`` with transformers and ``save_pretrained`` model + tokenizer into ``out_dir``."""
+    """Dequantise ``gguf_file`` (transformers) and ``save_pretrained`` model + tokenizer into ``out_dir``."""
     import torch
     import transformers
 

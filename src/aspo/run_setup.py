@@ -105,7 +105,8 @@ def resolve_run_dir(cfg: Config, accelerator: Any = None) -> str:
     """``output_dir`` or a new timestamped ``runs/...``; with resume and no output_dir, the newest match."""
     from aspo.checkpoint import list_checkpoints
 
-    suffix = f"{cfg.task if cfg.model == 'tiny' else Path(cfg.model).name.removesuffix('.gguf')}-{cfg.algorithm.loss}-s{cfg.train.seed}"
+    model_name = cfg.task if cfg.model == "tiny" else Path(cfg.model).name.removesuffix(".gguf")
+    suffix = f"{model_name}-{cfg.algorithm.loss}-s{cfg.train.seed}"
     if cfg.output_dir:
         path = cfg.output_dir
     elif cfg.resume:

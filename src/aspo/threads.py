@@ -71,7 +71,7 @@ def default_threads(environ: MutableMapping[str, str] | None = None) -> int:
 
 
 def apply_threads(requested: int = 0) -> int:
-    """Set torch's intra-op threads (``requested`` when > 0, else ``default_threads()``); returns the count."""
+    """Set torch's intra-op threads (``requested`` when > 0, else ``default_threads()``); return the count."""
     import torch
 
     threads = requested if requested > 0 else default_threads()

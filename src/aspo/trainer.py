@@ -127,7 +127,7 @@ class Trainer:
         self.max_new_tokens = cfg.response_cap
 
     def _setup_optimizer(self) -> None:
-        """AdamW with linear warm-up; model and optimizer wrapped by accelerate (DDP / FSDP when launched so)."""
+        """AdamW, linear warm-up; model and optimizer wrapped by accelerate (DDP / FSDP when launched so)."""
         cfg = self.cfg
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # all of them without LoRA
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -210,7 +210,7 @@ class Trainer:
 
     # -- one step: sample -> score -> filter -> update ---------------------------------------------
     def sample(self, records: list[dict[str, Any]], seed: int) -> tuple[Rollout, float | None]:
-        """G responses per record from the current weights; (rollout, behaviour log-prob gap if recomputed)."""
+        """G responses per record from current weights; (rollout, behaviour log-prob gap if recomputed)."""
         cfg = self.cfg
         self.model.eval()
         with dist.full_weights(self.accelerator, self.train_model):

@@ -189,7 +189,7 @@ def test_aspo_differs_from_vanilla_where_the_paper_says() -> None:
 
 
 def test_verl_external_modules_variable_loads_the_plugin() -> None:
-    """verl's documented hook: VERL_USE_EXTERNAL_MODULES imports the module in every process importing verl."""
+    """verl's documented hook: VERL_USE_EXTERNAL_MODULES imports the module in each process importing verl."""
     env = {
         **os.environ,
         "VERL_USE_EXTERNAL_MODULES": "aspo.integrations.verl",

@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aspo compare",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Run several algorithm presets over several seeds on the same config (the tiny lab by default) and "
-            "write summary.json, report.md and figures into --output. Rerun the same command to resume: "
+            "Run several algorithm presets over several seeds on the same config (the tiny lab by default) "
+            "and write summary.json, report.md and figures into --output. Rerun the same command to resume: "
             "finished runs are skipped, unfinished ones continue from their checkpoints.",
             100,
         ),
@@ -375,8 +375,9 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
     todo = [r for r in runs if not is_finished(r)]
     points = f" x {len(runs) // (len(algos) * args.seeds)} grid points" if grid else ""
     print(
-        f"aspo compare: {len(runs)} runs ({', '.join(algos)} x {args.seeds} seeds{points}); {len(runs) - len(todo)} "
-        f"already finished, {len(todo)} to run, {workers} at a time x {threads} thread(s)",
+        f"aspo compare: {len(runs)} runs ({', '.join(algos)} x {args.seeds} seeds{points}); "
+        f"{len(runs) - len(todo)} already finished, {len(todo)} to run, "
+        f"{workers} at a time x {threads} thread(s)",
         flush=True,
     )
     start = time.perf_counter()

@@ -28,11 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
             "Score the responses of a JSONL file with a reward and write each record back with `reward` "
-            "(float) and `error` (when one occurred; `infrastructure: ...` when the check could not run, which "
-            "is not a wrong answer); print a summary.",
+            "(float) and `error` (when one occurred; `infrastructure: ...` when the check could not run, "
+            "which is not a wrong answer); print a summary.",
             100,
         ),
-        epilog="record fields:\n  math: response, answer (number, text, `#### N` or a solution with \\boxed{})\n"
+        epilog="record fields:\n"
+        "  math: response, answer (number, text, `#### N` or a solution with \\boxed{})\n"
         "  code: response and tests {inputs, outputs[, fn_name]}, or test + entry_point (HumanEval)\n\n"
         "example:\n  aspo score --reward math --input samples.jsonl --output scored.jsonl",
     )

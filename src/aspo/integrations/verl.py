@@ -128,7 +128,7 @@ def make_verl_policy_loss(name: str):
         config: Any = None,
         rollout_is_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Policy loss ``name`` from aspo.objectives; tensors (batch, response_len). No entropy (see module)."""
+        """Policy loss ``name`` of aspo.objectives; tensors (batch, response_len). No entropy (see module)."""
         params = _objective_params(name, config)
         batch_info = dict(_config_value(config, "global_batch_info", {}) or {})
         our_mode, factor = _verl_aggregation(response_mask, loss_agg_mode, batch_info)

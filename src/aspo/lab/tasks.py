@@ -268,7 +268,7 @@ def countdown_reward(prompt: str, response: str, answer: Any, numbers: Any = Non
 
 @dataclass(frozen=True)
 class AdditionQuestionTask(Task):
-    """``What is a + b?`` with a, b uniform in [``low``, ``high``]; the answer is the sum, stated as one number.
+    """``What is a + b?`` with a, b uniform in [``low``, ``high``]; the answer is the sum, as one number.
 
     There are m(m+1)/2 problems up to order, m = high - low + 1 (435 for 2..30); about 20 % are held out,
     both orders of a pair on the same side.
@@ -305,7 +305,7 @@ TASKS: dict[str, type[Task]] = {
 
 
 def get_task(name: str, **params: Any) -> Task:
-    """The lab task called ``name`` (``arithmetic``, ``countdown``, ``add``), with optional size ``params``."""
+    """The lab task ``name`` (``arithmetic``, ``countdown``, ``add``), with optional size ``params``."""
     if name not in TASKS:
         raise UserError(f"unknown lab task {name!r}; valid: {', '.join(sorted(TASKS))}")
     try:

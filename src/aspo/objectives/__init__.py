@@ -3,8 +3,8 @@
     loss, metrics = policy_loss("aspo", log_prob, old_log_prob, advantages, response_mask, entropy=entropy)
 
 Registered names (``POLICY_LOSSES``): aspo, aspo_flip_only, grpo, dapo, ppo, no_is, gspo, cispo, sapo. Each
-objective's docstring (in ``aspo.objectives.losses``) holds its gradient-weight table; docs/algorithm.md derives
-aspo / grpo. Adding one is a few lines::
+objective's docstring (in ``aspo.objectives.losses``) holds its gradient-weight table; docs/algorithm.md
+derives aspo / grpo. Adding one is a few lines::
 
     @register_policy_loss("mine", clip_ratio_high=0.3)
     def mine(tokens: TokenInputs) -> TokenTerms:

@@ -236,8 +236,8 @@ def write_compare_report(
             "behaviour probability is in the bucket, mean over steps",
             "collapsed": COLLAPSE_RULE,
         },
-        "aggregate_note": "mean and 95 % t-interval half-width (ci95) over the finished seeds; ci95 is null with "
-        "one seed",
+        "aggregate_note": "mean and 95 % t-interval half-width (ci95) over the finished seeds; "
+        "ci95 is null with one seed",
         "runs": runs,
         "aggregate": agg,
     }

@@ -176,18 +176,21 @@ def _setup_lines(setup: dict[str, Any]) -> list[str]:
     lines += [
         f"- model `{cfg.get('model')}`, task `{cfg.get('task')}`; {len(setup.get('seeds', []))} seeds "
         f"({', '.join(map(str, setup.get('seeds', [])))}) per algorithm",
-        f"- {train.get('steps')} steps of {train.get('prompts_per_step')} prompts x {rollout.get('n')} responses "
+        f"- {train.get('steps')} steps of {train.get('prompts_per_step')} prompts "
+        f"x {rollout.get('n')} responses "
         f"(max {setup.get('max_new_tokens')} tokens, temperature {rollout.get('temperature')}); "
         f"{train.get('mini_batches')} mini-batches x {train.get('epochs')} epochs = "
         f"{(train.get('mini_batches') or 0) * (train.get('epochs') or 0)} optimizer steps per rollout "
         f"(off-policy after the first); lr {train.get('lr')}, warm-up {train.get('warmup_steps')}, "
-        f"grad clip {train.get('grad_clip')}, KL coef {alg.get('kl_coef')}, advantage `{alg.get('advantage')}`, "
+        f"grad clip {train.get('grad_clip')}, KL coef {alg.get('kl_coef')}, "
+        f"advantage `{alg.get('advantage')}`, "
         f"zero-variance groups dropped: {alg.get('filter_groups')}",
         f"- held-out eval: {cfg.get('data', {}).get('num_test')} problems x {ev.get('n')} samples "
         f"(temperature {ev.get('temperature')}) every {train.get('eval_every')} steps and at the end",
         f"- shared overrides: {', '.join(f'`{o}`' for o in setup.get('overrides', [])) or 'none'}"
         + (f"; config file `{setup['config_file']}`" if setup.get("config_file") else ""),
-        f"- machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs, python {machine.get('python')}, "
+        f"- machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs, "
+        f"python {machine.get('python')}, "
         f"torch {machine.get('torch')}; {setup.get('workers')} runs in parallel x "
         f"{setup.get('threads_per_run')} torch thread(s) each",
         f"- wall time of the comparison: {_minutes(setup.get('wall_s'))}",

@@ -76,7 +76,8 @@ def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardF
             fn = BoundedReward(spec, fn, timeout)
     else:
         raise UserError(
-            f"unknown reward {spec!r}; valid names: {', '.join(sorted(BUILTIN_REWARDS))}, or path/file.py:function"
+            f"unknown reward {spec!r}; valid names: {', '.join(sorted(BUILTIN_REWARDS))}, "
+            "or path/file.py:function"
         )
     preflight = getattr(fn, "preflight", None)
     if preflight is not None:

@@ -3,8 +3,8 @@
 A hung user function cannot be stopped inside the trainer's process (a thread cannot be killed, and a
 spinning one would keep a core), so each call goes to a worker process that imported the file once; a call
 that overruns ``timeout`` seconds kills the worker (the next call starts a fresh one) and raises
-:class:`RewardTimeout`; a worker that dies (``os._exit``, a segfault) raises :class:`RewardCrashed`. Either way
-``call_reward`` scores the response 0 with that error and the run goes on.
+:class:`RewardTimeout`; a worker that dies (``os._exit``, a segfault) raises :class:`RewardCrashed`. Either
+way ``call_reward`` scores the response 0 with that error and the run goes on.
 
 Run as ``python -m aspo.rewards.bounded``, this module is the worker: it reads length-prefixed pickles of
 keyword arguments and answers ``("ok", value)`` or ``("error", exception)``.

@@ -1,4 +1,5 @@
-"""A user's reward function from a ``path/file.py:function`` spec (used in-process and by the bounded worker)."""
+"""A user's reward function from a ``path/file.py:function`` spec (used in-process and by the bounded
+worker)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from aspo.errors import UserError
 
 
 def load_file_function(spec: str) -> Callable[..., Any]:
-    """The function ``attr`` of the Python file ``path`` in a ``path/file.py:attr`` spec (UserError if not)."""
+    """The function ``attr`` of the file ``path`` in a ``path/file.py:attr`` spec (UserError if not)."""
     path, _, attr = spec.rpartition(":")
     if not os.path.isfile(path):
         raise UserError(

@@ -6,8 +6,9 @@ per-call setup, which dominates for small models.
 
 Llama-style decoders (Qwen2, Llama, Mistral without sliding windows) take a leaner path (``lean_decode``):
 the model's own weights applied layer by layer (``aspo.models.llama.decoder_layer``, the trainer's layer
-too) with a preallocated (static) KV cache, and rows that have ended dropped from the batch. Per decoded token it issues a few tensor ops per layer instead of
-transformers' module / mask / cache bookkeeping, which is most of the time for a small model on a CPU
+too) with a preallocated (static) KV cache, and rows that have ended dropped from the batch. Per decoded
+token it issues a few tensor ops per layer instead of transformers' module / mask / cache bookkeeping, which
+is most of the time for a small model on a CPU
 (benchmarks/vs_trl.py: about 4x fewer seconds per rollout on the tiny lab model). Other models use the
 generic loop with transformers' own cache.
 """

@@ -17,8 +17,8 @@ the namespace's PID 1 kills every process inside); ``unshare`` (the same namespa
 the bwrap binary). Where neither works, programs are refused unless ``ASPO_SANDBOX=unsafe`` asks for the
 unisolated mode: rlimits, a scrubbed environment, a private scratch
 directory and its own session, and no isolation of the network or of your files (the gaps are listed in
-:func:`isolation` and logged). In every mode, when the scorer runs as root the program runs as a throw-away uid
-unique to the run slot. Limits (set by a tiny bootstrap before any untrusted code runs): CPU seconds,
+:func:`isolation` and logged). In every mode, when the scorer runs as root the program runs as a throw-away
+uid unique to the run slot. Limits (set by a tiny bootstrap before any untrusted code runs): CPU seconds,
 address space, processes+threads (counted above what the uid already runs), bytes per written file (which
 also caps stdout/stderr), open files; the wall-clock limit is enforced from outside by killing the tree.
 """
