@@ -51,7 +51,14 @@ from aspo.threads import ENV_DEFAULTS, usable_cores  # noqa: E402  (stdlib only:
 
 PYTHON = sys.executable
 # Every knob a variant may set; removed from the inherited environment so each variant is exactly itself.
-THREAD_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", *ENV_DEFAULTS)
+THREAD_KEYS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "GOMP_SPINCOUNT",
+    "OMP_WAIT_POLICY",
+    "KMP_BLOCKTIME",
+    *ENV_DEFAULTS,
+)
 
 
 def variants(cores: int) -> dict[str, dict[str, str]]:

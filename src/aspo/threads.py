@@ -10,7 +10,7 @@ region stalls for a scheduler time slice. ``benchmarks/contention.py`` measures 
 Two parts, because they take effect at different times:
 
 * ``configure_environment()`` -- environment variables read once when a library loads (libgomp's wait
-  policy, OpenBLAS's and tokenizers' own pools). It must run before torch is imported, so the CLI calls
+  spin count, OpenBLAS's and tokenizers' own pools). It must run before torch is imported, so the CLI calls
   it first thing; a value the user already set is never overridden.
 * ``apply_threads(requested)`` -- torch's intra-op thread count, set when a command starts computing:
   ``requested`` (``train.threads``) when > 0, else ``OMP_NUM_THREADS`` when the user set it, else
@@ -24,13 +24,17 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 
-# Waiting threads sleep in the kernel (futex) at once instead of spinning: a descheduled sibling then gets
-# its core back immediately. Chosen by measurement (benchmarks/contention.py; README "Sharing the machine").
-WAIT_POLICY = "PASSIVE"
+# A thread that reaches the end of a parallel region spins this many iterations (tens of microseconds)
+# before it sleeps. Long enough to stay hot between the many tiny back-to-back regions of a small model's
+# step, short enough not to burn a core a descheduled sibling needs. Chosen by measurement
+# (benchmarks/contention.py, docs/performance.md): on 2 cores, idle 1.07x libgomp's default spin and at most
+# 2.3x idle when sharing the machine, where the default spin took up to 6.1x and sleeping at once (passive)
+# or one thread cost 1.4-1.5x when idle.
+SPIN_COUNT = "3000"
 
 # Read at library load. Keys already present in the environment win.
 ENV_DEFAULTS = {
-    "OMP_WAIT_POLICY": WAIT_POLICY,
+    "GOMP_SPINCOUNT": SPIN_COUNT,
     # numpy's OpenBLAS keeps its own spinning pool; aspo's numpy work is small and single-threaded
     "OPENBLAS_NUM_THREADS": "1",
     # the Rust tokenizers' pool: tokenising is a tiny share of a step, and its threads warn after a fork
@@ -49,13 +53,13 @@ def usable_cores() -> int:
 def configure_environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Fill in ``ENV_DEFAULTS`` that the user has not set; returns what was set.
 
-    An explicit ``GOMP_SPINCOUNT`` is the user's choice of wait policy too, so the wait policy is then
-    left alone (libgomp would let the spin count win anyway).
+    An explicit ``OMP_WAIT_POLICY`` is the user's choice of how threads wait, so no spin count is added
+    then (libgomp would let a spin count override it).
     """
     env = os.environ if environ is None else environ
     added = {}
     for key, value in ENV_DEFAULTS.items():
-        if key in env or (key == "OMP_WAIT_POLICY" and "GOMP_SPINCOUNT" in env):
+        if key in env or (key == "GOMP_SPINCOUNT" and "OMP_WAIT_POLICY" in env):
             continue
         env[key] = added[key] = value
     return added
