@@ -216,14 +216,15 @@ class PolicyUpdate:
             sync = acc.no_sync(self.model) if i < len(parts) - 1 else contextlib.nullcontext()
             with sync:
                 loss, metrics, entropy = self.loss(part)
-                if math.isfinite(float(loss)):
+                value = float(loss.detach())
+                if math.isfinite(value):
                     acc.backward(
                         loss
                         * normaliser_scale(
                             part.response_mask, self.loss_agg_mode, tokens, rows, acc.num_processes
                         )
                     )
-            out.loss += float(loss)
+            out.loss += value
             if len(mini):
                 out.metrics.append(metrics)
                 if entropy is not None:
