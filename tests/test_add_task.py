@@ -2,6 +2,7 @@
 and `aspo train model=<file>.gguf task=add` end to end on the tiny GGUF of test_pretrained."""
 
 import json
+from pathlib import Path
 
 import pytest
 from test_pretrained import reference_model, tiny_vocab, write_tiny_gguf
@@ -32,8 +33,9 @@ def test_problems_answers_and_disjoint_splits():
     "overrides, needle",
     [
         (["task=add"], "task='add' is for pretrained chat models"),
+        # a local checkpoint directory (this one: the test's own folder), so no optional package is needed
         (
-            ["model=smollm2-135m-instruct", "task=add", "reward=math"],
+            [f"model={Path(__file__).parent}", "task=add", "reward=math"],
             "data.train is required with reward='math'",
         ),
         (["model=no/such/dir", "task=add"], "'no/such/dir' is neither"),
