@@ -259,16 +259,7 @@ class Trainer:
     @torch.no_grad()
     def recompute_behaviour_logprobs(self, rollout: Rollout) -> float:
         """Replace the engine's log-probs with the trainer model's; returns their mean absolute gap."""
-        logprobs, _ = token_logprobs(
-            self.model,
-            rollout.prompt_ids,
-            rollout.prompt_mask,
-            rollout.response_ids,
-            rollout.response_mask,
-            temperature=self.cfg.rollout.temperature,
-            with_entropy=False,
-        )
-        logprobs = logprobs.cpu()
+        logprobs = self.rollout_logprobs(self.model, rollout)
         mask = rollout.response_mask
         gap = float((logprobs - rollout.behaviour_logprobs)[mask].abs().mean()) if mask.any() else 0.0
         rollout.behaviour_logprobs = logprobs
@@ -281,16 +272,21 @@ class Trainer:
         if self.ref_model is None or not len(rollout.group_ids):
             return None
         with reference_policy(self.peft_model):
-            ref, _ = token_logprobs(
-                self.ref_model,
-                rollout.prompt_ids,
-                rollout.prompt_mask,
-                rollout.response_ids,
-                rollout.response_mask,
-                temperature=self.cfg.rollout.temperature,
-                with_entropy=False,
-            )
-        return ref.cpu()
+            return self.rollout_logprobs(self.ref_model, rollout)
+
+    @torch.no_grad()
+    def rollout_logprobs(self, model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+        """(rows, R) log-probs of the rollout's responses under ``model``, sampling temperature, on CPU."""
+        logprobs, _ = token_logprobs(
+            model,
+            rollout.prompt_ids,
+            rollout.prompt_mask,
+            rollout.response_ids,
+            rollout.response_mask,
+            temperature=self.cfg.rollout.temperature,
+            with_entropy=False,
+        )
+        return logprobs.cpu()
 
     def update(self, step: int, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
         """mini_batches x epochs optimizer steps on one rollout."""
