@@ -72,6 +72,8 @@ def test_unknown_key_names_it_and_suggests(override, needle):
         ("lora.target_modules=,", "lora.target_modules"),
         ("rollout.engine=vllm lora.rank=8", "rollout.engine=hf only"),
         ("train.report_to=tensorboard,mlflow", "train.report_to"),
+        ("train.partial_mini_batch=half", "train.partial_mini_batch='half' must be full or scaled"),
+        ("train.partial_mini_batch=scaled", "needs train.mini_batch_size > 0"),
     ],
 )
 def test_impossible_values_name_the_key(override, needle):

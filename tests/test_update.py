@@ -35,7 +35,7 @@ def test_micro_batch_scales_sum_to_the_whole_batch(tiny_policy):
         assert abs(sum(scales) - 1.0) < 1e-9  # each part weighs its share of the tokens / sequences
 
 
-def _update_stage(model, tok, *overrides, micro_batch_size=0):
+def _update_stage(model, tok, *overrides, micro_batch_size=0, nominal_rows=0):
     from accelerate import Accelerator
 
     from aspo.config import load_config
@@ -49,6 +49,7 @@ def _update_stage(model, tok, *overrides, micro_batch_size=0):
         temperature=1.0,
         micro_batch_size=micro_batch_size,
         pad_token_id=tok.pad_token_id,
+        nominal_rows=nominal_rows,
     )
 
 
@@ -110,6 +111,27 @@ def test_micro_batched_gradient_equals_the_one_batch_gradient_with_an_empty_row(
         for other in grads[1:]:
             assert float((other - grads[0]).abs().max()) <= 1e-5 * scale, mode
     model.zero_grad(set_to_none=True)
+
+
+def test_a_partial_mini_batch_scaled_by_the_nominal_size_weighs_its_share(tiny_policy):
+    """train.partial_mini_batch=scaled: the loss of k responses is divided by mini_batch_size, not k (the
+    authors' gradient accumulation), KL term included; full (nominal_rows 0) keeps the mean over k."""
+    model, tok = tiny_policy
+    batch = _batch_with_an_empty_row(model, tok)
+    batch.ref_logprobs = batch.behaviour_logprobs - 0.2  # a KL term that is not zero
+    overrides = ("algorithm.loss_agg_mode=seq-mean-token-mean", "algorithm.kl_coef=0.5")
+    grads = []
+    for nominal in (0, 8, 6):
+        stage = _update_stage(model, tok, *overrides, micro_batch_size=1, nominal_rows=nominal)
+        model.zero_grad(set_to_none=True)
+        stage.backward(batch)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    model.zero_grad(set_to_none=True)
+    full, by_8, by_6 = grads
+    scale = float(full.abs().max())
+    assert scale > 0
+    assert float((by_8 - full * 6 / 8).abs().max()) <= 1e-6 * scale  # 6 of a nominal 8 responses
+    assert float((by_6 - full).abs().max()) <= 1e-6 * scale  # a full mini-batch: the same either way
 
 
 def test_mini_batches_by_count_or_size_shuffled_or_in_order():

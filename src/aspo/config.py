@@ -174,6 +174,13 @@ class TrainConfig:
         "as the authors' recipe: dropped groups mean fewer optimizer steps, the last "
         "mini-batch may be partial",
     )
+    partial_mini_batch: str = _f(
+        "full",
+        "with mini_batch_size: full (every mini-batch's loss is the mean over its own responses "
+        "or tokens, so a last partial one weighs as a full one) | scaled (the loss is divided by "
+        "mini_batch_size responses instead, as the authors' gradient accumulation: a last "
+        "mini-batch of k responses weighs k / mini_batch_size)",
+    )
     shuffle: bool = _f(
         True,
         "reshuffle the rollout's responses before each epoch (false: one fixed order, as "
@@ -300,6 +307,11 @@ class Config:
             ("train.micro_batch_size", self.train.micro_batch_size >= 0, "must be >= 0"),
             ("train.mini_batch_size", self.train.mini_batch_size >= 0, "must be >= 0"),
             (
+                "train.partial_mini_batch",
+                self.train.partial_mini_batch in ("full", "scaled"),
+                "must be full or scaled",
+            ),
+            (
                 "train.warmup_unit",
                 self.train.warmup_unit in ("optimizer_steps", "rollouts"),
                 "must be optimizer_steps or rollouts",
@@ -342,6 +354,8 @@ class Config:
                 f"train.mini_batches={self.train.mini_batches} is larger than the "
                 f"{self.train.prompts_per_step * self.rollout.n} responses of one step"
             )
+        if self.train.partial_mini_batch == "scaled" and not self.train.mini_batch_size:
+            raise UserError("train.partial_mini_batch='scaled' needs train.mini_batch_size > 0 (the divisor)")
         if self.reward_timeout < 0:
             raise UserError(f"reward_timeout={self.reward_timeout!r} must be >= 0 (0: no bound)")
         for key in ("clip_ratio_low", "clip_ratio_high"):

@@ -155,6 +155,7 @@ class Trainer:
 
     def _setup_update(self) -> None:
         """The update stage (micro-batches, objective, backward) on the wrapped model."""
+        train = self.cfg.train
         self.policy_update = PolicyUpdate(
             self.accelerator,
             self.train_model,
@@ -162,6 +163,7 @@ class Trainer:
             temperature=self.cfg.rollout.temperature,
             micro_batch_size=self.cfg.train.micro_batch_size,
             pad_token_id=self.tokenizer.pad_token_id,
+            nominal_rows=train.mini_batch_size if train.partial_mini_batch == "scaled" else 0,
         )
 
     def _resume_or_start(self) -> None:

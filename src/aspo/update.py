@@ -183,6 +183,7 @@ class PolicyUpdate:
         temperature: float,
         micro_batch_size: int,
         pad_token_id: int,
+        nominal_rows: int = 0,
     ) -> None:
         self.accelerator, self.model = accelerator, model
         self.objective, self.params = algorithm.loss, algorithm.objective_params()
@@ -196,6 +197,9 @@ class PolicyUpdate:
             micro_batch_size,
             pad_token_id,
         )
+        # > 0: a mini-batch's loss is divided by this many responses, not its own count (the authors'
+        # gradient accumulation: a last partial mini-batch weighs less; train.partial_mini_batch=scaled)
+        self.nominal_rows = nominal_rows
 
     def backward(self, mini: UpdateBatch) -> GradientPass:
         """Accumulate the gradient of ``mini``'s loss (this rank's rows; may be empty) into the model."""
@@ -210,6 +214,7 @@ class PolicyUpdate:
             if len(mini)
             else [mini.without_tokens(self.pad_token_id)]
         )
+        share = rows / self.nominal_rows if self.nominal_rows else 1.0
         out = GradientPass(global_tokens=tokens)
         for i, part in enumerate(parts):
             # gradients are all-reduced once, after the last part
@@ -218,12 +223,10 @@ class PolicyUpdate:
                 loss, metrics, entropy = self.loss(part)
                 value = float(loss.detach())
                 if math.isfinite(value):
-                    acc.backward(
-                        loss
-                        * normaliser_scale(
-                            part.response_mask, self.loss_agg_mode, tokens, rows, acc.num_processes
-                        )
+                    scale = normaliser_scale(
+                        part.response_mask, self.loss_agg_mode, tokens, rows, acc.num_processes
                     )
+                    acc.backward(loss * (scale * share))
             out.loss += value
             if len(mini):
                 out.metrics.append(metrics)
