@@ -9,6 +9,7 @@ import copy
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import DATA
 
@@ -48,12 +49,7 @@ def test_the_recipe_loads_and_states_the_reference_settings():
         0.001,
         "k3",
     )
-    assert (train.partial_mini_batch, train.shuffle, train.epochs, train.micro_batch_size) == (
-        "scaled",
-        False,
-        3,
-        1,
-    )
+    assert (train.partial_mini_batch, train.shuffle, train.epochs) == ("scaled", False, 3)
     assert (train.lr, train.weight_decay, train.warmup_unit) == (1e-6, 0.1, "rollouts")
     assert train.warmup_steps == 10
     # the reference's 4 mini-batches per full rollout survive the scaling
@@ -215,11 +211,13 @@ def _relative_errors(ours, theirs):
     return [float((a - b).norm() / b.norm()) for a, b in zip(ours, theirs, strict=True)]
 
 
-def test_one_update_under_the_recipe_equals_the_reference_loop(tiny_run_inputs, tmp_path):
+@pytest.mark.parametrize("micro_batch_size", [1, 0])  # the reference's micro-batches of one; the recipe's 0
+def test_one_update_under_the_recipe_equals_the_reference_loop(micro_batch_size, tiny_run_inputs, tmp_path):
     """5 groups of 4: all 1 and all 0 dropped, all 0.5 kept (zero advantage: only its KL term acts), two
-    mixed; 12 responses in mini-batches of 5 -> 5, 5 and a partial 2, x 3 epochs, micro-batches of one, KL on.
+    mixed; 12 responses in mini-batches of 5 -> 5, 5 and a partial 2, x 3 epochs, KL on.
     Every optimizer step's clipped gradient and the final weights are compared."""
     sizes = ["rollout.n=4", "train.prompts_per_step=5", "train.mini_batch_size=5"]
+    sizes.append(f"train.micro_batch_size={micro_batch_size}")
     # overlong penalty off: with 8-token responses it would move every reward; lr up so the weights move
     # measurably in 9 AdamW steps (the warm-up's first rollout runs at lr / 10)
     overrides = [*sizes, "algorithm.overlong_buffer=0", "train.lr=1e-3"]
