@@ -1,15 +1,19 @@
 import os
 import subprocess
 import sys
+import time
 
+import pytest
 import torch
 
 from aspo.threads import (
     ENV_DEFAULTS,
+    LoadFollower,
     apply_threads,
     child_environment,
     configure_environment,
     default_threads,
+    threads_beside,
     usable_cores,
 )
 
@@ -70,3 +74,74 @@ def test_cli_sets_the_spin_count_before_torch_loads_and_keeps_the_users():
     base["OMP_NUM_THREADS"] = "1"
     assert _cli_environment(base) == [ENV_DEFAULTS["GOMP_SPINCOUNT"], "1"]
     assert _cli_environment({**base, "GOMP_SPINCOUNT": "300000"}) == ["300000", "1"]
+
+
+def test_threads_beside_leave_every_mostly_busy_core_to_its_owner():
+    assert threads_beside(0.0, 2) == 2
+    assert threads_beside(0.4, 2) == 2  # a core busy 40 % of the time: ours still gains from it
+    assert threads_beside(0.6, 2) == 1
+    assert threads_beside(1.0, 2) == 1
+    assert threads_beside(5.0, 2) == 1  # never fewer than one
+    assert threads_beside(2.5, 8) == 5
+
+
+def _busy_loop():
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="needs 2 usable cores")
+def test_follower_sees_another_process_busy_and_not_its_own_work():
+    follower = LoadFollower(min_window_s=0.0)
+    loop = _busy_loop()
+    try:
+        follower.others_busy()  # open a window with the loop running
+        time.sleep(1.5)
+        others_while_we_sleep = follower.others_busy()
+        # now we compute on every core ourselves for as long: our own CPU time must not count as others'
+        torch.set_num_threads(usable_cores())
+        x = torch.randn(256, 256)
+        t_end = time.monotonic() + 1.5
+        while time.monotonic() < t_end:
+            x = torch.tanh(x @ x)
+        others_while_we_work = follower.others_busy()
+    finally:
+        loop.kill()
+        loop.wait()
+    assert others_while_we_sleep is not None and others_while_we_sleep >= 0.7  # the loop holds a core
+    assert threads_beside(others_while_we_sleep, usable_cores()) <= usable_cores() - 1
+    assert others_while_we_work is not None
+    assert others_while_we_work <= others_while_we_sleep + 0.5  # not ~usable_cores() more
+
+
+def test_follower_is_off_when_the_count_is_fixed():
+    assert LoadFollower.if_enabled(2, {}) is None
+    assert LoadFollower.if_enabled(0, {"OMP_NUM_THREADS": "1"}) is None
+    if usable_cores() >= 2:
+        assert isinstance(LoadFollower.if_enabled(0, {}), LoadFollower)
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="needs 2 usable cores")
+def test_a_changing_thread_count_does_not_change_training(tiny_run_inputs, tmp_path, monkeypatch):
+    """The follower may move the count every step; with deterministic algorithms (the default) the run's
+    numbers must be those of a run at a fixed count."""
+    from conftest import tiny_overrides
+
+    from aspo.config import load_config
+    from aspo.report.metrics import read_metrics
+    from aspo.trainer import Trainer
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    fixed = tmp_path / "fixed"
+    Trainer(load_config(None, tiny_overrides(tiny_run_inputs, fixed, "train.threads=2")), progress=False).run()
+
+    others = iter([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])  # a neighbour that comes and goes: 1, 2, 1 threads
+    monkeypatch.setattr(LoadFollower, "others_busy", lambda self: next(others))
+    moving = tmp_path / "moving"
+    Trainer(load_config(None, tiny_overrides(tiny_run_inputs, moving, "train.threads=0")), progress=False).run()
+
+    def numbers(rows):
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+
+    fixed_rows, moving_rows = read_metrics(fixed), read_metrics(moving)
+    assert [r["perf/threads"] for r in moving_rows if "perf/threads" in r] == [1.0, 2.0, 1.0]
+    assert numbers(moving_rows) == numbers(fixed_rows)

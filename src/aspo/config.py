@@ -209,8 +209,8 @@ class TrainConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     threads: int = _f(
         0,
-        "torch CPU threads per process (0: OMP_NUM_THREADS if set, else one per usable core, "
-        "waiting threads sleeping instead of spinning: see README, Sharing the machine)",
+        "torch CPU threads per process (0: OMP_NUM_THREADS if set, else one per usable core that other "
+        "processes leave free, re-measured between steps: see README, Sharing the machine)",
     )
     plots: bool = _f(True, "draw plots/*.png at the end of the run")
     report_to: str = _f(

@@ -15,6 +15,10 @@ Two parts, because they take effect at different times:
 * ``apply_threads(requested)`` -- torch's intra-op thread count, set when a command starts computing:
   ``requested`` (``train.threads``) when > 0, else ``OMP_NUM_THREADS`` when the user set it, else
   ``default_threads()``.
+* ``LoadFollower`` -- when nobody fixed the count, training re-sizes the pool between steps to the cores
+  other processes leave free (measured from ``/proc/stat`` minus this process's own CPU time). A short spin
+  alone still loses a core's worth of time slices to every descheduled sibling; one thread fewer beside a
+  busy core does not. With deterministic algorithms on (the default) the count does not change results.
 
 Stdlib only at import time: the CLI and the benchmark drivers import this before torch.
 """
@@ -22,6 +26,7 @@ Stdlib only at import time: the CLI and the benchmark drivers import this before
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import MutableMapping
 
 # A thread that reaches the end of a parallel region spins this many iterations (tens of microseconds)
@@ -90,3 +95,80 @@ def child_environment(threads: int, environ: MutableMapping[str, str] | None = N
     env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     configure_environment(env)
     return env
+
+
+def threads_beside(others_busy: float, cores: int) -> int:
+    """Threads to compute with when other processes keep ``others_busy`` cores (of our ``cores``) busy:
+    a core they hold at least half the time is left to them, since a thread of ours there would make
+    every parallel region wait for it."""
+    return max(1, min(cores, cores - int(others_busy + 0.5)))
+
+
+def _busy_seconds(cpus: list[int], stat: str = "/proc/stat") -> float:
+    """CPU time spent busy (not idle or waiting on I/O) on ``cpus`` since boot, by every process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    wanted = {f"cpu{c}" for c in cpus}
+    busy = 0
+    with open(stat) as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] in wanted:
+                user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+                busy += user + nice + system + irq + softirq + steal
+    return busy / tick
+
+
+def _own_cpu_seconds() -> float:
+    """This process's CPU time, every thread, plus its finished children (sandboxed checks are ours)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class LoadFollower:
+    """Between steps, sizes torch's thread pool to the cores other processes leave free.
+
+    ``others_busy`` over a window = (busy time on our CPUs) - (our own CPU time), per second of wall time.
+    Windows shorter than ``min_window_s`` are extended to the next call: /proc/stat counts in 10 ms ticks.
+    """
+
+    def __init__(self, min_window_s: float = 1.0) -> None:
+        self.cpus = sorted(os.sched_getaffinity(0))
+        self.min_window_s = min_window_s
+        self.threads = 0
+        self._last = self._sample()
+
+    @classmethod
+    def if_enabled(cls, requested: int, environ: MutableMapping[str, str] | None = None) -> LoadFollower | None:
+        """A follower unless the count is fixed (``train.threads`` > 0 or ``OMP_NUM_THREADS``), there is one
+        core only, or the kernel's counters are unreadable (not Linux)."""
+        env = os.environ if environ is None else environ
+        if requested > 0 or env.get("OMP_NUM_THREADS", "").strip() or usable_cores() < 2:
+            return None
+        try:
+            return cls()
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _sample(self) -> tuple[float, float, float]:
+        return time.monotonic(), _busy_seconds(self.cpus), _own_cpu_seconds()
+
+    def others_busy(self) -> float | None:
+        """Cores other processes kept busy since the last window closed; None while it is too short."""
+        now = self._sample()
+        wall = now[0] - self._last[0]
+        if wall < self.min_window_s:
+            return None
+        others = ((now[1] - self._last[1]) - (now[2] - self._last[2])) / wall
+        self._last = now
+        return max(0.0, others)
+
+    def adjust(self) -> int:
+        """Re-measure and set torch's intra-op threads if the free cores changed; the count in use."""
+        import torch
+
+        others = self.others_busy()
+        if others is not None:
+            self.threads = threads_beside(others, len(self.cpus))
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+        return torch.get_num_threads()

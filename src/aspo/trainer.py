@@ -38,7 +38,7 @@ from aspo.report.metrics import MetricsLogger
 from aspo.rewards import get_reward
 from aspo.rollout import Rollout, make_engine
 from aspo.run_setup import load_data, load_policy, resolve_run_dir, seed_for
-from aspo.threads import apply_threads
+from aspo.threads import LoadFollower, apply_threads
 from aspo.update import PolicyUpdate, UpdateBatch, UpdateStats, mini_batch_indices
 
 SAMPLES_PER_EVAL = 16  # problems whose every sample is written to samples.jsonl at each eval
@@ -64,6 +64,7 @@ class Trainer:
 
         cfg = self.cfg
         apply_threads(cfg.train.threads)
+        self.load_follower = LoadFollower.if_enabled(cfg.train.threads)
         if cfg.train.deterministic:  # multi-threaded CPU reductions otherwise differ from run to run at ~1e-8
             torch.use_deterministic_algorithms(True, warn_only=True)
         device = cfg.train.device
@@ -463,6 +464,7 @@ class Trainer:
         """collect -> update for the next step; metrics reduced over ranks; counts non-finite steps."""
         t0 = time.perf_counter()
         step = self.step + 1
+        threads = self.load_follower.adjust() if self.load_follower else torch.get_num_threads()
         try:
             batch = self.collect(step)
             metrics = batch.metrics()
@@ -475,6 +477,7 @@ class Trainer:
             metrics = {"actor/nonfinite_steps": 1.0, "actor/optimizer_steps": 0.0}
         metrics["time/update"] = time.perf_counter() - t1
         metrics["time/step"] = time.perf_counter() - t0
+        metrics["perf/threads"] = float(threads)
         metrics = dist.reduce_metrics(self.accelerator, metrics)
         self.step = step
         if metrics.get("actor/nonfinite_steps", 0) > 0 and metrics.get("actor/optimizer_steps", 1) == 0:
