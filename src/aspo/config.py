@@ -188,6 +188,11 @@ class TrainConfig:
     )
     epochs: int = _f(2, "passes over each rollout; mini_batches*epochs > 1 makes later updates off-policy")
     micro_batch_size: int = _f(0, "sequences per forward/backward (0: the whole mini-batch at once)")
+    activation_checkpointing: bool = _f(
+        False,
+        "keep only each decoder layer's input in the update's forward and recompute the layer in the "
+        "backward: less memory, more compute (see docs/performance.md)",
+    )
     lr: float = _f(
         2e-5,
         "AdamW learning rate (tuned for the ~1M-parameter lab model: at 5e-5 the 8 off-policy "

@@ -7,9 +7,16 @@ prompt de-duplication), used by the sampler's ``lean_decode`` and the trainer's 
 """
 
 from aspo.models.llama import lean_supported
-from aspo.models.logprobs import packed_token_logprobs, packing_applies, padded_token_logprobs, token_logprobs
+from aspo.models.logprobs import (
+    enable_activation_checkpointing,
+    packed_token_logprobs,
+    packing_applies,
+    padded_token_logprobs,
+    token_logprobs,
+)
 
 __all__ = [
+    "enable_activation_checkpointing",
     "lean_supported",
     "packed_token_logprobs",
     "packing_applies",

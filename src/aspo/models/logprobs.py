@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from aspo.models.head import head_logprobs
 from aspo.models.llama import decoder_layer, distinct_prompts, lean_supported, rotary_tables
@@ -58,14 +59,10 @@ def token_logprobs(
 
 
 def packing_applies(model: torch.nn.Module, prompt_mask: torch.Tensor) -> bool:
-    """The packed path needs the model's own layers (no DDP wrapper, no gradient checkpointing, no attention
-    dropout while training) and a real last prompt token in every row (it predicts the first response
-    token)."""
+    """The packed path needs the model's own layers (no DDP wrapper, no attention dropout while training)
+    and a real last prompt token in every row (it predicts the first response token). It honours the
+    model's activation checkpointing layer by layer, as the model's own forward would."""
     if not lean_supported(model):
-        return False
-    # transformers >= 5.2x calls it activation checkpointing; older releases gradient checkpointing
-    checkpointing = getattr(model, "is_activation_checkpointing", None)
-    if checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False):
         return False
     cfg: Any = model.config
     if model.training and bool(getattr(cfg, "attention_dropout", 0.0)):
@@ -91,12 +88,12 @@ def padded_token_logprobs(
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     response_ids, valid = response_ids.to(device), response_mask.to(device)
     resp_len = response_ids.shape[1]
+    # only the states that predict response tokens (positions P-1 .. P+R-2); no KV cache to keep
+    inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    inputs.update(logits_to_keep=resp_len + 1, use_cache=False)
     head = _output_head(model) if chunk != 0 else None
     if head is None:  # logits through the model's own head, all at once
-        # only the logits that predict response tokens: positions P-1 .. P+R-2
-        logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=resp_len + 1
-        ).logits[:, :-1]
+        logits = model(**inputs).logits[:, :-1]
         return _logprobs_and_entropy(logits, response_ids, valid, temperature, with_entropy)
     # the model's forward (through any DDP wrapper) up to the head's input; the head sees no positions
     captured: list[torch.Tensor] = []
@@ -107,7 +104,7 @@ def padded_token_logprobs(
 
     handle = head.register_forward_pre_hook(keep_hidden)
     try:
-        model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=resp_len + 1)
+        model(**inputs)
     finally:
         handle.remove()
     hidden = captured[0][:, :-1][valid]  # (N, H): the states predicting the valid response tokens
@@ -201,7 +198,11 @@ def packed_token_logprobs(
         return attend
 
     for layer in base.layers:  # the layer's own modules, token-wise on (T, H); attention per row
-        x = decoder_layer(layer, x, cos, sin, per_row_attention(layer.self_attn.scaling))
+        attend = per_row_attention(layer.self_attn.scaling)
+        if checkpointed(layer):  # keep only the layer's input; its activations are recomputed in backward
+            x = checkpoint(decoder_layer, layer, x, cos, sin, attend, use_reentrant=False)
+        else:
+            x = decoder_layer(layer, x, cos, sin, attend)
     # response token 0 is predicted by its prompt's last token, token j > 0 by response token j - 1
     p_index = torch.full((n_prompts * prompt_len,), -1, dtype=torch.long, device=device)
     p_index[p_real] = torch.arange(n_p, device=device)
@@ -218,6 +219,27 @@ def packed_token_logprobs(
         )
         return _to_rows(logp, valid), None if ent is None else _to_rows(ent, valid)
     return _scatter(lm_head, hidden, response_ids, valid, temperature, with_entropy, chunk)
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> bool:
+    """Turn on the model's own per-layer activation checkpointing (non-reentrant), which the packed path
+    honours too. False (and nothing changed) for a model without it."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        return False
+    # transformers >= 5.2x calls it activation checkpointing; older releases gradient checkpointing
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return True
+
+
+def checkpointed(layer: torch.nn.Module) -> bool:
+    """Whether this decoder layer's forward is to be checkpointed now: the model's flag is on for it (set
+    by ``enable_activation_checkpointing``), it is training, and a backward will follow."""
+    flagged = bool(getattr(layer, "gradient_checkpointing", False))
+    return flagged and layer.training and torch.is_grad_enabled()
 
 
 def _scatter(

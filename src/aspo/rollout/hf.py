@@ -315,6 +315,7 @@ def lean_decode(
         )
     x = x[group]
     caches = [(k[group], v[group]) for k, v in shared]
+    del shared
     steps = 0
     for step in range(max_new_tokens):
         logits = lm_head(base.norm(x[:, -1]))
@@ -337,7 +338,8 @@ def lean_decode(
                 sin[keep],
                 done[keep],
             )
-            caches = [(k[keep], v[keep]) for k, v in caches]
+            for i, (k, v) in enumerate(caches):  # layer by layer: one old layer beside the new caches
+                caches[i] = (k[keep], v[keep])
         col = prompt_len + step
         valid[:, col] = True
         x = base.embed_tokens(token[:, None])
