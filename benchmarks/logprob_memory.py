@@ -1,8 +1,10 @@
 """Peak memory and time of one training forward + backward through ``token_logprobs``: the LM head chunked
 over tokens (the default) against the whole batch's full-vocabulary logits at once (``chunk=0``, the path
-before chunking).
+before chunking), and the chunked head with each decoder layer checkpointed
+(``train.activation_checkpointing``).
 
     .venv/bin/python benchmarks/logprob_memory.py --model DIR [--prompts 8 --n 8 --tokens 64 --repeats 3]
+        [--modes full,chunked,checkpointed]
 
 DIR is a local transformers checkpoint of a Llama-style model (e.g. SmolLM2-135M-Instruct). The batch is
 what one sampling round of the real-model job gives the update: ``prompts`` chat-templated arithmetic
@@ -27,18 +29,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = {"full": 0, "chunked": None}  # token_logprobs(chunk=...)
+MODES = {"full": 0, "chunked": None, "checkpointed": None}  # token_logprobs(chunk=...)
 
 
 def child(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from aspo.models import token_logprobs
+    from aspo.models import enable_activation_checkpointing, token_logprobs
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).train()
+    if args.child == "checkpointed":
+        enable_activation_checkpointing(model)
     questions = [
         f"What is {17 * i + 3} plus {29 * i + 11}? Answer with the number only." for i in range(args.prompts)
     ]
@@ -107,6 +111,9 @@ def main() -> None:
     parser.add_argument(
         "--micro-batch", type=int, default=0, help="rows per forward + backward (0: all at once)"
     )
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)} (default: all)"
+    )
     parser.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -122,9 +129,12 @@ def main() -> None:
         PYTHONWARNINGS="ignore",
     )
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
-    results: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--modes: choose from {', '.join(MODES)}")
+    results: dict[str, list[dict]] = {mode: [] for mode in modes}
     for _ in range(args.repeats):
-        for mode in MODES:
+        for mode in modes:
             cmd = [
                 sys.executable,
                 __file__,
@@ -150,27 +160,28 @@ def main() -> None:
     }
     one, five, _ = os.getloadavg()
     print(
-        f"{args.prompts} prompts (~{med['full']['prompt_tokens']:.0f} tokens) x {args.n} responses x "
+        f"{args.prompts} prompts (~{med[modes[0]]['prompt_tokens']:.0f} tokens) x {args.n} responses x "
         f"{args.tokens} tokens, micro-batch {args.micro_batch or 'all'}, one thread, "
         f"medians of {args.repeats} processes per mode; "
         f"load {one:.2f}/{five:.2f} on {os.cpu_count()} cores"
     )
     print(
-        f"{'mode':8} {'baseline MB':>12} {'peak MB':>9} {'peak - baseline':>16} "
+        f"{'mode':12} {'baseline MB':>12} {'peak MB':>9} {'peak - baseline':>16} "
         f"{'fwd+bwd s':>10} {'CPU s':>8}"
     )
     for mode, m in med.items():
         print(
-            f"{mode:8} {m['base_mb']:12.0f} {m['peak_mb']:9.0f} {m['peak_mb'] - m['base_mb']:16.0f} "
+            f"{mode:12} {m['base_mb']:12.0f} {m['peak_mb']:9.0f} {m['peak_mb'] - m['base_mb']:16.0f} "
             f"{m['time_s']:10.2f} {m['cpu_s']:8.2f}"
         )
-    full, chunked = med["full"], med["chunked"]
-    print(
-        f"chunked / full: peak RSS {chunked['peak_mb'] / full['peak_mb']:.2f}x, peak above baseline "
-        f"{(chunked['peak_mb'] - chunked['base_mb']) / (full['peak_mb'] - full['base_mb']):.2f}x, "
-        f"wall time {chunked['time_s'] / full['time_s']:.2f}x, "
-        f"CPU time {chunked['cpu_s'] / full['cpu_s']:.2f}x"
-    )
+    for new, old in (("chunked", "full"), ("checkpointed", "chunked")):
+        if new in med and old in med:
+            a, b = med[new], med[old]
+            print(
+                f"{new} / {old}: peak RSS {a['peak_mb'] / b['peak_mb']:.2f}x, peak above baseline "
+                f"{(a['peak_mb'] - a['base_mb']) / (b['peak_mb'] - b['base_mb']):.2f}x, "
+                f"wall time {a['time_s'] / b['time_s']:.2f}x, CPU time {a['cpu_s'] / b['cpu_s']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from aspo.evaluate import repetition_rate, sample_policy, summarize
 from aspo.graceful_stop import GracefulStop
 from aspo.lab.tasks import get_task
 from aspo.lora import apply_lora, reference_policy
+from aspo.memory import release_free_memory
 from aspo.models import enable_activation_checkpointing, token_logprobs
 from aspo.prompting import format_prompt, uses_chat_template
 from aspo.report.metrics import MetricsLogger
@@ -221,6 +222,7 @@ class Trainer:
     def sample(self, records: list[dict[str, Any]], seed: int) -> tuple[Rollout, float | None]:
         """G responses per record from current weights; (rollout, behaviour log-prob gap if recomputed)."""
         cfg = self.cfg
+        release_free_memory()  # what the last update or eval freed, before the KV cache is allocated
         self.model.eval()
         with dist.full_weights(self.accelerator, self.train_model):
             self.engine.sync_weights(self.model, version=self.weights_version)
@@ -304,6 +306,7 @@ class Trainer:
         global_rows = int(dist.reduce_sum(self.accelerator, len(batch)))
         if global_rows == 0:
             return {"actor/skipped_no_signal": 1.0}
+        release_free_memory()  # the sampler's KV cache, before the activations
         self.train_model.train()
         stats = UpdateStats()
         for epoch in range(cfg.train.epochs):
@@ -354,6 +357,7 @@ class Trainer:
             return {}, []
         t0 = time.perf_counter()
         records = self.test_records[: cfg.data.num_test][self.rank :: self.world]
+        release_free_memory()  # the update's activations, before the eval's KV cache
         self.model.eval()
         with dist.full_weights(self.accelerator, self.train_model):
             per_problem, rows = sample_policy(
