@@ -14,7 +14,12 @@ import torch
 from conftest import tiny_overrides
 
 from aspo.config import load_config
-from aspo.models import enable_activation_checkpointing, packed_token_logprobs, packing_applies
+from aspo.models import (
+    checkpointing_by_default,
+    enable_activation_checkpointing,
+    packed_token_logprobs,
+    packing_applies,
+)
 from aspo.models import padded_token_logprobs as padded
 from aspo.rollout import HFEngine
 
@@ -107,13 +112,15 @@ def test_no_recompute_without_a_backward(policy_and_rollout):
     assert len(calls) == 2 * len(model.model.layers)  # once per layer per forward, no recompute
 
 
-def test_the_config_key_checkpoints_and_trains_to_the_same_weights(tiny_run_inputs, tmp_path):
+@pytest.mark.parametrize("lora", [(), ("lora.rank=4", "lora.dropout=0.1")], ids=["full", "lora"])
+def test_the_config_key_checkpoints_and_trains_to_the_same_weights(lora, tiny_run_inputs, tmp_path):
+    """Also with LoRA adapters and their dropout (the recompute replays the same dropout masks)."""
     from aspo.trainer import Trainer
 
     weights = []
     for on in (False, True):
         extra = ("train.steps=2", "train.save_every=0", f"train.activation_checkpointing={str(on).lower()}")
-        cfg = load_config(None, tiny_overrides(tiny_run_inputs, tmp_path / str(on), *extra))
+        cfg = load_config(None, tiny_overrides(tiny_run_inputs, tmp_path / str(on), *extra, *lora))
         trainer = Trainer(cfg, progress=False)
         layers = trainer.model.model.layers
         assert all(getattr(layer, "gradient_checkpointing", False) == on for layer in layers)
@@ -126,3 +133,30 @@ def test_the_config_key_checkpoints_and_trains_to_the_same_weights(tiny_run_inpu
         assert any(not torch.equal(start[n], w) for n, w in weights[-1].items())  # it trained
     for name, w in weights[0].items():
         assert torch.allclose(w, weights[1][name], atol=1e-5), name
+
+
+def test_checkpointing_is_on_by_default_from_50m_parameters(tiny_run_inputs, tmp_path):
+    from aspo.trainer import Trainer
+
+    cfg = load_config(None, tiny_overrides(tiny_run_inputs, tmp_path / "r"))
+    assert cfg.train.activation_checkpointing is None
+    trainer = Trainer(cfg, progress=False)  # the tiny model: off
+    trainer.close()
+    assert not any(getattr(layer, "gradient_checkpointing", False) for layer in trainer.model.model.layers)
+    assert not checkpointing_by_default(trainer.model)
+    # SmolLM2-135M's shape (30 layers of 576, a 49k vocabulary), on the meta device (no memory): on
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        intermediate_size=1536,
+        tie_word_embeddings=True,
+    )
+    with torch.device("meta"):
+        smollm2 = LlamaForCausalLM(shape)
+    assert 130e6 < sum(p.numel() for p in smollm2.parameters()) < 140e6
+    assert checkpointing_by_default(smollm2)

@@ -188,10 +188,11 @@ class TrainConfig:
     )
     epochs: int = _f(2, "passes over each rollout; mini_batches*epochs > 1 makes later updates off-policy")
     micro_batch_size: int = _f(0, "sequences per forward/backward (0: the whole mini-batch at once)")
-    activation_checkpointing: bool = _f(
-        False,
+    activation_checkpointing: bool | None = _f(
+        None,
         "keep only each decoder layer's input in the update's forward and recompute the layer in the "
-        "backward: less memory, more compute (see docs/performance.md)",
+        "backward: less memory, more compute (docs/performance.md); null: on for models of 50M "
+        "parameters or more, off for smaller ones",
     )
     lr: float = _f(
         2e-5,

@@ -33,7 +33,7 @@ from aspo.graceful_stop import GracefulStop
 from aspo.lab.tasks import get_task
 from aspo.lora import apply_lora, reference_policy
 from aspo.memory import release_free_memory
-from aspo.models import enable_activation_checkpointing, token_logprobs
+from aspo.models import checkpointing_by_default, enable_activation_checkpointing, token_logprobs
 from aspo.prompting import format_prompt, uses_chat_template
 from aspo.report.metrics import MetricsLogger
 from aspo.rewards import get_reward
@@ -110,12 +110,14 @@ class Trainer:
             seed_for(cfg.train.seed, "dropout", self.rank)
         )  # dropout (LoRA's) repeats run to run
         self.model.to(self.accelerator.device)
-        if cfg.train.activation_checkpointing and not enable_activation_checkpointing(self.model):
-            warnings.warn(
-                f"train.activation_checkpointing: {type(self.model).__name__} does not support it; "
-                "training without",
-                stacklevel=2,
-            )
+        wanted = cfg.train.activation_checkpointing  # None: by the model's size
+        if checkpointing_by_default(self.model) if wanted is None else wanted:
+            if not enable_activation_checkpointing(self.model) and wanted:
+                warnings.warn(
+                    f"train.activation_checkpointing: {type(self.model).__name__} does not support it; "
+                    "training without",
+                    stacklevel=2,
+                )
         self.ref_model = None
         if (
             self.peft_model is not None and cfg.algorithm.kl_coef > 0
