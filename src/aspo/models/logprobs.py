@@ -239,12 +239,12 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> bool:
     honours too. False (and nothing changed) for a model without it."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         return False
+    hf_model: Any = model
     # transformers >= 5.2x calls it activation checkpointing; older releases gradient checkpointing
-    enable = getattr(model, "activation_checkpointing_enable", None)
-    if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(hf_model, "activation_checkpointing_enable"):
+        hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return True
 
 
