@@ -84,6 +84,7 @@ def main(argv: list[str]) -> None:
     # the resets above also reset ru_maxrss: the process's peak is the largest phase peak
     print(f"process peak RSS: {max(p[2] for p in PHASES):.0f} MB")
 
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT / "src"))
     main(sys.argv[1:])

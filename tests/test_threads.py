@@ -132,12 +132,16 @@ def test_a_changing_thread_count_does_not_change_training(tiny_run_inputs, tmp_p
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     fixed = tmp_path / "fixed"
-    Trainer(load_config(None, tiny_overrides(tiny_run_inputs, fixed, "train.threads=2")), progress=False).run()
+    Trainer(
+        load_config(None, tiny_overrides(tiny_run_inputs, fixed, "train.threads=2")), progress=False
+    ).run()
 
     others = iter([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])  # a neighbour that comes and goes: 1, 2, 1 threads
     monkeypatch.setattr(LoadFollower, "others_busy", lambda self: next(others))
     moving = tmp_path / "moving"
-    Trainer(load_config(None, tiny_overrides(tiny_run_inputs, moving, "train.threads=0")), progress=False).run()
+    Trainer(
+        load_config(None, tiny_overrides(tiny_run_inputs, moving, "train.threads=0")), progress=False
+    ).run()
 
     def numbers(rows):
         return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]

@@ -138,7 +138,9 @@ class LoadFollower:
         self._last = self._sample()
 
     @classmethod
-    def if_enabled(cls, requested: int, environ: MutableMapping[str, str] | None = None) -> LoadFollower | None:
+    def if_enabled(
+        cls, requested: int, environ: MutableMapping[str, str] | None = None
+    ) -> LoadFollower | None:
         """A follower unless the count is fixed (``train.threads`` > 0 or ``OMP_NUM_THREADS``), there is one
         core only, or the kernel's counters are unreadable (not Linux)."""
         env = os.environ if environ is None else environ
