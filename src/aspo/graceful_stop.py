@@ -4,8 +4,10 @@ The first signal either abandons the step in progress -- only while nothing has 
 first optimizer step; one process only) -- or lets it finish (its metrics, eval and log included). The
 trainer then checkpoints the last finished step and raises `Interrupted`. A second signal stops at once
 (the last checkpoint on disk is still complete: saves are atomic). With several processes every rank
-finishes the step and the ranks agree on stopping (any rank signalled stops all), so no rank is left
-waiting in a collective.
+finishes the step and the ranks agree on stopping after every step, the last one included (any rank
+signalled stops all); the handlers stay until the process group is torn down, because a rank killed by a
+late signal would leave the others waiting in a collective (the launcher delivers its signal to each rank
+at its own moment).
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ class GracefulStop:
         self._hook: Any = None
 
     def __enter__(self) -> GracefulStop:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def install(self) -> GracefulStop:
+        """Take over SIGTERM / SIGINT (and watch optimizer steps) until ``restore``."""
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
@@ -46,12 +55,14 @@ class GracefulStop:
         self._hook = optim.register_optimizer_step_pre_hook(self._on_optimizer_step)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def restore(self) -> None:
+        """Give SIGTERM / SIGINT back to the handlers found by ``install`` (idempotent)."""
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
         if self._hook is not None:
             self._hook.remove()
+            self._hook = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signum is not None:

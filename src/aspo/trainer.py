@@ -56,6 +56,7 @@ class Trainer:
         self._setup_rollout()
         self._setup_update()
         self.run_dir = Path(resolve_run_dir(cfg, self.accelerator))
+        self.graceful_stop: GracefulStop | None = None  # owns SIGTERM / SIGINT from `train` on
         self._resume_or_start()
 
     # -- set-up, part by part ----------------------------------------------------------------------
@@ -507,41 +508,46 @@ class Trainer:
 
     def train(self) -> None:
         """Train up to ``train.steps`` (from a checkpoint if resuming): eval, log and save on schedule; a
-        signal stops at a step boundary with the last finished step checkpointed (``stop_on_signal``)."""
+        signal stops at a step boundary with the last finished step checkpointed (``stop_on_signal``).
+
+        The ranks agree after every step, the last one included, whether to stop; with several processes
+        the signal handlers stay until ``close`` (see aspo.graceful_stop)."""
         from aspo.report.console import Progress
 
         cfg = self.cfg
         bar = Progress(total=cfg.train.steps, initial=self.step, enabled=self.progress)
+        stop = self.graceful_stop = GracefulStop(can_abandon=self.world == 1).install()
         try:
-            with GracefulStop(can_abandon=self.world == 1) as stop:
-                if self.step == 0:
-                    initial = stop.attempt(lambda: self.evaluate_and_record(0))
-                    if initial is not None:
-                        self.log(0, initial)
-                while self.step < cfg.train.steps and not stop.requested(self.accelerator):
-                    counters = self.step, self.nonfinite_streak
-                    metrics = stop.attempt(self.train_step)
-                    if metrics is None:  # abandoned before it changed anything
-                        self.step, self.nonfinite_streak = counters
-                        break
-                    if (
-                        cfg.train.eval_every
-                        and self.step % cfg.train.eval_every == 0
-                        or self.step == cfg.train.steps
-                    ):
-                        metrics.update(self.evaluate_and_record(self.step))
-                    self.log(self.step, metrics)
-                    bar.update(self.step, metrics)
-                    if cfg.train.save_every and (
-                        self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps
-                    ):
-                        self.save()
-                if self.step < cfg.train.steps:  # stopped early: a signal on some rank
-                    self.stop_on_signal(stop.signum)
+            if self.step == 0:
+                initial = stop.attempt(lambda: self.evaluate_and_record(0))
+                if initial is not None:
+                    self.log(0, initial)
+            while not (stopping := stop.requested(self.accelerator)) and self.step < cfg.train.steps:
+                counters = self.step, self.nonfinite_streak
+                metrics = stop.attempt(self.train_step)
+                if metrics is None:  # abandoned before it changed anything
+                    self.step, self.nonfinite_streak = counters
+                    continue
+                if (
+                    cfg.train.eval_every
+                    and self.step % cfg.train.eval_every == 0
+                    or self.step == cfg.train.steps
+                ):
+                    metrics.update(self.evaluate_and_record(self.step))
+                self.log(self.step, metrics)
+                bar.update(self.step, metrics)
+                if cfg.train.save_every and (
+                    self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps
+                ):
+                    self.save()
+            if stopping:  # some rank was signalled: every rank stops here
+                self.stop_on_signal(stop.signum)
         finally:
             bar.close()
             if self.is_main:
                 self.logger.close()
+            if self.world == 1:  # no collective left to protect
+                stop.restore()
 
     def report(self, wall_s: float) -> dict[str, Any]:
         """Plots (``train.plots``) and the printed summary of the finished run; rank 0 only."""
@@ -563,7 +569,11 @@ class Trainer:
         return self.report(time.perf_counter() - t_start)
 
     def close(self) -> None:
+        """Tear down the process group, then give the signals back (a rank killed before the teardown would
+        leave the others waiting in its barrier)."""
         dist.close(self.accelerator)
+        if self.graceful_stop is not None:
+            self.graceful_stop.restore()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.is_main and metrics:
