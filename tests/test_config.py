@@ -71,6 +71,8 @@ def test_unknown_key_names_it_and_suggests(override, needle):
         ("lora.alpha=0", "lora.alpha"),
         ("lora.target_modules=,", "lora.target_modules"),
         ("rollout.engine=vllm lora.rank=8", "rollout.engine=hf only"),
+        ("train.fsdp=true lora.rank=8", "train.fsdp=true shards the full model"),
+        ("train.fsdp=true rollout.engine=vllm", "train.fsdp=true shards the full model"),
         ("train.report_to=tensorboard,mlflow", "train.report_to"),
         ("train.partial_mini_batch=half", "train.partial_mini_batch='half' must be full or scaled"),
         ("train.partial_mini_batch=scaled", "needs train.mini_batch_size > 0"),

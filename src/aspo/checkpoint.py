@@ -56,6 +56,7 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 2,
     state_dict: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write under a temporary name, then rename: a crash never leaves a half checkpoint called step-N.
 
@@ -73,7 +74,9 @@ def save_checkpoint(
         tmp.mkdir()
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if optimizer_state is None:
+            optimizer_state = optimizer.state_dict()
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         with open(tmp / "trainer_state.json", "w") as fh:
@@ -178,16 +181,16 @@ def restore(
         )
     if peft_model is not None:
         load_adapter_state(peft_model, parts["model"])
-    else:
-        loaded = model.load_state_dict(parts["model"], strict=False)  # tied embeddings may be saved once
-        if (
-            loaded.unexpected_keys
-        ):  # e.g. a model wrapped (FSDP flat parameters) or built differently: not silently
+        optimizer.load_state_dict(parts["optimizer"])
+    else:  # the whole weights and optimizer state; sharded over the ranks under FSDP
+        from aspo.distributed import load_full_state
+
+        unexpected = load_full_state(model, optimizer, parts["model"], parts["optimizer"])
+        if unexpected:  # e.g. a model built differently: not silently
             raise UserError(
-                f"the checkpoint's weights do not fit the model: {len(loaded.unexpected_keys)} of its "
-                f"tensors have no place in it (first: {loaded.unexpected_keys[0]!r})"
+                f"the checkpoint's weights do not fit the model: {len(unexpected)} of its "
+                f"tensors have no place in it (first: {unexpected[0]!r})"
             )
-    optimizer.load_state_dict(parts["optimizer"])
     scheduler.load_state_dict(parts["scheduler"])
     set_rng_state(parts["rng"])
     return parts["trainer_state"]

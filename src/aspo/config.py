@@ -225,6 +225,11 @@ class TrainConfig:
         'wandb (pip install "aspo[wandb]"; project from WANDB_PROJECT, default '
         "aspo; WANDB_MODE=offline writes a local run to sync later), or none",
     )
+    fsdp: bool = _f(
+        False,
+        "with several processes, shard weights, gradients and optimizer state over them (torch's FSDP2 "
+        "fully_shard, per decoder layer; CPU/gloo or GPUs; full model only, hf engine): docs/scaling.md",
+    )
     deterministic: bool = _f(
         True,
         "torch deterministic algorithms: bit-identical reruns and resumes with several "
@@ -377,6 +382,11 @@ class Config:
             raise UserError(
                 f"lora.rank={self.lora.rank} works with rollout.engine=hf only (the {self.rollout.engine!r} "
                 "engine would need the merged weights pushed after every update)"
+            )
+        if self.train.fsdp and (self.lora.rank or self.rollout.engine != "hf"):
+            raise UserError(
+                "train.fsdp=true shards the full model for the hf engine: it does not combine with lora.rank "
+                f"({self.lora.rank}) or rollout.engine={self.rollout.engine!r}"
             )
         # a missing optional package fails here, before any model is loaded
         if self.lora.rank and importlib.util.find_spec("peft") is None:

@@ -138,15 +138,22 @@ class Trainer:
         self.max_new_tokens = cfg.response_cap
 
     def _setup_optimizer(self) -> None:
-        """AdamW, linear warm-up; model and optimizer wrapped by accelerate (DDP / FSDP when launched so)."""
+        """AdamW, linear warm-up; model and optimizer wrapped by accelerate (DDP when launched so), or the
+        model sharded with FSDP2 (``train.fsdp``)."""
         cfg = self.cfg
+        self.sharded = cfg.train.fsdp and self.world > 1
+        if self.sharded:  # before the optimizer: fully_shard replaces the parameters with their shards
+            dist.shard(self.model)
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # all of them without LoRA
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         warmup = cfg.train.warmup_steps  # validated >= 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
-        self.train_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.sharded:  # FSDP reduces the gradients itself; accelerate would wrap it in DDP
+            self.train_model = self.model
+        else:
+            self.train_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.weights_version = 0  # optimizer steps taken; engines skip a weight push when unchanged
         self.step = 0
         self.saved_step = -1  # the step of the newest checkpoint on disk
@@ -237,7 +244,7 @@ class Trainer:
                 top_p=cfg.rollout.top_p,
                 seed=seed,
             )
-        gap = self.recompute_behaviour_logprobs(rollout) if self.recompute_logprobs else None
+            gap = self.recompute_behaviour_logprobs(rollout) if self.recompute_logprobs else None
         return rollout, gap
 
     def collect(self, step: int) -> TrainingBatch:
@@ -335,11 +342,8 @@ class Trainer:
     def optimizer_step(self, loss: float) -> float | None:
         """Clip, step and clear the accumulated gradient; returns the gradient norm, or None (and no step)
         when the loss or the gradient is not finite."""
-        grad_norm = float(
-            self.accelerator.clip_grad_norm_(
-                self.train_model.parameters(), self.cfg.train.grad_clip or float("inf")
-            )
-        )
+        max_norm = self.cfg.train.grad_clip or math.inf
+        grad_norm = dist.clip_grad_norm(self.accelerator, self.train_model, max_norm)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             return None
@@ -424,10 +428,12 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
     def save(self) -> None:
         self.accelerator.wait_for_everyone()
-        # gathers FSDP shards, a no-op copy else; with LoRA peft saves only the adapter from its own wrapper
+        # gathers FSDP shards (to rank 0), a no-op copy else; with LoRA peft saves only the adapter from its
+        # own wrapper
         state_dict = (
-            None if self.peft_model is not None else self.accelerator.get_state_dict(self.train_model)
+            None if self.peft_model is not None else dist.full_state_dict(self.accelerator, self.train_model)
         )
+        optimizer_state = dist.full_optimizer_state(self.train_model, self.optimizer)
         if self.is_main:
             model = (
                 self.accelerator.unwrap_model(self.train_model)
@@ -447,6 +453,7 @@ class Trainer:
                 },
                 keep=self.cfg.train.keep_checkpoints,
                 state_dict=state_dict,
+                optimizer_state=optimizer_state,
             )
         self.accelerator.wait_for_everyone()
         self.saved_step = self.step

@@ -215,6 +215,10 @@ class PolicyUpdate:
             else [mini.without_tokens(self.pad_token_id)]
         )
         share = rows / self.nominal_rows if self.nominal_rows else 1.0
+        real_parts = len(parts) if len(mini) else 0
+        if dist.is_sharded(self.model):  # each forward and backward is a collective: as many as any rank
+            missing = dist.reduce_max(acc, len(parts)) - len(parts)
+            parts += [mini.without_tokens(self.pad_token_id)] * missing
         out = GradientPass(global_tokens=tokens)
         for i, part in enumerate(parts):
             # gradients are all-reduced once, after the last part
@@ -228,7 +232,7 @@ class PolicyUpdate:
                     )
                     acc.backward(loss * (scale * share))
             out.loss += value
-            if len(mini):
+            if i < real_parts:
                 out.metrics.append(metrics)
                 if entropy is not None:
                     out.entropy.append(entropy)

@@ -61,10 +61,14 @@ def token_logprobs(
 
 
 def packing_applies(model: torch.nn.Module, prompt_mask: torch.Tensor) -> bool:
-    """The packed path needs the model's own layers (no DDP wrapper, no attention dropout while training)
-    and a real last prompt token in every row (it predicts the first response token). It honours the
-    model's activation checkpointing layer by layer, as the model's own forward would."""
+    """The packed path needs the model's own layers (no DDP wrapper, no attention dropout while training,
+    whole weights: FSDP2 gathers its shards in the forwards this path bypasses) and a real last prompt
+    token in every row (it predicts the first response token). It honours the model's activation
+    checkpointing layer by layer, as the model's own forward would."""
     if not lean_supported(model):
+        return False
+    base: Any = model.model
+    if type(base.embed_tokens.weight.data) is not torch.Tensor:  # a DTensor shard
         return False
     cfg: Any = model.config
     if model.training and bool(getattr(cfg, "attention_dropout", 0.0)):
