@@ -50,4 +50,5 @@ else:
 
     Trainer.train = train_then_signal
 
-sys.exit(main(["train", *sys.argv[4:]]))
+sys.argv[1:] = ["train", *sys.argv[4:]]  # the command's own entry, as `aspo train ...` runs it
+sys.exit(main())
