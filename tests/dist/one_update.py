@@ -18,9 +18,10 @@ from aspo.trainer import Trainer
 
 out, run_dir, model_dir, train = sys.argv[1:5]
 uneven = "uneven" in sys.argv[5:]
+extra = [a for a in sys.argv[5:] if a != "uneven"]
 cfg = load_config(None, [f"model={model_dir}", f"data.train={train}", "reward=arithmetic", "train.device=cpu",
                          "train.mini_batches=1", "train.epochs=1", "train.prompts_per_step=4", "train.lr=1e-2",
-                         "train.warmup_steps=0", f"output_dir={run_dir}", *(a for a in sys.argv[5:] if a != "uneven")])
+                         "train.warmup_steps=0", f"output_dir={run_dir}", *extra])
 trainer = Trainer(cfg, progress=False)
 prompts = [r["prompt"] for r in trainer.train_records[:4]]
 with full_weights(trainer.accelerator, trainer.train_model):  # FSDP: whole weights to sample
