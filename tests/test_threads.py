@@ -118,6 +118,8 @@ def test_follower_is_off_when_the_count_is_fixed():
     assert LoadFollower.if_enabled(0, {"OMP_NUM_THREADS": "1"}) is None
     if usable_cores() >= 2:
         assert isinstance(LoadFollower.if_enabled(0, {}), LoadFollower)
+        # a value default_threads ignores does not fix the count either: one rule for both
+        assert isinstance(LoadFollower.if_enabled(0, {"OMP_NUM_THREADS": "many"}), LoadFollower)
 
 
 @pytest.mark.skipif(usable_cores() < 2, reason="needs 2 usable cores")

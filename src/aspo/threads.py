@@ -70,13 +70,17 @@ def configure_environment(environ: MutableMapping[str, str] | None = None) -> di
     return added
 
 
-def default_threads(environ: MutableMapping[str, str] | None = None) -> int:
-    """Intra-op threads when nothing is requested: ``OMP_NUM_THREADS`` if set, else every usable core."""
+def user_threads(environ: MutableMapping[str, str] | None = None) -> int | None:
+    """The thread count the user fixed with ``OMP_NUM_THREADS`` (its outer level), or None if unset or
+    not a positive number."""
     env = os.environ if environ is None else environ
     value = env.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    return usable_cores()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def default_threads(environ: MutableMapping[str, str] | None = None) -> int:
+    """Intra-op threads when nothing is requested: ``OMP_NUM_THREADS`` if set, else every usable core."""
+    return user_threads(environ) or usable_cores()
 
 
 def apply_threads(requested: int = 0) -> int:
@@ -143,8 +147,7 @@ class LoadFollower:
     ) -> LoadFollower | None:
         """A follower unless the count is fixed (``train.threads`` > 0 or ``OMP_NUM_THREADS``), there is one
         core only, or the kernel's counters are unreadable (not Linux)."""
-        env = os.environ if environ is None else environ
-        if requested > 0 or env.get("OMP_NUM_THREADS", "").strip() or usable_cores() < 2:
+        if requested > 0 or user_threads(environ) is not None or usable_cores() < 2:
             return None
         try:
             return cls()

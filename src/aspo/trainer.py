@@ -111,10 +111,11 @@ class Trainer:
             seed_for(cfg.train.seed, "dropout", self.rank)
         )  # dropout (LoRA's) repeats run to run
         self.model.to(self.accelerator.device)
+        large = checkpointing_by_default(self.model)
         # handing freed heap back between phases pays off for large models; on the lab's it costs ~4 % a step
-        self.release_between_phases = checkpointing_by_default(self.model)
+        self.release_between_phases = large
         wanted = cfg.train.activation_checkpointing  # None: by the model's size
-        if checkpointing_by_default(self.model) if wanted is None else wanted:
+        if large if wanted is None else wanted:
             if not enable_activation_checkpointing(self.model) and wanted:
                 warnings.warn(
                     f"train.activation_checkpointing: {type(self.model).__name__} does not support it; "
@@ -181,7 +182,7 @@ class Trainer:
             self.train_model,
             self.cfg.algorithm,
             temperature=self.cfg.rollout.temperature,
-            micro_batch_size=self.cfg.train.micro_batch_size,
+            micro_batch_size=train.micro_batch_size,
             pad_token_id=self.tokenizer.pad_token_id,
             nominal_rows=train.mini_batch_size if train.partial_mini_batch == "scaled" else 0,
         )
