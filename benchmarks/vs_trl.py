@@ -32,6 +32,7 @@ import re
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,6 +42,7 @@ from _common import (  # noqa: E402  (the sibling module, after the path line)
     Timed,
     aspo_command,
     aspo_time_shares,
+    build_chat_job,
     build_job,
     child_env,
     load_average,
@@ -55,10 +57,27 @@ def trl_step_seconds(log: Path) -> float:
     return sum(float(x) for x in re.findall(r"'step_time': '([0-9.eE+-]+)'", log.read_text()))
 
 
+# the real-model job's settings: the SmolLM2 config's rollout (8 x 8, 64 tokens, T = 0.7), one update a step
+CHAT_SETTINGS = Settings(steps=5, max_new_tokens=64, temperature=0.7, lr=2e-5)
+# TRL variants: GRPOConfig's defaults (activation checkpointing on) and with checkpointing off
+TRL_VARIANTS = {"trl": None, "trl-nockpt": False}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", choices=("tiny", "smollm2"), default="tiny")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="--job smollm2: a local checkpoint directory, or the packaged name (converted once, cached)",
+    )
+    parser.add_argument(
+        "--trl",
+        default="trl",
+        help=f"comma-separated TRL variants to run against aspo: {', '.join(TRL_VARIANTS)}",
+    )
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each trainer (interleaved)")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=None, help="default: 40 (tiny), 5 (smollm2)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -68,29 +87,39 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="default: a temporary directory, removed at the end")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args()
+    variants = [v.strip() for v in args.trl.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in TRL_VARIANTS]
+    if unknown or not variants:
+        parser.error(f"--trl: unknown variant(s) {unknown}; choose from {', '.join(TRL_VARIANTS)}")
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="aspo-vs-trl-"))
-    job = build_job(work / "job")
-    settings = Settings(steps=args.steps)
+    if args.job == "tiny":
+        job, base = build_job(work / "job"), Settings()
+    else:
+        from aspo.pretrained import resolve_model
+
+        job, base = build_chat_job(work / "job", resolve_model(args.model)), CHAT_SETTINGS
+    settings = replace(base, steps=args.steps or base.steps)
     env = child_env(args.threads)
-    commands = {
-        "aspo": lambda out: aspo_command(job, settings, out),
-        "trl": lambda out: trl_command(job, settings, out),
-    }
+    commands = {"aspo": lambda out: aspo_command(job, settings, out)}
+    for variant in variants:
+        trl_settings = replace(settings, trl_checkpointing=TRL_VARIANTS[variant])
+        commands[variant] = lambda out, s=trl_settings: trl_command(job, s, out)
     print(
-        f"job: {job.root}  steps {settings.steps}, "
+        f"job {args.job}: {job.root}  steps {settings.steps}, "
         f"{settings.prompts_per_step} prompts x {settings.n} samples, "
-        f"{settings.max_new_tokens} new tokens, threads {args.threads}"
+        f"{settings.max_new_tokens} new tokens, T {settings.temperature}, threads {args.threads}"
     )
-    # one short untimed run each: file-system caches and .pyc files warm for both alike
-    warm = Settings(steps=1, prompts_per_step=2, n=2, max_new_tokens=4)
+    # one short untimed run each: file-system caches and .pyc files warm for all alike
+    warm = replace(settings, steps=1, prompts_per_step=2, n=2, max_new_tokens=4)
     for name, build in (("aspo", aspo_command), ("trl", trl_command)):
         run_timed(build(job, warm, work / f"warm-{name}"), env, work / f"warm-{name}.log")
 
-    results: dict[str, list[dict]] = {"aspo": [], "trl": []}
+    names = list(commands)
+    results: dict[str, list[dict]] = {name: [] for name in names}
     for run in range(args.runs):
-        order = ("aspo", "trl") if run % 2 == 0 else ("trl", "aspo")
-        for name in order:
+        shift = run % len(names)  # rotate the order: each trainer runs first, middle and last in turn
+        for name in names[shift:] + names[:shift]:
             out = work / f"{name}-{run}"
             shutil.rmtree(out, ignore_errors=True)
             load = load_average()
@@ -102,7 +131,7 @@ def main() -> None:
                 row["step"] = trl_step_seconds(work / f"{name}-{run}.log")
             results[name].append(row)
             print(
-                f"run {run} {name:4s}: wall {timed.wall_s:6.1f} s  cpu {timed.cpu_s:6.1f} s  "
+                f"run {run} {name:10s}: wall {timed.wall_s:6.1f} s  cpu {timed.cpu_s:6.1f} s  "
                 f"peak RSS {timed.max_rss_mb:6.0f} MB  (in steps {row['step']:.1f} s; load {load})",
                 flush=True,
             )
@@ -111,20 +140,22 @@ def main() -> None:
         return median([r[key] for r in results[name]])
 
     print("\nmedians over", args.runs, "runs:")
-    for name in ("aspo", "trl"):
+    for name in names:
         print(
-            f"  {name:4s}: wall {med(name, 'wall_s'):6.1f} s, cpu {med(name, 'cpu_s'):6.1f} s, "
+            f"  {name:10s}: wall {med(name, 'wall_s'):6.1f} s, cpu {med(name, 'cpu_s'):6.1f} s, "
             f"peak RSS {med(name, 'max_rss_mb'):5.0f} MB, in training steps {med(name, 'step'):5.1f} s, "
             f"outside them (start-up, teardown) {med(name, 'wall_s') - med(name, 'step'):4.1f} s"
         )
-    per_run_wall = [t["wall_s"] / a["wall_s"] for a, t in zip(results["aspo"], results["trl"], strict=True)]
-    per_run_cpu = [t["cpu_s"] / a["cpu_s"] for a, t in zip(results["aspo"], results["trl"], strict=True)]
-    print(
-        f"ratio TRL / aspo: wall {median(per_run_wall):.2f}x (median of per-run ratios; runs "
-        f"{', '.join(f'{r:.2f}' for r in per_run_wall)}), cpu {median(per_run_cpu):.2f}x; "
-        f"training steps only {med('trl', 'step') / med('aspo', 'step'):.2f}x"
-    )
-    print(f"peak memory aspo / TRL: {med('aspo', 'max_rss_mb') / med('trl', 'max_rss_mb'):.2f}")
+    for variant in variants:
+        pairs = list(zip(results["aspo"], results[variant], strict=True))
+        per_run_wall = [t["wall_s"] / a["wall_s"] for a, t in pairs]
+        per_run_cpu = [t["cpu_s"] / a["cpu_s"] for a, t in pairs]
+        print(
+            f"ratio {variant} / aspo: wall {median(per_run_wall):.2f}x (median of per-run ratios; runs "
+            f"{', '.join(f'{r:.2f}' for r in per_run_wall)}), cpu {median(per_run_cpu):.2f}x; "
+            f"training steps only {med(variant, 'step') / med('aspo', 'step'):.2f}x; "
+            f"peak memory aspo / {variant}: {med('aspo', 'max_rss_mb') / med(variant, 'max_rss_mb'):.2f}"
+        )
     step = med("aspo", "step")
     print(
         f"aspo: {med('aspo', 'tokens') / med('aspo', 'rollout'):.0f} generated tokens/s in generation; "
@@ -133,7 +164,10 @@ def main() -> None:
     )
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"settings": settings.__dict__, "threads": args.threads, "results": results}, indent=1)
+            json.dumps(
+                {"job": args.job, "settings": settings.__dict__, "threads": args.threads, "results": results},
+                indent=1,
+            )
         )
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

@@ -141,3 +141,31 @@ def test_benchmark_job_builds_and_aspo_runs_it(tmp_path):
     assert subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "_common.py")], capture_output=True
     ).returncode
+
+
+def test_real_model_benchmark_job_scores_both_conventions_and_sets_both_trainers(tmp_path):
+    common = _load_common()
+    model_dir = tmp_path / "weights"
+    model_dir.mkdir()
+    job = common.build_chat_job(tmp_path / "job", model_dir)
+    assert job.model.resolve() == model_dir.resolve() and job.chat
+    records = [json.loads(line) for line in job.train.read_text().splitlines()]
+    assert len(records) == 29 * 29
+    a, b = (int(x) for x in records[0]["prompt"].removeprefix("What is ").removesuffix("?").split(" + "))
+    assert int(records[0]["answer"]) == a + b
+    spec = importlib.util.spec_from_file_location("bench_chat_reward", job.reward_file)
+    reward = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reward)
+    assert reward.last_number("q", "12 + 30 = 42.", "42") == 1.0
+    assert reward.last_number("q", "It is 42, not 41", "42") == 0.0
+    assert reward.last_number("q", "1,042", "1042") == 1.0
+    # TRL hands a conversational dataset's completions over as message lists
+    completions = [[{"role": "assistant", "content": "The sum is 7."}], "7 or 8"]
+    assert reward.trl_last_number(["p", "p"], completions, answer=["7", "7"]) == [1.0, 0.0]
+    settings = common.Settings(steps=1, trl_checkpointing=False)
+    aspo = common.aspo_command(job, settings, tmp_path / "run")
+    assert "prompt.chat_template=true" in aspo and f"reward={job.reward_file}:last_number" in aspo
+    trl = common.trl_command(job, settings, tmp_path / "trl")
+    assert trl[trl.index("--reward") + 1] == "trl_last_number" and "--chat" in trl
+    assert trl[trl.index("--checkpointing") + 1] == "off"
+    assert "--checkpointing" not in common.trl_command(job, common.Settings(), tmp_path / "trl")
