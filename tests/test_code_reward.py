@@ -156,6 +156,96 @@ def test_reward_hacks_do_not_pass(humaneval):
     assert code_reward(prompt=p["prompt"], response=fake, test=p["test"], entry_point=p["entry_point"]) == 0.0
 
 
+# Programs that try to forge the harness's "all tests passed" line instead of solving the problem. Each
+# reached reward 1.0 when the candidate ran inside the harness process (before the candidate got a process
+# of its own, with no handle to the result channel and plain data as its only way to answer).
+_FORGED_PASS = '(nonce + \'{"status": ["ok"]}\\n\').encode()'
+HARNESS_HACKS = {
+    # walk up the stack to the harness's globals: its nonce and result fd
+    "stack frames": (
+        "    import os, sys\n"
+        "    f = sys._getframe(1)\n"
+        "    while f and 'NONCE' not in f.f_globals:\n"
+        "        f = f.f_back\n"
+        "    nonce = f.f_globals['NONCE']\n"
+        f"    os.write(f.f_globals['RESULT_FD'], {_FORGED_PASS})\n"
+        "    os._exit(0)\n"
+    ),
+    # find the nonce among live objects, write the line to every open fd
+    "live objects": (
+        "    import os, gc\n"
+        "    nonce = [o['NONCE'] for o in gc.get_objects() if isinstance(o, dict) and 'NONCE' in o][0]\n"
+        "    for fd in range(3, 64):\n"
+        "        try:\n"
+        f"            os.write(fd, {_FORGED_PASS})\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    os._exit(0)\n"
+    ),
+    # the sandboxed server's files: the nonce it was given, the output it will read back
+    "run files": (
+        "    import os\n"
+        "    nonce = open('.stdin').read().strip()\n"
+        f"    os.write(os.open('.stdout', os.O_WRONLY | os.O_APPEND), {_FORGED_PASS})\n"
+        "    os._exit(0)\n"
+    ),
+    # the harness's descriptors through /proc (the candidate's parent, same uid)
+    "parent fds": (
+        "    import os, gc\n"
+        "    nonce = [o['NONCE'] for o in gc.get_objects() if isinstance(o, dict) and 'NONCE' in o][0]\n"
+        "    for fd in os.listdir('/proc/%d/fd' % os.getppid()):\n"
+        "        try:\n"
+        f"            os.write(os.open('/proc/%d/fd/%s' % (os.getppid(), fd), os.O_WRONLY), {_FORGED_PASS})\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    os._exit(0)\n"
+    ),
+    # an answer equal to everything: `assert candidate(x) == y` and `abs(candidate(x) - y) < eps` hold
+    "equal to everything": (
+        "    class Anything(float):\n"
+        "        def __eq__(self, other): return True\n"
+        "        def __ne__(self, other): return False\n"
+        "        def __lt__(self, other): return True\n"
+        "        def __sub__(self, other): return Anything(0)\n"
+        "        def __rsub__(self, other): return Anything(0)\n"
+        "        def __abs__(self): return 0.0\n"
+        "    return Anything(0)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["sandboxed server", "fresh sandbox"])
+@pytest.mark.parametrize("hack", list(HARNESS_HACKS))
+def test_forging_the_harness_result_does_not_pass(humaneval, hack, reuse):
+    p = humaneval[2]  # truncate_number: its tests compare floats with == and with abs(...) < 1e-6
+    record = {"prompt": p["prompt"], "response": HARNESS_HACKS[hack], "test": p["test"]}
+    result = check_code({**record, "entry_point": p["entry_point"]}, reuse=reuse)
+    assert (result.reward, result.infra) == (0.0, False), result
+    # the same record with a real solution passes on the same path: the hacks fail for being hacks
+    solved = {**record, "response": "    return number % 1.0\n", "entry_point": p["entry_point"]}
+    assert check_code(solved, reuse=reuse).reward == 1.0
+
+
+def test_answers_cross_as_plain_data():
+    counts = "from collections import Counter\ndef tally(s):\n    return Counter(s)\n"
+    # a dict subclass is its dict: equal to the expected dict in both function-call and check tests
+    call = {"fn_name": "tally", "inputs": [["aab"]], "outputs": [{"a": 2, "b": 1}]}
+    assert code_reward(response=counts, tests=call) == 1.0
+    check = "def check(candidate):\n    assert candidate('aab') == {'a': 2, 'b': 1}\n"
+    assert code_reward(response=counts, test=check, entry_point="tally") == 1.0
+    # a generator is not data: an error in the test, not a pass
+    lazy = "def tally(s):\n    return (c for c in s)\n"
+    result = check_code({"response": lazy, "test": check, "entry_point": "tally"})
+    assert result.reward == 0.0 and "plain data" in result.error
+    # the test's own helpers come from the prompt, not from the response
+    prompt = 'def double(x):\n    return 2 * x\n\n\ndef f(x):\n    """2x + 1"""\n'
+    test = "def check(candidate):\n    assert candidate(3) == double(3) + 1\n"
+    honest = {"prompt": prompt, "response": "    return 2 * x + 1\n", "test": test, "entry_point": "f"}
+    assert check_code(honest).reward == 1.0
+    rigged = "def double(x):\n    return 0\n\n\ndef f(x):\n    return 1\n"
+    assert check_code({"prompt": prompt, "response": rigged, "test": test, "entry_point": "f"}).reward == 0.0
+
+
 def test_malformed_records_are_errors_not_crashes():
     results = score_batch(
         [

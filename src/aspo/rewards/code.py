@@ -139,11 +139,14 @@ def _build_spec(record: Mapping[str, Any], case_timeout: float) -> tuple[dict, d
         entry = str(record["entry_point"])
         prompt = str(record.get("prompt") or "")
         defines = re.compile(rf"^\s*def\s+{re.escape(entry)}\s*\(", re.MULTILINE)
-        if not defines.search(code) and defines.search(prompt):
+        prompt_is_code = bool(defines.search(prompt))
+        if not defines.search(code) and prompt_is_code:
             code = prompt + code
         return {
             "mode": "check",
             "code": code,
+            # the test runs outside the candidate's process, beside the prompt's own helpers
+            "prelude": prompt if prompt_is_code else "",
             "test": record["test"],
             "entry_point": entry,
             "timeout": case_timeout,

@@ -7,6 +7,13 @@ stdout. The candidate's own output goes elsewhere, and it never sees
 the expected outputs of stdin/stdout or function-call tests: those are compared by the scorer outside.
 It avoids importing ``json`` (and with it ``re``), which would double the start-up time of a check.
 
+The candidate never runs in this process: it runs in a forked child that holds no handle to the result
+channel, and this process is not dumpable, so the child (same uid) cannot open its descriptors through
+/proc or ptrace it. In call and check modes the child serves calls over a pipe and returns plain data
+only (marshal of builtin types; subclasses are reduced to their base type in the child), so an object
+that claims to equal everything never reaches a comparison, and the test code of check mode runs here,
+against those plain values.
+
 Modes:
   stdio  {"code", "inputs": [str], "timeout"}: run the program once per input in a forked child;
          result {"outputs": [str], "status": [ok|error|timeout]}; stops after the first error/timeout.
@@ -17,11 +24,14 @@ Modes:
 """
 
 import _signal as signal  # the C module: `signal` imports enum, a third of a check's start-up
+import ctypes
 import marshal
 import os
 import select
 import sys
 
+# Not dumpable: a candidate (same uid) can neither ptrace this process nor open its fds via /proc.
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
 RESULT_FD = os.dup(1)
 NONCE = sys.stdin.readline().strip()
 os.write(
@@ -168,55 +178,258 @@ def _timed(fn, timeout):
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _run_call(spec):
+class _NotPlain(Exception):
+    pass
+
+
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _plain(value, depth=0):
+    """``value`` as builtin types only (runs in the candidate's child: whatever it overrides stays there)."""
+    if depth > 100:
+        raise _NotPlain("nested too deeply")
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    for base in (bool, int, float, complex, str, bytes):
+        if isinstance(value, base):  # a subclass: its base value, without its methods
+            return base(value)
+    if isinstance(value, dict):
+        return {_plain(k, depth + 1): _plain(v, depth + 1) for k, v in dict.items(value)}
+    for base in (list, tuple, set, frozenset):
+        if isinstance(value, base):
+            return base(_plain(v, depth + 1) for v in value)
+    raise _NotPlain(repr(value)[:1000])
+
+
+def _checked_plain(value, depth=0):
+    """The parent's check of what came back (the child could write anything on its pipe)."""
+    kind = type(value)
+    if depth > 101 or not (kind in _SCALARS or kind in (list, tuple, set, frozenset, dict)):
+        raise _NotPlain("not plain data")
+    if kind is dict:
+        for k, v in value.items():
+            _checked_plain(k, depth + 1)
+            _checked_plain(v, depth + 1)
+    elif kind not in _SCALARS:
+        for v in value:
+            _checked_plain(v, depth + 1)
+    return value
+
+
+def _send(fd, obj):
+    data = marshal.dumps(obj)
+    data = len(data).to_bytes(8, "big") + data
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _recv(fd):
+    def exact(n):
+        chunks = []
+        while n:
+            chunk = os.read(fd, min(n, 1 << 20))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    return marshal.loads(exact(int.from_bytes(exact(8), "big")))
+
+
+def _describe(err):
+    try:
+        return "%s: %s" % (type(err).__name__, str(err)[:300])
+    except BaseException:
+        return "an exception that cannot be shown"
+
+
+def _serve_candidate(code, requests, replies):
+    """In the child: define the candidate's code, then answer (name, args, kwargs) with plain values."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(RESULT_FD)
     env = {"__name__": "__main__", "__builtins__": __builtins__}
+    try:
+        exec(compile(code, "solution.py", "exec"), env)
+        _send(replies, ("ok", None))
+    except BaseException as err:
+        _send(replies, ("error", _describe(err)))
+        os._exit(0)
+    while True:
+        try:
+            name, args, kwargs = _recv(requests)
+        except BaseException:  # the harness closed the pipe (or wrote nonsense): done
+            os._exit(0)
+        try:
+            fn = env.get(name)
+            if fn is None and "Solution" in env:
+                fn = getattr(env["Solution"](), name)
+            if fn is None:
+                raise NameError(name)
+            reply = ("ok", _plain(fn(*args, **kwargs)))
+        except _NotPlain as err:
+            reply = ("opaque", str(err))
+        except BaseException as err:
+            reply = ("error", _describe(err))
+        try:
+            _send(replies, reply)
+        except BaseException:
+            os._exit(1)
+
+
+class _CandidateError(Exception):
+    pass
+
+
+class _Candidate:
+    """The candidate's code in its own process; ``call`` runs one of its functions there."""
+
+    def __init__(self, code):
+        requests, self._requests = os.pipe()
+        self._replies, replies = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self._requests)
+            os.close(self._replies)
+            _serve_candidate(code, requests, replies)
+            os._exit(0)
+        os.close(requests)
+        os.close(replies)
+
+    def defined(self):
+        """None when the code ran to its end, else the error it raised."""
+        status, detail = self._reply()
+        return None if status == "ok" else detail
+
+    def call(self, name, args, kwargs=None):
+        try:
+            _send(self._requests, (name, tuple(args), dict(kwargs or {})))
+        except ValueError:
+            raise TypeError("the test passed something that is not plain data") from None
+        except OSError:
+            raise _CandidateError("the candidate's process is gone") from None
+        status, value = self._reply()
+        if status == "ok":
+            return _checked_plain(value)
+        if status == "opaque":
+            raise _NotPlain("returned something other than plain data: %s" % value)
+        raise _CandidateError(value)
+
+    def _reply(self):
+        try:
+            reply = _recv(self._replies)
+        except EOFError:
+            raise _CandidateError("the candidate's process ended") from None
+        except ValueError:
+            raise _CandidateError("the candidate's process wrote nonsense") from None
+        if type(reply) is not tuple or len(reply) != 2 or type(reply[0]) is not str:
+            raise _CandidateError("the candidate's process wrote nonsense")
+        return reply
+
+    def close(self):
+        for fd in (self._requests, self._replies):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except OSError:
+            pass
+
+
+def _start_candidate(spec):
+    """(candidate, None), or (None, result to emit) when the harness could not fork."""
+    try:
+        return _Candidate(spec["code"]), None
+    except OSError as err:
+        return None, {"status": ["error"], "infra": "harness fork refused: %s" % err}
+
+
+def _run_call(spec):
+    candidate, failed = _start_candidate(spec)
+    if failed:
+        _emit(failed)
+        return
     returns, status = [], []
     try:
-        _timed(lambda: exec(compile(spec["code"], "solution.py", "exec"), env), spec["timeout"])
-        fn = env.get(spec["fn_name"])
-        if fn is None and "Solution" in env:
-            fn = getattr(env["Solution"](), spec["fn_name"])
-        if fn is None:
-            raise NameError(spec["fn_name"])
-    except BaseException as err:
-        _emit({"returns": [], "status": ["error"], "error": "%s: %s" % (type(err).__name__, err)})
-        return
-    for raw in spec["inputs"]:
         try:
-            args = _parse_args(raw)
-            returns.append(_to_json(_timed(lambda args=args: fn(*args), spec["timeout"])))
-            status.append("ok")
-        except _Timeout:
-            status.append("timeout")
-            break
+            error = _timed(candidate.defined, spec["timeout"])
         except BaseException as err:
-            status.append("error")
-            _emit(
-                {
-                    "returns": _Raw("[" + ",".join(returns) + "]"),
-                    "status": status,
-                    "error": "%s: %s" % (type(err).__name__, err),
-                }
-            )
+            error = _describe(err)
+        if error is not None:
+            _emit({"returns": [], "status": ["error"], "error": error})
             return
-    _emit({"returns": _Raw("[" + ",".join(returns) + "]"), "status": status})
+        for raw in spec["inputs"]:
+            try:
+                args = _parse_args(raw)
+                value = _timed(lambda args=args: candidate.call(spec["fn_name"], args), spec["timeout"])
+                returns.append(_to_json(value))
+                status.append("ok")
+            except _NotPlain as err:
+                returns.append('{"__repr__": %s}' % _json_str(str(err)))
+                status.append("ok")
+            except _Timeout:
+                status.append("timeout")
+                break
+            except BaseException as err:
+                status.append("error")
+                _emit(
+                    {
+                        "returns": _Raw("[" + ",".join(returns) + "]"),
+                        "status": status,
+                        "error": _describe(err),
+                    }
+                )
+                return
+        _emit({"returns": _Raw("[" + ",".join(returns) + "]"), "status": status})
+    finally:
+        candidate.close()
 
 
 def _run_check(spec):
-    env = {"__name__": "__main__", "__builtins__": __builtins__}
+    candidate, failed = _start_candidate(spec)
+    if failed:
+        _emit(failed)
+        return
+    entry = spec["entry_point"]
+
+    def proxy(*args, **kwargs):
+        return candidate.call(entry, args, kwargs)
+
     try:
 
         def run():
-            exec(compile(spec["code"] + "\n\n" + spec["test"], "solution.py", "exec"), env)
-            env["check"](env[spec["entry_point"]])
+            error = candidate.defined()
+            if error is not None:
+                raise _CandidateError(error)
+            env = {"__name__": "__main__", "__builtins__": __builtins__}
+            if spec.get("prelude"):
+                try:  # the dataset's prompt: helpers its test may call (the candidate cannot change them)
+                    exec(compile(spec["prelude"], "prompt.py", "exec"), env)
+                except Exception:
+                    pass  # not runnable on its own: the test gets what it defined up to there
+            env[entry] = proxy
+            exec(compile(spec["test"], "test.py", "exec"), env)
+            env["check"](proxy)
 
         _timed(run, spec["timeout"])
     except _Timeout:
         _emit({"status": ["timeout"]})
         return
     except BaseException as err:
-        _emit({"status": ["error"], "error": "%s: %s" % (type(err).__name__, str(err)[:300])})
+        _emit({"status": ["error"], "error": _describe(err)})
         return
+    finally:
+        candidate.close()
     _emit({"status": ["ok"]})
 
 

@@ -5,7 +5,7 @@ Python start-up and the imports candidates commonly need (typing, collections, r
 run is a fork of this clean process, so no candidate sees another's memory. Per run:
   1. read a request from stdin: 4-byte length + JSON {files, main, stdin, rlimits, wall};
   2. fork; the child makes a fresh scratch dir under /tmp, sets the rlimits, points fds 0/1/2 at files
-     there, and executes ``main`` as __main__;
+     there (stdin's and stdout's unlinked: only fds reach them), and executes ``main`` as __main__;
   3. wait up to ``wall`` seconds (pidfd); then SIGKILL every other process of the namespace until none is
      left, and delete everything under /tmp and /dev/shm, so the next run starts from a clean sandbox;
   4. reply on the original stdout: 4-byte length + JSON {rc, timed_out, stdout, stderr} (latin-1 text).
@@ -83,7 +83,7 @@ def _wipe(path):
                 pass
 
 
-def _child(request, scratch):
+def _child(request, scratch, stdout_fd):
     try:
         os.setsid()
         for name, text in request["files"].items():
@@ -93,9 +93,10 @@ def _child(request, scratch):
             f.write(request["stdin"].encode("latin-1"))
         fds = [
             os.open(os.path.join(scratch, ".stdin"), os.O_RDONLY),
-            os.open(os.path.join(scratch, ".stdout"), os.O_WRONLY | os.O_CREAT, 0o600),
+            stdout_fd,
             os.open(os.path.join(scratch, ".stderr"), os.O_WRONLY | os.O_CREAT, 0o600),
         ]
+        os.unlink(os.path.join(scratch, ".stdin"))  # what it was given, and its stdout: no path to either
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -154,11 +155,16 @@ def serve():
         count += 1
         scratch = "/tmp/run%d" % count
         os.mkdir(scratch, 0o700)
+        # the run's stdout has no path: a program (or a process it starts) can write it only through an
+        # fd it was given, so the harness's result line cannot be appended by the candidate it runs
+        stdout_path = os.path.join(scratch, ".stdout")
+        stdout_fd = os.open(stdout_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.unlink(stdout_path)
         pid = os.fork()
         if pid == 0:
             REQUESTS.close()
             REPLIES.close()
-            _child(request, scratch)
+            _child(request, scratch, stdout_fd)
         pidfd = os.pidfd_open(pid)
         ready, _, _ = select.select([pidfd], [], [], request["wall"])
         os.close(pidfd)
@@ -168,17 +174,17 @@ def serve():
         _, status = os.waitpid(pid, 0)
         _kill_everything_else()
         cap = request["max_output"]
-        sizes = [
-            os.path.getsize(p) if os.path.exists(p) else 0
-            for p in (os.path.join(scratch, ".stdout"), os.path.join(scratch, ".stderr"))
-        ]
+        stderr_path = os.path.join(scratch, ".stderr")
+        stderr_size = os.path.getsize(stderr_path) if os.path.exists(stderr_path) else 0
+        sizes = [os.fstat(stdout_fd).st_size, stderr_size]
         reply = {
             "rc": os.waitstatus_to_exitcode(status),
             "timed_out": timed_out,
             "largest_output": max(sizes),
-            "stdout": _read_tail(os.path.join(scratch, ".stdout"), cap),
-            "stderr": _read_tail(os.path.join(scratch, ".stderr"), 1 << 16),
+            "stdout": os.pread(stdout_fd, cap + 1, 0).decode("latin-1"),
+            "stderr": _read_tail(stderr_path, 1 << 16),
         }
+        os.close(stdout_fd)
         _wipe("/tmp")
         if os.path.isdir("/dev/shm"):
             _wipe("/dev/shm")
