@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,11 +225,12 @@ class PolicyUpdate:
             with sync:
                 loss, metrics, entropy = self.loss(part)
                 value = float(loss.detach())
-                if math.isfinite(value):
-                    scale = normaliser_scale(
-                        part.response_mask, self.loss_agg_mode, tokens, rows, acc.num_processes
-                    )
-                    acc.backward(loss * (scale * share))
+                scale = normaliser_scale(
+                    part.response_mask, self.loss_agg_mode, tokens, rows, acc.num_processes
+                )
+                # a non-finite loss still goes backward: the other ranks' gradient all-reduce needs this
+                # rank, and the NaN it brings makes every rank's gradient norm NaN, so all skip the step
+                acc.backward(loss * (scale * share))
             out.loss += value
             if i < real_parts:
                 out.metrics.append(metrics)
@@ -251,8 +251,8 @@ class PolicyUpdate:
         )
         device = logprobs.device
         mask = part.response_mask.to(device)
-        if not bool(torch.isfinite(logprobs[mask]).all()):
-            return torch.tensor(float("nan")), {}, None
+        if not bool(torch.isfinite(logprobs[mask]).all()):  # through the graph: see ``backward``
+            return logprobs[mask].sum() * float("nan"), {}, None
         loss, metrics = policy_loss(
             self.objective,
             logprobs,
