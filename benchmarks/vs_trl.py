@@ -57,8 +57,27 @@ def trl_step_seconds(log: Path) -> float:
     return sum(float(x) for x in re.findall(r"'step_time': '([0-9.eE+-]+)'", log.read_text()))
 
 
-# the real-model job's settings: the SmolLM2 config's rollout (8 x 8, 64 tokens, T = 0.7), one update a step
-CHAT_SETTINGS = Settings(steps=5, max_new_tokens=64, temperature=0.7, lr=2e-5)
+def trl_mean_length(log: Path) -> float:
+    """TRL's mean response length in tokens over the run's steps (its logged ``completions/mean_length``)."""
+    return mean_of_step_means(re.findall(r"'completions/mean_length': '([0-9.eE+-]+)'", log.read_text()))
+
+
+def aspo_mean_length(run_dir: Path) -> float:
+    """aspo's mean response length in tokens over the run's steps (``response/length_mean``)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return mean_of_step_means([r["response/length_mean"] for r in rows if "response/length_mean" in r])
+
+
+def mean_of_step_means(values: list) -> float:
+    """The mean of per-step means (every step has the same number of responses)."""
+    return sum(float(v) for v in values) / max(len(values), 1)
+
+
+# the real-model job's settings: the SmolLM2 config's rollout (8 x 8, 64 tokens, T = 0.7), one update a step.
+# The learning rate is too small to move the policy in 5 steps (the update is computed all the same): both
+# trainers then sample from one distribution at every step, so neither gets cheaper steps by learning to
+# answer shorter (at 2e-5 aspo's responses shortened from 39 to 17 tokens in 5 steps, TRL's did not).
+CHAT_SETTINGS = Settings(steps=5, max_new_tokens=64, temperature=0.7, lr=1e-7)
 # TRL variants: GRPOConfig's defaults (activation checkpointing on) and with checkpointing off
 TRL_VARIANTS = {"trl": None, "trl-nockpt": False}
 
@@ -78,6 +97,7 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each trainer (interleaved)")
     parser.add_argument("--steps", type=int, default=None, help="default: 40 (tiny), 5 (smollm2)")
+    parser.add_argument("--lr", type=float, default=None, help="default: 3e-4 (tiny), 1e-7 (smollm2)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -99,7 +119,7 @@ def main() -> None:
         from aspo.pretrained import resolve_model
 
         job, base = build_chat_job(work / "job", resolve_model(args.model)), CHAT_SETTINGS
-    settings = replace(base, steps=args.steps or base.steps)
+    settings = replace(base, steps=args.steps or base.steps, lr=args.lr or base.lr)
     env = child_env(args.threads)
     commands = {"aspo": lambda out: aspo_command(job, settings, out)}
     for variant in variants:
@@ -126,13 +146,15 @@ def main() -> None:
             timed: Timed = run_timed(commands[name](out), env, work / f"{name}-{run}.log")
             row = {"wall_s": timed.wall_s, "cpu_s": timed.cpu_s, "max_rss_mb": timed.max_rss_mb, "load": load}
             if name == "aspo":
-                row.update(aspo_time_shares(out))
+                row.update(aspo_time_shares(out), length=aspo_mean_length(out))
             else:
-                row["step"] = trl_step_seconds(work / f"{name}-{run}.log")
+                log = work / f"{name}-{run}.log"
+                row.update(step=trl_step_seconds(log), length=trl_mean_length(log))
             results[name].append(row)
             print(
                 f"run {run} {name:10s}: wall {timed.wall_s:6.1f} s  cpu {timed.cpu_s:6.1f} s  "
-                f"peak RSS {timed.max_rss_mb:6.0f} MB  (in steps {row['step']:.1f} s; load {load})",
+                f"peak RSS {timed.max_rss_mb:6.0f} MB  (in steps {row['step']:.1f} s; mean response "
+                f"{row['length']:.1f} tokens; load {load})",
                 flush=True,
             )
 
@@ -144,7 +166,8 @@ def main() -> None:
         print(
             f"  {name:10s}: wall {med(name, 'wall_s'):6.1f} s, cpu {med(name, 'cpu_s'):6.1f} s, "
             f"peak RSS {med(name, 'max_rss_mb'):5.0f} MB, in training steps {med(name, 'step'):5.1f} s, "
-            f"outside them (start-up, teardown) {med(name, 'wall_s') - med(name, 'step'):4.1f} s"
+            f"outside them (start-up, teardown) {med(name, 'wall_s') - med(name, 'step'):4.1f} s, "
+            f"mean response {med(name, 'length'):.1f} tokens"
         )
     for variant in variants:
         pairs = list(zip(results["aspo"], results[variant], strict=True))
