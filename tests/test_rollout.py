@@ -84,3 +84,22 @@ def test_select_and_concat_keep_rows_aligned(tiny_policy):
     sub = both.select(torch.tensor([3, 0]))
     assert sub.responses == [both.responses[3], both.responses[0]]
     assert torch.equal(sub.response_mask[1, : a.response_ids.shape[1]], a.response_mask[0])
+
+
+def test_sampled_tokens_follow_the_tempered_softmax():
+    """Frequencies over many rows match softmax(logits / T), a -inf logit is never drawn, and a token of
+    probability ~1e-4 is drawn about as often as it should be (the float64 cumulative sum)."""
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.0999, 0.0001, 0.0])
+    rows = 200_000
+    logits = (0.7 * torch.log(probs)).repeat(rows, 1)  # T = 0.7 undoes the 0.7 here
+    gen = torch.Generator().manual_seed(0)
+    tokens, logprobs = sample_token(logits, 0.7, 1.0, gen)
+    counts = torch.bincount(tokens, minlength=6).double()
+    expected = probs.double() * rows
+    sigma = (expected * (1 - probs.double())).sqrt()
+    assert counts[5] == 0  # probability 0
+    assert ((counts - expected).abs() <= 5 * sigma + 1e-9).all(), (counts, expected)
+    assert torch.allclose(logprobs, torch.log(probs)[tokens], atol=1e-5)
+    # the same generator state gives the same tokens
+    again, _ = sample_token(logits[:1000], 0.7, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(again, tokens[:1000])

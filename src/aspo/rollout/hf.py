@@ -44,17 +44,35 @@ def sample_token(
     behaviour policy is the tempered softmax, which is what the trainer recomputes.
     """
     logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    probs = logprobs.exp()
-    if not bool(torch.isfinite(probs).all()):
+    # a NaN or +inf logit makes its row's log-softmax NaN, and max propagates NaN: one (B,) check
+    if not bool(torch.isfinite(logprobs.amax(-1)).all()):
         raise NonFiniteError("the policy produced non-finite logits while sampling")
+    probs = logprobs.exp()
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)
         drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    tokens = inverse_cdf_sample(probs, generator)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def inverse_cdf_sample(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row, drawn with probability weights / row sum: weights (B, V) >= 0, each row with
+    positive mass -> (B,) long.
+
+    One uniform per row against the row's cumulative sum in float64 (exact to ~1e-16 of the mass, so a
+    token's frequency is its probability even at 1e-9). ``torch.multinomial`` draws an exponential per
+    vocabulary entry instead (Gumbel-max): at 64 rows x 49k it took 60 ms of a ~250 ms SmolLM2 decode
+    step on one core, this ~5 ms. A zero weight is never drawn.
+    """
+    cdf = weights.double().cumsum_(-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, dtype=torch.float64).to(cdf.device) * total
+    # u < total even where r * total rounds up to it: the index stays on a token with positive weight
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
 
 class HFEngine:
