@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from aspo.models import head as head_module
 from aspo.models import packed_token_logprobs, padded_token_logprobs
-from aspo.models.head import default_chunk, head_logprobs
+from aspo.models.head import default_chunk, head_logits, head_logprobs
 from aspo.rollout import HFEngine
 
 
@@ -59,6 +60,54 @@ def test_chunked_head_equals_the_plain_path(chunk, temperature, with_entropy):
         assert torch.allclose(got[1], ref[1], atol=1e-5)
     for g_got, g_ref in zip(got[2], ref[2], strict=True):  # hidden, weight, bias
         assert torch.allclose(g_got, g_ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_blocked_head_logits_equal_the_plain_path(monkeypatch, bias):
+    """The vocabulary in blocks (a large vocabulary's path; here 37 = 4 blocks of 8 + 5): the same logits,
+    and through the chunked head the same log-probs, entropies and gradients."""
+    monkeypatch.setattr(head_module, "VOCAB_BLOCK", 8)
+    h, w, b, targets = leaves(bias=bias)
+    assert torch.allclose(head_logits(h, w, b), F.linear(h, w, b), atol=1e-6)
+    assert torch.allclose(head_logits(h.view(2, 5, 8), w, b), F.linear(h.view(2, 5, 8), w, b), atol=1e-6)
+    upstream = torch.randn(2, len(targets), generator=torch.Generator().manual_seed(1))
+    ref = values_and_grads(lambda *a: plain(*a, 0.7, True), h, w, b, targets, upstream)
+    got = values_and_grads(lambda *a: head_logprobs(*a, temperature=0.7, chunk=3), h, w, b, targets, upstream)
+    assert torch.allclose(got[0], ref[0], atol=1e-5) and torch.allclose(got[1], ref[1], atol=1e-5)
+    for g_got, g_ref in zip(got[2], ref[2], strict=True):
+        assert torch.allclose(g_got, g_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_lean_decode_with_a_blocked_head_reports_the_models_logprobs(monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from aspo.rollout.hf import lean_decode, sample_token
+
+    monkeypatch.setattr(head_module, "VOCAB_BLOCK", 16)  # 96 = 6 blocks
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    prompt_ids = torch.randint(3, 96, (4, 6))
+    prompt_mask = torch.ones(4, 6, dtype=torch.bool)
+    prompt_mask[2:, :2] = False
+    gen = torch.Generator().manual_seed(0)
+
+    def pick(logits):
+        token, logp = sample_token(logits, 0.7, 1.0, gen)
+        return token, logp, torch.zeros_like(token, dtype=torch.bool)
+
+    tokens, mask, logps = lean_decode(model, prompt_ids, prompt_mask, 5, pick, pad_id=0)
+    with torch.no_grad():
+        ref, _ = padded_token_logprobs(model, prompt_ids, prompt_mask, tokens, mask, temperature=0.7)
+    assert torch.allclose(logps, ref, atol=1e-5)
 
 
 def test_gradients_from_entropy_alone_and_without_a_bias():

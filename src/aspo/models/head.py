@@ -21,6 +21,10 @@ import torch
 import torch.nn.functional as F
 
 CHUNK_ELEMENTS = 1 << 24  # about 64 MB of float32 logits per chunk
+# output columns per GEMM in ``head_logits``: one thread computes 64 x 576 x 49k (SmolLM2's decode step)
+# in 1024-column blocks ~20 % faster than in one call, and the update's 341-row chunks ~10 % (2-core
+# EPYC, torch 2.13; same values: each logit is the same dot product)
+VOCAB_BLOCK = 1024
 
 
 def default_chunk(vocab_size: int) -> int:
@@ -51,11 +55,24 @@ def head_logprobs(
     return logprobs, entropy if with_entropy else None
 
 
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(hidden, weight, bias)``: hidden (..., H), weight (V, H), bias (V,) or None -> (..., V),
+    written ``VOCAB_BLOCK`` vocabulary rows at a time into one buffer (faster for a large vocabulary)."""
+    vocab = weight.shape[0]
+    if vocab <= 2 * VOCAB_BLOCK:
+        return F.linear(hidden, weight, bias)
+    out = hidden.new_empty(*hidden.shape[:-1], vocab)
+    for j in range(0, vocab, VOCAB_BLOCK):
+        block = slice(j, j + VOCAB_BLOCK)
+        out[..., block] = F.linear(hidden, weight[block], None if bias is None else bias[block])
+    return out
+
+
 def _chunk_logits(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float
 ) -> torch.Tensor:
     """(C, H) -> (C, V) float32 logits / T, computed in the head's dtype like the model's own forward."""
-    logits = F.linear(hidden, weight, bias).float()
+    logits = head_logits(hidden, weight, bias).float()
     return logits / temperature if temperature != 1.0 else logits
 
 

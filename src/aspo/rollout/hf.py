@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from aspo.errors import NonFiniteError
+from aspo.models.head import head_logits
 from aspo.models.llama import (
     Attend,
     decoder_layer,
@@ -335,8 +336,10 @@ def lean_decode(
     caches = [(k[group], v[group]) for k, v in shared]
     del shared
     steps = 0
+    plain_head = type(lm_head) is torch.nn.Linear  # else (e.g. adapter-wrapped) through its own forward
     for step in range(max_new_tokens):
-        logits = lm_head(base.norm(x[:, -1]))
+        last = base.norm(x[:, -1])
+        logits = head_logits(last, lm_head.weight, lm_head.bias) if plain_head else lm_head(last)
         token, logp, ended = pick(logits)
         write = live[~done]
         out_tokens[write, step], out_logps[write, step] = token[~done], logp[~done].float()
