@@ -12,7 +12,8 @@ MFU, decode tokens/s against its bound.
    (sum of FLOPs / sum of FLOPs / rate, weighted by parameters x layers), the reference for the targets.
    Also a STREAM-like copy and triad on 256 MB arrays (the L3 is tens of MB).
 2. Runs the SmolLM2 config's job in this process (``configs/smollm2-arithmetic.yaml`` with one update on
-   all responses: 8 chat prompts x 8 samples, 64 new tokens, T=0.7) for ``--steps`` steps, and reports
+   all responses, groups without signal kept: 8 chat prompts x 8 samples, 64 new tokens, T=0.7) for
+   ``--steps`` steps, and reports
    - update: model FLOPs / forward + backward seconds as a fraction of the mix peak (MFU), with model FLOPs
      = 6 x (matmul parameters) x (tokens computed) + attention over the real (causal) query-key pairs,
      and separately the hardware FLOPs: what the kernels run, padding of attention and the recompute of
@@ -339,6 +340,7 @@ def run_job(args: argparse.Namespace, overrides: list[str]) -> JobRecord:
                 str(CONFIG),
                 [
                     "train.mini_batches=1",
+                    "algorithm.filter_groups=false",  # every response in the update, signal or not
                     f"train.threads={args.threads}",
                     "train.eval_every=0",
                     "train.save_every=0",
