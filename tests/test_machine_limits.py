@@ -1,6 +1,7 @@
-"""benchmarks/machine_limits.py counts the FLOPs the kernels really run: its closed forms for the packed
-update (with and without activation checkpointing) and for lean decoding equal torch's own FlopCounterMode
-on a tiny Llama-style model, through padding, shared prompts and rows dropping out of the decode batch.
+"""benchmarks/machine_limits.py counts the FLOPs the kernels really run: its closed forms
+(benchmarks/_flops.py) for the packed update (with and without activation checkpointing) and for lean
+decoding equal torch's own FlopCounterMode on a tiny Llama-style model, through padding, shared prompts
+and rows dropping out of the decode batch.
 Attention runs on the math backend here, whose matmuls the counter sees (the fused CPU kernel is opaque to
 it); the closed form counts the same dense blocks. The counter is taught the in-place ``addmm_`` (the
 chunked head's weight gradient), which it does not count by itself."""
@@ -32,12 +33,12 @@ def _counter() -> FlopCounterMode:
 
 @pytest.fixture(scope="module")
 def limits():
-    spec = importlib.util.spec_from_file_location("machine_limits", ROOT / "benchmarks" / "machine_limits.py")
+    spec = importlib.util.spec_from_file_location("bench_flops", ROOT / "benchmarks" / "_flops.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["machine_limits"] = module  # dataclasses look their module up there
+    sys.modules["bench_flops"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     yield module
-    del sys.modules["machine_limits"]
+    del sys.modules["bench_flops"]
 
 
 def _model(checkpointing: bool = False):
