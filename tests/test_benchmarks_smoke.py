@@ -169,3 +169,80 @@ def test_real_model_benchmark_job_scores_both_conventions_and_sets_both_trainers
     assert trl[trl.index("--reward") + 1] == "trl_last_number" and "--chat" in trl
     assert trl[trl.index("--checkpointing") + 1] == "off"
     assert "--checkpointing" not in common.trl_command(job, common.Settings(), tmp_path / "trl")
+
+
+@pytest.fixture(scope="module")
+def chat_llama_dir(tmp_path_factory):
+    """A tiny random Llama with a chat template, saved with save_pretrained (the lab's `tokenizers` char
+    tokenizer): an output layer 3 ids wider than the tokenizer (as Qwen's is), zeroed so that every token,
+    EOS included, is equally likely -- the untouched model ends most responses early."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from aspo.lab import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}={% endfor %}"
+    config = LlamaConfig(
+        vocab_size=len(tok) + 3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    root = tmp_path_factory.mktemp("chat_llama") / "model"
+    model.save_pretrained(root)
+    tok.save_pretrained(root)
+    return root
+
+
+def _sample_lengths(model_dir, max_new_tokens):
+    from aspo.rollout import HFEngine
+    from aspo.run_setup import load_checkpoint
+
+    model, tok = load_checkpoint(str(model_dir), torch.float32)
+    engine = HFEngine(model.eval(), tok)
+    rollout = engine.generate(["1+2", "30+4"], n=4, max_new_tokens=max_new_tokens, seed=0)
+    return rollout.response_lengths.tolist()
+
+
+def test_fixed_length_copy_of_a_checkpoint_never_ends_early(chat_llama_dir, tmp_path):
+    common = _load_common()
+    before = {p.name: p.read_bytes() for p in chat_llama_dir.iterdir()}
+    fixed = common.fixed_length_model(chat_llama_dir, tmp_path / "fixed")
+    assert min(_sample_lengths(chat_llama_dir, 24)) < 24  # the original ends responses (1 in 34 is EOS)
+    assert _sample_lengths(fixed, 24) == [24] * 8
+    assert {p.name: p.read_bytes() for p in chat_llama_dir.iterdir()} == before  # the source is untouched
+    assert (fixed / "model.safetensors").is_symlink()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(fixed)
+    assert tok.eos_token_id == 34 and tok.pad_token == "<pad>"  # past the 31 tokens + 3 extra output ids
+    assert tok.apply_chat_template([{"role": "user", "content": "1+2"}], tokenize=False) == "1+2="
+
+
+def test_scaling_benchmark_on_a_checkpoint_dir(chat_llama_dir, tmp_path):
+    """scaling.py --model DIR end to end: fixed-length copy, chat job, both sweeps (the shared setting
+    once), per-setting processes; the script itself fails if a response is not exactly L tokens."""
+    out = tmp_path / "scaling.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--model", str(chat_llama_dir)]
+    cmd += ["--lengths", "4", "8", "--groups", "8", "16", "--group-length", "4", "--steps", "2"]
+    cmd += ["--workdir", str(tmp_path / "work"), "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert [r["L"] for r in result["by_length"]] == [4, 8] and [r["n"] for r in result["by_group"]] == [8, 16]
+    length_row, group_row = result["by_length"][0], result["by_group"][0]
+    assert {**length_row, "n": 8} == {**group_row, "L": 4}  # one process measured (4, 8) for both sweeps
+    assert result["by_length"][1]["tokens_per_step"] == 2 * 8 * 8  # 2 prompts per step on a real model
+    assert all(r["step"] > 0 and r["max_rss_mb"] > 50 for r in result["by_length"] + result["by_group"])
+    assert len(list((tmp_path / "work").glob("L*-n*.log"))) == 3  # (4, 8) ran once for both sweeps
+    assert "growth with response length L" in done.stdout
