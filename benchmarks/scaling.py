@@ -15,8 +15,10 @@ too), memory is the process's peak RSS. Two sweeps: length L in --lengths at n =
 --groups at --group-length (a setting in both is run once).
 
 Growth is reported two ways: the exponent b of a least-squares fit time ~ L^b (b = 1: linear, 2: quadratic)
-and the R^2 of a straight-line fit time = c0 + c1 * L. Memory: the slope of a straight-line fit of peak RSS,
-in MB per extra token (or sample). Timings on a shared machine are noisy: the load is printed.
+and the R^2 of a straight-line fit time = c0 + c1 * L; the exponent also for the times scaled by the share
+of a core each process got (its CPU time over its wall time), for a machine shared with other work.
+Memory: the slope of a straight-line fit of peak RSS, in MB per extra token (or sample). Timings on a
+shared machine are noisy: the load is printed.
 """
 
 from __future__ import annotations
@@ -118,17 +120,24 @@ def sweep(
 
 
 def report(name: str, rows: list[dict]) -> None:
+    """Fits of wall time per step, and of the same scaled by the process's share of a core (cpu_s / wall_s):
+    on a shared machine each process got a different share, which bends the wall-time fit; the scaled one
+    assumes the share was the same throughout the process."""
     xs = [float(r[name]) for r in rows]
     if len(set(xs)) < 2:
         print(f"  (one value of {name}: nothing to fit)")
         return
+    shares = [r["cpu_s"] / r["wall_s"] for r in rows]
+    print(f"  share of a core each process got: {', '.join(f'{s:.2f}' for s in shares)}")
     for key in ("step", "rollout", "update"):
         ys = [r[key] for r in rows]
+        scaled = [y * share for y, share in zip(ys, shares, strict=True)]
         _, slope, r2 = linear_fit(xs, ys)
         print(
             f"  {key:8s} time ~ {name}^{power_fit(xs, ys):.2f}; "
             f"straight line {slope * 1000:.2f} ms per unit of "
-            f"{name}, R^2 {r2:.3f}"
+            f"{name}, R^2 {r2:.3f}; scaled by the share: ~ {name}^{power_fit(xs, scaled):.2f} "
+            f"({' '.join(f'{y:.2f}' for y in scaled)} s)"
         )
     mem = [r["max_rss_mb"] for r in rows]
     _, slope, r2 = linear_fit(xs, mem)
