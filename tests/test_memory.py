@@ -48,3 +48,43 @@ def test_freed_heap_memory_leaves_the_resident_set():
     before, after, released = float(out[0]), float(out[1]), out[2]
     assert released == "True"
     assert before - after > 300  # of the 400 MB freed
+
+
+# With the threshold pinned first, 4 MB tensors freed between small live ones (which keep the heap from
+# being trimmed: without the pin all 400 MB stay resident) are mapped one by one and leave the resident set
+# as they are freed, with no release call.
+CHILD_FIXED = """
+import torch
+from aspo.memory import fix_mmap_threshold
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+fixed = fix_mmap_threshold()
+big = torch.ones(4 << 20)
+del big
+parts, keep = [], []
+for _ in range(100):
+    parts.append(torch.ones(1 << 20))
+    keep.append(torch.ones(1000))
+held = rss_mb()
+del parts
+print(held, rss_mb(), fixed)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or _libc() is None, reason="Linux + glibc only")
+def test_a_fixed_mmap_threshold_frees_large_tensors_as_they_go():
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD_FIXED],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    ).stdout.split()
+    held, after, fixed = float(out[0]), float(out[1]), out[2]
+    assert fixed == "True"
+    assert held - after > 300  # the 400 MB freed, without malloc_trim

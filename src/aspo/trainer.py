@@ -32,7 +32,7 @@ from aspo.evaluate import repetition_rate, sample_policy, summarize
 from aspo.graceful_stop import GracefulStop
 from aspo.lab.tasks import get_task
 from aspo.lora import apply_lora, reference_policy
-from aspo.memory import release_free_memory
+from aspo.memory import fix_mmap_threshold, release_free_memory
 from aspo.models import checkpointing_by_default, enable_activation_checkpointing, token_logprobs
 from aspo.prompting import format_prompt, uses_chat_template
 from aspo.report.metrics import MetricsLogger
@@ -114,6 +114,8 @@ class Trainer:
         large = checkpointing_by_default(self.model)
         # handing freed heap back between phases pays off for large models; on the lab's it costs ~4 % a step
         self.release_between_phases = large
+        if large:  # large tensors mapped per allocation: the update's heap no longer outgrows what is live
+            fix_mmap_threshold()
         wanted = cfg.train.activation_checkpointing  # None: by the model's size
         if large if wanted is None else wanted:
             if not enable_activation_checkpointing(self.model) and wanted:
