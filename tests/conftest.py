@@ -141,3 +141,17 @@ def model_code_sandbox(monkeypatch):
         monkeypatch.setenv("ASPO_SANDBOX", "unsafe")
     yield
     host._isolation.cache_clear()
+
+
+def load_benchmark_module(filename: str, name: str):
+    """A script of benchmarks/ imported as module ``name`` (registered in sys.modules: dataclasses look
+    their module up there)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / filename
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

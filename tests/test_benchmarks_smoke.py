@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark_module
 
 from aspo.models import (
     lean_supported,
@@ -112,11 +113,7 @@ def test_wrapped_models_fall_back_to_the_padded_forward(tiny_policy):
 
 
 def _load_common():
-    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "_common.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_common"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_module("_common.py", "bench_common")
 
 
 def test_benchmark_job_builds_and_aspo_runs_it(tmp_path):

@@ -8,12 +8,12 @@ chunked head's weight gradient), which it does not count by itself."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark_module
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -33,11 +33,7 @@ def _counter() -> FlopCounterMode:
 
 @pytest.fixture(scope="module")
 def limits():
-    spec = importlib.util.spec_from_file_location("bench_flops", ROOT / "benchmarks" / "_flops.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_flops"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
+    yield load_benchmark_module("_flops.py", "bench_flops")
     del sys.modules["bench_flops"]
 
 

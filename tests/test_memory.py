@@ -36,15 +36,20 @@ print(before, rss_mb(), released)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists() or _libc() is None, reason="Linux + glibc only")
-def test_freed_heap_memory_leaves_the_resident_set():
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD],
+def run_child(code: str) -> list[str]:
+    """What a fresh one-thread Python process running ``code`` prints, split on whitespace."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
         env={"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"},
         timeout=120,
     ).stdout.split()
+
+
+def test_freed_heap_memory_leaves_the_resident_set():
+    out = run_child(CHILD)
     before, after, released = float(out[0]), float(out[1]), out[2]
     assert released == "True"
     assert before - after > 300  # of the 400 MB freed
@@ -77,14 +82,7 @@ print(held, rss_mb(), fixed)
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists() or _libc() is None, reason="Linux + glibc only")
 def test_a_fixed_mmap_threshold_frees_large_tensors_as_they_go():
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD_FIXED],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"},
-        timeout=120,
-    ).stdout.split()
+    out = run_child(CHILD_FIXED)
     held, after, fixed = float(out[0]), float(out[1]), out[2]
     assert fixed == "True"
     assert held - after > 300  # the 400 MB freed, without malloc_trim
