@@ -102,7 +102,10 @@ def test_one_update_gives_the_same_weights_with_1_and_2_processes(tiny_run_input
     w1, w2 = torch.load(tmp_path / "w1.pt"), torch.load(tmp_path / "w2.pt")
     moved = 0.0
     for key, value in w1.items():
-        assert torch.allclose(value, w2[key], atol=1e-6, rtol=1e-5), key
+        # AdamW's first step is g / (|g| + eps): where a gradient nearly cancels (|g| ~ eps) its float
+        # rounding, which differs with the summation order of 1 and 2 processes, moves the step by ~1e-4
+        # of lr (1e-2 here); anything the split got wrong moves weights by a sizeable fraction of lr
+        assert torch.allclose(value, w2[key], atol=1e-5, rtol=1e-5), key
         if key in before:
             moved = max(moved, float((value - before[key]).abs().max()))
     assert moved > 1e-4  # the update really changed the weights

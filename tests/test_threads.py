@@ -124,8 +124,8 @@ def test_follower_is_off_when_the_count_is_fixed():
 
 @pytest.mark.skipif(usable_cores() < 2, reason="needs 2 usable cores")
 def test_a_changing_thread_count_does_not_change_training(tiny_run_inputs, tmp_path, monkeypatch):
-    """The follower may move the count every step; with deterministic algorithms (the default) the run's
-    numbers must be those of a run at a fixed count."""
+    """The follower may move the count every step; the run's numbers must be those of a run at a fixed
+    count, up to float rounding (a reduction split over more threads sums in another order)."""
     from conftest import tiny_overrides
 
     from aspo.config import load_config
@@ -150,4 +150,8 @@ def test_a_changing_thread_count_does_not_change_training(tiny_run_inputs, tmp_p
 
     fixed_rows, moving_rows = read_metrics(fixed), read_metrics(moving)
     assert [r["perf/threads"] for r in moving_rows if "perf/threads" in r] == [1.0, 2.0, 1.0]
-    assert numbers(moving_rows) == numbers(fixed_rows)
+    moving_numbers, fixed_numbers = numbers(moving_rows), numbers(fixed_rows)
+    assert [sorted(r) for r in moving_numbers] == [sorted(r) for r in fixed_numbers]
+    for got, want in zip(moving_numbers, fixed_numbers, strict=True):
+        for key, value in want.items():  # the same samples (rewards, lengths); losses and KLs to rounding
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key

@@ -18,7 +18,7 @@ Two parts, because they take effect at different times:
 * ``LoadFollower`` -- when nobody fixed the count, training re-sizes the pool between steps to the cores
   other processes leave free (measured from ``/proc/stat`` minus this process's own CPU time). A short spin
   alone still loses a core's worth of time slices to every descheduled sibling; one thread fewer beside a
-  busy core does not. With deterministic algorithms on (the default) the count does not change results.
+  busy core does not. The count changes results only by float rounding (reductions split over threads).
 
 Stdlib only at import time: the CLI and the benchmark drivers import this before torch.
 """
