@@ -277,8 +277,10 @@ def load_average() -> str:
 
 
 def aspo_time_shares(run_dir: Path) -> dict[str, float]:
-    """Seconds spent in generation, scoring and update over all steps, from the run's metrics.jsonl."""
+    """Seconds spent in generation, scoring and update over all steps, generated tokens, and the mean
+    response length over the steps (``length``), from the run's metrics.jsonl."""
     totals = {"rollout": 0.0, "reward": 0.0, "update": 0.0, "step": 0.0, "tokens": 0.0}
+    lengths = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if "time/step" not in row:
@@ -286,6 +288,8 @@ def aspo_time_shares(run_dir: Path) -> dict[str, float]:
         for key in ("rollout", "reward", "update", "step"):
             totals[key] += float(row.get(f"time/{key}", 0.0))
         totals["tokens"] += float(row.get("perf/tokens_per_s", 0.0)) * float(row.get("time/rollout", 0.0))
+        lengths += [float(row["response/length_mean"])] if "response/length_mean" in row else []
+    totals["length"] = sum(lengths) / max(len(lengths), 1)  # steps have equally many responses
     return totals
 
 

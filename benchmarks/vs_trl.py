@@ -58,19 +58,10 @@ def trl_step_seconds(log: Path) -> float:
 
 
 def trl_mean_length(log: Path) -> float:
-    """TRL's mean response length in tokens over the run's steps (its logged ``completions/mean_length``)."""
-    return mean_of_step_means(re.findall(r"'completions/mean_length': '([0-9.eE+-]+)'", log.read_text()))
-
-
-def aspo_mean_length(run_dir: Path) -> float:
-    """aspo's mean response length in tokens over the run's steps (``response/length_mean``)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return mean_of_step_means([r["response/length_mean"] for r in rows if "response/length_mean" in r])
-
-
-def mean_of_step_means(values: list) -> float:
-    """The mean of per-step means (every step has the same number of responses)."""
-    return sum(float(v) for v in values) / max(len(values), 1)
+    """TRL's mean response length in tokens over the run's steps (its logged ``completions/mean_length``;
+    steps have equally many responses)."""
+    means = [float(x) for x in re.findall(r"'completions/mean_length': '([0-9.eE+-]+)'", log.read_text())]
+    return sum(means) / max(len(means), 1)
 
 
 # the real-model job's settings: the SmolLM2 config's rollout (8 x 8, 64 tokens, T = 0.7), one update a step.
@@ -146,7 +137,7 @@ def main() -> None:
             timed: Timed = run_timed(commands[name](out), env, work / f"{name}-{run}.log")
             row = {"wall_s": timed.wall_s, "cpu_s": timed.cpu_s, "max_rss_mb": timed.max_rss_mb, "load": load}
             if name == "aspo":
-                row.update(aspo_time_shares(out), length=aspo_mean_length(out))
+                row.update(aspo_time_shares(out))
             else:
                 log = work / f"{name}-{run}.log"
                 row.update(step=trl_step_seconds(log), length=trl_mean_length(log))

@@ -133,7 +133,7 @@ def test_benchmark_job_builds_and_aspo_runs_it(tmp_path):
     timed = common.run_timed(cmd, common.child_env(1), tmp_path / "aspo.log")
     assert timed.wall_s > 0 and timed.max_rss_mb > 50
     shares = common.aspo_time_shares(out)
-    assert shares["step"] > 0 and shares["tokens"] > 0
+    assert shares["step"] > 0 and shares["tokens"] > 0 and shares["length"] > 0
     assert "trl" in " ".join(common.trl_command(job, settings, tmp_path / "trl"))
     assert subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "_common.py")], capture_output=True

@@ -237,8 +237,7 @@ class Trainer:
     def sample(self, records: list[dict[str, Any]], seed: int) -> tuple[Rollout, float | None]:
         """G responses per record from current weights; (rollout, behaviour log-prob gap if recomputed)."""
         cfg = self.cfg
-        if self.release_between_phases:
-            release_free_memory()  # what the last update or eval freed, before the KV cache is allocated
+        self.release_heap_between_phases()  # what the last update or eval freed, before the KV cache
         self.model.eval()
         with dist.full_weights(self.accelerator, self.train_model):
             self.engine.sync_weights(self.model, version=self.weights_version)
@@ -322,8 +321,7 @@ class Trainer:
         global_rows = int(dist.reduce_sum(self.accelerator, len(batch)))
         if global_rows == 0:
             return {"actor/skipped_no_signal": 1.0}
-        if self.release_between_phases:
-            release_free_memory()  # the sampler's KV cache, before the activations
+        self.release_heap_between_phases()  # the sampler's KV cache, before the activations
         self.train_model.train()
         stats = UpdateStats()
         for epoch in range(cfg.train.epochs):
@@ -371,8 +369,7 @@ class Trainer:
             return {}, []
         t0 = time.perf_counter()
         records = self.test_records[: cfg.data.num_test][self.rank :: self.world]
-        if self.release_between_phases:
-            release_free_memory()  # the update's activations, before the eval's KV cache
+        self.release_heap_between_phases()  # the update's activations, before the eval's KV cache
         self.model.eval()
         with dist.full_weights(self.accelerator, self.train_model):
             per_problem, rows = sample_policy(
@@ -582,6 +579,11 @@ class Trainer:
         t_start = time.perf_counter()
         self.train()
         return self.report(time.perf_counter() - t_start)
+
+    def release_heap_between_phases(self) -> None:
+        """Give the C heap's free pages back to the OS before a phase allocates its own (large models)."""
+        if self.release_between_phases:
+            release_free_memory()
 
     def close(self) -> None:
         """Tear down the process group, then give the signals back (a rank killed before the teardown would
