@@ -50,7 +50,7 @@ def test_mean_ci95_by_hand():
     got = mean_ci95(values)
     assert got["n"] == 3
     assert got["mean"] == pytest.approx(0.5)
-    assert got["ci95"] == pytest.approx(4.303 * sd / math.sqrt(3))
+    assert got["ci95"] == pytest.approx(4.303 * sd / math.sqrt(3), rel=1e-4)  # t(0.975, 2) = 4.3027
 
 
 def test_mean_ci95_drops_missing_values_and_has_no_interval_for_one_seed():
@@ -62,7 +62,7 @@ def test_band_is_the_pointwise_interval():
     stack = np.array([[0.0, 1.0], [2.0, 1.0]])
     mean, half = band(stack)
     assert mean.tolist() == [1.0, 1.0]
-    assert half.tolist() == pytest.approx([12.706 * math.sqrt(2) / math.sqrt(2), 0.0])
+    assert half.tolist() == pytest.approx([12.706 * math.sqrt(2) / math.sqrt(2), 0.0], rel=1e-4)
 
 
 def test_trailing_mean_never_looks_ahead():
@@ -340,28 +340,6 @@ def test_grid_runs_are_planned_per_point_and_may_not_sweep_what_presets_set(tmp_
         plan_runs(None, [], ["grpo"], [0], tmp_path, {"train.epochs": ["0"]})
 
 
-def test_verdicts_follow_the_welch_interval():
-    from aspo.report.compare_text import verdict
-    from aspo.report.stats import diff_ci95, mean_ci95
-
-    a, b = mean_ci95([0.60, 0.62, 0.64, 0.66]), mean_ci95([0.40, 0.45, 0.50, 0.42])
-    diff, lo, hi = diff_ci95(a, b)
-    # by hand: Welch's standard error and degrees of freedom, t(0.975, floor(df))
-    va, vb = np.var([0.60, 0.62, 0.64, 0.66], ddof=1) / 4, np.var([0.40, 0.45, 0.50, 0.42], ddof=1) / 4
-    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 3)
-    half = t_quantile_975(math.floor(df)) * math.sqrt(va + vb)
-    assert (
-        diff == pytest.approx(0.1875)
-        and lo == pytest.approx(diff - half)
-        and hi == pytest.approx(diff + half)
-    )
-    assert verdict((diff, lo, hi), "higher") == "holds here"
-    assert verdict((diff, lo, hi), "lower") == "contradicted here"
-    assert verdict((0.01, -0.05, 0.07), "higher") == "no difference larger than 0.070 at this power"
-    assert verdict((0.01, -0.05, 0.07), "lower") == "no difference larger than 0.070 at this power"
-    assert diff_ci95(mean_ci95([0.5]), b) is None and "no verdict" in verdict(None, "higher")
-
-
 @pytest.mark.slow
 def test_compare_grid_end_to_end(tmp_path, tiny_run_inputs):
     out = tmp_path / "grid"
@@ -402,10 +380,13 @@ def test_compare_grid_end_to_end(tmp_path, tiny_run_inputs):
     assert front["aspo"][1]["pass@1"] == agg["pass@1"] and agg["pass@1"]["n"] == 2
     finals = [r["final"]["pass@1"] for r in summary["runs"] if r["variant"] == "aspo [train.epochs=3]"]
     assert agg["pass@1"]["mean"] == pytest.approx(np.mean(finals))
-    assert agg["collapsed"]["n"] == 2
-    assert agg["collapsed"]["count"] == sum(
-        bool(r["collapse"]) for r in summary["runs"] if r["variant"] == "aspo [train.epochs=3]"
-    )
+    for mode, counts in agg["failures"].items():
+        assert counts["n"] == 2
+        assert counts["count"] == sum(
+            mode in r["failures"] for r in summary["runs"] if r["variant"] == "aspo [train.epochs=3]"
+        )
+    # the family spans every grid point: 4 claims x 1 comparison x 2 points
+    assert summary["claims"]["family_size"] == 8
     report = (out / "report.md").read_text()
     for needle in ("## Frontier", "train.epochs=3", "### At train.epochs=1", "frontier_train_epochs.png"):
         assert needle in report

@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run nothing: rebuild summary/report/figures from the runs in --output",
     )
+    parser.add_argument(
+        "--verdicts",
+        nargs="+",
+        metavar="DIR",
+        help="run nothing: print one markdown table of the claims' corrected verdicts over the comparisons "
+        "in these directories (their summary.json)",
+    )
     return parser
 
 
@@ -457,8 +464,29 @@ def write_report(output: Path, setup: dict[str, Any], runs: list[PlannedRun] | N
             print(f"  {variant:<{width}} final held-out pass@1 {p1['mean']:.3f}{ci} ({p1['n']} seeds)")
 
 
+def print_verdicts(dirs: list[Path]) -> None:
+    from aspo.report.verdicts import verdict_table
+
+    studies = {}
+    for d in dirs:
+        path = d / "summary.json"
+        if not path.is_file():
+            raise UserError(f"--verdicts: {path} does not exist (run `aspo compare --output {d}` first)")
+        summary = json.loads(path.read_text())
+        if "claims" not in summary:
+            raise UserError(
+                f"--verdicts: {path} predates corrected verdicts; rebuild it with "
+                f"`aspo compare --report-only --output {d}`"
+            )
+        studies[d.name] = summary
+    print("\n".join(verdict_table(studies)))
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_intermixed_args(argv)
+    if args.verdicts:
+        print_verdicts([Path(d) for d in args.verdicts])
+        return 0
     if not args.output:
         raise UserError("--output DIR is required (rerunning with the same DIR resumes the comparison)")
     if args.report_only:

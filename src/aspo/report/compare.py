@@ -20,16 +20,20 @@ from aspo.report.compare_text import render_report
 from aspo.report.metrics import read_metrics
 from aspo.report.plots import series
 from aspo.report.stats import mean_ci95
+from aspo.report.verdicts import claim_tests
 
 RUN_STATE_FILE = "compare_run.json"  # written by the harness in each run dir: wall time, attempts, exit code
 NOTES_FILE = "notes.md"  # a person's interpretation, included verbatim in report.md when present
-# A run "collapsed" when its final held-out pass@1 ends below its step-0 value, or its token entropy ends
-# below this fraction of its first update's entropy (the model stopped exploring).
-COLLAPSE_ENTROPY_FRACTION = 0.2
-COLLAPSE_RULE = (
-    f"final held-out pass@1 below its step-0 value, or final token entropy below "
-    f"{COLLAPSE_ENTROPY_FRACTION:g} x the first update's entropy"
-)
+# Failure modes, counted apart because they are opposite failures: (name, rule). Entropy is the mean token
+# entropy of an update; "start" is the first update's, so a run's own starting point is its reference.
+ENTROPY_COLLAPSE_FRACTION = 0.2
+ENTROPY_BLOWUP_FACTOR = 2.0
+FAILURE_MODES: dict[str, str] = {
+    "entropy_collapse": f"final token entropy below {ENTROPY_COLLAPSE_FRACTION:g} x the first update's",
+    "divergence": f"final token entropy above {ENTROPY_BLOWUP_FACTOR:g} x the first update's, "
+    "or a non-finite entropy or KL",
+    "below_start": "final held-out pass@1 below its step-0 value",
+}
 # the final metrics drawn against a swept value in the frontier view
 FRONTIER_METRICS = ("pass@1", "pass@k", "entropy", "avg_ppo_kl", "avg_clipfrac_pos", "avg_dualclip_neg")
 
@@ -44,6 +48,7 @@ FINAL_METRICS: dict[str, tuple[str, str]] = {
 # training-wide summaries: name -> (metrics.jsonl key, reduction over the training steps, what it is)
 TRAINING_METRICS: dict[str, tuple[str, str, str]] = {
     "pass@1_gain": ("eval/pass@1", "gain", "final minus step-0 held-out pass@1"),
+    "mean_entropy": ("actor/entropy", "mean", "token entropy, mean over training steps"),
     "min_entropy": ("actor/entropy", "min", "lowest token entropy over training"),
     "avg_clipfrac_pos": ("actor/clipfrac/pos", "mean", "clip fraction of positive tokens, mean over steps"),
     "avg_clipfrac_neg": ("actor/clipfrac/neg", "mean", "clip fraction of negative tokens, mean over steps"),
@@ -61,6 +66,9 @@ TRAINING_METRICS: dict[str, tuple[str, str, str]] = {
     "jitter_ppo_kl": ("actor/ppo_kl", "jitter", "mean |change| of ppo_kl between consecutive steps"),
     "jitter_clipfrac_pos": ("actor/clipfrac/pos", "jitter", "mean |change| of clipfrac/pos between steps"),
     "jitter_clipfrac_neg": ("actor/clipfrac/neg", "jitter", "mean |change| of clipfrac/neg between steps"),
+    "rel_jitter_ppo_kl": ("actor/ppo_kl", "rel_jitter", "jitter_ppo_kl divided by the mean |ppo_kl|"),
+    "rel_jitter_clipfrac_pos": ("actor/clipfrac/pos", "rel_jitter", "jitter of clipfrac/pos over its mean"),
+    "rel_jitter_clipfrac_neg": ("actor/clipfrac/neg", "rel_jitter", "jitter of clipfrac/neg over its mean"),
 }
 
 
@@ -80,8 +88,15 @@ def _reduce(rows: list[dict[str, Any]], key: str, how: str) -> float | None:
         return float(np.mean(ys))
     if how == "min":
         return float(np.min(ys))
-    if how == "jitter":
-        return float(np.mean(np.abs(np.diff(ys)))) if len(ys) >= 2 else None
+    if how in ("jitter", "rel_jitter"):
+        if len(ys) < 2:
+            return None
+        jitter = float(np.mean(np.abs(np.diff(ys))))
+        if how == "jitter":
+            return jitter
+        # an absolute jitter grows with the level it moves around; over the level it compares shapes
+        level = float(np.mean(np.abs(ys)))
+        return jitter / level if level > 0 else None
     raise ValueError(f"unknown reduction {how!r}")
 
 
@@ -104,17 +119,30 @@ def variant_label(algo: str, point: dict[str, str]) -> str:
     return algo if not point else f"{algo} [{', '.join(f'{k}={v}' for k, v in point.items())}]"
 
 
-def collapse_reasons(
+def failure_modes(
     rows: list[dict[str, Any]], initial_pass1: float | None, final_pass1: float | None
-) -> list[str]:
-    """Why a finished run counts as collapsed (``COLLAPSE_RULE``); empty when it did not."""
-    reasons = []
+) -> dict[str, str]:
+    """The ``FAILURE_MODES`` a finished run shows, each with what was seen; empty when none."""
+    found = {}
+    train_rows = [r for r in rows if r.get("step", 0) > 0]
+    _, entropy = series(train_rows, "actor/entropy")
+    if len(entropy) >= 2 and entropy[-1] < ENTROPY_COLLAPSE_FRACTION * entropy[0]:
+        found["entropy_collapse"] = f"entropy {entropy[0]:.3g} -> {entropy[-1]:.3g}"
+    non_finite = [
+        k for r in train_rows for k in ("actor/entropy", "actor/ppo_kl", "actor/kl") if _non_finite(r.get(k))
+    ]
+    if len(entropy) >= 2 and entropy[-1] > ENTROPY_BLOWUP_FACTOR * entropy[0]:
+        found["divergence"] = f"entropy {entropy[0]:.3g} -> {entropy[-1]:.3g}"
+    elif non_finite:
+        found["divergence"] = f"non-finite {non_finite[0]}"
     if initial_pass1 is not None and final_pass1 is not None and final_pass1 < initial_pass1:
-        reasons.append("pass@1 ended below its start")
-    _, entropy = series([r for r in rows if r.get("step", 0) > 0], "actor/entropy")
-    if len(entropy) >= 2 and entropy[-1] < COLLAPSE_ENTROPY_FRACTION * entropy[0]:
-        reasons.append(f"entropy {entropy[0]:.3g} -> {entropy[-1]:.3g}")
-    return reasons
+        found["below_start"] = f"pass@1 {initial_pass1:.3g} -> {final_pass1:.3g}"
+    return found
+
+
+def _non_finite(value: Any) -> bool:
+    # metrics.jsonl writes NaN and inf as null only through _finite; a raw float may still arrive here
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def run_record(
@@ -152,7 +180,7 @@ def run_record(
             name: _reduce(rows, key, how) for name, (key, how, _) in TRAINING_METRICS.items()
         }
         record["pos_weight_by_prob"] = weight_buckets(rows)
-        record["collapse"] = collapse_reasons(rows, record["initial"]["pass@1"], record["final"]["pass@1"])
+        record["failures"] = failure_modes(rows, record["initial"]["pass@1"], record["final"]["pass@1"])
     return record
 
 
@@ -170,7 +198,7 @@ def _relative(path: Path, root: Path) -> str:
 
 def aggregate(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     """Per variant (algorithm, or algorithm at a grid point) and metric: mean and 95 % half-width over the
-    finished seeds; ``collapsed`` counts the runs that collapsed."""
+    finished seeds; ``failures`` counts the runs that show each failure mode."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for variant in variants:
         done = [r for r in runs if r["variant"] == variant and r["status"] == "finished"]
@@ -185,7 +213,10 @@ def aggregate(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict
         )
         for bucket in buckets:
             metrics[f"pos_weight/{bucket}"] = mean_ci95([r["pos_weight_by_prob"].get(bucket) for r in done])
-        metrics["collapsed"] = {"count": sum(bool(r["collapse"]) for r in done), "n": len(done)}
+        metrics["failures"] = {
+            mode: {"count": sum(mode in r["failures"] for r in done), "n": len(done)}
+            for mode in FAILURE_MODES
+        }
         out[variant] = metrics
     return out
 
@@ -194,7 +225,7 @@ def frontier(
     runs: list[dict[str, Any]], agg: dict[str, dict[str, dict[str, Any]]], grid: dict[str, list[str]]
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """For each swept key: one line per algorithm (and per value of the other swept keys), its points in
-    the grid's order, each ``{"value", <metric>: mean_ci95, "collapsed": count}``."""
+    the grid's order, each ``{"value", <metric>: mean_ci95, "failures": counts per mode}``."""
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     variants = {r["variant"]: (r["algo"], r["point"]) for r in runs}
     for key, values in grid.items():
@@ -205,7 +236,7 @@ def frontier(
             entry = {
                 "value": point[key],
                 **{m: agg[variant][m] for m in FRONTIER_METRICS},
-                "collapsed": agg[variant]["collapsed"],
+                "failures": agg[variant]["failures"],
             }
             lines.setdefault(line, []).append(entry)
         for entries in lines.values():
@@ -234,12 +265,13 @@ def write_compare_report(
             **{k: v[2] for k, v in TRAINING_METRICS.items()},
             "pos_weight/<bucket>": "mean gradient weight of positive-advantage tokens whose "
             "behaviour probability is in the bucket, mean over steps",
-            "collapsed": COLLAPSE_RULE,
+            **{f"failure/{k}": v for k, v in FAILURE_MODES.items()},
         },
         "aggregate_note": "mean and 95 % t-interval half-width (ci95) over the finished seeds; "
         "ci95 is null with one seed",
         "runs": runs,
         "aggregate": agg,
+        "claims": claim_tests(runs),
     }
     grid = setup.get("grid") or {}
     if grid:

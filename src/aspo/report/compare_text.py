@@ -1,4 +1,4 @@
-"""``report.md`` of `aspo compare`: setup, tables with 95 % intervals, figures, claim-by-claim numbers.
+"""``report.md`` of `aspo compare`: setup, tables with 95 % intervals, figures, the claims' tests.
 
 The generated text only states numbers; the interpretation is a person's ``notes.md``, included verbatim.
 """
@@ -7,28 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from aspo.report.stats import diff_ci95
+from aspo.report.verdicts import ALPHA, CLAIMS, TARGET_POWER
 
-# docs/algorithm.md, the paper's claims: (title, metrics shown, the metric the one-line comparison uses,
-# which direction the claim predicts for ASPO)
-CLAIMS: list[tuple[str, list[str], str, str]] = [
-    ("(1) token entropy does not collapse", ["entropy", "min_entropy"], "entropy", "higher"),
-    (
-        "(2) no premature convergence or repetitive outputs",
-        ["repetition", "response_length", "pass@k"],
-        "repetition",
-        "lower",
-    ),
-    (
-        "(3) more stable training (smoother clip fractions and KL)",
-        ["jitter_ppo_kl", "jitter_clipfrac_pos", "jitter_clipfrac_neg", "avg_ppo_kl"],
-        "jitter_ppo_kl",
-        "lower",
-    ),
-    ("(4) higher final accuracy", ["pass@1", "pass@k", "pass@1_gain"], "pass@1", "higher"),
-]
 FINAL_COLUMNS = ["pass@1", "pass@k", "pass@1_gain", "entropy", "response_length", "repetition"]
 TRAINING_COLUMNS = [
+    "mean_entropy",
     "min_entropy",
     "avg_clipfrac_pos",
     "avg_clipfrac_neg",
@@ -68,65 +51,87 @@ def _metric_table(
     return _table(["algorithm", "seeds", *metrics], rows)
 
 
-def verdict(diff: tuple[float, float, float] | None, direction: str, digits: int = 3) -> str:
-    """ "holds here" / "contradicted here" / "no difference larger than X at this power" for a claim that
-    predicts a ``direction`` ("higher" | "lower") difference, from its 95 % interval (lo, hi)."""
-    if diff is None:
-        return "no verdict (needs >= 2 seeds on both sides)"
-    _, lo, hi = diff
-    sign = 1.0 if direction == "higher" else -1.0
-    lo, hi = sorted((sign * lo, sign * hi))  # now a positive difference is what the claim predicts
-    if lo > 0:
-        return "holds here"
-    if hi < 0:
-        return "contradicted here"
-    return f"no difference larger than {max(abs(lo), abs(hi)):.{digits}f} at this power"
+def _fmt_p(p: float | None) -> str:
+    return "-" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def _versus(agg: dict[str, dict[str, Any]], a: str, b: str, metric: str, direction: str | None = None) -> str:
-    """One sentence: the difference of the means, its Welch 95 % interval, and the claim's verdict."""
-    sa, sb = agg[a].get(metric) or {}, agg[b].get(metric) or {}
-    if sa.get("mean") is None or sb.get("mean") is None:
-        return f"{a} vs {b}: {metric} not available"
-    d = _digits(metric)
-    diff = diff_ci95(sa, sb)
-    interval = (
-        "no interval (one seed)" if diff is None else f"95 % interval [{diff[1]:+.{d}f}, {diff[2]:+.{d}f}]"
+def _test_row(t: dict[str, Any], primary: bool) -> list[str]:
+    d = _digits(t["metric"])
+    label = f"{t['a']} − {t['b']}"
+    if t["test"] is None:
+        return [label, "-", "-", "-", "-", "-", *(["-", t.get("verdict", "-")] if primary else [])]
+    r = t["test"]
+    cells = [
+        label,
+        f"{r['kind']}, n={r['n']}",
+        f"{r['diff']:+.{d}f}",
+        f"[{r['low']:+.{d}f}, {r['high']:+.{d}f}]",
+        _fmt_p(r["p"]),
+    ]
+    if primary:
+        cells += [_fmt_p(t.get("p_holm")), f"**{t['verdict']}**"]
+    else:
+        cells.insert(1, f"`{t['metric']}`")
+    return cells
+
+
+def _power_text(line: dict[str, Any]) -> str:
+    if line.get("sd") is None:
+        return "Power: no test to estimate the spread from."
+    needed = line["seeds_needed"]
+    strict = line["seeds_needed_corrected"]
+    what = "the paired differences" if line["kind"] == "paired" else "the seeds of an arm (unpaired)"
+    return (
+        f"Power: SD of {what} up to {line['sd']:.3g}; with n={line['n']} the test has "
+        f"{100 * line['power']:.0f} % power to detect {line['effect']:.3g}"
+        + (f" ({line['effect_rule']}); " if line.get("effect_rule") else "; ")
+        + f"{100 * TARGET_POWER:.0f} % power "
+        f"needs {needed if needed else 'more than 10,000'} seeds per arm at alpha {ALPHA:g}, "
+        f"{strict if strict else 'more than 10,000'} at alpha {line['alpha_corrected']:.3g} "
+        "(Holm's strictest step in this family)."
     )
-    text = (
-        f"{a} − {b}: {metric} {sa['mean'] - sb['mean']:+.{d}f}, {interval} "
-        f"({fmt_stat(sa, d)} vs {fmt_stat(sb, d)})"
-    )
-    return text if direction is None else f"{text}: **{verdict(diff, direction, d)}**"
 
 
-def comparison_pairs(algos: list[str]) -> list[tuple[str, str]]:
-    """ASPO against each baseline; each ASPO ablation against ASPO (or the baselines when aspo is absent)."""
-    variants = [a for a in algos if a.startswith("aspo")]
-    baselines = [a for a in algos if not a.startswith("aspo")]
-    if "aspo" not in variants:
-        return [(a, b) for a in variants for b in baselines]
-    return [("aspo", b) for b in baselines] + [(a, "aspo") for a in variants if a != "aspo"]
-
-
-def claims_lines(agg: dict[str, dict[str, Any]], algos: list[str], n_seeds: dict[str, int]) -> list[str]:
+def claims_lines(
+    agg: dict[str, dict[str, Any]],
+    algos: list[str],
+    n_seeds: dict[str, int],
+    tests: list[dict[str, Any]],
+    power: list[dict[str, Any]] | None = None,
+) -> list[str]:
+    """Per claim: the metric table, its primary tests (raw and Holm-adjusted p, verdict), the power line
+    and the exploratory comparisons (raw p only, no verdict)."""
     lines = []
-    pairs = comparison_pairs(algos)
-    for title, metrics, key, direction in CLAIMS:
-        lines += ["", f"### {title}", ""]
-        lines += _metric_table(agg, algos, metrics, n_seeds)
-        lines += ["", f"The claim predicts {direction} `{key}` for ASPO than for the baselines."]
-        lines += [f"- {_versus(agg, a, b, key, direction)}" for a, b in pairs]
-    if "dapo" in algos and "dapo_no_is" in algos:
-        lines += ["", "### (5) DAPO without IS ratios is not worse than DAPO", ""]
-        lines += _metric_table(agg, ["dapo", "dapo_no_is"], ["pass@1", "pass@k", "entropy"], n_seeds)
-        lines += ["", f"- {_versus(agg, 'dapo_no_is', 'dapo', 'pass@1')}"]
+    for i, claim in enumerate(CLAIMS):
+        mine = [t for t in tests if t["claim"] == claim.title]
+        lines += ["", f"### {claim.title}", ""]
+        lines += _metric_table(agg, algos, [claim.endpoint, *claim.exploratory], n_seeds)
+        lines += [
+            "",
+            f"Primary endpoint (fixed before the data): `{claim.endpoint}`; the claim predicts it "
+            f"{claim.direction} for ASPO.",
+            "",
+        ]
+        lines += _table(
+            ["comparison", "test", "difference", "95 % interval", "p", "Holm p", "verdict"],
+            [_test_row(t, True) for t in mine if t["primary"]],
+        )
+        if power:
+            lines += ["", _power_text(power[i])]
+        exploratory = [t for t in mine if not t["primary"] and t["test"] is not None]
+        if exploratory:
+            lines += ["", "Exploratory (raw p, not corrected, no verdict):", ""]
+            lines += _table(
+                ["comparison", "metric", "test", "difference", "95 % interval", "p"],
+                [_test_row(t, False) for t in exploratory],
+            )
     return lines
 
 
 def grid_claims_lines(summary: dict[str, Any]) -> list[str]:
     """The claims once per grid point, each comparing the algorithms at that point only."""
     agg, runs = summary["aggregate"], summary["runs"]
+    tests = summary["claims"]["tests"]
     lines: list[str] = []
     points: dict[str, dict[str, str]] = {}
     for r in runs:
@@ -137,16 +142,26 @@ def grid_claims_lines(summary: dict[str, Any]) -> list[str]:
             algo: sum(r["variant"] == v and r["status"] == "finished" for r in runs)
             for algo, v in by_algo.items()
         }
+        here = [t for t in tests if t["point"] == label]
         lines += ["", f"### At {label}"]
-        lines += [line.replace("### ", "#### ", 1) for line in claims_lines(sub, list(by_algo), n_seeds)]
+        lines += [
+            line.replace("### ", "#### ", 1) for line in claims_lines(sub, list(by_algo), n_seeds, here)
+        ]
     return lines
 
 
+def _failure_cells(failures: dict[str, dict[str, int]]) -> str:
+    return (
+        " / ".join(f"{f['count']}" for f in failures.values()) + f" of {next(iter(failures.values()))['n']}"
+    )
+
+
 def _frontier_lines(summary: dict[str, Any]) -> list[str]:
-    lines = ["## Frontier", "", f"Collapse: {summary['metric_definitions'].get('collapsed', '')}.", ""]
+    modes = [k.split("/", 1)[1] for k in summary["metric_definitions"] if k.startswith("failure/")]
+    lines = ["## Frontier", ""]
     for key, per_line in summary.get("frontier", {}).items():
         values = list(dict.fromkeys(e["value"] for entries in per_line.values() for e in entries))
-        lines += [f"Final held-out pass@1 (collapsed runs / seeds) against `{key}`:", ""]
+        lines += [f"Final held-out pass@1 (runs with {' / '.join(modes)}) against `{key}`:", ""]
         rows = []
         for line, entries in per_line.items():
             by_value = {e["value"]: e for e in entries}
@@ -154,8 +169,7 @@ def _frontier_lines(summary: dict[str, Any]) -> list[str]:
                 [
                     line,
                     *(
-                        f"{fmt_stat(by_value[v]['pass@1'])} ({by_value[v]['collapsed']['count']}/"
-                        f"{by_value[v]['collapsed']['n']})"
+                        f"{fmt_stat(by_value[v]['pass@1'])} ({_failure_cells(by_value[v]['failures'])})"
                         if v in by_value
                         else "-"
                         for v in values
@@ -186,7 +200,9 @@ def _setup_lines(setup: dict[str, Any]) -> list[str]:
         f"advantage `{alg.get('advantage')}`, "
         f"zero-variance groups dropped: {alg.get('filter_groups')}",
         f"- held-out eval: {cfg.get('data', {}).get('num_test')} problems x {ev.get('n')} samples "
-        f"(temperature {ev.get('temperature')}) every {train.get('eval_every')} steps and at the end",
+        f"(temperature {ev.get('temperature')}) "
+        + (f"every {train.get('eval_every')} steps and " if train.get("eval_every") else "at step 0 and ")
+        + "at the end",
         f"- shared overrides: {', '.join(f'`{o}`' for o in setup.get('overrides', [])) or 'none'}"
         + (f"; config file `{setup['config_file']}`" if setup.get("config_file") else ""),
         f"- machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs, "
@@ -224,16 +240,17 @@ def render_report(summary: dict[str, Any], figures: list[tuple[str, str]], notes
     lines += ["", "## Final metrics", ""]
     lines += _metric_table(agg, algos, FINAL_COLUMNS, n_seeds)
     initial = [fmt_stat(agg[a].get("initial_pass@1")) for a in algos]
-    collapsed = [
-        f"{a} {agg[a]['collapsed']['count']}/{agg[a]['collapsed']['n']}"
-        for a in algos
-        if "collapsed" in agg[a]
-    ]
-    if collapsed:
-        lines += [
-            "",
-            f"Collapsed runs ({summary['metric_definitions'].get('collapsed', '')}): {', '.join(collapsed)}.",
-        ]
+    defs = summary["metric_definitions"]
+    lines += ["", "Failure modes (runs showing each / finished runs), counted apart:", ""]
+    lines += _table(
+        ["algorithm", *(m for m in agg[algos[0]].get("failures", {}))],
+        [
+            [a, *(f"{f['count']}/{f['n']}" for f in agg[a].get("failures", {}).values())]
+            for a in algos
+            if agg[a].get("failures")
+        ],
+    )
+    lines += [""] + [f"- `{k.split('/', 1)[1]}`: {v}" for k, v in defs.items() if k.startswith("failure/")]
     lines += [
         "",
         f"Held-out pass@1 at step 0 (the shared starting policy): {', '.join(sorted(set(initial)))}.",
@@ -252,14 +269,25 @@ def render_report(summary: dict[str, Any], figures: list[tuple[str, str]], notes
         lines += [f"![{caption}]({name})", "", f"*{caption}.*", ""]
     if summary.get("frontier"):
         lines += _frontier_lines(summary)
+    claims = summary["claims"]
     lines += [
         "## Claims (docs/algorithm.md, the paper's claims)",
         "",
-        "Each line: the difference of the means over seeds, its Welch 95 % interval, and the verdict -- "
-        "*holds here* when the interval excludes 0 in the predicted direction, *contradicted here* when it "
-        "excludes 0 the other way, else the largest difference the interval still allows.",
+        f"The family: {claims['family_size']} primary tests (each claim's pre-registered endpoint, for each "
+        f"comparison{', at each grid point' if setup.get('grid') else ''}), adjusted together with Holm's "
+        f"step-down method at alpha {claims['alpha']:g}. A test is *paired* on the seeds both sides finished "
+        "(same seed, same start) and Welch's otherwise; the interval is the unadjusted 95 % interval of the "
+        "difference. *holds* / *contradicted*: the Holm-adjusted p is below alpha, with the difference in / "
+        "against the predicted direction; otherwise the claim is *not shown*, and the interval says which "
+        "differences the data still allows.",
     ]
-    lines += grid_claims_lines(summary) if setup.get("grid") else claims_lines(agg, algos, n_seeds)
+    if setup.get("grid"):
+        lines += grid_claims_lines(summary)
+        lines += ["", "### Power, over every grid point", ""] + [
+            f"- {c.title}. {_power_text(p)}" for c, p in zip(CLAIMS, claims["power"], strict=True)
+        ]
+    else:
+        lines += claims_lines(agg, algos, n_seeds, claims["tests"], claims["power"])
     lines += ["", "## Interpretation", ""]
     lines += [
         notes.strip()
