@@ -478,3 +478,30 @@ def test_importing_objectives_does_not_import_transformers():
     code = "import sys, aspo.objectives, aspo.advantages; print('transformers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_kl_term_split_by_entropy_weighs_each_part_over_its_own_tokens():
+    """Archer2.0's use_token_entropy_separate: coef x KL token-mean over the tokens at or below the
+    quantile + high_entropy_coef x KL token-mean over those above; without the split, coef x KL over all."""
+    from aspo.objectives.base import high_entropy_tokens, kl_loss
+
+    kl = torch.tensor([[0.1, 0.2, 0.3, 0.4, 5.0], [1.0, 2.0, 0.0, 0.0, 0.0]])
+    entropy = torch.tensor([[0.1, 0.2, 0.3, 0.4, 2.0], [0.5, 0.1, 9.0, 9.0, 9.0]])
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    high = high_entropy_tokens(entropy, mask, 0.8)
+    # row 0: q80 of [.1,.2,.3,.4,2.] = 0.4 + 0.2 * 1.6 = 0.72 -> only the last token; row 1: q80 = 0.42
+    assert high.tolist() == [[False] * 4 + [True], [True] + [False] * 4]
+    loss, metrics = kl_loss(kl, mask, "token-mean", 0.001, high_entropy=high, high_entropy_coef=0.0)
+    low_mean = (0.1 + 0.2 + 0.3 + 0.4 + 2.0) / 5  # the five valid tokens not above the quantile
+    high_mean = (5.0 + 1.0) / 2
+    assert float(loss) == pytest.approx(0.001 * low_mean)
+    assert metrics["kl_loss"] == pytest.approx(low_mean + high_mean)
+    assert metrics["kl_loss/high_entropy"] == pytest.approx(high_mean)
+    # seq-mean-token-mean: each response's mean over its own low-entropy tokens, then over responses
+    loss, _ = kl_loss(kl, mask, "seq-mean-token-mean", 1.0, high_entropy=high, high_entropy_coef=0.5)
+    low_rows = [(0.1 + 0.2 + 0.3 + 0.4) / 4, 2.0]
+    high_rows = [5.0, 1.0]
+    assert float(loss) == pytest.approx(sum(low_rows) / 2 + 0.5 * sum(high_rows) / 2)
+    plain, metrics = kl_loss(kl, mask, "token-mean", 0.01)
+    assert float(plain) == pytest.approx(0.01 * (0.1 + 0.2 + 0.3 + 0.4 + 5.0 + 1.0 + 2.0) / 7)
+    assert set(metrics) == {"kl_loss"}

@@ -97,6 +97,11 @@ class AlgorithmConfig:
     high_entropy_clip_ratio_high: float | None = _f(None, "eps_high for high-entropy tokens (None: as above)")
     kl_coef: float = _f(0.0, "weight of the KL loss to the frozen initial policy (0: no reference model)")
     kl_estimator: str = _f("k3", "k1 | k2 | k3 (low-variance KL, as the reference recipe)")
+    kl_high_entropy_coef: float | None = _f(
+        None,
+        "KL weight on the tokens above the entropy quantile, the KL then split by entropy like the "
+        "authors' code (kl_coef on the rest; each part aggregated over its own tokens); None: no split",
+    )
     filter_groups: bool = _f(True, "drop groups without gradient signal (which: `filter_rule`)")
     filter_rule: str = _f(
         "zero_variance",
@@ -341,6 +346,16 @@ class Config:
             ("train.threads", self.train.threads >= 0, "must be >= 0"),
             ("data.num_test", self.data.num_test >= 1, "must be >= 1"),
             ("algorithm.kl_coef", self.algorithm.kl_coef >= 0, "must be >= 0"),
+            (
+                "algorithm.kl_high_entropy_coef",
+                self.algorithm.kl_high_entropy_coef is None or self.algorithm.kl_high_entropy_coef >= 0,
+                "must be >= 0 (or null: no split)",
+            ),
+            (
+                "algorithm.kl_high_entropy_coef",
+                self.algorithm.kl_high_entropy_coef is None or self.algorithm.kl_coef > 0,
+                "needs algorithm.kl_coef > 0 (without it there is no reference model and no KL term)",
+            ),
             ("algorithm.overlong_buffer", self.algorithm.overlong_buffer >= 0, "must be >= 0"),
             ("algorithm.max_sampling_rounds", self.algorithm.max_sampling_rounds >= 1, "must be >= 1"),
             ("lora.rank", self.lora.rank >= 0, "must be >= 0"),

@@ -21,7 +21,8 @@ import torch
 
 from aspo import distributed as dist
 from aspo.models import token_logprobs
-from aspo.objectives import agg_loss, kl_penalty, policy_loss
+from aspo.objectives import kl_penalty, policy_loss
+from aspo.objectives.base import high_entropy_tokens, kl_loss
 from aspo.rollout.base import Rollout, select_rows
 
 
@@ -191,6 +192,10 @@ class PolicyUpdate:
         self.loss_agg_mode = algorithm.resolved_objective_params()["loss_agg_mode"]
         self.entropy_split = algorithm.entropy_split
         self.kl_coef, self.kl_estimator = algorithm.kl_coef, algorithm.kl_estimator
+        self.kl_high_entropy_coef, self.entropy_quantile = (
+            algorithm.kl_high_entropy_coef,
+            algorithm.entropy_quantile,
+        )
         self.temperature, self.micro_batch_size, self.pad_token_id = (
             temperature,
             micro_batch_size,
@@ -262,14 +267,20 @@ class PolicyUpdate:
             entropy=entropy if self.entropy_split else None,
             **self.params,
         )
+        assert entropy is not None  # with_entropy=True
         if part.ref_logprobs is not None:
-            kl = agg_loss(
+            split = self.kl_high_entropy_coef is not None
+            kl, kl_metrics = kl_loss(
                 kl_penalty(logprobs, part.ref_logprobs.to(device), self.kl_estimator),
                 mask,
                 self.loss_agg_mode,
+                self.kl_coef,
+                high_entropy=high_entropy_tokens(entropy.detach(), mask, self.entropy_quantile)
+                if split
+                else None,
+                high_entropy_coef=self.kl_high_entropy_coef or 0.0,
             )
-            metrics["kl_loss"] = float(kl.detach())
-            loss = loss + self.kl_coef * kl
-        assert entropy is not None  # with_entropy=True
+            metrics.update(kl_metrics)
+            loss = loss + kl
         mean_entropy = float(entropy.detach()[mask].mean()) if mask.any() else None
         return loss, metrics, mean_entropy

@@ -181,6 +181,38 @@ def kl_penalty(log_prob: Tensor, ref_log_prob: Tensor, kind: str) -> Tensor:
     raise UserError(f"unknown KL estimator {kind!r}; valid kinds: k1, k2, mse, k3, low_var_kl")
 
 
+def kl_loss(
+    per_token_kl: Tensor,
+    mask: Tensor,
+    loss_agg_mode: str,
+    coef: float,
+    *,
+    high_entropy: Tensor | None = None,
+    high_entropy_coef: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """The weighted KL term of the loss and its metrics; (B, T) inputs.
+
+    Without ``high_entropy``: ``coef * agg_loss(per_token_kl, mask)``. With it (a (B, T) bool of the tokens
+    above the entropy quantile, ``high_entropy_tokens``), the KL is split as in the authors' code
+    (Archer2.0 ``dp_actor``, ``use_token_entropy_separate``): ``coef`` times the KL aggregated over the other
+    valid tokens plus ``high_entropy_coef`` times the KL aggregated over the high-entropy ones, each over
+    its own tokens. ``metrics["kl_loss"]`` is the unweighted sum of the parts, as there.
+    """
+    valid = mask.bool()
+    if high_entropy is None:
+        kl = agg_loss(per_token_kl, valid, loss_agg_mode)
+        return coef * kl, {"kl_loss": float(kl.detach())}
+    high = high_entropy & valid
+    low_kl = agg_loss(per_token_kl, valid & ~high, loss_agg_mode)
+    high_kl = agg_loss(per_token_kl, high, loss_agg_mode)
+    metrics = {
+        "kl_loss": float((low_kl + high_kl).detach()),
+        "kl_loss/low_entropy": float(low_kl.detach()),
+        "kl_loss/high_entropy": float(high_kl.detach()),
+    }
+    return coef * low_kl + high_entropy_coef * high_kl, metrics
+
+
 _FAR_BELOW = 3e38  # pushes padding under every valid entropy (entropies are >= 0; anything > -1e38 works)
 
 
