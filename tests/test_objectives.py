@@ -336,6 +336,18 @@ def test_metrics_on_a_hand_made_grpo_batch():
         "pos_weight_by_prob/0.50-0.75": 1.1,
         "pos_weight_by_prob/0.75-0.90": 1.15,
         "pos_weight_by_prob/0.90-1.00": 0.0,
+        # clipped tokens apart: the p = 0.95 token's weight 0 is the clip's, so no unclipped mean there
+        "pos_unclipped_weight_by_prob/0.00-0.25": 0.5,
+        "pos_unclipped_weight_by_prob/0.25-0.50": 0.9,
+        "pos_unclipped_weight_by_prob/0.50-0.75": 1.1,
+        "pos_unclipped_weight_by_prob/0.75-0.90": 1.15,
+        "pos_clipfrac_by_prob/0.00-0.25": 0.0,
+        "pos_clipfrac_by_prob/0.25-0.50": 0.0,
+        "pos_clipfrac_by_prob/0.50-0.75": 0.0,
+        "pos_clipfrac_by_prob/0.75-0.90": 0.0,
+        "pos_clipfrac_by_prob/0.90-1.00": 1.0,
+        "neg_unclipped_weight_by_prob/0.50-0.75": 1.0,  # r = 0.5 clipped, r = 4 dual-clipped
+        "neg_clipfrac_by_prob/0.50-0.75": 2 / 3,
     }
     assert metrics.keys() == expected.keys()
     for key, value in expected.items():

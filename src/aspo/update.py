@@ -137,6 +137,8 @@ class GradientPass:
     loss: float = 0.0  # sum of the micro-batches' losses on this rank (non-finite: skip the step)
     metrics: list[dict[str, float]] = field(default_factory=list)  # per micro-batch with rows on this rank
     entropy: list[float] = field(default_factory=list)  # mean token entropy per micro-batch with tokens
+    # mean entropy of the tokens above their response's entropy quantile (the top 20 % by default)
+    entropy_high: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -145,6 +147,7 @@ class UpdateStats:
 
     micro_metrics: list[dict[str, float]] = field(default_factory=list)
     entropy: list[float] = field(default_factory=list)  # first epoch only: the policy that sampled
+    entropy_high: list[float] = field(default_factory=list)  # likewise
     grad_norms: list[float] = field(default_factory=list)  # one per optimizer step taken
     nonfinite_steps: int = 0
 
@@ -152,12 +155,16 @@ class UpdateStats:
         self.micro_metrics += grads.metrics
         if first_epoch:
             self.entropy += grads.entropy
+            self.entropy_high += grads.entropy_high
 
     def metrics(self, lr: float) -> dict[str, float]:
         out = {f"actor/{k}": v for k, v in dist.mean_metrics(self.micro_metrics).items()}
         out.update(
             {
                 "actor/entropy": float(np.mean(self.entropy)) if self.entropy else float("nan"),
+                "actor/entropy_high": float(np.mean(self.entropy_high))
+                if self.entropy_high
+                else float("nan"),
                 "actor/grad_norm": float(np.mean(self.grad_norms)) if self.grad_norms else float("nan"),
                 "actor/lr": lr,
                 "actor/nonfinite_steps": float(self.nonfinite_steps),
@@ -229,6 +236,7 @@ class PolicyUpdate:
             sync = acc.no_sync(self.model) if i < len(parts) - 1 else contextlib.nullcontext()
             with sync:
                 loss, metrics, entropy = self.loss(part)
+                entropy_high = metrics.pop("entropy_high", None)
                 value = float(loss.detach())
                 scale = normaliser_scale(
                     part.response_mask, self.loss_agg_mode, tokens, rows, acc.num_processes
@@ -241,6 +249,8 @@ class PolicyUpdate:
                 out.metrics.append(metrics)
                 if entropy is not None:
                     out.entropy.append(entropy)
+                if entropy_high is not None:
+                    out.entropy_high.append(entropy_high)
         return out
 
     def loss(self, part: UpdateBatch) -> tuple[torch.Tensor, dict[str, float], float | None]:

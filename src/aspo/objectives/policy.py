@@ -192,6 +192,9 @@ def _metrics(
     - ``pos_weight_by_prob/<lo>-<hi>``: mean w of positive tokens whose behaviour probability
       exp(old_log_prob) lies in [lo, hi) (the last bucket includes 1.0). Under grpo it rises with the
       probability (w = r); under aspo it does not.
+    - ``{pos,neg}_unclipped_weight_by_prob/<bucket>``: the same mean per sign over the tokens neither the
+      trust region nor a dual clip touched, and ``{pos,neg}_clipfrac_by_prob/<bucket>`` the share they
+      touched: a weight of 0 by clipping is the clip range's doing, not the ratio's (flipped or not).
     - ``entropy_high_frac``: share of valid tokens given the high-entropy range (only when split).
     A mean over no tokens is omitted rather than faked.
     """
@@ -200,14 +203,20 @@ def _metrics(
     negative = adv < 0
     zero = torch.zeros((), device=mask.device)
     n_buckets = len(PROB_BUCKET_NAMES)
-    # code = bucket of exp(old_log_prob) (compared in log space) + n_buckets * sign code, where the sign
-    # code is 0 for A > 0, 1 for A = 0 or padding, 2 for A < 0: one bincount gives every per-sign sum
+    # code = bucket of exp(old_log_prob) (compared in log space) + n_buckets * sign code + 3 * n_buckets if
+    # clipped, where the sign code is 0 for A > 0, 1 for A = 0 or padding, 2 for A < 0: one bincount gives
+    # every per-sign, per-clip sum
     code = torch.zeros(mask.shape, dtype=torch.uint8, device=mask.device)
     for edge in PROB_BUCKET_EDGES[1:-1]:
         code += behaviour >= math.log(edge)
     code += (~positive).to(torch.uint8).add_(negative).mul_(n_buckets)
+    touched = [f for f in (terms.clipped, terms.dual_clipped) if f is not None]
+    if touched:
+        code += (touched[0] if len(touched) == 1 else touched[0] | touched[1]).to(torch.uint8) * (
+            3 * n_buckets
+        )
     code = code.flatten()
-    n_bins = 3 * n_buckets
+    n_bins = 6 * n_buckets
     ratio_lo, ratio_hi = torch.aminmax(ratio) if ratio.numel() else (zero, zero)
 
     def count(flags: Tensor | None, sign: Tensor) -> Tensor:
@@ -236,9 +245,19 @@ def _metrics(
      n_high) = flat[: len(scalars)]  # fmt: skip
     bin_counts = flat[len(scalars) : len(scalars) + n_bins]
     bin_weights = flat[len(scalars) + n_bins :]
-    counts, sums = bin_counts[:n_buckets], bin_weights[:n_buckets]  # A > 0, per probability bucket
+    half = 3 * n_buckets  # bins [0, half) untouched by any clip, [half, 2 * half) touched
+
+    def by_bucket(sign: int, clipped: bool) -> tuple[list[float], list[float]]:
+        start = sign * n_buckets + (half if clipped else 0)
+        return bin_counts[start : start + n_buckets], bin_weights[start : start + n_buckets]
+
+    free = {sign: by_bucket(sign, False) for sign in (0, 2)}  # 0: A > 0, 2: A < 0
+    cut = {sign: by_bucket(sign, True) for sign in (0, 2)}
+    counts = [a + b for a, b in zip(free[0][0], cut[0][0], strict=True)]  # A > 0, per probability bucket
+    sums = [a + b for a, b in zip(free[0][1], cut[0][1], strict=True)]
     n_pos, weight_pos = sum(counts), sum(sums)
-    n_neg, weight_neg = sum(bin_counts[2 * n_buckets :]), sum(bin_weights[2 * n_buckets :])  # A < 0
+    n_neg = sum(free[2][0]) + sum(cut[2][0])
+    weight_neg = sum(free[2][1]) + sum(cut[2][1])
     n_padding = mask.numel() - n_valid
     if n_padding and n_valid and (ratio_min == 1.0 or ratio_max == 1.0):
         # padding's neutral 1 may have won the min or max: recompute over the valid tokens only
@@ -263,6 +282,13 @@ def _metrics(
     for bucket_name, n_bucket, total in zip(PROB_BUCKET_NAMES, counts, sums, strict=True):
         if n_bucket:
             metrics[f"pos_weight_by_prob/{bucket_name}"] = total / n_bucket
+    for sign, prefix in ((0, "pos"), (2, "neg")):
+        for i, bucket_name in enumerate(PROB_BUCKET_NAMES):
+            n_free, n_cut = free[sign][0][i], cut[sign][0][i]
+            if n_free:
+                metrics[f"{prefix}_unclipped_weight_by_prob/{bucket_name}"] = free[sign][1][i] / n_free
+            if n_free + n_cut:
+                metrics[f"{prefix}_clipfrac_by_prob/{bucket_name}"] = n_cut / (n_free + n_cut)
     if high_entropy is not None:
         metrics["entropy_high_frac"] = n_high / max(n_valid, 1.0)
     return metrics

@@ -22,6 +22,7 @@ from aspo.report.plots import series
 from aspo.report.stats import mean_ci95
 from aspo.report.verdicts import claim_tests
 
+UNCLIPPED_WEIGHT_PREFIX = "actor/pos_unclipped_weight_by_prob/"  # logged by aspo.objectives.policy_loss
 RUN_STATE_FILE = "compare_run.json"  # written by the harness in each run dir: wall time, attempts, exit code
 NOTES_FILE = "notes.md"  # a person's interpretation, included verbatim in report.md when present
 # Failure modes, counted apart because they are opposite failures: (name, rule). Entropy is the mean token
@@ -42,6 +43,10 @@ FINAL_METRICS: dict[str, tuple[str, str]] = {
     "pass@1": ("eval/pass@1", "held-out pass@1 at the last eval (the final step)"),
     "pass@k": ("eval/pass@k", "held-out pass@k (k = eval.n) at the last eval"),
     "entropy": ("actor/entropy", "mean token entropy of the last update"),
+    "entropy_high": (
+        "actor/entropy_high",
+        "mean entropy of the tokens above their response's entropy quantile (top 20 %), last update",
+    ),
     "response_length": ("eval/response_length", "mean held-out response length (tokens) at the last eval"),
     "repetition": ("eval/repetition", "held-out repetition rate at the last eval"),
 }
@@ -49,6 +54,11 @@ FINAL_METRICS: dict[str, tuple[str, str]] = {
 TRAINING_METRICS: dict[str, tuple[str, str, str]] = {
     "pass@1_gain": ("eval/pass@1", "gain", "final minus step-0 held-out pass@1"),
     "mean_entropy": ("actor/entropy", "mean", "token entropy, mean over training steps"),
+    "mean_entropy_high": (
+        "actor/entropy_high",
+        "mean",
+        "entropy of the top-20 % entropy tokens, mean over steps",
+    ),
     "min_entropy": ("actor/entropy", "min", "lowest token entropy over training"),
     "avg_clipfrac_pos": ("actor/clipfrac/pos", "mean", "clip fraction of positive tokens, mean over steps"),
     "avg_clipfrac_neg": ("actor/clipfrac/neg", "mean", "clip fraction of negative tokens, mean over steps"),
@@ -180,6 +190,7 @@ def run_record(
             name: _reduce(rows, key, how) for name, (key, how, _) in TRAINING_METRICS.items()
         }
         record["pos_weight_by_prob"] = weight_buckets(rows)
+        record["pos_unclipped_weight_by_prob"] = weight_buckets(rows, UNCLIPPED_WEIGHT_PREFIX)
         record["failures"] = failure_modes(rows, record["initial"]["pass@1"], record["final"]["pass@1"])
     return record
 
@@ -213,6 +224,9 @@ def aggregate(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict
         )
         for bucket in buckets:
             metrics[f"pos_weight/{bucket}"] = mean_ci95([r["pos_weight_by_prob"].get(bucket) for r in done])
+            metrics[f"pos_unclipped_weight/{bucket}"] = mean_ci95(
+                [r.get("pos_unclipped_weight_by_prob", {}).get(bucket) for r in done]
+            )
         metrics["failures"] = {
             mode: {"count": sum(mode in r["failures"] for r in done), "n": len(done)}
             for mode in FAILURE_MODES

@@ -83,14 +83,15 @@ def bucket_lower(key: str) -> float:
     return float(key.rsplit("/", 1)[-1].split("-")[0])
 
 
-def weight_buckets(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean over training steps of each ``pos_weight_by_prob`` bucket in one run (bucket name -> weight)."""
-    keys = sorted({k for r in rows for k in r if k.startswith(WEIGHT_PREFIX)}, key=bucket_lower)
+def weight_buckets(rows: list[dict[str, Any]], prefix: str = WEIGHT_PREFIX) -> dict[str, float]:
+    """Mean over training steps of each ``<prefix><bucket>`` metric in one run (bucket name -> weight);
+    by default the positive tokens' ``pos_weight_by_prob``."""
+    keys = sorted({k for r in rows for k in r if k.startswith(prefix)}, key=bucket_lower)
     out = {}
     for key in keys:
         _, ys = series(rows, key)
         if ys:
-            out[key[len(WEIGHT_PREFIX) :]] = float(np.mean(ys))
+            out[key[len(prefix) :]] = float(np.mean(ys))
     return out
 
 

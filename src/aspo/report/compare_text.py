@@ -264,6 +264,15 @@ def render_report(summary: dict[str, Any], figures: list[tuple[str, str]], notes
     if buckets:
         lines += ["", "Mean gradient weight of positive-advantage tokens by behaviour probability:", ""]
         lines += _metric_table(agg, algos, buckets, n_seeds)
+        unclipped = [b.replace("pos_weight/", "pos_unclipped_weight/") for b in buckets]
+        if any(agg[a].get(u, {}).get("mean") is not None for a in algos for u in unclipped):
+            lines += [
+                "",
+                "The same over the tokens no clip touched (a weight of 0 by clipping is the clip range's "
+                "doing, not the ratio's):",
+                "",
+            ]
+            lines += _metric_table(agg, algos, unclipped, n_seeds)
     lines += ["", "## Figures", ""]
     for name, caption in figures:
         lines += [f"![{caption}]({name})", "", f"*{caption}.*", ""]

@@ -39,7 +39,7 @@ CLAIMS: tuple[Claim, ...] = (
         "mean_entropy",
         "higher",
         0.1,  # entropy's scale differs by task: 10 % of the baseline's
-        ("entropy", "min_entropy"),
+        ("mean_entropy_high", "entropy", "min_entropy"),
         relative=True,
     ),
     Claim(
