@@ -4,24 +4,26 @@ Pure regex, no sympy: this decides *what* is compared; ``aspo.rewards.math`` ask
 it equals the gold. The rules close the reward hacks a policy finds when any text can earn a point:
 
 * Only an explicit final answer statement counts: every non-empty ``\\boxed{}`` / ``\\fbox{}`` of the
-  final text (outermost boxes only); else every GSM8K ``#### N`` line (a markdown heading such as
-  ``#### Final Answer`` is not one); else the last "the (final) answer is ..." / "Answer: ...";
-  else a final text that *is* one short line (``31``, ``$31$``, ``**31**``). Anything else -- reasoning
-  that merely ends with a number, an empty ``\\boxed{}`` -- has no answer (there is no "last expression"
-  fallback).
+  final text (outermost boxes only; a box never closed means no answer at all); else every GSM8K
+  ``#### N`` line (a markdown heading such as ``#### Final Answer`` is not one); else the last "the
+  (final) answer is ..." / "Answer: ..."; else a final text that *is* one short line (``31``, ``$31$``,
+  ``**31**``). Anything else -- reasoning that merely ends with a number, an empty ``\\boxed{}`` -- has no
+  answer (there is no "last expression" fallback).
 * Several statements of the chosen kind (``\\boxed{31}\\boxed{30}``) must all be correct: a hedge is wrong.
 * A statement that names several candidates ("30 or 31", ``\\boxed{30, 31}``) is no answer -- unless the
   gold itself is a list (``2, 3``): then "2 or 3" / "x = 2 or x = 3" is that list.
 * A negation or an inequality is no answer ("not 31", ``x \\neq 31``, ``x \\le 31``, "at least 31",
-  ``x \\le \\boxed{31}``), unless the gold is itself a relation (``x < 3``; math-verify compares them).
+  ``x \\le \\boxed{31}``, ``\\boxed{31}`` is wrong), unless the gold is itself a relation (``x < 3``;
+  math-verify compares them).
   "approximately 31" / ``\\approx 31`` states 31 (compared like any 31).
 * When the gold is a number, the answer must be a number written out: an integer, a decimal, scientific
   notation, or a fraction *in lowest terms* (``21 + 10``, ``\\frac{62}{2}`` for 31 are unevaluated
   restatements and score 0). Currency, percent and degree signs, thousands separators (``1,250``,
   ``1{,}250``, ``1\\,250``, ``1 250``), ``x = 31`` and units *from the list below* are accepted; any other
-  letter or symbol after the number (``4\\pi``, ``2x^2``, ``3i``, ``2e``, ``31 \\text{ apples}``) makes it not
-  a number, so a symbol can never be dropped as if it were a unit. When both the gold and the answer
+  letter or symbol after the number (``4\\pi``, ``2x^2``, ``3i``, ``2e``, ``31 \\text{ apples}``) makes
+  it not a number, so a symbol can never be dropped as if it were a unit. When both the gold and the answer
   name a unit, it must be the same unit (``5 \\text{ cm}`` is not ``5 \\text{ m}``).
+* A symbolic answer must be written in the gold's form: with the same numerals (``numerals``).
 * Reasoning models: only the text after the last ``</think>`` counts; an unclosed ``<think>`` has no answer.
 
 Finding the statements is linear in the length of the response (one pass matches every brace).
@@ -43,9 +45,7 @@ _BOXED_BARE = re.compile(r"\\boxed +([^\s${}\\]+)")
 _HASHES = re.compile(r"####[ \t]*([^\n]+)")
 # "#### Final Answer", "#### Step 2", "#### 1. Add": a markdown heading, not GSM8K's answer marker
 _HEADING = re.compile(r"[A-Za-z]{2}|\*\*|\d+[.)]\s+[A-Za-z]")
-_ANSWER_IS = re.compile(
-    r"answer\s*(?:is\b|was\b|[:：=])\s*[:：]?\s*(.+?)(?:\.\s|\.?$|\n)", re.IGNORECASE
-)
+_ANSWER_IS = re.compile(r"answer\s*(?:is\b|was\b|[:：=])\s*[:：]?\s*(.+?)(?:\.\s|\.?$|\n)", re.IGNORECASE)
 _HEDGE = re.compile(r"\b(?:or|either)\b|\\lor\b|\\vee\b", re.IGNORECASE)
 
 # Negations and relations other than "=": such a statement is not an answer (unless the gold is one).
@@ -62,6 +62,11 @@ _DENIAL = re.compile(
 # a negation / relation ending the text in front of a statement, a few words at most before it
 _DENIED_LEAD = re.compile(rf"(?:{_DENIAL.pattern})(?:[ \t]+[A-Za-z']+){{0,3}}[ \t$(\[\\]*$", re.IGNORECASE)
 
+_DENIED_TRAIL = re.compile(
+    r"[\s$)\]\\]*(?:is|was|are|would\s+be|seems|looks)?\s*(?:not|n't|never|wrong|incorrect|false|impossible)\b",
+    re.IGNORECASE,
+)
+
 # a number written out: 31, -31, 1,250, 31.0, .5, 4.5e33, 4.5 \times 10^{33}
 _DECIMAL = r"[-+]?\s*(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+"
 _SCI = rf"(?:{_DECIMAL})\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*(?:\{{\s*[-+]?\d+\s*\}}|[-+]?\d)"
@@ -70,6 +75,7 @@ _SLASH = r"([-+]?\d+)\s*/\s*(\d+)"
 _NUMBER = re.compile(rf"(?:{_SCI}|{_FRACTION}|{_SLASH}|{_DECIMAL})")
 # digit groups separated by a space: 1 200, 1\,200, 1~200 (every group after the first has 3 digits)
 _SPACED_GROUPS = re.compile(r"(?<![\d.])\d{1,3}(?:(?:\s|~|\\[,;: !])+\d{3})+(?![\d])")
+_APPROXIMATELY = re.compile(r"^\s*(?:approximately|approx\.?|about|around|roughly)\s+", re.IGNORECASE)
 _WRAPPERS = re.compile(
     r"\\(?:textbf|textit|mathbf|mathit|boxed|fbox|displaystyle)\s*\{([^{}]*)\}"
     r"|\\(?:text|textrm|mathrm|mbox)\s*\{(\s*[-+]?\d[^{}]*)\}"  # \text{31}, \text{31 cm}: a number in text
@@ -174,9 +180,17 @@ def lead_denies(text: str, start: int) -> bool:
     return _DENIED_LEAD.search(text, max(line_start, start - _LEAD_CHARS), start) is not None
 
 
-def _led(text: str, start: int, content: str) -> str:
-    """A statement's content, with the words just before it prepended when they negate or bound it."""
-    return f"{text[max(0, start - _LEAD_CHARS) : start]} {content}" if lead_denies(text, start) else content
+def trail_denies(text: str, end: int) -> bool:
+    """Whether the words just after a box ending at ``end`` take it back (``\\boxed{31} is wrong``,
+    "\\boxed{31} is not right"); the same line, ``_LEAD_CHARS`` at most."""
+    return _DENIED_TRAIL.match(text[end : end + _LEAD_CHARS].split("\n", 1)[0]) is not None
+
+
+def _led(text: str, start: int, content: str, end: int | None = None) -> str:
+    """A statement's content, marked as denied (prefixed with "not") when the words just before it, or
+    just after a box, negate or bound it."""
+    denied = lead_denies(text, start) or (end is not None and trail_denies(text, end))
+    return f"not {content}" if denied else content
 
 
 def answer_statements(response: str) -> list[str]:
@@ -185,8 +199,12 @@ def answer_statements(response: str) -> list[str]:
     if text is None:
         return []
     spans = box_spans(text)
+    if any(end is None for _, _, end in spans):  # a box begun and never closed: no answer was finished
+        return []
     boxes = [
-        _led(text, start, text[a:b].strip()) for start, a, b in spans if b is not None and text[a:b].strip()
+        _led(text, start, text[a:b].strip(), b + 1)
+        for start, a, b in spans
+        if b is not None and text[a:b].strip()
     ]
     if boxes:
         return boxes
@@ -281,6 +299,11 @@ def unit_of(tail: str) -> str | None:
     return " ".join(u for u in units if u != "per")
 
 
+def join_digit_groups(text: str) -> str:
+    """``1 200``, ``1\\,200``, ``1~200`` -> ``1200`` (groups of three digits after the first)."""
+    return _SPACED_GROUPS.sub(lambda m: re.sub(r"\D", "", m.group(0)), text)
+
+
 def _split_equation(text: str) -> str | None:
     """The right-hand side of ``x = 31`` / ``21 + 10 = 31`` / ``\\pi \\approx 3.14``; None when a left
     side is neither a name nor arithmetic on numbers (``2x - 4 = 0`` is an equation, not a value)."""
@@ -305,9 +328,12 @@ def number_and_unit(text: str) -> tuple[str, str] | None:
         unit = "%"
     if re.search(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b", text):
         unit = "°"
-    text = re.sub(r"\\\$|\\text\{\s*\\?\$\s*\}|\\?%|\\percent\b|\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b", " ", text)
+    text = re.sub(
+        r"\\\$|\\text\{\s*\\?\$\s*\}|\\?%|\\percent\b|\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b", " ", text
+    )
     text = _NOISE.sub(" ", text)
-    text = _SPACED_GROUPS.sub(lambda m: re.sub(r"\D", "", m.group(0)), text)
+    text = _APPROXIMATELY.sub("", text)  # "approximately 3.14" states 3.14
+    text = join_digit_groups(text)
     right = _split_equation(text)
     if right is None:
         return None
@@ -371,14 +397,20 @@ def same_number(a: str, b: str) -> bool:
     return x == y or abs(x - y) <= Fraction(1, 10**6) * max(abs(x), abs(y))
 
 
-def _is_list(gold: str) -> bool:
-    """Whether the gold is several answers joined by top-level commas (``2, 3``; not ``(1, 2)``)."""
-    depth = 0
-    for char in gold:
+def _items(text: str) -> list[str]:
+    """``text`` cut at its top-level commas (``2, 3`` -> two items; ``(1, 2)`` and ``[0, 1)`` are one)."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
         depth += (char in "([{") - (char in ")]}")
         if char == "," and depth == 0:
-            return True
-    return False
+            items.append(text[start:i])
+            start = i + 1
+    return [*items, text[start:]]
+
+
+def _is_list(gold: str) -> bool:
+    """Whether the gold is several answers (``2, 3``, ``2 \\text{ or } 3``, ``1 \\pm \\sqrt{2}``)."""
+    return len(_items(gold)) > 1 or bool(_HEDGE.search(gold)) or bool(re.search(r"\\pm|\\mp|±", gold))
 
 
 def admissible(statement: str, gold: str | None = None, gold_unit: str | None = None) -> str | None:
@@ -409,9 +441,13 @@ def numerals(text: str) -> Counter[str]:
     """The numerals an answer is written with, except 1 (``\\frac{x}{2}`` is ``\\frac{1}{2}x``): the
     reward's test of *form* for symbolic answers. ``\\sqrt{12}`` is not written like ``2\\sqrt{3}``, nor
     ``(x+3)(2x-6)`` like ``2x^2-18``: an answer left unsimplified, unexpanded or unfactored uses other
-    numbers than the gold's."""
+    numbers than the gold's. A list counts each numeral as often as its item that uses it most
+    (``1+\\sqrt{2}, 1-\\sqrt{2}`` is written like ``1 \\pm \\sqrt{2}``)."""
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", normalise_text(text))
-    return Counter(n for n in re.findall(r"\d+(?:\.\d+)?", text) if n.lstrip("0") not in ("1", "1.0"))
+    out: Counter[str] = Counter()
+    for item in _items(text):
+        out |= Counter(n for n in re.findall(r"\d+(?:\.\d+)?", item) if n.lstrip("0") not in ("1", "1.0"))
+    return out
 
 
 def extract_answer(response: str, gold_is_number: bool = False) -> str | None:

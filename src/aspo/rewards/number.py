@@ -32,9 +32,11 @@ from aspo.rewards.math_answer import (
     MAX_ANSWER_CHARS,
     box_spans,
     denies,
+    join_digit_groups,
     lead_denies,
     normalise_text,
     strip_reasoning,
+    trail_denies,
 )
 
 # A numeric literal not glued to a word or another number: 31, -4, 3.5, 1,000 (thousands), and the
@@ -44,6 +46,7 @@ _ANY_DIGIT_RUN = re.compile(r"\d+")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|was|:|=)\s*:?", re.IGNORECASE)
 _HASHES = re.compile(r"####[ \t]*")
 _HEADING = re.compile(r"[A-Za-z]{2}|\*\*|\d+[.)]\s+[A-Za-z]")  # "#### Final Answer", "#### 1. Add"
+_NEXT_LINE = re.compile(r"\s*")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n|;")
 _COPULA = re.compile(r"=|\bis\b|\bequals\b", re.IGNORECASE)
 # formatting that carries no mathematics: boxes, \text, bold, inline-math delimiters, spacing, money
@@ -57,6 +60,7 @@ _MATH_WORDS = frozenset(
     times plus minus over divided thousand thousands million millions billion billions hundred hundreds
     dozen dozens percent""".split()
 )
+_IN_MATH = re.compile(r"\\boxed|\\fbox|\$|\\[(\[]")
 _PROSE = re.compile(r"[A-Za-z']+(?:-[A-Za-z']+)*|[\s.,:;!?()\"]")
 
 
@@ -96,25 +100,36 @@ def answer_statements(text: str) -> list[tuple[str | None, int]]:
     ``MAX_ANSWER_CHARS``, a negation or relation just before it). Linear in ``len(text)``."""
     boxes = box_spans(text)
     found: list[tuple[int, str | None, int]] = [
-        (start, _content(text, start, a, b), len(text) if b is None else b + 1) for start, a, b in boxes
+        # a box's statement is the box itself (\boxed{31!} is mathematics: a factorial)
+        (
+            start,
+            None if b is None or trail_denies(text, b + 1) else _content(text, start, start, b + 1),
+            _box_end(span, text),
+        )
+        for span in boxes
+        for start, _, b in [span]
     ]
     markers = sorted(
         [(m.start(), m.end()) for m in _ANSWER_IS.finditer(text)]
         + [(m.start(), m.end()) for m in _HASHES.finditer(text) if not _HEADING.match(text, m.end())]
     )
-    box, stop = 0, None
+    box, stop, end = 0, None, -1
     for start, after in markers:
         while box < len(boxes) and _box_end(boxes[box], text) <= start:
             box += 1
         if box < len(boxes) and boxes[box][0] <= start:  # inside a box: already counted
             continue
-        if stop is None or stop.start() < after:  # one search serves every marker before that end
+        if end < after:  # one search serves every marker before that end (and none is found only once)
             stop = _SENTENCE_END.search(text, after)
-        end = stop.start() if stop else len(text)
+            end = stop.start() if stop else len(text)
         if not text[after:end].strip() and stop is not None and stop.group() == "\n":
-            following = _SENTENCE_END.search(text, stop.end())  # "The answer is:\n31"
-            end = following.start() if following else len(text)
-        found.append((start, _content(text, start, after, end), end))
+            blank = _NEXT_LINE.match(text, stop.end())  # "The answer is:\n31": the next non-empty line
+            after = blank.end() if blank else stop.end()
+            following = _SENTENCE_END.search(text, after)
+            line_end = following.start() if following else len(text)
+            found.append((start, _content(text, start, after, line_end), line_end))
+        else:
+            found.append((start, _content(text, start, after, end), end))
     return [(content, end) for _, content, end in sorted(found, key=lambda f: f[0])]
 
 
@@ -132,7 +147,7 @@ def single_number(segment: str) -> Decimal | None:
     """The value of the only number ``segment`` states (module rules 4 and 5), else None."""
     if denies(segment):
         return None
-    parts = [_FORMATTING.sub(" ", part) for part in _COPULA.split(segment)]
+    parts = [_FORMATTING.sub(" ", join_digit_groups(part)) for part in _COPULA.split(segment)]
     stated = max((i for i, part in enumerate(parts) if _ANY_DIGIT_RUN.search(part)), default=0)
     cleaned = parts[stated]  # "21 + 10 is 31", "31 is the answer": the last part holding a number
     found = list(_NUMBER.finditer(cleaned))
@@ -141,8 +156,10 @@ def single_number(segment: str) -> Decimal | None:
     before, after = cleaned[: found[0].start()], cleaned[found[0].end() :] + " ".join(parts[stated + 1 :])
     if _ANY_DIGIT_RUN.search(before + " " + after):
         return None  # digits the literal pattern refused: 3.1e1, 31%, 2x
-    if not _is_prose(before) or not _is_prose(after) or after.startswith("!"):
-        return None  # 31\pi, \sqrt{31}, e^{31}, 31 i, 31!
+    if not _is_prose(before) or not _is_prose(after):
+        return None  # 31\pi, \sqrt{31}, e^{31}, 31 i
+    if after.startswith("!") and _IN_MATH.search(segment):
+        return None  # a factorial in math ($31!$, \boxed{31!}); in prose "The answer is 31!" exclaims
     return parse_number(found[0].group())
 
 
