@@ -29,15 +29,15 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aspo.rewards.math_answer import (
+    HEADING,
     MAX_ANSWER_CHARS,
     box_spans,
     denies,
-    join_digit_groups,
     lead_denies,
-    normalise_text,
     strip_reasoning,
     trail_denies,
 )
+from aspo.rewards.math_number import join_digit_groups, normalise_text
 
 # A numeric literal not glued to a word or another number: 31, -4, 3.5, 1,000 (thousands), and the
 # pieces of 3.1e1 or 2x (which then count as two numbers or fail the word boundary).
@@ -45,7 +45,6 @@ _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?
 _ANY_DIGIT_RUN = re.compile(r"\d+")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|was|:|=)\s*:?", re.IGNORECASE)
 _HASHES = re.compile(r"####[ \t]*")
-_HEADING = re.compile(r"[A-Za-z]{2}|\*\*|\d+[.)]\s+[A-Za-z]")  # "#### Final Answer", "#### 1. Add"
 _NEXT_LINE = re.compile(r"\s*")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n|;")
 _COPULA = re.compile(r"=|\bis\b|\bequals\b", re.IGNORECASE)
@@ -111,7 +110,7 @@ def answer_statements(text: str) -> list[tuple[str | None, int]]:
     ]
     markers = sorted(
         [(m.start(), m.end()) for m in _ANSWER_IS.finditer(text)]
-        + [(m.start(), m.end()) for m in _HASHES.finditer(text) if not _HEADING.match(text, m.end())]
+        + [(m.start(), m.end()) for m in _HASHES.finditer(text) if not HEADING.match(text, m.end())]
     )
     box, stop, end = 0, None, -1
     for start, after in markers:
