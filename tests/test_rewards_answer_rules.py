@@ -213,6 +213,8 @@ NUMBER_FORMATS = [
     ("The answer is \\(31\\).", "31"),
     ("So 21 + 10 equals 31", "31"),
     ("The answer is 31!", "31"),  # ... an exclamation in prose
+    ("Total = 31", "31"),
+    ("To add them:\n\n21 + 10 = 31\n\nSo, the sum of 21 and 10 is 31.", "31"),
     ("\\boxed{1\\,000}", "1000"),
 ]
 
@@ -236,6 +238,9 @@ NUMBER_NOTATION = [
     "- 31 apples",  # a dash apart from the number is not its sign: 31 must not be read
     "The answer is 31 squared.",
     "The answer is 31 thousand.",
+    "The answer is 30 because 21 + 10 = 31",  # the value after "=" only when what precedes is arithmetic
+    "The answer is 30 because 21 + 10 is 31",
+    "\\boxed{31 = 21 + 10}",
 ]
 
 

@@ -9,14 +9,18 @@ The rule (1.0 only if all hold, else 0.0):
    each must state exactly one number, all must agree, and no number with another value may follow the
    last one ("The answer is 31. Or 30." scores 0).
 3. Without an answer statement, the last non-empty line is the answer.
-4. In a statement or that line, the value is what follows its last ``=``, "is" or "equals" ("21 + 10 = 31",
-   "The sum of 21 and 10 is 31."). A negation or an inequality states no value ("not 31", ``x \\neq 31``,
-   ``x <= 31``, "at least 31"), nor does a negation or relation just before a box (``x \\le \\boxed{31}``).
+4. In a statement or that line, the value is in the last side of ``=`` that holds a digit, when every side
+   before it is arithmetic on numbers or holds no digit ("Answer: 21 + 10 = 31"; "30 because 21 + 10 = 31"
+   states no single value); on that line also after the last "is" / "equals" ("The sum of 21 and 10 is
+   31.", "31 is the answer."). A negation or an inequality states no value ("not 31", ``x \\neq 31``,
+   ``x <= 31``, "at least 31", "31 is wrong"), nor does a box with a negation or relation just before it
+   (``x \\le \\boxed{31}``) or taken back just after it (``\\boxed{31} is wrong``).
 5. "Exactly one number" means one numeric literal (``31``, ``-4``, ``−4``, ``31.0``, ``1,000``,
    ``1{,}000``, ``$31``) in plain prose: no other digits, and no mathematical notation around it --
    ``21 + 10``, ``30 or 31``, ``\\boxed{30, 31}``, ``\\frac{62}{2}``, ``3.1e1``, ``31%``, ``31\\pi``,
-   ``31 i``, ``\\sqrt{31}``, ``e^{31}``, ``31!`` all fail; an empty box or an empty right-hand side states
-   nothing. Words are prose ("31 apples"), except the spelled-out symbols and operators of ``_MATH_WORDS``.
+   ``31 i``, ``\\sqrt{31}``, ``e^{31}``, ``\\boxed{31!}`` all fail ("The answer is 31!" in prose
+   exclaims); an empty box or an empty right-hand side states nothing. Words are prose ("31 apples"),
+   except single letters other than "a" / "I" and the spelled-out symbols and operators of ``_MATH_WORDS``.
 6. The stated number equals the gold answer as a decimal (``31.0`` == ``31``; ``-31`` != ``31``).
 
 Finding the statements is linear in the length of the response.
@@ -47,7 +51,8 @@ _ANSWER_IS = re.compile(r"answer\s*(?:is|was|:|=)\s*:?", re.IGNORECASE)
 _HASHES = re.compile(r"####[ \t]*")
 _NEXT_LINE = re.compile(r"\s*")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n|;")
-_COPULA = re.compile(r"=|\bis\b|\bequals\b", re.IGNORECASE)
+_COPULA = re.compile(r"\bis\b|\bequals\b", re.IGNORECASE)
+_ARITHMETIC = re.compile(r"(?:[\d\s.,+\-*/()\[\]^×÷]|\\times|\\cdot|\\div)*")
 # formatting that carries no mathematics: boxes, \text, bold, inline-math delimiters, spacing, money
 _FORMATTING = re.compile(
     r"\\(?:boxed|fbox|text|textbf|textit|textrm|mathrm|mathbf|mbox|displaystyle|left|right)\b\s*"
@@ -90,7 +95,7 @@ def final_number(response: str) -> Decimal | None:
             return None
         return value
     lines = [line for line in text.splitlines() if line.strip()]
-    return single_number(lines[-1]) if lines else None
+    return single_number(lines[-1], sentence=True) if lines else None
 
 
 def answer_statements(text: str) -> list[tuple[str | None, int]]:
@@ -142,17 +147,23 @@ def _content(text: str, start: int, a: int, b: int | None) -> str | None:
     return text[a:b]
 
 
-def single_number(segment: str) -> Decimal | None:
-    """The value of the only number ``segment`` states (module rules 4 and 5), else None."""
+def single_number(segment: str, sentence: bool = False) -> Decimal | None:
+    """The value of the only number ``segment`` states (module rules 4 to 6), else None. ``sentence``: the
+    segment is a last line, not an answer statement, so "is" / "equals" also lead to its value."""
     if denies(segment):
         return None
-    parts = [_FORMATTING.sub(" ", join_digit_groups(part)) for part in _COPULA.split(segment)]
-    stated = max((i for i, part in enumerate(parts) if _ANY_DIGIT_RUN.search(part)), default=0)
-    cleaned = parts[stated]  # "21 + 10 is 31", "31 is the answer": the last part holding a number
-    found = list(_NUMBER.finditer(cleaned))
+    cleaned = _FORMATTING.sub(" ", join_digit_groups(segment))
+    parts = _last_with_digits(cleaned.split("="))
+    if parts is None:
+        return None
+    if sentence:  # "The sum of 21 and 10 is 31.", "31 is the answer."
+        chosen = _COPULA.split(parts[0])
+        index = max((i for i, p in enumerate(chosen) if _ANY_DIGIT_RUN.search(p)), default=0)
+        parts = [chosen[index], *chosen[index + 1 :], *parts[1:]]
+    found = list(_NUMBER.finditer(parts[0]))
     if len(found) != 1:
         return None
-    before, after = cleaned[: found[0].start()], cleaned[found[0].end() :] + " ".join(parts[stated + 1 :])
+    before, after = parts[0][: found[0].start()], parts[0][found[0].end() :] + " ".join(parts[1:])
     if _ANY_DIGIT_RUN.search(before + " " + after):
         return None  # digits the literal pattern refused: 3.1e1, 31%, 2x
     if not _is_prose(before) or not _is_prose(after):
@@ -160,6 +171,17 @@ def single_number(segment: str) -> Decimal | None:
     if after.startswith("!") and _IN_MATH.search(segment):
         return None  # a factorial in math ($31!$, \boxed{31!}); in prose "The answer is 31!" exclaims
     return parse_number(found[0].group())
+
+
+def _last_with_digits(sides: list[str]) -> list[str] | None:
+    """The sides of ``a = b = c`` from the last one holding a digit on; None when a side before it is
+    neither arithmetic on numbers (``21 + 10``) nor free of digits (``Total``): "30 because 21 + 10 = 31"
+    states no single value."""
+    index = max((i for i, side in enumerate(sides) if _ANY_DIGIT_RUN.search(side)), default=0)
+    for left in sides[:index]:
+        if _ANY_DIGIT_RUN.search(left) and not _ARITHMETIC.fullmatch(left):
+            return None
+    return sides[index:]
 
 
 def _is_prose(text: str) -> bool:
