@@ -182,6 +182,7 @@ MATH_FORMATS = [
     ("#### Final Answer\nThe answer is 31.", "31"),  # a markdown heading is not GSM8K's marker
     ("## Final Answer\n\\boxed{31}", "31"),
     ("\\textbf{\\boxed{31}}", "31"),
+    ("Final Answer: The final answer is 31. I hope it is correct.", "31"),  # Minerva's few-shot format
     ("\\boxed{1+\\sqrt{2}, 1-\\sqrt{2}}", "1 \\pm \\sqrt{2}"),  # a list written out for a gold with \pm
     ("\\boxed{3 \\text{ or } 2}", "2 \\text{ or } 3"),
 ]
@@ -268,7 +269,7 @@ HUGE = 50_000  # 350k characters of unclosed boxes: quadratic extraction needs ~
         "\\boxed{" * HUGE + "31",  # finding: every box unclosed
         "\\boxed{" * HUGE + "31" + "}" * HUGE,  # every box closed, nested
         "The answer is \\boxed{31}. " + "\\boxed{" * HUGE,
-        "answer:" * HUGE + " 31",  # statements that all run to one far sentence end
+        "answer:" * HUGE + " thirty-one",  # statements that all run to one far sentence end
         "#### Final Answer\n" * HUGE,
         "x \\le " * HUGE + "\\boxed{31}",
     ],

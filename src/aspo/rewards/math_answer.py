@@ -55,6 +55,7 @@ _HASHES = re.compile(r"####[ \t]*([^\n]+)")
 # "#### Final Answer", "#### Step 2", "#### 1. Add": a markdown heading, not GSM8K's answer marker
 HEADING = re.compile(r"[A-Za-z]{2}|\*\*|\d+[.)]\s+[A-Za-z]")
 _ANSWER_IS = re.compile(r"answer\s*(?:is\b|was\b|[:：=])\s*[:：]?\s*(.+?)(?:\.\s|\.?$|\n)", re.IGNORECASE)
+_ANSWER_MARK = re.compile(r"answer\s*(?:is\b|was\b|[:：=])", re.IGNORECASE)
 _HEDGE = re.compile(r"\b(?:or|either)\b|\\lor\b|\\vee\b", re.IGNORECASE)
 
 # Negations and relations other than "=": such a statement is not an answer (unless the gold is one).
@@ -189,7 +190,8 @@ def answer_statements(response: str) -> list[str]:
     phrased = [
         (m.start(), p)
         for m in _ANSWER_IS.finditer(text)
-        if (p := m.group(1).strip().lstrip(":：").strip()) and not _BOXED.search(p)
+        # "Final Answer: The final answer is 31": the innermost statement
+        if (p := _ANSWER_MARK.split(m.group(1))[-1].strip().lstrip(":：").strip()) and not _BOXED.search(p)
     ]
     if phrased:
         return [_led(text, *phrased[-1])]

@@ -10,9 +10,10 @@ The rule (1.0 only if all hold, else 0.0):
    last one ("The answer is 31. Or 30." scores 0).
 3. Without an answer statement, the last non-empty line is the answer.
 4. In a statement or that line, the value is in the last side of ``=`` that holds a digit, when every side
-   before it is arithmetic on numbers or holds no digit ("Answer: 21 + 10 = 31"; "30 because 21 + 10 = 31"
-   states no single value); on that line also after the last "is" / "equals" ("The sum of 21 and 10 is
-   31.", "31 is the answer."). A negation or an inequality states no value ("not 31", ``x \\neq 31``,
+   before it is arithmetic on numbers or holds no digit ("Answer: 21 + 10 = 31"; the statement "The answer
+   is 30 because 21 + 10 = 31" states no single value). The last line (rule 3) states its final claim:
+   after its last ``=``, "is" or "equals" ("Sure! 21 + 10 = 31.", "The sum of 21 and 10 is 31.", "31 is
+   the answer."). A negation or an inequality states no value ("not 31", ``x \\neq 31``,
    ``x <= 31``, "at least 31", "31 is wrong"), nor does a box with a negation or relation just before it
    (``x \\le \\boxed{31}``) or taken back just after it (``\\boxed{31} is wrong``).
 5. "Exactly one number" means one numeric literal (``31``, ``-4``, ``−4``, ``31.0``, ``1,000``,
@@ -60,7 +61,7 @@ _FORMATTING = re.compile(
 )
 # prose may hold words and punctuation only; these words are mathematics spelled out
 _MATH_WORDS = frozenset(
-    """pi e i inf infinity sqrt root roots squared cubed square cube factorial log ln exp sin cos tan
+    """pi inf infinity sqrt root roots squared cubed square cube factorial log ln exp sin cos tan
     times plus minus over divided thousand thousands million millions billion billions hundred hundreds
     dozen dozens percent""".split()
 )
@@ -153,7 +154,7 @@ def single_number(segment: str, sentence: bool = False) -> Decimal | None:
     if denies(segment):
         return None
     cleaned = _FORMATTING.sub(" ", join_digit_groups(segment))
-    parts = _last_with_digits(cleaned.split("="))
+    parts = _last_with_digits(cleaned.split("="), any_left=sentence)
     if parts is None:
         return None
     if sentence:  # "The sum of 21 and 10 is 31.", "31 is the answer."
@@ -173,12 +174,13 @@ def single_number(segment: str, sentence: bool = False) -> Decimal | None:
     return parse_number(found[0].group())
 
 
-def _last_with_digits(sides: list[str]) -> list[str] | None:
+def _last_with_digits(sides: list[str], any_left: bool) -> list[str] | None:
     """The sides of ``a = b = c`` from the last one holding a digit on; None when a side before it is
-    neither arithmetic on numbers (``21 + 10``) nor free of digits (``Total``): "30 because 21 + 10 = 31"
-    states no single value."""
+    neither arithmetic on numbers (``21 + 10``) nor free of digits (``Total``): in an answer statement,
+    "30 because 21 + 10 = 31" states no single value. ``any_left``: a last line's final claim counts
+    whatever leads up to it ("Sure! 21 + 10 = 31")."""
     index = max((i for i, side in enumerate(sides) if _ANY_DIGIT_RUN.search(side)), default=0)
-    for left in sides[:index]:
+    for left in [] if any_left else sides[:index]:
         if _ANY_DIGIT_RUN.search(left) and not _ARITHMETIC.fullmatch(left):
             return None
     return sides[index:]
@@ -189,10 +191,8 @@ def _is_prose(text: str) -> bool:
     pieces = _PROSE.findall(text)
     if sum(map(len, pieces)) != len(text):
         return False  # some character is notation: \pi, ^, π, √, +, ...
-    words = [p.lower() for p in pieces if p[0].isalpha()]
-    return not any((len(w) == 1 and w not in ("a", "i")) or w in _MATH_WORDS for w in words) and not any(
-        p == "i" for p in pieces
-    )
+    words = [p for p in pieces if p[0].isalpha() and p not in ("a", "A", "I")]  # "i" is the imaginary unit
+    return not any(len(w) == 1 or w.lower() in _MATH_WORDS for w in words)
 
 
 def numbers_in(text: str) -> list[Decimal]:
