@@ -134,6 +134,10 @@ DENIALS = [
     "\\boxed{31} is wrong.",  # taken back just after the box
     "\\boxed{31} isn't right",
     "$\\boxed{31}$ is not the answer",
+    "The answer isn't 31",
+    "The answer isn’t 31.",  # U+2019
+    "x \\le\n\\boxed{31}",  # a relation symbol ending the line before the box
+    "$$x \\geq$$\n\n$$\\boxed{31}$$",
 ]
 
 
@@ -152,6 +156,8 @@ def test_a_relation_is_an_answer_only_when_the_gold_is_one():
     assert math_score("She has 9 more chairs.\n#### 9", "9") == 1.0
     assert number_reward("", "Since 30 < 31, the answer is \\boxed{31}.", "31") == 1.0
     assert math_score("\\boxed{31}. Not that it was easy.", "31") == 1.0  # a new sentence
+    assert math_score("She has 9 more chairs\n\\boxed{9}", "9") == 1.0  # words on the line before: not
+    assert number_reward("", "She has 9 more chairs\n\\boxed{9}", "9") == 1.0
 
 
 def test_approximately_states_the_number():
@@ -191,6 +197,12 @@ MATH_FORMATS = [
 @pytest.mark.parametrize("response, gold", MATH_FORMATS)
 def test_math_common_formats_score_one(response, gold):
     assert math_score(response, gold) == 1.0
+
+
+def test_a_list_gold_may_be_answered_box_by_box():
+    assert math_score("\\boxed{2} and \\boxed{3}", "2, 3") == 1.0
+    assert math_score("\\boxed{2} and \\boxed{4}", "2, 3") == 0.0
+    assert math_score("\\boxed{2} and \\boxed{3}", "2") == 0.0  # against one value: a hedge
 
 
 def test_or_is_still_a_hedge_against_a_single_gold():

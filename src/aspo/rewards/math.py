@@ -39,6 +39,7 @@ from aspo.rewards.math_answer import (  # noqa: F401  (re-exported: the reward's
     answer_statements,
     as_number,
     extract_answer,
+    is_list,
     last_boxed,
     normalize_answer,
     number_and_unit,
@@ -213,6 +214,8 @@ def check_math(response: str, answer: Any, *, timeout: float = CHECK_TIMEOUT_S) 
     if not stated:
         return ScoreResult(0.0)
     distinct = list(dict.fromkeys(a for a in stated if a is not None))
+    if len(distinct) > 1 and gold_number is None and is_list(gold):  # \boxed{2} and \boxed{3} for "2, 3"
+        distinct = [", ".join(distinct)]
     if gold_number is not None:  # numbers written out: compared by value, exactly
         reward, error = float(all(same_number(a, gold_number[0]) for a in distinct)), None
     elif all(normalize_answer(a) == normalize_answer(gold) for a in distinct):

@@ -66,8 +66,13 @@ _DENIAL = re.compile(
     r"|\b(?:not|no|never|neither|nor|cannot|isn'?t|aren'?t|wasn'?t|doesn'?t|don'?t|won'?t|can'?t"
     r"|less|fewer|greater|more|larger|smaller|bigger|higher|lower|least|most|exceeds?|exceeding"
     r"|below|above|under|over|unequal|except|besides|other\s+than|different\s+from|up\s+to"
-    r"|wrong|incorrect|false|impossible)\b",
+    r"|wrong|incorrect|false|impossible)\b|n[’']t\b",
     re.IGNORECASE,
+)
+# a relation symbol ending the previous line(s) just before a statement: "x \\le" then a line "\\boxed{31}"
+_RELATION_END = re.compile(
+    r"(?:\\(?:neq?|not|nleq?q?|ngeq?q?|lt|gt|leq?q?|geq?q?|leqslant|geqslant|ll|gg)(?![A-Za-z])"
+    r"|[<>≤≥≠⩽⩾]|!=)[\s$(\[\\]*$"
 )
 # a negation / relation ending the text in front of a statement, a few words at most before it
 _DENIED_LEAD = re.compile(rf"(?:{_DENIAL.pattern})(?:[ \t]+[A-Za-z']+){{0,3}}[ \t$(\[\\]*$", re.IGNORECASE)
@@ -144,8 +149,11 @@ def denies(text: str) -> bool:
 def lead_denies(text: str, start: int) -> bool:
     """Whether the words just before ``start`` negate or bound the statement there (``x \\le \\boxed{31}``,
     "is not \\boxed{31}", "is at least \\boxed{31}"); looks back ``_LEAD_CHARS`` at most."""
-    line_start = text.rfind("\n", max(0, start - _LEAD_CHARS), start) + 1  # the same line only
-    return _DENIED_LEAD.search(text, max(line_start, start - _LEAD_CHARS), start) is not None
+    window = max(0, start - _LEAD_CHARS)
+    line_start = text.rfind("\n", window, start) + 1  # words: the same line only
+    if _DENIED_LEAD.search(text, max(line_start, window), start):
+        return True
+    return _RELATION_END.search(text, window, start) is not None  # a relation symbol, across lines too
 
 
 def trail_denies(text: str, end: int) -> bool:
@@ -218,7 +226,7 @@ def _items(text: str) -> list[str]:
     return [*items, text[start:]]
 
 
-def _is_list(gold: str) -> bool:
+def is_list(gold: str) -> bool:
     """Whether the gold is several answers (``2, 3``, ``2 \\text{ or } 3``, ``1 \\pm \\sqrt{2}``)."""
     return len(_items(gold)) > 1 or bool(_HEDGE.search(gold)) or bool(re.search(r"\\pm|\\mp|±", gold))
 
@@ -240,7 +248,7 @@ def admissible(statement: str, gold: str | None = None, gold_unit: str | None = 
     if not text:  # \boxed{\boxed{}}
         return None
     if _HEDGE.search(NOISE.sub(" ", text)):
-        if not _is_list(gold_text):
+        if not is_list(gold_text):
             return None
         text = re.sub(r"\\text\s*\{\s*(?:or|and)\s*\}|\b(?:or|and)\b|\\lor|\\vee", ",", text)
         text = re.sub(r",\s*,", ",", text)

@@ -48,7 +48,7 @@ from aspo.rewards.math_number import join_digit_groups, normalise_text
 # pieces of 3.1e1 or 2x (which then count as two numbers or fail the word boundary).
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?![\w%])(?!\.\d)")
 _ANY_DIGIT_RUN = re.compile(r"\d+")
-_ANSWER_IS = re.compile(r"answer\s*(?:is|was|:|=)\s*:?", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"answer\s*(?:is\b|was\b|:|=)\s*:?", re.IGNORECASE)
 _HASHES = re.compile(r"####[ \t]*")
 _NEXT_LINE = re.compile(r"\s*")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n|;")
