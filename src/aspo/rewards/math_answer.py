@@ -50,6 +50,7 @@ _BARE_MAX_CHARS = 100  # a whole final text this short (one line) may be the ans
 _LEAD_CHARS = 60  # how far before a statement a negation / relation is looked for
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
 _BOXED_BARE = re.compile(r"\\boxed +([^\s${}\\]+)")
 _HASHES = re.compile(r"####[ \t]*([^\n]+)")
 # "#### Final Answer", "#### Step 2", "#### 1. Add": a markdown heading, not GSM8K's answer marker
@@ -95,13 +96,15 @@ def strip_reasoning(response: str) -> str | None:
 def box_spans(text: str) -> list[tuple[int, int, int | None]]:
     """(start, content start, content end or None when never closed) of every outermost ``\\boxed{`` /
     ``\\fbox{``, in order. One pass matches every brace, so this is linear in ``len(text)``."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return []
     closing: dict[int, int] = {}
     opened: list[int] = []
-    for i, char in enumerate(text):
-        if char == "{":
-            opened.append(i)
-        elif char == "}" and opened:
-            closing[opened.pop()] = i
+    for brace in _BRACE.finditer(text):
+        if brace.group() == "{":
+            opened.append(brace.start())
+        elif opened:
+            closing[opened.pop()] = brace.start()
     spans: list[tuple[int, int, int | None]] = []
     inside_until = -1
     for match in _BOXED.finditer(text):
