@@ -10,6 +10,7 @@ import pytest
 from aspo.benchmarks import load_benchmark
 from aspo.rewards import get_reward, score_records
 from aspo.rewards.math import (
+    _POOL,
     check_math,
     extract_answer,
     gold_answer,
@@ -93,7 +94,9 @@ def test_contest_answers(name):
     "response, gold, expected",
     [
         ("so $x = \\boxed{\\frac{3}{4}}$", "0.75", 1.0),
-        ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt 2}", 1.0),
+        # a symbolic answer is written in the gold's form (its numerals): rationalised or not, as the gold
+        ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt 2}", 0.0),
+        ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{\\sqrt 2}{2}", 1.0),
         ("\\boxed{\\sqrt{3}}", "\\sqrt{2}", 0.0),
         ("the set is $\\boxed{[0, \\infty)}$", "[0,\\infty)", 1.0),
         ("\\boxed{(0, \\infty)}", "[0,\\infty)", 0.0),
@@ -140,12 +143,14 @@ def test_every_check_is_time_bounded():
     # sympy evaluates tower powers in C, where math-verify's signal.alarm cannot interrupt it
     assert check_math("\\boxed{1}", "1").reward == 1.0  # a worker is up: time the check, not a start-up
     start = time.monotonic()
-    # (the gold is not a number literal: against one, a power tower is an unevaluated restatement that
-    # never reaches sympy)
-    result = check_math("\\boxed{2^{2^{2^{2^{2^{100}}}}}}", "\\frac{10}{2}", timeout=2.0)
-    assert result.reward == 0.0 and "timed out" in result.error
+    # the worker pool that check_math sends every symbolic comparison to (called directly: through
+    # check_math, a tower against a number literal is an unevaluated restatement, and against another
+    # gold it is not written with the gold's numerals -- neither reaches sympy)
+    reward, error = _POOL.run(("\\frac{10}{2}", ["2^{2^{2^{2^{2^{100}}}}}"]), 2.0)
+    assert reward == 0.0 and "timed out" in error
     assert time.monotonic() - start < 6.0
     assert check_math("\\boxed{5}", "5").reward == 1.0  # the pool recovered
+    assert check_math("\\boxed{\\sqrt{2}}", "\\frac{2}{\\sqrt 2}").reward == 0.0  # and still answers
 
 
 def test_works_off_the_main_thread():

@@ -78,7 +78,7 @@ LEGIT = [
     ("The final answer is 31.\n\nThe final answer is:", "31"),  # cut off (seen from SmolLM2)
     ("So, the answer is: 31.\n\nThe final answer is within \\boxed{}.", "31"),  # parroted instruction
     ("Tom has 21 + 10 = 31 apples.\n#### 31", "31"),
-    ("\\boxed{31 \\text{ apples}}", "31"),
+    ("\\boxed{31 \\text{ cm}}", "31"),
     ("\\boxed{\\text{31}}", "31"),
     ("\\boxed{x = 31}", "31"),
     ("\\boxed{31} (checked: \\boxed{31.0})", "31"),
@@ -92,7 +92,8 @@ LEGIT = [
     ("\\boxed{90^\\circ}", "90"),
     ("\\boxed{-7}", "-7"),
     ("\\boxed{4.5 \\times 10^{33}}", "4.5e33"),
-    ("\\boxed{\\frac{1}{\\sqrt{2}}}", "\\frac{\\sqrt{2}}{2}"),
+    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{\\sqrt 2}{2}"),
+    ("\\boxed{\\frac{1}{2}x}", "\\frac{x}{2}"),  # the same numerals (1 is not counted): the same form
     ("\\boxed{(1, -2)}", "(1,-2)"),
 ]
 

@@ -7,7 +7,9 @@ Face ``math-verify``. Gold answers may be a number, a string, a GSM8K solution (
 worked solution whose last ``\\boxed{}`` holds the answer (MATH / Minerva).
 
 Against a numeric gold, answers are numbers written out and are compared by value (``same_number``);
-every other gold goes to math-verify. Every result carries the answer that earned it
+every other gold goes to math-verify, after a test of form: a symbolic answer must be written with the
+gold's numerals (``numerals``), so an unsimplified radical or an unexpanded product that math-verify
+finds equal (``\\sqrt{12}`` for ``2\\sqrt{3}``) scores 0. Every result carries the answer that earned it
 (``ScoreResult.answer``), and ``answer_classes`` groups answers by the same equivalence
 (``same_answer``), so maj@k votes exactly as the reward scores.
 
@@ -37,9 +39,12 @@ from aspo.rewards.math_answer import (  # noqa: F401  (re-exported: the reward's
     answer_statements,
     as_number,
     extract_answer,
+    is_list,
     last_boxed,
     normalize_answer,
+    number_and_unit,
     number_value,
+    numerals,
     same_number,
     strip_reasoning,
 )
@@ -199,15 +204,24 @@ def check_math(response: str, answer: Any, *, timeout: float = CHECK_TIMEOUT_S) 
         gold = gold_answer(answer)
     except ValueError as err:
         return ScoreResult(0.0, str(err))
-    gold_number = as_number(gold)
-    stated = [admissible(s, gold_number is not None) for s in answer_statements(response or "")]
-    if not stated or None in stated:  # no answer, or one statement is not an answer (hedge, restatement)
+    gold_number = number_and_unit(gold)
+    gold_unit = gold_number[1] if gold_number else None
+    stated = []
+    for statement in answer_statements(response or ""):
+        stated.append(admissible(statement, gold, gold_unit))
+        if stated[-1] is None:  # one statement is not an answer (hedge, restatement): no need to read on
+            return ScoreResult(0.0)
+    if not stated:
         return ScoreResult(0.0)
     distinct = list(dict.fromkeys(a for a in stated if a is not None))
+    if len(distinct) > 1 and gold_number is None and is_list(gold):  # \boxed{2} and \boxed{3} for "2, 3"
+        distinct = [", ".join(distinct)]
     if gold_number is not None:  # numbers written out: compared by value, exactly
-        reward, error = float(all(same_number(a, gold_number) for a in distinct)), None
+        reward, error = float(all(same_number(a, gold_number[0]) for a in distinct)), None
     elif all(normalize_answer(a) == normalize_answer(gold) for a in distinct):
         reward, error = 1.0, None  # the same text: no need for sympy (nor for its soft timeouts under load)
+    elif any(numerals(a) != numerals(gold) for a in distinct):
+        reward, error = 0.0, None  # not in the gold's form (unsimplified, unexpanded ...): see numerals()
     else:
         reward, error = _POOL.run((gold, distinct), timeout)
     # several differing statements: the answer is theirs only when all are right (one class)
@@ -221,6 +235,8 @@ def same_answer(a: str, b: str, *, timeout: float = CHECK_TIMEOUT_S) -> bool:
         return True
     if number_value(a) is not None and number_value(b) is not None:
         return same_number(a, b)
+    if numerals(a) != numerals(b):  # the reward never finds two forms equal (see numerals())
+        return False
     return _POOL.run((a, [b]), timeout)[0] == 1.0
 
 
