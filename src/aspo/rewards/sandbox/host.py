@@ -101,20 +101,44 @@ def sandbox_python() -> str:
     return candidates[0]
 
 
+# What a sandbox sees of the host: the system's programs, libraries and configuration, read-only. Not /var,
+# /run, /home, /tmp, /srv, /mnt, ... (user data, datasets, host unix sockets).
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+
+
+def visible_paths() -> list[str]:
+    """SYSTEM_PATHS that exist here, plus the interpreter's own prefix when it lives elsewhere."""
+    paths = [p for p in SYSTEM_PATHS if os.path.lexists(p)]
+    prefix = os.path.dirname(os.path.dirname(os.path.realpath(sandbox_python())))  # <prefix>/bin/python
+    if not any(prefix == p or prefix.startswith(p + os.sep) for p in paths):
+        paths.append(prefix)
+    return paths
+
+
 def bwrap_args(limits: Limits, job_dir: str) -> list[str]:
     bwrap = shutil.which("bwrap") or "bwrap"
     args = [
         bwrap,
         "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
         "--die-with-parent",
         "--new-session",
-        "--ro-bind",
-        "/",
-        "/",
+    ]
+    for path in visible_paths():
+        if os.path.islink(path):  # merged /usr: /bin -> usr/bin
+            args += ["--symlink", os.readlink(path), path]
+        else:
+            args += ["--ro-bind", path, path]
+    args += [
         "--proc",
         "/proc",
         "--dev",
         "/dev",
+        "--size",
+        str(limits.tmpfs_bytes),
+        "--tmpfs",
+        "/dev/shm",  # (bwrap's own /dev/shm would be a directory of the uncapped /dev tmpfs)
         "--size",
         str(limits.tmpfs_bytes),
         "--tmpfs",
@@ -126,8 +150,6 @@ def bwrap_args(limits: Limits, job_dir: str) -> list[str]:
         "/tmp",
         "--clearenv",
     ]
-    if hidden_home():
-        args += ["--tmpfs", hidden_home()]
     for key, value in clean_env("/tmp").items():
         args += ["--setenv", key, value]
     return args + ["--"]
@@ -268,7 +290,7 @@ def unshare_problem() -> str | None:
     try:
         python = sandbox_python()
         proc = subprocess.run(
-            unshare_args(job, 1 << 20, hidden_home(), python) + [python, "-S", "-c", "pass"],
+            unshare_args(job, 1 << 20, hidden_home(), python, visible_paths()) + [python, "-S", "-c", "pass"],
             capture_output=True,
             timeout=20,
             env=clean_env("/tmp"),

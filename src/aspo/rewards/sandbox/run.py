@@ -85,7 +85,13 @@ def run_python(
             prefix = (
                 host.bwrap_args(limits, job_files)
                 if iso.backend == "bwrap"
-                else unshare_args(job_files, limits.tmpfs_bytes, host.hidden_home(), host.sandbox_python())
+                else unshare_args(
+                    job_files,
+                    limits.tmpfs_bytes,
+                    host.hidden_home(),
+                    host.sandbox_python(),
+                    host.visible_paths(),
+                )
             )
             env = host.clean_env("/tmp")
             in_use = int(iso.backend == "unshare")  # per user namespace (fresh per run); + unshare's init
