@@ -20,6 +20,7 @@ from test_sandbox import MODES, _assert_clean, _run
 from aspo.rewards.sandbox import Limits
 from aspo.rewards.sandbox.zygote import POOL as ZYGOTES
 
+
 @pytest.fixture(params=["unshare", "bwrap", "zygote"])
 def isolated(request) -> str:
     if request.param not in MODES:
@@ -75,7 +76,19 @@ def test_host_files_and_unix_sockets_are_out_of_reach(isolated, host_data):
     assert lines[:2] == ["no-data", "no-socket"], result
     with pytest.raises(BlockingIOError):
         listener.accept()  # nothing connected
-    assert set(lines[2].split()) <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "tmp"}
+    assert set(lines[2].split()) <= {
+        "usr",
+        "bin",
+        "sbin",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "etc",
+        "proc",
+        "dev",
+        "tmp",
+    }
     assert lines[3] == "[]"  # the host's /dev/shm (and this scorer's job dirs in it) is not visible
     _assert_clean(isolated)
 
