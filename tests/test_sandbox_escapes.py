@@ -66,8 +66,8 @@ def test_host_files_and_unix_sockets_are_out_of_reach(isolated, host_data):
         except OSError:
             print('no-socket')
         # only the system's directories: no /var, /run, /home, /root, /srv, /mnt, /work ...
-        print(' '.join(sorted(n for n in os.listdir('/')
-                              if os.path.isdir('/' + n) and not os.path.islink('/' + n) and os.listdir('/' + n))))
+        dirs = [n for n in os.listdir('/') if os.path.isdir('/' + n) and not os.path.islink('/' + n)]
+        print(' '.join(sorted(n for n in dirs if os.listdir('/' + n))))
         print(os.listdir('/dev/shm'))
     """,
         isolated,
@@ -132,6 +132,26 @@ def test_no_nested_user_namespaces(isolated):
         isolated,
     )
     assert result.stdout.decode().startswith("refused"), result
+    _assert_clean(isolated)
+
+
+def test_sysv_ipc_is_refused(isolated):
+    # a SysV segment outlives its attachment: create, fill, detach, repeat holds memory no limit counts
+    result = _run(
+        """
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        print(libc.shmget(0, 1 << 20, 0o1600), libc.msgget(0, 0o1600), libc.semget(0, 1, 0o1600))
+        import multiprocessing.shared_memory as posix  # POSIX shared memory, in the capped /dev/shm, works
+        shm = posix.SharedMemory(create=True, size=1 << 20)
+        shm.buf[0] = 1
+        shm.close()
+        shm.unlink()
+        print('posix-ok')
+    """,
+        isolated,
+    )
+    assert result.stdout.decode().split() == ["-1", "-1", "-1", "posix-ok"], result
     _assert_clean(isolated)
 
 

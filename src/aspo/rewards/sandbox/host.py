@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from aspo.errors import SandboxUnavailable, UserError
+from aspo.rewards.sandbox import seccomp
 from aspo.rewards.sandbox.limits import Limits
 
 logger = logging.getLogger("aspo.rewards.sandbox")
@@ -115,7 +116,20 @@ def visible_paths() -> list[str]:
     return paths
 
 
-def bwrap_args(limits: Limits, job_dir: str) -> list[str]:
+def seccomp_fd() -> int:
+    """A fresh descriptor holding the seccomp filter (bwrap reads it to its end), or -1 where there is
+    none for this architecture; pass it to the bwrap process, then close it."""
+    prog = seccomp.program()
+    if not prog:
+        return -1
+    fd = os.memfd_create("aspo-seccomp", 0)
+    os.write(fd, prog)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def bwrap_args(limits: Limits, job_dir: str, filter_fd: int = -1) -> list[str]:
+    """The bwrap command prefix; ``filter_fd`` from :func:`seccomp_fd` (the caller passes and closes it)."""
     bwrap = shutil.which("bwrap") or "bwrap"
     args = [
         bwrap,
@@ -125,6 +139,8 @@ def bwrap_args(limits: Limits, job_dir: str) -> list[str]:
         "--die-with-parent",
         "--new-session",
     ]
+    if filter_fd >= 0:
+        args += ["--seccomp", str(filter_fd)]
     for path in visible_paths():
         if os.path.islink(path):  # merged /usr: /bin -> usr/bin
             args += ["--symlink", os.readlink(path), path]
@@ -167,15 +183,19 @@ def bwrap_problem() -> str | None:
     os.chmod(job, 0o755)
     try:
         user = UIDS.acquire()
+        filter_fd = seccomp_fd()
         try:
             proc = subprocess.run(
-                bwrap_args(Limits(), job) + ["/bin/true"],
+                bwrap_args(Limits(), job, filter_fd) + ["/bin/true"],
                 capture_output=True,
                 timeout=20,
+                pass_fds=(filter_fd,) if filter_fd >= 0 else (),
                 **user_kwargs(user),
             )
         finally:
             UIDS.release(user)
+            if filter_fd >= 0:
+                os.close(filter_fd)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"bwrap failed to start: {err}"
     finally:
@@ -290,7 +310,8 @@ def unshare_problem() -> str | None:
     try:
         python = sandbox_python()
         proc = subprocess.run(
-            unshare_args(job, 1 << 20, hidden_home(), python, visible_paths()) + [python, "-S", "-c", "pass"],
+            unshare_args(job, 1 << 20, hidden_home(), python, visible_paths(), seccomp.program())
+            + [python, "-S", "-c", "pass"],
             capture_output=True,
             timeout=20,
             env=clean_env("/tmp"),

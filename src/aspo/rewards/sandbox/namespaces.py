@@ -6,7 +6,8 @@ the namespace only, makes every mount read-only, no-suid (``mount_setattr``, Lin
 size-capped tmpfs on ``/tmp`` (the job files read-only at ``/tmp/.job``) and ``/dev/shm``, hides every
 top-level directory but the system's (``host.SYSTEM_PATHS`` and the interpreter's prefix) behind an empty
 read-only tmpfs, forbids nested user namespaces (``max_user_namespaces`` = 0), drops
-every capability for good (empty bounding set, ``SECBIT_NOROOT`` locked, ``no_new_privs``) and only then
+every capability for good (empty bounding set, ``SECBIT_NOROOT`` locked, ``no_new_privs``), installs the
+seccomp filter of ``seccomp.py`` (no SysV IPC) and only then
 forks the bootstrap that runs the candidate, staying on as the namespace's init (it reaps, and reports a
 signal death as 128 + signal, which util-linux 2.38's unshare fails to pass on). Killing that init kills
 the namespace. Same contract as bwrap; the hostile-program tests judge both.
@@ -60,10 +61,15 @@ for cap in range(64):  # empty bounding set: no exec can regain a capability
     libc.prctl(24, cap, 0, 0, 0)
 ok(libc.prctl(28, 0x2f, 0, 0, 0), "securebits")  # NOROOT, NO_SETUID_FIXUP, KEEP_CAPS off: all locked
 ok(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")
+prog = bytes.fromhex(sys.argv[5])  # the seccomp filter (seccomp.py): no SysV IPC, no foreign ABI
+if prog:
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+    ok(libc.prctl(22, 2, ctypes.byref(Fprog(len(prog) // 8, prog)), 0, 0), "seccomp")  # SECCOMP_MODE_FILTER
 os.chdir("/tmp")
 run = os.fork()
 if run == 0:
-    os.execv(sys.argv[5], sys.argv[5:])
+    os.execv(sys.argv[6], sys.argv[6:])
 while True:  # the namespace's init: reap everything, report the run's status as a shell would (128 + signal)
     pid, status = os.wait()
     if pid == run:
@@ -72,7 +78,9 @@ while True:  # the namespace's init: reap everything, report the run's status as
 """
 
 
-def unshare_args(job_dir: str, tmpfs_bytes: int, hide: str, python: str, visible: list[str]) -> list[str]:
+def unshare_args(
+    job_dir: str, tmpfs_bytes: int, hide: str, python: str, visible: list[str], seccomp_filter: bytes
+) -> list[str]:
     """Command prefix: run ``python <args>`` (appended by the caller) inside fresh namespaces."""
     unshare = shutil.which("unshare") or "unshare"
     return [
@@ -98,4 +106,5 @@ def unshare_args(job_dir: str, tmpfs_bytes: int, hide: str, python: str, visible
         str(tmpfs_bytes),
         hide,
         ":".join(visible),
+        seccomp_filter.hex(),
     ]

@@ -48,7 +48,8 @@ class _Zygote:
         # requests travel on a socket so that each can carry its stdin as a descriptor (SCM_RIGHTS): the
         # server never reads a run's stdin, so no later fork of it holds a copy
         self.requests, server_end = socket.socketpair()
-        cmd = host.bwrap_args(limits, self.job) + [
+        filter_fd = host.seccomp_fd()
+        cmd = host.bwrap_args(limits, self.job, filter_fd) + [
             host.sandbox_python(),
             "-I",
             "-S",
@@ -69,11 +70,13 @@ class _Zygote:
                 cwd=self.job,
                 start_new_session=True,
                 close_fds=True,
-                pass_fds=(info_write,),
+                pass_fds=tuple(fd for fd in (info_write, filter_fd) if fd >= 0),
                 **host.user_kwargs(self.uid),
             )
         finally:
-            os.close(info_write)
+            for fd in (info_write, filter_fd):
+                if fd >= 0:
+                    os.close(fd)
             server_end.close()
         try:
             if self._receive(_START_TIMEOUT_S) != {"ready": True}:
