@@ -28,7 +28,7 @@ from dataclasses import replace
 from decimal import Decimal, localcontext
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aspo.errors import UserError
 from aspo.rewards import ScoreResult
@@ -72,7 +72,10 @@ _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 
 
-def _close(got: Fraction | Decimal, expected: Fraction | Decimal, tol: Fraction | Decimal) -> bool:
+_Exact = TypeVar("_Exact", Fraction, Decimal)
+
+
+def _close(got: _Exact, expected: _Exact, tol: _Exact) -> bool:
     """math.isclose(rel_tol=tol, abs_tol=tol) in exact arithmetic: no rounding, no overflow to inf."""
     return abs(got - expected) <= max(tol * max(abs(got), abs(expected)), tol)
 
