@@ -3,9 +3,11 @@
 A zygote is a long-lived bubblewrap sandbox (same namespaces, read-only system, scrubbed environment and
 unprivileged uid as a one-shot run) whose Python server (``zygote_main.py``) has paid interpreter start-up
 and common imports once. Each run is a fork of that clean server with its own scratch dir and rlimits;
-afterwards the server kills every other process in the namespace and wipes /tmp and /dev/shm, so runs are
-isolated from each other as well as from the host. A zygote that misbehaves (killed by its candidate,
-protocol error, missed deadline) is destroyed and replaced.
+afterwards the server kills every other process in the namespace, wipes /tmp and /dev/shm and removes SysV
+IPC objects, so runs are isolated from each other as well as from the host. A run's stdin travels as a
+descriptor (SCM_RIGHTS), never through the server's memory. A zygote that misbehaves (killed by its
+candidate, protocol error, missed deadline) or whose clean-up left anything behind is destroyed and
+replaced.
 """
 
 from __future__ import annotations
