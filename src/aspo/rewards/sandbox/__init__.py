@@ -15,8 +15,8 @@ Backends: ``bwrap`` (bubblewrap: new user, PID, network, IPC and UTS namespaces,
 namespaces; only the system's directories of the host, read-only (``host.SYSTEM_PATHS``); private
 size-capped tmpfs ``/tmp`` and ``/dev/shm`` as the only writable places; the seccomp filter; a scrubbed
 environment; killing the namespace's PID 1 kills every process inside); ``unshare`` (the same namespaces,
-mounts and filter without the bwrap binary). Where neither works, programs are refused unless ``ASPO_SANDBOX=unsafe`` asks for the
-unisolated mode: rlimits, a scrubbed environment, a private scratch
+mounts and filter without the bwrap binary). Where neither works, programs are refused unless
+``ASPO_SANDBOX=unsafe`` asks for the unisolated mode: rlimits, a scrubbed environment, a private scratch
 directory and its own session, and no isolation of the network or of your files (the gaps are listed in
 :func:`isolation` and logged). In every mode, when the scorer runs as root the program runs as a throw-away
 uid unique to the run slot. Limits (set by a tiny bootstrap before any untrusted code runs): CPU seconds,

@@ -116,26 +116,28 @@ def run_python(
             cmd[1:1] = ["--info-fd", str(info_write)]
         start = time.monotonic()
         try:
-            with (
-                open(paths["stdin"], "rb") as fin,
-                open(paths["stdout"], "wb", opener=_private) as fout,
-                open(paths["stderr"], "wb", opener=_private) as ferr,
-            ):
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=fin,
-                    stdout=fout,
-                    stderr=ferr,
-                    cwd=cwd,
-                    env=env,
-                    start_new_session=True,
-                    close_fds=True,
-                    pass_fds=tuple(fd for fd in (info_write, filter_fd) if fd >= 0),
-                    **host.user_kwargs(uid),
-                )
-            for fd in (info_write, filter_fd):
-                if fd >= 0:
-                    os.close(fd)
+            try:
+                with (
+                    open(paths["stdin"], "rb") as fin,
+                    open(paths["stdout"], "wb", opener=_private) as fout,
+                    open(paths["stderr"], "wb", opener=_private) as ferr,
+                ):
+                    proc = subprocess.Popen(
+                        cmd,
+                        stdin=fin,
+                        stdout=fout,
+                        stderr=ferr,
+                        cwd=cwd,
+                        env=env,
+                        start_new_session=True,
+                        close_fds=True,
+                        pass_fds=tuple(fd for fd in (info_write, filter_fd) if fd >= 0),
+                        **host.user_kwargs(uid),
+                    )
+            finally:  # bwrap holds its own copies now (or never started)
+                for fd in (info_write, filter_fd):
+                    if fd >= 0:
+                        os.close(fd)
             try:
                 timed_out = not host.wait_exit(proc, limits.wall_seconds)
             finally:

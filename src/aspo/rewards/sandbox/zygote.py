@@ -75,6 +75,10 @@ class _Zygote:
                 pass_fds=tuple(fd for fd in (info_write, filter_fd) if fd >= 0),
                 **host.user_kwargs(self.uid),
             )
+        except BaseException:
+            self.requests.close()
+            os.close(self.info_read)
+            raise
         finally:
             for fd in (info_write, filter_fd):
                 if fd >= 0:
