@@ -182,7 +182,9 @@ libc.shmat.restype = ctypes.c_void_p
 shm = libc.shmget(0x5EC4E7, 1 << 20, 0o1666)
 if shm >= 0:
     ctypes.memmove(libc.shmat(shm, None, 0), b's3cret', 6)
-print('poisoned')
+print('poisoned', flush=True)
+if os.getcwd() != '/tmp':  # the reused server's scratch dir for this run: lock it
+    os.chmod(os.getcwd(), 0)
 """
 
 _INSPECT = """
