@@ -128,6 +128,17 @@ def seccomp_fd() -> int:
     return fd
 
 
+@functools.lru_cache(maxsize=2)
+def _bwrap_can_disable_userns(bwrap: str) -> bool:
+    """bubblewrap >= 0.8 can forbid nested user namespaces; older ones run without that (a stated gap)."""
+    try:
+        return (
+            b"--disable-userns" in subprocess.run([bwrap, "--help"], capture_output=True, timeout=10).stdout
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def bwrap_args(limits: Limits, job_dir: str, filter_fd: int = -1) -> list[str]:
     """The bwrap command prefix; ``filter_fd`` from :func:`seccomp_fd` (the caller passes and closes it)."""
     bwrap = shutil.which("bwrap") or "bwrap"
