@@ -132,7 +132,8 @@ def test_livecodebench_functional_format():
 
 
 def test_returns_match_rules():
-    assert returns_match([1, 2.0000000001], [1, 2])
+    assert returns_match([1, 2.0000000001], [1, 2.0]) and returns_match([1, 2.0], [1, 2])
+    assert not returns_match([1, 2.0000000001], [1, 2])  # an integer answer is exact
     assert not returns_match(True, 1) and not returns_match([1, 2], [2, 1])
     assert returns_match({"a": [1]}, {"a": [1]})
 

@@ -2,10 +2,11 @@
 
 Test formats (a record carries one of them):
   * ``tests = {"inputs": [stdin, ...], "outputs": [stdout, ...]}`` -- LiveCodeBench / CodeContests; outputs
-    compared line by line, tokens by whitespace, numbers with a 1e-6 tolerance;
+    compared line by line (split on ``\\n`` only), tokens by whitespace, integers exactly and decimals
+    within 1e-6;
   * ``tests = {"fn_name": f, "inputs": [[args], ...], "outputs": [ret, ...]}`` -- LeetCode style; returns
     travel out of the sandbox as JSON and are compared here (a candidate object with a rigged ``__eq__``
-    cannot fake a pass);
+    cannot fake a pass), integers exactly, floats within 1e-6, never through inf;
   * ``test`` (code defining ``check(candidate)``) + ``entry_point`` -- HumanEval / MBPP. When the code does
     not define ``entry_point`` and the record has a ``prompt`` that does, the response is a completion of
     the prompt (HumanEval's convention) and the two are joined.
@@ -24,8 +25,10 @@ import secrets
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from decimal import Decimal, localcontext
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aspo.errors import UserError
 from aspo.rewards import ScoreResult
@@ -65,20 +68,42 @@ def extract_code(response: str) -> str:
     return response
 
 
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+
+
+_Exact = TypeVar("_Exact", Fraction, Decimal)
+
+
+def _close(got: _Exact, expected: _Exact, tol: _Exact) -> bool:
+    """math.isclose(rel_tol=tol, abs_tol=tol) in exact arithmetic: no rounding, no overflow to inf."""
+    return abs(got - expected) <= max(tol * max(abs(got), abs(expected)), tol)
+
+
 def _tokens_match(got: str, expected: str, tol: float) -> bool:
+    """Equal text; or equal numbers: exactly when ``expected`` is an integer, within ``tol`` when it is a
+    decimal. Compared as decimals (any number of digits: ``float()`` would round a 19-digit product and
+    turn 310 digits into inf)."""
     if got == expected:
         return True
-    try:
-        a, b = float(got), float(expected)
-    except ValueError:
+    if not (_NUMBER.match(got) and _NUMBER.match(expected)):
         return False
-    return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+    try:
+        g, e = Decimal(got), Decimal(expected)
+        if _INTEGER.match(expected):
+            return g == e
+        with localcontext() as ctx:  # 50 digits: rounding far below any tolerance; out of range: Overflow
+            ctx.prec = 50
+            return _close(g, e, Decimal(repr(tol)))
+    except (ArithmeticError, ValueError):
+        return False
 
 
 def outputs_match(got: str, expected: str, *, tol: float = 1e-6) -> bool:
-    """stdout comparison: same non-trailing lines, same whitespace-separated tokens, floats within tol."""
-    got_lines = got.strip().splitlines()
-    exp_lines = expected.strip().splitlines()
+    """stdout comparison: same non-trailing lines (split on \\n only), same whitespace-separated tokens,
+    integers exactly, decimals within tol."""
+    got_lines = got.strip().split("\n")
+    exp_lines = expected.strip().split("\n")
     if len(got_lines) != len(exp_lines):
         return False
     for g, e in zip(got_lines, exp_lines, strict=True):
@@ -89,22 +114,28 @@ def outputs_match(got: str, expected: str, *, tol: float = 1e-6) -> bool:
 
 
 def returns_match(got: Any, expected: Any, *, tol: float = 1e-6) -> bool:
-    """Function-call comparison on JSON values; floats within tol; APPS's ``[ret]`` wrapping accepted."""
+    """Function-call comparison on JSON values (integers exactly, floats within tol, never through inf);
+    APPS's ``[ret]`` wrapping accepted."""
     if _json_equal(got, expected, tol):
         return True
     if isinstance(expected, str):  # LiveCodeBench stores expected returns as JSON text
         try:
             return _json_equal(got, json.loads(expected), tol)
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON (or an integer past Python's digit limit)
             return False
     return isinstance(expected, list) and len(expected) == 1 and _json_equal(got, expected[0], tol)
 
 
 def _json_equal(a: Any, b: Any, tol: float) -> bool:
+    """``a`` (the candidate's) equals ``b`` (the expected value)."""
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+        if not all(isinstance(x, int) or math.isfinite(x) for x in (a, b)):
+            return False  # inf/nan (json.loads turns 1e400 into inf) are never a match
+        if isinstance(b, int):
+            return a == b  # int == float is exact in Python (no conversion of the int to a float)
+        return _close(Fraction(a), Fraction(b), Fraction(tol))
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_json_equal(x, y, tol) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict):
@@ -125,8 +156,9 @@ def _parse_tests(tests: Any) -> dict:
     return dict(tests)
 
 
-def _build_spec(record: Mapping[str, Any], case_timeout: float) -> tuple[dict, dict | None]:
-    """(spec for the harness, expected values kept outside the sandbox)."""
+def _build_spec(record: Mapping[str, Any], case_timeout: float) -> tuple[dict, dict]:
+    """(spec for the harness, what stays out of the candidate's reach: the expected values of tests, kept
+    here, or the test code of check mode, which the harness reads only after forking the candidate)."""
     code = extract_code(str(record.get("response") or ""))
     if record.get("tests") is not None:
         tests = _parse_tests(record["tests"])
@@ -145,12 +177,14 @@ def _build_spec(record: Mapping[str, Any], case_timeout: float) -> tuple[dict, d
         return {
             "mode": "check",
             "code": code,
-            # the test runs outside the candidate's process, beside the prompt's own helpers
-            "prelude": prompt if prompt_is_code else "",
-            "test": record["test"],
             "entry_point": entry,
             "timeout": case_timeout,
-        }, None
+        }, {
+            # sent after the candidate's process is forked: the test runs in the harness, outside it,
+            # beside the prompt's own helpers
+            "prelude": prompt if prompt_is_code else "",
+            "test": record["test"],
+        }
     raise UserError("a code record needs 'tests' {inputs, outputs[, fn_name]} or 'test' + 'entry_point'")
 
 
@@ -166,7 +200,7 @@ def check_code(
     A check that could not run (the sandbox or the harness failed before the candidate ran, the host
     refused a fork) is retried once, then returned with ``infra=True``: never a wrong answer."""
     case_timeout = float(record.get("time_limit") or DEFAULT_CASE_TIMEOUT)
-    spec, tests = _build_spec(record, case_timeout)
+    spec, kept = _build_spec(record, case_timeout)
     n_cases = len(spec.get("inputs", [None]))
     # per-process CPU: call/check modes run every case in one process; the harness's per-case wall
     # timeout should fire first
@@ -175,26 +209,34 @@ def check_code(
         cpu_seconds=min(case_timeout * n_cases + 1, 300.0),
         wall_seconds=min(case_timeout * n_cases + 5.0, 300.0),
     )
-    files = {"harness.py": _HARNESS, "spec.marshal": marshal.dumps(spec)}
     for _attempt in range(2):
-        result = _run_check(files, spec, tests, limits, backend, reuse)
+        result = _run_check(spec, kept, limits, backend, reuse)
         if not result.infra:
             break
     return result
 
 
+def _frame(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "big") + data
+
+
 def _run_check(
-    files: dict, spec: dict, tests: dict | None, limits: Limits, backend: str | None, reuse: bool | None
+    spec: dict, kept: dict, limits: Limits, backend: str | None, reuse: bool | None
 ) -> ScoreResult:
+    # the harness reads its stdin frame by frame, unbuffered: the nonce and spec, then (after forking the
+    # candidate, which keeps no handle to stdin) the test code of check mode
     nonce = secrets.token_hex(16)
+    secret = marshal.dumps(kept if spec["mode"] == "check" else {})
+    stdin = _frame(nonce.encode()) + _frame(marshal.dumps(spec)) + _frame(secret)
     try:
         run = run_python(
-            files, "harness.py", stdin=(nonce + "\n").encode(), limits=limits, backend=backend, reuse=reuse
+            {"harness.py": _HARNESS}, "harness.py", stdin=stdin, limits=limits, backend=backend, reuse=reuse
         )
     except OSError as err:  # SandboxUnavailable is not an OSError: it propagates (nothing may run here)
         return ScoreResult(0.0, f"infrastructure: the sandbox could not start: {err}", infra=True)
+    # \n only: str.splitlines() also splits at U+2028, U+0085, ..., which a correct program may print
     lines = [
-        ln[len(nonce) :] for ln in run.stdout.decode(errors="replace").splitlines() if ln.startswith(nonce)
+        ln[len(nonce) :] for ln in run.stdout.decode(errors="replace").split("\n") if ln.startswith(nonce)
     ]
     if "+" not in lines and run.stderr != b"sandbox server lost":  # (lost: the candidate killed its server)
         tail = run.stderr.decode(errors="replace").strip().splitlines()[-1:]
@@ -222,7 +264,7 @@ def _run_check(
         return ScoreResult(0.0, f"test {failed[0]}: {status[failed[0]]}{detail}")
     if spec["mode"] == "check":
         return ScoreResult(1.0)
-    assert tests is not None
+    tests = kept
     got = result["outputs"] if spec["mode"] == "stdio" else result["returns"]
     match = outputs_match if spec["mode"] == "stdio" else returns_match
     if len(got) != len(tests["outputs"]):

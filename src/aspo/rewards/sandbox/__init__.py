@@ -9,13 +9,14 @@ The public face is small: :func:`run_python` runs one program under :class:`Limi
 * ``run`` -- one run: a fork of a persistent sandboxed server (``zygote``, the default with bwrap) or a
   fresh sandbox/process per run (``reuse=False`` or ``ASPO_SANDBOX_REUSE=0``);
 * ``zygote`` / ``zygote_main`` -- that server, outside and inside the sandbox; ``harness`` -- the test
-  runner the code reward sends in.
+  runner the code reward sends in; ``seccomp`` -- the system-call filter (no SysV IPC).
 
-Backends: ``bwrap`` (bubblewrap: new user, PID, network, IPC and UTS namespaces; the host filesystem
-read-only; a private size-capped tmpfs ``/tmp`` as the only writable place; a scrubbed environment; killing
-the namespace's PID 1 kills every process inside); ``unshare`` (the same namespaces and mounts without
-the bwrap binary). Where neither works, programs are refused unless ``ASPO_SANDBOX=unsafe`` asks for the
-unisolated mode: rlimits, a scrubbed environment, a private scratch
+Backends: ``bwrap`` (bubblewrap: new user, PID, network, IPC and UTS namespaces, no nested user
+namespaces; only the system's directories of the host, read-only (``host.SYSTEM_PATHS``); private
+size-capped tmpfs ``/tmp`` and ``/dev/shm`` as the only writable places; the seccomp filter; a scrubbed
+environment; killing the namespace's PID 1 kills every process inside); ``unshare`` (the same namespaces,
+mounts and filter without the bwrap binary). Where neither works, programs are refused unless
+``ASPO_SANDBOX=unsafe`` asks for the unisolated mode: rlimits, a scrubbed environment, a private scratch
 directory and its own session, and no isolation of the network or of your files (the gaps are listed in
 :func:`isolation` and logged). In every mode, when the scorer runs as root the program runs as a throw-away
 uid unique to the run slot. Limits (set by a tiny bootstrap before any untrusted code runs): CPU seconds,

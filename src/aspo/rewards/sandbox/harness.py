@@ -1,10 +1,12 @@
 # ruff: noqa: UP031  (runs on whatever python3 the sandbox has: plain %-formatting)
 """Test runner executed INSIDE the sandbox (stdlib only; never imported by the scorer).
 
-Reads ``spec.marshal`` (written by the scorer) next to it and a one-line nonce on stdin, writes
-``<nonce>+`` (started) and, after running the candidate, one result line ``<nonce><json>`` to the original
-stdout. The candidate's own output goes elsewhere, and it never sees
-the expected outputs of stdin/stdout or function-call tests: those are compared by the scorer outside.
+Reads three length-prefixed frames on stdin: a nonce, the spec (marshal), and what the candidate must not
+see (marshal: the test code of check mode, empty otherwise). It writes ``<nonce>+`` (started) and, after
+running the candidate, one result line ``<nonce><json>`` to the original stdout. The candidate's own
+output goes elsewhere, and it never sees the expected outputs of stdin/stdout or function-call tests
+(compared by the scorer outside) nor the test code of check mode: that frame is read only after the
+candidate's process is forked (it holds no stdin), so it is in no memory the candidate can read.
 It avoids importing ``json`` (and with it ``re``), which would double the start-up time of a check.
 
 The candidate never runs in this process: it runs in a forked child that holds no handle to the result
@@ -19,7 +21,8 @@ Modes:
          result {"outputs": [str], "status": [ok|error|timeout]}; stops after the first error/timeout.
   call   {"code", "fn_name", "inputs": [[args]], "timeout"}: call fn (or Solution().fn) per argument list;
          result {"returns": [json], "status": [...]}.
-  check  {"code", "test", "entry_point", "timeout"}: exec code + test, then check(entry_point);
+  check  {"code", "entry_point", "timeout"} + {"test", "prelude"}: fork the candidate, then read and exec
+         the prompt's helpers and the test here, and run check(entry_point) against the candidate;
          result {"status": ["ok"]} when check returns.
 """
 
@@ -33,10 +36,28 @@ import sys
 # Not dumpable: a candidate (same uid) can neither ptrace this process nor open its fds via /proc.
 ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
 RESULT_FD = os.dup(1)
-NONCE = sys.stdin.readline().strip()
-os.write(
-    RESULT_FD, (NONCE + "+\n").encode()
-)  # "started": failures before this are the host's, not the candidate's
+SPEC_FD = os.dup(0)  # the frames; fd 0 itself is silenced so that no child inherits a path to them
+os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+
+
+def _read_frame():
+    """One length-prefixed frame of stdin, read unbuffered: nothing past it enters this process's memory
+    (a buffered read would pull the test code in before the candidate is forked)."""
+
+    def exact(n):
+        data = b""
+        while len(data) < n:
+            chunk = os.read(SPEC_FD, n - len(data))
+            if not chunk:
+                raise EOFError("stdin ended early")
+            data += chunk
+        return data
+
+    return exact(int.from_bytes(exact(8), "big"))
+
+
+NONCE = _read_frame().decode()
+os.write(RESULT_FD, (NONCE + "+\n").encode())  # "started": failures before this are the host's
 
 
 class _Timeout(BaseException):  # BaseException: candidate `except Exception` must not swallow it
@@ -108,8 +129,11 @@ def _run_stdio(spec):
             f.write(text)
         try:
             pid = os.fork()
-        except OSError as err:  # the harness's own fork: the host (or an earlier case's leftovers) refused it
-            _emit({"outputs": outputs, "status": status, "infra": "harness fork refused: %s" % err})
+        except OSError as err:
+            if i == 0:  # no candidate has run yet: the host refused it
+                _emit({"outputs": outputs, "status": status, "infra": "harness fork refused: %s" % err})
+            else:  # an earlier case's processes hold the process limit: the candidate's doing
+                _emit({"outputs": outputs, "status": status + ["error"], "error": "fork refused: %s" % err})
             return
         if pid == 0:
             fd_in = os.open(in_path, os.O_RDONLY)
@@ -119,6 +143,7 @@ def _run_stdio(spec):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 2)
             os.close(RESULT_FD)
+            os.close(SPEC_FD)
             sys.stdin = open(0, closefd=False)
             sys.stdout = open(1, "w", closefd=False)
             sys.stderr = open(2, "w", closefd=False)
@@ -237,6 +262,7 @@ def _serve_candidate(code, requests, replies):
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(RESULT_FD)
+    os.close(SPEC_FD)
     env = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         exec(compile(code, "solution.py", "exec"), env)
@@ -398,14 +424,15 @@ def _run_check(spec):
             error = candidate.defined()
             if error is not None:
                 raise _CandidateError(error)
+            kept = marshal.loads(_read_frame())  # only now: the candidate's process never held it
             env = {"__name__": "__main__", "__builtins__": __builtins__}
-            if spec.get("prelude"):
+            if kept.get("prelude"):
                 try:  # the dataset's prompt: helpers its test may call (the candidate cannot change them)
-                    exec(compile(spec["prelude"], "prompt.py", "exec"), env)
+                    exec(compile(kept["prelude"], "prompt.py", "exec"), env)
                 except Exception:
                     pass  # not runnable on its own: the test gets what it defined up to there
             env[entry] = proxy
-            exec(compile(spec["test"], "test.py", "exec"), env)
+            exec(compile(kept["test"], "test.py", "exec"), env)
             env["check"](proxy)
 
         _timed(run, spec["timeout"])
@@ -421,8 +448,7 @@ def _run_check(spec):
 
 
 def main():
-    with open(os.path.join(os.path.dirname(__file__), "spec.marshal"), "rb") as f:
-        spec = marshal.load(f)
+    spec = marshal.loads(_read_frame())
     signal.signal(signal.SIGALRM, _on_alarm)
     if spec["mode"] != "stdio":
         _silence_stdio()

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from aspo.errors import SandboxUnavailable, UserError
+from aspo.rewards.sandbox import seccomp
 from aspo.rewards.sandbox.limits import Limits
 
 logger = logging.getLogger("aspo.rewards.sandbox")
@@ -101,20 +102,70 @@ def sandbox_python() -> str:
     return candidates[0]
 
 
-def bwrap_args(limits: Limits, job_dir: str) -> list[str]:
+# What a sandbox sees of the host: the system's programs, libraries and configuration, read-only. Not /var,
+# /run, /home, /tmp, /srv, /mnt, ... (user data, datasets, host unix sockets).
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+
+
+def visible_paths() -> list[str]:
+    """SYSTEM_PATHS that exist here, plus the interpreter's own prefix when it lives elsewhere."""
+    paths = [p for p in SYSTEM_PATHS if os.path.lexists(p)]
+    prefix = os.path.dirname(os.path.dirname(os.path.realpath(sandbox_python())))  # <prefix>/bin/python
+    if not any(prefix == p or prefix.startswith(p + os.sep) for p in paths):
+        paths.append(prefix)
+    return paths
+
+
+def seccomp_fd() -> int:
+    """A fresh descriptor holding the seccomp filter (bwrap reads it to its end), or -1 where there is
+    none for this architecture; pass it to the bwrap process, then close it."""
+    prog = seccomp.program()
+    if not prog:
+        return -1
+    fd = os.memfd_create("aspo-seccomp", 0)
+    os.write(fd, prog)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+@functools.lru_cache(maxsize=2)
+def _bwrap_can_disable_userns(bwrap: str) -> bool:
+    """bubblewrap >= 0.8 can forbid nested user namespaces; older ones run without that (a stated gap)."""
+    try:
+        return (
+            b"--disable-userns" in subprocess.run([bwrap, "--help"], capture_output=True, timeout=10).stdout
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def bwrap_args(limits: Limits, job_dir: str, filter_fd: int = -1) -> list[str]:
+    """The bwrap command prefix; ``filter_fd`` from :func:`seccomp_fd` (the caller passes and closes it)."""
     bwrap = shutil.which("bwrap") or "bwrap"
     args = [
         bwrap,
         "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
         "--die-with-parent",
         "--new-session",
-        "--ro-bind",
-        "/",
-        "/",
+    ]
+    if filter_fd >= 0:
+        args += ["--seccomp", str(filter_fd)]
+    for path in visible_paths():
+        if os.path.islink(path):  # merged /usr: /bin -> usr/bin
+            args += ["--symlink", os.readlink(path), path]
+        else:
+            args += ["--ro-bind", path, path]
+    args += [
         "--proc",
         "/proc",
         "--dev",
         "/dev",
+        "--size",
+        str(limits.tmpfs_bytes),
+        "--tmpfs",
+        "/dev/shm",  # (bwrap's own /dev/shm would be a directory of the uncapped /dev tmpfs)
         "--size",
         str(limits.tmpfs_bytes),
         "--tmpfs",
@@ -126,8 +177,6 @@ def bwrap_args(limits: Limits, job_dir: str) -> list[str]:
         "/tmp",
         "--clearenv",
     ]
-    if hidden_home():
-        args += ["--tmpfs", hidden_home()]
     for key, value in clean_env("/tmp").items():
         args += ["--setenv", key, value]
     return args + ["--"]
@@ -145,15 +194,19 @@ def bwrap_problem() -> str | None:
     os.chmod(job, 0o755)
     try:
         user = UIDS.acquire()
+        filter_fd = seccomp_fd()
         try:
             proc = subprocess.run(
-                bwrap_args(Limits(), job) + ["/bin/true"],
+                bwrap_args(Limits(), job, filter_fd) + ["/bin/true"],
                 capture_output=True,
                 timeout=20,
+                pass_fds=(filter_fd,) if filter_fd >= 0 else (),
                 **user_kwargs(user),
             )
         finally:
             UIDS.release(user)
+            if filter_fd >= 0:
+                os.close(filter_fd)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"bwrap failed to start: {err}"
     finally:
@@ -268,7 +321,8 @@ def unshare_problem() -> str | None:
     try:
         python = sandbox_python()
         proc = subprocess.run(
-            unshare_args(job, 1 << 20, hidden_home(), python) + [python, "-S", "-c", "pass"],
+            unshare_args(job, 1 << 20, hidden_home(), python, visible_paths(), seccomp.program())
+            + [python, "-S", "-c", "pass"],
             capture_output=True,
             timeout=20,
             env=clean_env("/tmp"),

@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import aspo.rewards.sandbox.host as host
+from aspo.rewards.sandbox import seccomp
 from aspo.rewards.sandbox.limits import Limits, RunResult
 from aspo.rewards.sandbox.namespaces import unshare_args
 
@@ -68,6 +69,7 @@ def run_python(
             {k: v.encode() if isinstance(v, str) else v for k, v in files.items()}, main, stdin, limits
         )
     uid = host.UIDS.acquire()
+    filter_fd = -1
     job = tempfile.mkdtemp(dir=host.work_root())
     os.chmod(job, 0o711)  # the run uid must reach job/files; stdin/stdout/stderr stay private (0600)
     try:
@@ -83,9 +85,16 @@ def run_python(
                 os.chmod(os.path.join(job_files, name), 0o644)
             main_path, cwd = f"{host.JOB_DIR_INSIDE}/{main}", job_files
             prefix = (
-                host.bwrap_args(limits, job_files)
+                host.bwrap_args(limits, job_files, filter_fd := host.seccomp_fd())
                 if iso.backend == "bwrap"
-                else unshare_args(job_files, limits.tmpfs_bytes, host.hidden_home(), host.sandbox_python())
+                else unshare_args(
+                    job_files,
+                    limits.tmpfs_bytes,
+                    host.hidden_home(),
+                    host.sandbox_python(),
+                    host.visible_paths(),
+                    seccomp.program(),
+                )
             )
             env = host.clean_env("/tmp")
             in_use = int(iso.backend == "unshare")  # per user namespace (fresh per run); + unshare's init
@@ -107,25 +116,28 @@ def run_python(
             cmd[1:1] = ["--info-fd", str(info_write)]
         start = time.monotonic()
         try:
-            with (
-                open(paths["stdin"], "rb") as fin,
-                open(paths["stdout"], "wb", opener=_private) as fout,
-                open(paths["stderr"], "wb", opener=_private) as ferr,
-            ):
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=fin,
-                    stdout=fout,
-                    stderr=ferr,
-                    cwd=cwd,
-                    env=env,
-                    start_new_session=True,
-                    close_fds=True,
-                    pass_fds=(info_write,) if info_write >= 0 else (),
-                    **host.user_kwargs(uid),
-                )
-            if info_write >= 0:
-                os.close(info_write)
+            try:
+                with (
+                    open(paths["stdin"], "rb") as fin,
+                    open(paths["stdout"], "wb", opener=_private) as fout,
+                    open(paths["stderr"], "wb", opener=_private) as ferr,
+                ):
+                    proc = subprocess.Popen(
+                        cmd,
+                        stdin=fin,
+                        stdout=fout,
+                        stderr=ferr,
+                        cwd=cwd,
+                        env=env,
+                        start_new_session=True,
+                        close_fds=True,
+                        pass_fds=tuple(fd for fd in (info_write, filter_fd) if fd >= 0),
+                        **host.user_kwargs(uid),
+                    )
+            finally:  # bwrap holds its own copies now (or never started)
+                for fd in (info_write, filter_fd):
+                    if fd >= 0:
+                        os.close(fd)
             try:
                 timed_out = not host.wait_exit(proc, limits.wall_seconds)
             finally:

@@ -3,9 +3,11 @@
 A zygote is a long-lived bubblewrap sandbox (same namespaces, read-only system, scrubbed environment and
 unprivileged uid as a one-shot run) whose Python server (``zygote_main.py``) has paid interpreter start-up
 and common imports once. Each run is a fork of that clean server with its own scratch dir and rlimits;
-afterwards the server kills every other process in the namespace and wipes /tmp and /dev/shm, so runs are
-isolated from each other as well as from the host. A zygote that misbehaves (killed by its candidate,
-protocol error, missed deadline) is destroyed and replaced.
+afterwards the server kills every other process in the namespace, wipes /tmp and /dev/shm and removes SysV
+IPC objects, so runs are isolated from each other as well as from the host. A run's stdin travels as a
+descriptor (SCM_RIGHTS), never through the server's memory. A zygote that misbehaves (killed by its
+candidate, protocol error, missed deadline) or whose clean-up left anything behind is destroyed and
+replaced.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import queue
 import select
 import shutil
+import socket
 import struct
 import subprocess
 import tempfile
@@ -44,7 +47,11 @@ class _Zygote:
         os.chmod(Path(self.job) / "zygote_main.py", 0o644)
         limits = Limits(tmpfs_bytes=tmpfs_bytes)
         self.info_read, info_write = os.pipe()
-        cmd = host.bwrap_args(limits, self.job) + [
+        # requests travel on a socket so that each can carry its stdin as a descriptor (SCM_RIGHTS): the
+        # server never reads a run's stdin, so no later fork of it holds a copy
+        self.requests, server_end = socket.socketpair()
+        filter_fd = host.seccomp_fd()
+        cmd = host.bwrap_args(limits, self.job, filter_fd) + [
             host.sandbox_python(),
             "-I",
             "-S",
@@ -58,18 +65,25 @@ class _Zygote:
         try:
             self.proc = subprocess.Popen(
                 cmd,
-                stdin=subprocess.PIPE,
+                stdin=server_end.fileno(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 env=host.clean_env("/tmp"),
                 cwd=self.job,
                 start_new_session=True,
                 close_fds=True,
-                pass_fds=(info_write,),
+                pass_fds=tuple(fd for fd in (info_write, filter_fd) if fd >= 0),
                 **host.user_kwargs(self.uid),
             )
+        except BaseException:
+            self.requests.close()
+            os.close(self.info_read)
+            raise
         finally:
-            os.close(info_write)
+            for fd in (info_write, filter_fd):
+                if fd >= 0:
+                    os.close(fd)
+            server_end.close()
         try:
             if self._receive(_START_TIMEOUT_S) != {"ready": True}:
                 raise ZygoteError("zygote sent a bad greeting")
@@ -96,14 +110,23 @@ class _Zygote:
             if header is not None and len(data) >= 4 + header:
                 return json.loads(data[4 : 4 + header])
 
-    def run(self, request: dict, timeout: float) -> dict:
-        assert self.proc.stdin is not None
+    def run(self, request: dict, stdin: bytes, timeout: float) -> dict:
         data = json.dumps(request).encode()
+        stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
         try:
-            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as err:
+            view = memoryview(stdin)
+            while view:
+                view = view[os.write(stdin_fd, view) :]
+            os.lseek(stdin_fd, 0, os.SEEK_SET)
+            message = struct.pack(">I", len(data)) + data
+            sent = self.requests.sendmsg(
+                [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", stdin_fd))]
+            )
+            self.requests.sendall(message[sent:])
+        except OSError as err:
             raise ZygoteError(f"zygote gone: {err}") from err
+        finally:
+            os.close(stdin_fd)
         return self._receive(timeout)
 
     def alive(self) -> bool:
@@ -111,8 +134,7 @@ class _Zygote:
 
     def close(self) -> None:
         try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()  # a healthy zygote exits on EOF, and bwrap reaps the namespace
+            self.requests.close()  # a healthy zygote exits on EOF, and bwrap reaps the namespace
             if not host.wait_exit(self.proc, 1.0):
                 host.kill_tree(self.proc, self.uid, "bwrap", self.info_read)
             self.proc.wait()
@@ -149,7 +171,6 @@ class ZygotePool:
         request = {
             "files": {k: v.decode("latin-1") for k, v in files.items()},
             "main": main,
-            "stdin": stdin.decode("latin-1"),
             "wall": limits.wall_seconds,
             "max_output": limits.max_output_bytes,
             # the server and the namespace's init share the uid: two more processes
@@ -157,12 +178,15 @@ class ZygotePool:
         }
         start = time.monotonic()
         try:
-            reply = zygote.run(request, limits.wall_seconds + _REPLY_MARGIN_S)
+            reply = zygote.run(request, stdin, limits.wall_seconds + _REPLY_MARGIN_S)
         except (TimeoutError, ZygoteError, ValueError):
             self._discard(zygote)
             # the candidate killed or wedged its zygote: no result, which scores 0
             return RunResult(None, b"", b"sandbox server lost", False, False, time.monotonic() - start)
-        self._idle.put(zygote)
+        if reply.get("dirty"):  # the run left what the server could not wipe: no later run may meet it
+            self._discard(zygote)
+        else:
+            self._idle.put(zygote)
         stdout = reply["stdout"].encode("latin-1")
         rc = reply["rc"]
         limited = reply["largest_output"] >= limits.max_output_bytes

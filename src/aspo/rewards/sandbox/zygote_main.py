@@ -3,12 +3,18 @@
 
 Python start-up and the imports candidates commonly need (typing, collections, re, ...) are paid once; each
 run is a fork of this clean process, so no candidate sees another's memory. Per run:
-  1. read a request from stdin: 4-byte length + JSON {files, main, stdin, rlimits, wall};
-  2. fork; the child makes a fresh scratch dir under /tmp, sets the rlimits, points fds 0/1/2 at files
-     there (stdin's and stdout's unlinked: only fds reach them), and executes ``main`` as __main__;
+  1. read a request from the socket on fd 0: 4-byte length + JSON {files, main, rlimits, wall}, with the
+     run's stdin attached as a descriptor (a memfd): the server never reads it, so its content is in no
+     memory a later fork inherits (the code reward's harness reads its test code from it after forking
+     the candidate);
+  2. fork; the child makes a fresh scratch dir with an unguessable name under /tmp, sets the rlimits,
+     points fd 0 at that stdin and fds 1/2 at files there (stdout's unlinked: only fds reach it), and
+     executes ``main`` as __main__;
   3. wait up to ``wall`` seconds (pidfd); then SIGKILL every other process of the namespace until none is
-     left, and delete everything under /tmp and /dev/shm, so the next run starts from a clean sandbox;
-  4. reply on the original stdout: 4-byte length + JSON {rc, timed_out, stdout, stderr} (latin-1 text).
+     left, delete everything under /tmp and /dev/shm (making read-only directories writable first) and
+     every SysV IPC object, so the next run starts from a clean sandbox;
+  4. reply on the original stdout: 4-byte length + JSON {rc, timed_out, stdout, stderr, dirty} (latin-1
+     text). ``dirty``: something survived the clean-up; the scorer then replaces this server.
 The zygote is not dumpable, so a candidate (same uid) cannot ptrace it or open its pipes through /proc.
 """
 
@@ -26,24 +32,40 @@ import re  # noqa: F401
 import resource
 import select
 import shutil
+import socket
 import string  # noqa: F401
 import struct
 import sys
 import typing  # noqa: F401
 
 PR_SET_DUMPABLE = 4
-REQUESTS = os.fdopen(os.dup(0), "rb", buffering=0)
+REQUESTS = socket.socket(fileno=os.dup(0))
 REPLIES = os.fdopen(os.dup(1), "wb", buffering=0)
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _read_exact(n):
-    data = b""
-    while len(data) < n:
-        chunk = REQUESTS.read(n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
+def _read_request():
+    """(request, stdin fd): the fd arrives with the message's first bytes."""
+    head, fds, _, _ = socket.recv_fds(REQUESTS, 4, 1)
+    if not head:
+        raise EOFError
+    data = head
+    while len(data) < 4:
+        data += _recv(4 - len(data))
+    (size,) = struct.unpack(">I", data)
+    body = b""
+    while len(body) < size:
+        body += _recv(size - len(body))
+    if len(fds) != 1:
+        raise EOFError  # protocol error: stop (the scorer replaces the server)
+    return json.loads(body), fds[0]
+
+
+def _recv(n):
+    chunk = REQUESTS.recv(n)
+    if not chunk:
+        raise EOFError
+    return chunk
 
 
 def _reply(obj):
@@ -71,32 +93,60 @@ def _kill_everything_else():
             pass
 
 
-def _wipe(path):
+def _wipe(path, keep=()):
+    """Delete everything under ``path`` (but ``keep``); True when nothing else is left."""
     for name in os.listdir(path):
+        if name in keep:
+            continue
         full = os.path.join(path, name)
         if os.path.isdir(full) and not os.path.islink(full):
+            for root, dirs, _ in os.walk(full):  # a 0500 or 0000 directory must not keep its files
+                for d in [root] + [os.path.join(root, d) for d in dirs]:
+                    try:
+                        if not os.path.islink(d):
+                            os.chmod(d, 0o700)
+                    except OSError:
+                        pass
+            try:
+                os.chmod(full, 0o700)
+            except OSError:
+                pass
             shutil.rmtree(full, ignore_errors=True)
         else:
             try:
                 os.unlink(full)
             except OSError:
                 pass
+    return not [name for name in os.listdir(path) if name not in keep]
 
 
-def _child(request, scratch, stdout_fd):
+def _remove_sysv_ipc():
+    """Remove every SysV shared memory segment, message queue and semaphore set of this IPC namespace."""
+    clean = True
+    for kind, ctl in (("shm", LIBC.shmctl), ("msg", LIBC.msgctl), ("sem", LIBC.semctl)):
+        try:
+            with open("/proc/sysvipc/" + kind) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            ident = int(row.split()[1])
+            if ctl(ident, 0, 0, 0) != 0:  # IPC_RMID
+                clean = False
+    return clean
+
+
+def _child(request, scratch, stdin_fd, stdout_fd):
     try:
         os.setsid()
         for name, text in request["files"].items():
             with open(os.path.join(scratch, name), "wb") as f:
                 f.write(text.encode("latin-1"))
-        with open(os.path.join(scratch, ".stdin"), "wb") as f:
-            f.write(request["stdin"].encode("latin-1"))
         fds = [
-            os.open(os.path.join(scratch, ".stdin"), os.O_RDONLY),
+            stdin_fd,
             stdout_fd,
             os.open(os.path.join(scratch, ".stderr"), os.O_WRONLY | os.O_CREAT, 0o600),
         ]
-        os.unlink(os.path.join(scratch, ".stdin"))  # what it was given, and its stdout: no path to either
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -145,15 +195,12 @@ def serve():
     for fd in (0, 1):
         os.dup2(devnull, fd)
     _reply({"ready": True})
-    count = 0
     while True:
         try:
-            (size,) = struct.unpack(">I", _read_exact(4))
-            request = json.loads(_read_exact(size))
+            request, stdin_fd = _read_request()
         except EOFError:
             return
-        count += 1
-        scratch = "/tmp/run%d" % count
+        scratch = "/tmp/run-" + os.urandom(16).hex()  # unguessable: no run can pre-create the next one's
         os.mkdir(scratch, 0o700)
         # the run's stdout has no path: a program (or a process it starts) can write it only through an
         # fd it was given, so the harness's result line cannot be appended by the candidate it runs
@@ -164,7 +211,8 @@ def serve():
         if pid == 0:
             REQUESTS.close()
             REPLIES.close()
-            _child(request, scratch, stdout_fd)
+            _child(request, scratch, stdin_fd, stdout_fd)
+        os.close(stdin_fd)
         pidfd = os.pidfd_open(pid)
         ready, _, _ = select.select([pidfd], [], [], request["wall"])
         os.close(pidfd)
@@ -185,9 +233,11 @@ def serve():
             "stderr": _read_tail(stderr_path, 1 << 16),
         }
         os.close(stdout_fd)
-        _wipe("/tmp")
+        clean = not _others()
+        clean = _wipe("/tmp", keep=(".job",)) and clean
         if os.path.isdir("/dev/shm"):
-            _wipe("/dev/shm")
+            clean = _wipe("/dev/shm") and clean
+        reply["dirty"] = not (_remove_sysv_ipc() and clean)
         _reply(reply)
 
 
