@@ -70,6 +70,7 @@ class Trainer:
         if cfg.train.deterministic:  # multi-threaded CPU reductions otherwise differ from run to run at ~1e-8
             torch.use_deterministic_algorithms(True, warn_only=True)
         device = cfg.train.device
+        dist.before_process_group()
         self.accelerator = Accelerator(
             cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available())
         )
@@ -588,7 +589,7 @@ class Trainer:
     def close(self) -> None:
         """Tear down the process group, then give the signals back (a rank killed before the teardown would
         leave the others waiting in its barrier)."""
-        dist.close(self.accelerator)
+        dist.close(self.accelerator, self.train_model)
         if self.graceful_stop is not None:
             self.graceful_stop.restore()
 
