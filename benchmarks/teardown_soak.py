@@ -150,6 +150,13 @@ def one_run(index: int, kind: str, inputs: Path, out: Path, bound: float) -> dic
     return row
 
 
+def spread(rows: list[dict]) -> str:
+    walls = [r["wall_s"] for r in rows if not r["hung"]]
+    if not walls:
+        return "no run ended"
+    return f"wall median {statistics.median(walls):.1f} s, max {max(walls):.1f} s"
+
+
 def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -191,7 +198,6 @@ def main() -> int:
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
-    walls = [r["wall_s"] for r in rows if not r["hung"]]
     print(
         f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; {args.spinners} spinner(s); bound {args.bound} s"
     )
@@ -199,17 +205,10 @@ def main() -> int:
         mine = [r for r in rows if r["kind"] == kind]
         hangs = sum(r["hung"] for r in mine)
         failed = sum(not r["ok"] and not r["hung"] for r in mine)
-        kw = [r["wall_s"] for r in mine if not r["hung"]]
-        print(
-            f"{kind}: {len(mine)} runs, {hangs} hung, {failed} failed otherwise; wall median "
-            f"{statistics.median(kw) if kw else float('nan'):.1f} s, max {max(kw, default=float('nan')):.1f} s"
-        )
+        print(f"{kind}: {len(mine)} runs, {hangs} hung, {failed} failed otherwise; {spread(mine)}")
     hangs = sum(r["hung"] for r in rows)
     failed = sum(not r["ok"] for r in rows)
-    if walls:
-        print(
-            f"all: {len(rows)} runs, {hangs} hung; wall median {statistics.median(walls):.1f} s, max {max(walls):.1f} s"
-        )
+    print(f"all: {len(rows)} runs, {hangs} hung; {spread(rows)}")
     return 1 if failed else 0
 
 
