@@ -50,8 +50,6 @@ def truncate_after(path: Path, step: int) -> None:
 def append_lines(path: Path, lines: list[str]) -> None:
     """Append whole lines or nothing: a failed write (a full disk, a quota) is cut back off the file and
     raised as one UserError naming it -- the run's checkpoints are untouched, so it can resume."""
-    from aspo.errors import UserError
-
     data = memoryview("".join(lines).encode("utf-8"))
     with open(path, "ab", buffering=0) as fh:  # unbuffered: nothing left to fail again at close
         size = fh.seek(0, os.SEEK_END)
@@ -63,11 +61,18 @@ def append_lines(path: Path, lines: list[str]) -> None:
                 fh.truncate(size)
             except OSError:
                 pass  # a torn last line is skipped when the file is read
-            reason = (err.strerror or str(err)).lower()
-            raise UserError(
-                f"could not write {path}: {reason}; the run stopped and its checkpoints in "
-                f"{path.parent / 'checkpoints'} are intact: free space and continue with resume=true"
-            ) from err
+            raise write_error(path, err) from err
+
+
+def write_error(path: Path, err: OSError) -> Exception:
+    """The one-line error for a failed write of a run file (``path``, directly in the run directory)."""
+    from aspo.errors import UserError
+
+    reason = (err.strerror or str(err)).lower()
+    return UserError(
+        f"could not write {path}: {reason}; the run stopped and its checkpoints in "
+        f"{path.parent / 'checkpoints'} are intact: free space and continue with resume=true"
+    )
 
 
 class MetricsLogger:
@@ -106,9 +111,12 @@ class MetricsLogger:
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         append_lines(self.path, [json.dumps(row) + "\n"])
         if self.writer is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self.writer.add_scalar(key, value, step)
+            try:
+                for key, value in metrics.items():
+                    if isinstance(value, (int, float)) and math.isfinite(value):
+                        self.writer.add_scalar(key, value, step)
+            except OSError as err:  # its writer thread's failure, raised here
+                raise write_error(self.path.parent / "tensorboard", err) from err
         if self.wandb is not None:
             self.wandb.log(step, metrics)
 
@@ -119,7 +127,7 @@ class MetricsLogger:
             try:
                 self.writer.flush()
                 self.writer.close()
-            except OSError as err:  # a full disk: metrics.jsonl is the record; this must not mask the error
+            except OSError as err:  # a full disk: reported already (or next); this must not mask that error
                 warnings.warn(f"TensorBoard events could not be written: {err}", stacklevel=2)
 
 
