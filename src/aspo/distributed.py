@@ -202,7 +202,7 @@ def before_process_group() -> None:
     DDP's constructor imports ``torch._dynamo`` on first use, and that import keeps ten references to every
     process-group handle alive at the time, for the life of the process (torch 2.13, measured with
     ``sys.getrefcount``): the group could then only be freed at interpreter exit, where a gloo worker that
-    still needs the GIL aborts the process. Imported first, it holds none (DDP would import it anyway)."""
+    still needs the GIL can abort the process. Imported first, it holds none (DDP would import it anyway)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch._dynamo  # noqa: F401
 
@@ -216,9 +216,9 @@ def close(accelerator: Any, *models: torch.nn.Module) -> None:
     group's destructor takes that mutex and joins the workers: it must run with the GIL released. torch's
     Python handle of a group does that when it drops the last reference; the DDP reducer (a C++ owner, freed
     with the GIL held) and torch's group-name registry do not. So the reducers go while this function's
-    handle keeps the group alive, ``destroy_process_group`` drops the registry's reference, and the last
-    reference is a Python handle's: here (DDP, see ``before_process_group``) or, under FSDP, the sharded
-    model's, when the model is freed."""
+    handle keeps the group alive, ``destroy_process_group`` drops the registry's reference, and with DDP the
+    last reference is this handle's (see ``before_process_group``). Under FSDP (torch 2.13) an owner inside
+    torch's C++ keeps the group longer; its workers are idle by then (docs/scaling.md)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
@@ -228,7 +228,7 @@ def close(accelerator: Any, *models: torch.nn.Module) -> None:
     for model in models:
         _release_reducer(model)
     dist.destroy_process_group()
-    del group  # the group's destructor runs here (or with the last Python handle), with the GIL released
+    del group  # with DDP the group's destructor runs here, with the GIL released
 
 
 def _release_reducer(model: torch.nn.Module) -> None:
@@ -237,6 +237,8 @@ def _release_reducer(model: torch.nn.Module) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     if not isinstance(model, DistributedDataParallel):
+        return
+    if "reducer" not in model.__dict__:
         return
     reducer = weakref.ref(model.reducer)
     for name in ("logger", "reducer", "process_group"):
