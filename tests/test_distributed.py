@@ -241,3 +241,11 @@ def test_sigterm_to_one_rank_ends_every_rank_promptly_with_a_complete_checkpoint
     assert [s for s, _ in list_checkpoints(out)] == [last]  # saved by the stop, or by the run's end
     assert (out / "checkpoints" / f"step-{last}" / "model.safetensors").is_file()
     assert comparable(read_metrics(out)) == comparable(read_metrics(whole_two_process_run))[: last + 1]
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_the_teardown_frees_the_process_group_before_it_returns(sharding):
+    # the gloo group's destructor must run with the GIL released (a Python handle's), never in the DDP
+    # reducer's release: see aspo.distributed.close; benchmarks/teardown_soak.py counts real runs' hangs
+    code, stderr = finish([*LAUNCH, str(HERE / "dist" / "teardown.py"), sharding], timeout=150)
+    assert code == 0, stderr[-3000:]

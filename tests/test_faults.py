@@ -147,6 +147,72 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tiny_run_inputs, whole
     resume_and_compare(tiny_run_inputs, out, whole_run)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs of its own (needs root, or CAP_SYS_ADMIN), unmounted after the test."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode:
+        pytest.skip(f"cannot mount a tmpfs here to fill ({made.stderr.decode().strip()})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(disk, target):
+    """Write a filler file until the kernel refuses: ENOSPC for real. ``target`` is first padded with blank
+    lines (which readers skip) to a page boundary, so that its next row needs a page the disk lacks."""
+    with open(target, "a") as fh:
+        fh.write("\n" * (-fh.tell() % os.sysconf("SC_PAGE_SIZE")))
+    with open(disk / "filler", "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+    with open(disk / "filler", "ab", buffering=0) as fh:  # the last partial block too
+        try:
+            while True:
+                fh.write(b"\0")
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("target", ["samples.jsonl", "metrics.jsonl"])
+def test_a_full_disk_while_logging_is_one_clear_error_and_the_run_resumes(
+    tiny_run_inputs, whole_run, small_disk, target
+):
+    out = small_disk / "run"
+    run = trainer(tiny_run_inputs, out)
+    # the disk fills after step 2's checkpoint: step 3's eval samples are the next write; or right after
+    # them, so that step 3's metrics row is
+    after = ("save", 1) if target == "samples.jsonl" else ("write_samples", 4)
+    original, calls = getattr(run, after[0]), []
+
+    def then_fill(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == after[1]:
+            fill(small_disk, out / target)
+        return result
+
+    setattr(run, after[0], then_fill)
+    with pytest.raises(UserError) as failed:
+        run.run()
+    message = str(failed.value)
+    assert message.startswith(f"could not write {out / target}: no space left on device")
+    assert "\n" not in message and "resume=true" in message
+    assert [r["step"] for r in read_metrics(out)] == [0, 1, 2]  # whole rows, none of step 3
+    assert {r["step"] for r in read_metrics(out / "samples.jsonl")} == (
+        {0, 1, 2} if target == "samples.jsonl" else {0, 1, 2, 3}
+    )
+    read_checkpoint(out / "checkpoints" / "step-2")  # the last checkpoint is intact
+    (small_disk / "filler").unlink()
+    resume_and_compare(tiny_run_inputs, out, whole_run)
+
+
 def test_a_truncated_newest_checkpoint_is_skipped_with_a_warning(tiny_run_inputs, whole_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(whole_run, out)

@@ -31,6 +31,7 @@ from aspo.errors import CheckpointError, UserError
 from aspo.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter_state
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_OLD_DIR = re.compile(r"^\.old-step-(\d+)-\d+$")  # a re-saved step's previous copy (save_checkpoint)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -114,6 +115,9 @@ def save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
     for _, stale in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
+    for stale_step, stale in _resume_candidates(run_dir):  # an interrupted re-save's copy, now superseded
+        if stale.name.startswith(".old-") and stale_step <= step:
+            shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -143,12 +147,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return parts
 
 
+def _resume_candidates(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every checkpoint a resume may try, newest first: the complete ones, those that lost files after being
+    published (``trainer_state.json`` gone: unreadable, not absent), and the previous copy of a step whose
+    re-save stopped between its two renames (``.old-step-N-PID``, after ``step-N`` of the same step)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name) or _OLD_DIR.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child.name.startswith("step-"), child))
+    return [(step, path) for step, _, path in sorted(found, reverse=True)]
+
+
 def latest_readable_checkpoint(run_dir: str | Path) -> tuple[int, Path, dict[str, Any]] | None:
     """(step, path, parts) of the newest checkpoint that reads completely; each unreadable newer one is
-    reported with a warning and skipped. None when there is no checkpoint; UserError when none reads."""
-    found = list_checkpoints(run_dir)
+    reported with a warning and skipped. None when there is no checkpoint; UserError when none reads --
+    never a silent start from step 0 (with ``train.keep_checkpoints=1`` there is nothing to fall back to)."""
     problems = []
-    for step, path in reversed(found):
+    for step, path in _resume_candidates(run_dir):
         try:
             parts = read_checkpoint(path)
         except CheckpointError as err:
@@ -158,7 +177,8 @@ def latest_readable_checkpoint(run_dir: str | Path) -> tuple[int, Path, dict[str
         return step, path, parts
     if problems:
         raise UserError(
-            f"no checkpoint in {Path(run_dir) / 'checkpoints'} can be read: " + "; ".join(problems)
+            f"no checkpoint in {Path(run_dir) / 'checkpoints'} can be read, so the run cannot resume "
+            "(train.keep_checkpoints >= 2 keeps an older one to fall back to): " + "; ".join(problems)
         )
     return None
 

@@ -142,9 +142,3 @@ def load_prompt_data(path: str, fields: Sequence[str] = ("prompt", "answer")) ->
     records = read_records(path)
     require_fields(records, fields, path)
     return records
-
-
-def write_jsonl(path: str, rows: Sequence[dict[str, Any]], mode: str = "a") -> None:
-    with open(path, mode, encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")

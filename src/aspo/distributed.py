@@ -10,6 +10,9 @@ inside ``full_weights``, where the whole weights stay gathered.
 from __future__ import annotations
 
 import contextlib
+import gc
+import os
+import weakref
 from typing import Any
 
 import torch
@@ -193,10 +196,53 @@ def load_full_state(
     return list(unexpected)
 
 
-def close(accelerator: Any) -> None:
-    """Tear down the process group: gloo's threads abort the process at exit if it is left alive."""
+def before_process_group() -> None:
+    """Call before the process group is created (the ``Accelerator``) in a launched multi-process run.
+
+    DDP's constructor imports ``torch._dynamo`` on first use, and that import keeps ten references to every
+    process-group handle alive at the time, for the life of the process (torch 2.13, measured with
+    ``sys.getrefcount``): the group could then only be freed at interpreter exit, where a gloo worker that
+    still needs the GIL can abort the process. Imported first, it holds none (DDP would import it anyway)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch._dynamo  # noqa: F401
+
+
+def close(accelerator: Any, *models: torch.nn.Module) -> None:
+    """Tear down the process group and free it; ``models``: the wrapped models (DDP), whose reducers go first.
+
+    The order prevents a deadlock. A gloo worker thread retires each finished work under the group's work
+    mutex, and dropping a work's last tensor can take the GIL (a tensor whose Python object outlived
+    Python's references; a busy core can leave the worker there after the last collective returned). The
+    group's destructor takes that mutex and joins the workers: it must run with the GIL released. torch's
+    Python handle of a group does that when it drops the last reference; the DDP reducer (a C++ owner, freed
+    with the GIL held) and torch's group-name registry do not. So the reducers go while this function's
+    handle keeps the group alive, ``destroy_process_group`` drops the registry's reference, and with DDP the
+    last reference is this handle's (see ``before_process_group``). Under FSDP (torch 2.13) an owner inside
+    torch's C++ keeps the group longer; its workers are idle by then (docs/scaling.md)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        accelerator.wait_for_everyone()
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    group = dist.group.WORLD  # alive until the C++ owners are gone
+    accelerator.wait_for_everyone()
+    for model in models:
+        _release_reducer(model)
+    dist.destroy_process_group()
+    del group  # with DDP the group's destructor runs here, with the GIL released
+
+
+def _release_reducer(model: torch.nn.Module) -> None:
+    """Free a DDP wrapper's reducer (held by it and by its logger) and its handle of the process group; the
+    wrapper cannot run afterwards."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(model, DistributedDataParallel):
+        return
+    if "reducer" not in model.__dict__:
+        return
+    reducer = weakref.ref(model.reducer)
+    for name in ("logger", "reducer", "process_group"):
+        if name in model.__dict__:
+            delattr(model, name)
+    if reducer() is not None:  # held by a reference cycle (e.g. a traceback's frames)
+        gc.collect()

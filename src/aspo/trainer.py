@@ -14,6 +14,7 @@ with every part weighted by its share of the global token count, metrics are red
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 import warnings
@@ -35,7 +36,7 @@ from aspo.lora import apply_lora, reference_policy
 from aspo.memory import fix_mmap_threshold, release_free_memory
 from aspo.models import checkpointing_by_default, enable_activation_checkpointing, token_logprobs
 from aspo.prompting import format_prompt, uses_chat_template
-from aspo.report.metrics import MetricsLogger
+from aspo.report.metrics import MetricsLogger, append_lines, read_metrics
 from aspo.rewards import get_reward
 from aspo.rollout import Rollout, make_engine
 from aspo.run_setup import load_data, load_policy, resolve_run_dir, seed_for
@@ -70,6 +71,7 @@ class Trainer:
         if cfg.train.deterministic:  # multi-threaded CPU reductions otherwise differ from run to run at ~1e-8
             torch.use_deterministic_algorithms(True, warn_only=True)
         device = cfg.train.device
+        dist.before_process_group()
         self.accelerator = Accelerator(
             cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available())
         )
@@ -198,11 +200,19 @@ class Trainer:
             trainer_state = restore(parts, self.model, self.optimizer, self.scheduler, self.peft_model)
             self.step = self.saved_step = int(trainer_state["step"])
             self.nonfinite_streak = int(trainer_state.get("nonfinite_streak", 0))
-        elif self.cfg.resume and self.is_main:
-            warnings.warn(
-                f"resume=true but {self.run_dir} has no complete checkpoint; starting from step 0",
-                stacklevel=2,
-            )
+        elif self.cfg.resume:
+            logged = max((r.get("step", 0) for r in read_metrics(self.run_dir)), default=0)
+            if logged > 0:  # the run trained, but its checkpoints are gone: never restart it from scratch
+                raise UserError(
+                    f"resume=true but {self.run_dir} has no checkpoint, while its metrics.jsonl records "
+                    f"steps up to {logged}; nothing to resume from. Restore its checkpoints/ directory, "
+                    "or train into another output_dir"
+                )
+            if self.is_main:
+                warnings.warn(
+                    f"resume=true but {self.run_dir} has no complete checkpoint; starting from step 0",
+                    stacklevel=2,
+                )
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, str(self.run_dir / "config.yaml"))
@@ -410,8 +420,6 @@ class Trainer:
         ``rows`` from ``evaluate``: gathered from every rank, with global record indices)."""
         if not self.is_main or not self.test_records:
             return
-        from aspo.data import write_jsonl
-
         keep = [
             {
                 "step": step,
@@ -422,7 +430,8 @@ class Trainer:
             for r in rows
             if r["index"] < SAMPLES_PER_EVAL
         ]
-        write_jsonl(str(self.run_dir / "samples.jsonl"), keep)
+        lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in keep]
+        append_lines(self.run_dir / "samples.jsonl", lines)  # a full disk: one clear error
 
     def evaluate_and_record(self, step: int) -> dict[str, float]:
         """``evaluate`` then ``write_samples``; returns the metrics."""
@@ -588,7 +597,7 @@ class Trainer:
     def close(self) -> None:
         """Tear down the process group, then give the signals back (a rank killed before the teardown would
         leave the others waiting in its barrier)."""
-        dist.close(self.accelerator)
+        dist.close(self.accelerator, self.train_model)
         if self.graceful_stop is not None:
             self.graceful_stop.restore()
 
