@@ -87,19 +87,25 @@ ObjectiveFn = Callable[..., TokenTerms]
 
 POLICY_LOSSES: dict[str, ObjectiveFn] = {}  # name -> objective function
 POLICY_LOSS_DEFAULTS: dict[str, dict[str, Any]] = {}  # name -> every parameter it accepts, with defaults
+POLICY_LOSS_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {}  # name -> its own parameters' checks
 
 
-def register_policy_loss(name: str, **defaults: Any) -> Callable[[ObjectiveFn], ObjectiveFn]:
+def register_policy_loss(
+    name: str, check: Callable[[dict[str, Any]], None] | None = None, **defaults: Any
+) -> Callable[[ObjectiveFn], ObjectiveFn]:
     """Decorator: register ``fn(tokens: TokenInputs, **params) -> TokenTerms`` under ``name``.
 
     ``defaults`` override ``COMMON_DEFAULTS`` and declare extra parameters the objective accepts, e.g.
     ``@register_policy_loss("sapo", tau_pos=1.0, tau_neg=1.05)``. The function receives every parameter
     that is not a common one (clip ranges, c and the aggregation reach it through ``TokenInputs``).
+    ``check(params)`` raises UserError on a bad value of the objective's own parameters.
     """
 
     def decorator(fn: ObjectiveFn) -> ObjectiveFn:
         POLICY_LOSSES[name] = fn
         POLICY_LOSS_DEFAULTS[name] = {**COMMON_DEFAULTS, **defaults}
+        if check is not None:
+            POLICY_LOSS_CHECKS[name] = check
         return fn
 
     return decorator
@@ -136,6 +142,8 @@ def resolve_params(name: str, params: dict[str, Any]) -> tuple[ObjectiveFn, dict
         value = merged[key]
         if value is not None and not value >= 0.0:
             raise UserError(f"{key} must be >= 0 (got {value})")
+    if name in POLICY_LOSS_CHECKS:
+        POLICY_LOSS_CHECKS[name](merged)
     return POLICY_LOSSES[name], merged
 
 

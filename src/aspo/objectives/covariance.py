@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from typing import Any
+
+from aspo.errors import UserError
 from aspo.objectives.base import TokenInputs, TokenTerms, register_policy_loss
 from aspo.objectives.losses import _combine, _ppo_negative, _ppo_positive
 
@@ -25,7 +28,24 @@ def _centred_covariance(tokens: TokenInputs, eps: float) -> Tensor:
     return (tokens.advantages - mean_adv) * (tokens.log_prob - mean_log_prob) * mask
 
 
-@register_policy_loss("clip_cov", clip_cov_ratio=2e-4, clip_cov_lb=1.0, clip_cov_ub=5.0)
+def _share(params: dict[str, Any], key: str) -> None:
+    if not 0.0 < params[key] <= 1.0:
+        raise UserError(f"{key} must be in (0, 1] (got {params[key]})")
+
+
+def _check_clip_cov(params: dict[str, Any]) -> None:
+    _share(params, "clip_cov_ratio")
+    if not params["clip_cov_lb"] < params["clip_cov_ub"]:
+        raise UserError(f"clip_cov_lb ({params['clip_cov_lb']}) must be below clip_cov_ub ({params['clip_cov_ub']})")
+
+
+def _check_kl_cov(params: dict[str, Any]) -> None:
+    _share(params, "kl_cov_ratio")
+    if not params["kl_cov_coef"] >= 0.0:
+        raise UserError(f"kl_cov_coef must be >= 0 (got {params['kl_cov_coef']})")
+
+
+@register_policy_loss("clip_cov", _check_clip_cov, clip_cov_ratio=2e-4, clip_cov_lb=1.0, clip_cov_ub=5.0)
 def clip_cov_loss(
     tokens: TokenInputs, *, clip_cov_ratio: float, clip_cov_lb: float, clip_cov_ub: float
 ) -> TokenTerms:
@@ -66,7 +86,7 @@ def clip_cov_loss(
     return TokenTerms(ppo.value * keep, ppo.weight * keep, ppo.clipped, None, selected=selected)
 
 
-@register_policy_loss("kl_cov", kl_cov_ratio=2e-4, kl_cov_coef=1.0)
+@register_policy_loss("kl_cov", _check_kl_cov, kl_cov_ratio=2e-4, kl_cov_coef=1.0)
 def kl_cov_loss(tokens: TokenInputs, *, kl_cov_ratio: float, kl_cov_coef: float) -> TokenTerms:
     """KL-Cov: the unclipped surrogate -A * r, plus coef * |log r| on the top-k tokens by covariance.
 

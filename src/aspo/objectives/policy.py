@@ -36,6 +36,7 @@ def policy_loss(
     *,
     entropy: Tensor | None = None,
     generator: torch.Generator | None = None,
+    sampling_log_prob: Tensor | None = None,
     **params: Any,
 ) -> tuple[Tensor, dict[str, float]]:
     """Policy-gradient loss ``name`` (see ``POLICY_LOSSES``) and its metrics.
@@ -50,6 +51,9 @@ def policy_loss(
             per-response ``entropy_quantile`` use ``high_entropy_clip_ratio_low/high``; required by
             ``top_entropy_quantile`` < 1.
         generator: the random draws of objectives that make them (clip_cov); None: torch's global one.
+        sampling_log_prob: (B, T) the sampler's own log-probs, when they differ from old_log_prob (vLLM):
+            the off-policy mask measures the drift from them (TRL's ``sampling_per_token_logps``); NaN
+            entries (tokens the sampler could not score) count as no drift. Default: old_log_prob.
         params: ``clip_ratio_low``, ``clip_ratio_high``, ``clip_ratio_c``, ``loss_agg_mode``,
             ``entropy_quantile``, ``high_entropy_clip_ratio_low``, ``high_entropy_clip_ratio_high``, the
             composable terms ``top_entropy_quantile`` (rho < 1: only the batch's top-rho tokens by entropy
@@ -96,7 +100,16 @@ def policy_loss(
         )
         own_params = {k: v for k, v in settings.items() if k not in COMMON_DEFAULTS}
         terms = objective(tokens, **own_params)
-        kept, term_metrics = _kept_tokens(settings, entropy, tokens, behaviour)
+        sampler = behaviour
+        if sampling_log_prob is not None and settings["off_policy_mask_threshold"] is not None:
+            if sampling_log_prob.shape != log_prob.shape:
+                raise UserError(
+                    f"sampling_log_prob has shape {tuple(sampling_log_prob.shape)} but log_prob has "
+                    f"{tuple(log_prob.shape)}"
+                )
+            sampling = sampling_log_prob.detach().float()
+            sampler = torch.where(mask & ~sampling.isnan(), sampling, current)
+        kept, term_metrics = _kept_tokens(settings, entropy, tokens, sampler)
         keep = mask if kept is None else kept  # the composable terms drop tokens by zeroing value and weight
         value = terms.value * keep.to(terms.value.dtype)  # objectives are finite at padding; drop it
         weight = terms.weight if kept is None else terms.weight * kept.to(terms.weight.dtype)
@@ -113,7 +126,7 @@ def policy_loss(
 
 
 def _kept_tokens(
-    settings: dict[str, Any], entropy: Tensor | None, tokens: TokenInputs, behaviour: Tensor
+    settings: dict[str, Any], entropy: Tensor | None, tokens: TokenInputs, sampler: Tensor
 ) -> tuple[Tensor | None, dict[str, float]]:
     """(B, T) bool of the valid tokens the composable terms keep (None when none is on) and their metrics:
     ``top_entropy_frac`` (share of valid tokens selected by entropy) and ``offpolicy_masked_frac`` (share of
@@ -126,7 +139,7 @@ def _kept_tokens(
         metrics["top_entropy_frac"] = int(kept.count_nonzero()) / n_valid
     if settings["off_policy_mask_threshold"] is not None:
         threshold = float(settings["off_policy_mask_threshold"])
-        keep = off_policy_keep(tokens.advantages, tokens.log_prob, behaviour, tokens.mask, threshold)
+        keep = off_policy_keep(tokens.advantages, tokens.log_prob, sampler, tokens.mask, threshold)
         responses = tokens.mask.any(dim=-1)
         dropped = (~keep & tokens.mask).any(dim=-1)
         metrics["offpolicy_masked_frac"] = int(dropped.count_nonzero()) / max(int(responses.count_nonzero()), 1)
