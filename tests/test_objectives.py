@@ -382,7 +382,19 @@ def test_metrics_with_padding_and_one_sign_only():
 
 
 def test_registry_and_custom_objective():
-    expected = {"aspo", "aspo_flip_only", "grpo", "dapo", "ppo", "no_is", "gspo", "cispo", "sapo", "clip_cov", "kl_cov"}
+    expected = {
+        "aspo",
+        "aspo_flip_only",
+        "grpo",
+        "dapo",
+        "ppo",
+        "no_is",
+        "gspo",
+        "cispo",
+        "sapo",
+        "clip_cov",
+        "kl_cov",
+    }
     assert expected <= set(POLICY_LOSSES)
     assert POLICY_LOSS_DEFAULTS["aspo"]["clip_ratio_c"] == 3.0
     assert POLICY_LOSS_DEFAULTS["dapo"]["clip_ratio_high"] == 0.28

@@ -70,9 +70,13 @@ def test_clip_cov_weights_region_by_region():
     assert metrics["cov_selected_frac"] == pytest.approx(4 / 8)
     assert metrics["clipfrac/pos"] == pytest.approx(1 / 4) and metrics["clipfrac/neg"] == pytest.approx(1 / 4)
     # a band that excludes them: plain PPO-clip weights
-    _, grad, _ = grad_of("clip_cov", log_prob, old, torch.tensor([adv]), mask, clip_cov_lb=50.0, clip_cov_ub=60.0)
+    _, grad, _ = grad_of(
+        "clip_cov", log_prob, old, torch.tensor([adv]), mask, clip_cov_lb=50.0, clip_cov_ub=60.0
+    )
     weights = -len(rows) * grad[0] / torch.tensor(adv)
-    torch.testing.assert_close(weights, torch.tensor([1.1, 0.0, 0.5, 0.9, 0.0, 2.5, 1.1, 0.95]), rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(
+        weights, torch.tensor([1.1, 0.0, 0.5, 0.9, 0.0, 2.5, 1.1, 0.95]), rtol=2e-5, atol=1e-7
+    )
 
 
 def test_clip_cov_selects_max_of_one_and_the_ratio_share_at_random():
@@ -174,7 +178,9 @@ def test_kl_cov_equals_the_verl_transcription(seed, ratio, coef):
     reference_lp = log_prob.clone().requires_grad_(True)
     reference = verl_kl_cov(old, reference_lp, advantages, mask.float(), ratio, coef)
     reference.backward()
-    loss, grad, metrics = grad_of("kl_cov", log_prob, old, advantages, mask, kl_cov_ratio=ratio, kl_cov_coef=coef)
+    loss, grad, metrics = grad_of(
+        "kl_cov", log_prob, old, advantages, mask, kl_cov_ratio=ratio, kl_cov_coef=coef
+    )
     torch.testing.assert_close(loss, reference.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, reference_lp.grad, rtol=1e-5, atol=1e-7)
     n_valid = int(mask.sum())
@@ -194,10 +200,15 @@ def test_kl_cov_gradient_region_by_region():
     _, grad, _ = grad_of("kl_cov", log_prob, old, torch.tensor([adv]), torch.ones(1, 4), kl_cov_ratio=0.5,
                          kl_cov_coef=0.7)  # fmt: skip
     r = [math.exp(x) for x in log_ratios]
-    expected = [(-adv[i] * r[i] + (0.7 * math.copysign(1.0, log_ratios[i]) if i in top2 else 0.0)) / 4 for i in range(4)]
+    expected = [
+        (-adv[i] * r[i] + (0.7 * math.copysign(1.0, log_ratios[i]) if i in top2 else 0.0)) / 4
+        for i in range(4)
+    ]
     torch.testing.assert_close(grad[0], torch.tensor(expected), rtol=2e-5, atol=1e-7)
     # a lone A = 0 token among equal log-probs: cov 0 everywhere, k = 1 still penalises one token
-    loss, grad, _ = grad_of("kl_cov", torch.tensor([[-1.0]]), torch.tensor([[-1.5]]), torch.tensor([0.0]), torch.ones(1, 1))
+    loss, grad, _ = grad_of(
+        "kl_cov", torch.tensor([[-1.0]]), torch.tensor([[-1.5]]), torch.tensor([0.0]), torch.ones(1, 1)
+    )
     assert loss.item() == pytest.approx(0.5) and grad.item() == pytest.approx(1.0)
 
 
@@ -243,7 +254,9 @@ def test_top_entropy_selection_zeroes_the_others_and_keeps_the_normaliser():
     with pytest.raises(ValueError, match="pass entropy"):
         policy_loss("grpo", log_prob, old, advantages, torch.ones(1, 5), top_entropy_quantile=0.4)
     with pytest.raises(ValueError, match="top_entropy_quantile must be in"):
-        policy_loss("grpo", log_prob, old, advantages, torch.ones(1, 5), entropy=entropy, top_entropy_quantile=1.5)
+        policy_loss(
+            "grpo", log_prob, old, advantages, torch.ones(1, 5), entropy=entropy, top_entropy_quantile=1.5
+        )
 
 
 # ---------------------------------------------------------------- off-policy sequence mask
@@ -295,7 +308,9 @@ def test_aspo_composes_with_the_off_policy_mask_and_top_entropy():
     torch.testing.assert_close(grad[1] * 6, torch.full((3,), math.exp(-0.6)))  # -A w, A = -1, w = r
     torch.testing.assert_close(grad[0], torch.zeros(3))
     _, grad, _ = grad_of("aspo", log_prob, old, advantages, mask, off_policy_mask_threshold=0.5, **kw)
-    torch.testing.assert_close(-grad[0] * 6, torch.exp(-log_ratio[0]))  # A = 1, w = 1/r, entropy split as usual
+    torch.testing.assert_close(
+        -grad[0] * 6, torch.exp(-log_ratio[0])
+    )  # A = 1, w = 1/r, entropy split as usual
     torch.testing.assert_close(grad[1], torch.zeros(3))
 
 

@@ -360,7 +360,12 @@ def test_config_maps_to_policy_loss_params(tmp_path) -> None:
         {},
         {"top_entropy_quantile": 0.4, "entropy_coef": 0.05},
         {"off_policy_mask_threshold": 0.3},
-        {"use_adaptive_entropy": True, "entropy_coef": 0.02, "entropy_target": 50.0, "top_entropy_quantile": 0.5},
+        {
+            "use_adaptive_entropy": True,
+            "entropy_coef": 0.02,
+            "entropy_target": 50.0,
+            "top_entropy_quantile": 0.5,
+        },
     ],
 )
 def test_trl_own_loss_equals_our_ppo_under_the_documented_mapping(

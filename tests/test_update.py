@@ -200,7 +200,9 @@ def test_top_entropy_selection_without_the_entropy_split_keeps_one_clip_range(ti
     split, _ = policy_loss("aspo", logp, old, batch.advantages, mask, **common)
     assert not torch.allclose(one_range, split)  # the two readings differ on this batch
     for flag, expected in (("false", one_range), ("true", split)):
-        stage = _update_stage(model, tok, f"algorithm.entropy_split={flag}", "algorithm.top_entropy_quantile=0.5")
+        stage = _update_stage(
+            model, tok, f"algorithm.entropy_split={flag}", "algorithm.top_entropy_quantile=0.5"
+        )
         loss, metrics, _ = stage.loss(batch)
         assert torch.allclose(loss, expected, rtol=1e-6, atol=1e-7), flag
         assert metrics["top_entropy_frac"] > 0

@@ -86,7 +86,8 @@ class AlgorithmConfig:
     """The objective (see `aspo.objectives`) and everything that shapes the advantage."""
 
     loss: str = _f(
-        "aspo", "policy loss: aspo, grpo, dapo, gspo, cispo, sapo, no_is, aspo_flip_only, clip_cov, kl_cov, ..."
+        "aspo",
+        "policy loss: aspo, grpo, dapo, gspo, cispo, sapo, no_is, aspo_flip_only, clip_cov, kl_cov, ...",
     )
     advantage: str = _f("grpo", "advantage estimator: grpo, dr_grpo, rloo, reinforce_plus_plus_baseline")
     clip_ratio_low: float | None = _f(None, "eps_low of the trust region (None: the objective's default)")
@@ -171,8 +172,8 @@ class AlgorithmConfig:
             defaults = POLICY_LOSS_DEFAULTS.get(self.loss, {})
             for side in ("low", "high"):
                 own = params[f"clip_ratio_{side}"]
-                params[f"high_entropy_clip_ratio_{side}"] = own if own is not None else defaults.get(
-                    f"clip_ratio_{side}"
+                params[f"high_entropy_clip_ratio_{side}"] = (
+                    own if own is not None else defaults.get(f"clip_ratio_{side}")
                 )
         return {k: v for k, v in params.items() if v is not None}
 
@@ -193,9 +194,7 @@ class AlgorithmConfig:
             raise UserError(f"algorithm.entropy_coef={self.entropy_coef!r} must be >= 0 (it is a bonus)")
         set_knobs = [key for key in ENTROPY_CONTROL_DEFAULTS if getattr(self, key) is not None]
         if set_knobs and not self.entropy_adaptive:
-            raise UserError(
-                f"algorithm.{set_knobs[0]} has no effect without algorithm.entropy_adaptive=true"
-            )
+            raise UserError(f"algorithm.{set_knobs[0]} has no effect without algorithm.entropy_adaptive=true")
         if self.entropy_adaptive:
             control = self.entropy_control()
             if not control["entropy_target"] > 0:
@@ -205,13 +204,15 @@ class AlgorithmConfig:
             if not 0 <= control["entropy_coef_min"] <= self.entropy_coef <= control["entropy_coef_max"]:
                 raise UserError(
                     f"algorithm.entropy_coef={self.entropy_coef!r} must lie in [entropy_coef_min, "
-                    f"entropy_coef_max] = [{control['entropy_coef_min']!r}, {control['entropy_coef_max']!r}], "
+                    f"entropy_coef_max] = [{control['entropy_coef_min']!r}, "
+                    f"{control['entropy_coef_max']!r}], "
                     "with entropy_coef_min >= 0"
                 )
         if self.loss == "gspo" and self.top_entropy_quantile < 1.0:
             raise UserError(
                 f"algorithm.top_entropy_quantile={self.top_entropy_quantile!r} does not combine with "
-                "algorithm.loss='gspo': GSPO's ratio and gradient are per response, token selection breaks both"
+                "algorithm.loss='gspo': GSPO's ratio and gradient are per response, token selection breaks "
+                "both"
             )
 
     def resolved_objective_params(self) -> dict[str, Any]:

@@ -39,7 +39,11 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "aspo_no_entropy_split": ("algorithm.loss=aspo", "algorithm.entropy_split=false"),
     "clip_cov": ("algorithm.loss=clip_cov", "algorithm.entropy_split=false"),
     "kl_cov": ("algorithm.loss=kl_cov", "algorithm.entropy_split=false"),
-    "grpo_entropy_bonus": ("algorithm.loss=grpo", "algorithm.entropy_split=false", "algorithm.entropy_coef=0.001"),
+    "grpo_entropy_bonus": (
+        "algorithm.loss=grpo",
+        "algorithm.entropy_split=false",
+        "algorithm.entropy_coef=0.001",
+    ),
     "grpo_adaptive_entropy": (
         "algorithm.loss=grpo",
         "algorithm.entropy_split=false",

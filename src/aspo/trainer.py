@@ -32,9 +32,9 @@ from aspo.evaluate import repetition_rate, sample_policy, summarize
 from aspo.graceful_stop import GracefulStop
 from aspo.lab.tasks import get_task
 from aspo.lora import apply_lora, reference_policy
-from aspo.objectives import adapted_entropy_coef, applied_entropy_coef
 from aspo.memory import fix_mmap_threshold, release_free_memory
 from aspo.models import checkpointing_by_default, enable_activation_checkpointing, token_logprobs
+from aspo.objectives import adapted_entropy_coef, applied_entropy_coef
 from aspo.prompting import format_prompt, uses_chat_template
 from aspo.report.metrics import MetricsLogger
 from aspo.rewards import get_reward
@@ -363,7 +363,8 @@ class Trainer:
         return stats.metrics(self.scheduler.get_last_lr()[0])
 
     def applied_entropy_coef(self) -> float:
-        """The entropy bonus's coefficient for the next mini-batch (adaptive: 0 while entropy is above target)."""
+        """The entropy bonus's coefficient for the next mini-batch (adaptive: 0 while entropy is above
+        target)."""
         algorithm = self.cfg.algorithm
         if not algorithm.entropy_adaptive:
             return self.entropy_coef

@@ -65,7 +65,10 @@ _METRIC_KEYS = (
     "offpolicy_masked_frac",
 )
 # clip_cov / kl_cov parameters (``aspo.objectives.covariance``); None = the objective's default
-_COV_PARAMS = {"clip_cov": ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub"), "kl_cov": ("kl_cov_ratio", "kl_cov_coef")}
+_COV_PARAMS = {
+    "clip_cov": ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub"),
+    "kl_cov": ("kl_cov_ratio", "kl_cov_coef"),
+}
 
 
 @dataclass
@@ -75,7 +78,8 @@ class ASPOConfig(GRPOConfig):
     Every ``GRPOConfig`` argument keeps its meaning except:
 
     - ``loss_type``: one of ``aspo.objectives.POLICY_LOSSES`` (aspo, aspo_flip_only, grpo, dapo, ppo,
-      no_is, gspo, cispo, sapo, clip_cov, kl_cov). Note ours differ from TRL's same-named losses where documented there:
+      no_is, gspo, cispo, sapo, clip_cov, kl_cov). Note ours differ from TRL's same-named losses where
+      documented there:
       our ``grpo`` has the hard dual clip (verl's vanilla), ``ppo`` is TRL's ``grpo`` per-token rule, our
       ``cispo`` bounds the weight at ``1 + epsilon_high`` (TRL: at ``epsilon_high``).
     - ``epsilon`` / ``epsilon_high``: ``clip_ratio_low`` / ``clip_ratio_high`` (eps in 1 - eps, 1 + eps).
@@ -131,8 +135,12 @@ class ASPOConfig(GRPOConfig):
         metadata={"help": "eps_high for high-entropy tokens; None = objective default (aspo 0.4)."},
     )
     clip_cov_ratio: float | None = field(default=None, metadata={"help": "clip_cov: share cut (None: 2e-4)."})
-    clip_cov_lb: float | None = field(default=None, metadata={"help": "clip_cov: covariance lower bound (1)."})
-    clip_cov_ub: float | None = field(default=None, metadata={"help": "clip_cov: covariance upper bound (5)."})
+    clip_cov_lb: float | None = field(
+        default=None, metadata={"help": "clip_cov: covariance lower bound (1)."}
+    )
+    clip_cov_ub: float | None = field(
+        default=None, metadata={"help": "clip_cov: covariance upper bound (5)."}
+    )
     kl_cov_ratio: float | None = field(default=None, metadata={"help": "kl_cov: share penalised (2e-4)."})
     kl_cov_coef: float | None = field(default=None, metadata={"help": "kl_cov: |log r| coefficient (1)."})
 
@@ -160,7 +168,8 @@ class ASPOConfig(GRPOConfig):
             for key in keys:
                 if getattr(self, key) is not None and self.loss_type != loss_type:
                     raise UserError(
-                        f"ASPOConfig.{key} applies to loss_type={loss_type!r} only (loss_type={self.loss_type!r})"
+                        f"ASPOConfig.{key} applies to loss_type={loss_type!r} only "
+                        f"(loss_type={self.loss_type!r})"
                     )
         try:
             resolve_params(self.loss_type, self.policy_loss_params())

@@ -11,7 +11,8 @@ Registered names: every ``aspo.objectives.POLICY_LOSSES`` name verl does not alr
 ``aspo_flip_only``, ``grpo`` (= verl's ``vanilla``), ``dapo``, ``ppo``, ``no_is``. verl's own ``gspo``,
 ``sapo``, ``cispo``, ``clip_cov`` and ``kl_cov`` keep their verl implementations (verl's ``clip_cov`` /
 ``kl_cov`` and ours give the same loss and gradient: tests/verl; mind that verl's ``PolicyLossConfig``
-defaults ``ppo_kl_coef`` to 0.1, ours ``kl_cov_coef`` to 1.0, the function's own fallback). Each is a function with verl's signature
+defaults ``ppo_kl_coef`` to 0.1, ours ``kl_cov_coef`` to 1.0, the function's own fallback). Each is a
+function with verl's signature
 ``(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights)
 -> (loss, metrics)``:
 

@@ -9,10 +9,10 @@ whose updates drive entropy down. Notation as in ``aspo.objectives.losses``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
-
-from typing import Any
 
 from aspo.errors import UserError
 from aspo.objectives.base import TokenInputs, TokenTerms, register_policy_loss
@@ -36,7 +36,9 @@ def _share(params: dict[str, Any], key: str) -> None:
 def _check_clip_cov(params: dict[str, Any]) -> None:
     _share(params, "clip_cov_ratio")
     if not params["clip_cov_lb"] < params["clip_cov_ub"]:
-        raise UserError(f"clip_cov_lb ({params['clip_cov_lb']}) must be below clip_cov_ub ({params['clip_cov_ub']})")
+        raise UserError(
+            f"clip_cov_lb ({params['clip_cov_lb']}) must be below clip_cov_ub ({params['clip_cov_ub']})"
+        )
 
 
 def _check_kl_cov(params: dict[str, Any]) -> None:
@@ -113,4 +115,6 @@ def kl_cov_loss(tokens: TokenInputs, *, kl_cov_ratio: float, kl_cov_coef: float)
     selected = selected.view_as(tokens.mask)
     on = selected.to(ratio.dtype) * kl_cov_coef
     value = torch.addcmul(-tokens.advantages * ratio, on, tokens.log_ratio.abs())
-    return TokenTerms(value, ratio.clone(), None, None, selected=selected, penalty_grad=on * tokens.log_ratio.sign())
+    return TokenTerms(
+        value, ratio.clone(), None, None, selected=selected, penalty_grad=on * tokens.log_ratio.sign()
+    )

@@ -116,7 +116,9 @@ def policy_loss(
         grad_coef = (adv * weight).neg_()  # exactly 0 at padding: adv is 0 there, weights finite
         if terms.penalty_grad is not None:
             grad_coef.add_(terms.penalty_grad * keep.to(grad_coef.dtype))
-        terms = TokenTerms(value, weight, terms.clipped, terms.dual_clipped, terms.selected, terms.penalty_grad)
+        terms = TokenTerms(
+            value, weight, terms.clipped, terms.dual_clipped, terms.selected, terms.penalty_grad
+        )
 
     per_token_loss = _PolicyGradient.apply(log_prob, value, grad_coef)
     loss = aggregate_zero_padded(per_token_loss, mask, settings["loss_agg_mode"])
@@ -142,7 +144,9 @@ def _kept_tokens(
         keep = off_policy_keep(tokens.advantages, tokens.log_prob, sampler, tokens.mask, threshold)
         responses = tokens.mask.any(dim=-1)
         dropped = (~keep & tokens.mask).any(dim=-1)
-        metrics["offpolicy_masked_frac"] = int(dropped.count_nonzero()) / max(int(responses.count_nonzero()), 1)
+        metrics["offpolicy_masked_frac"] = int(dropped.count_nonzero()) / max(
+            int(responses.count_nonzero()), 1
+        )
         kept = (tokens.mask if kept is None else kept) & keep
     return kept, metrics
 
