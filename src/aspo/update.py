@@ -193,6 +193,7 @@ class PolicyUpdate:
         self.entropy_split = algorithm.entropy_split
         # the objective sees the entropies for the entropy split or the top-entropy token selection
         self.pass_entropy = algorithm.entropy_split or algorithm.top_entropy_quantile < 1.0
+        self.entropy_bonus_on = algorithm.entropy_coef != 0 or algorithm.entropy_adaptive  # logs its coef
         self.kl_coef, self.kl_estimator = algorithm.kl_coef, algorithm.kl_estimator
         self.temperature, self.micro_batch_size, self.pad_token_id = (
             temperature,
@@ -296,6 +297,7 @@ class PolicyUpdate:
         assert entropy is not None  # with_entropy=True
         if entropy_coef:
             loss = loss + entropy_bonus(entropy, mask, entropy_coef, self.loss_agg_mode)
+        if entropy_coef or self.entropy_bonus_on:  # the coefficient applied (0 while adaptive is gated off)
             metrics["entropy_coef"] = entropy_coef
         mean_entropy = float(entropy.detach()[mask].mean()) if mask.any() else None
         return loss, metrics, mean_entropy
