@@ -89,6 +89,22 @@ def test_presets_set_what_their_papers_change():
     assert get["aspo_flip_only"].loss == "aspo_flip_only"
     assert get["aspo_no_entropy_split"].loss == "aspo" and not get["aspo_no_entropy_split"].entropy_split
     assert get["aspo"].overlong_buffer == 0 and not get["aspo"].dynamic_sampling
+    # the entropy-preserving baselines: their references' defaults, on the plain grpo / dapo they extend
+    assert get["clip_cov"].loss == "clip_cov" and get["kl_cov"].loss == "kl_cov"
+    assert get["clip_cov"].resolved_objective_params()["clip_cov_ratio"] == 2e-4
+    assert get["kl_cov"].resolved_objective_params()["kl_cov_coef"] == 1.0
+    assert get["grpo_entropy_bonus"].entropy_coef == 0.001 and not get["grpo_entropy_bonus"].entropy_adaptive
+    adaptive = get["grpo_adaptive_entropy"]
+    assert adaptive.entropy_adaptive and adaptive.entropy_coef == 0.0
+    assert adaptive.entropy_control() == {
+        "entropy_target": 0.2, "entropy_coef_delta": 0.005, "entropy_coef_min": 0.0, "entropy_coef_max": 1.0
+    }  # fmt: skip
+    top = get["dapo_top_entropy"]
+    assert top.loss == "dapo" and top.top_entropy_quantile == 0.2 and top.dynamic_sampling
+    assert top.overlong_buffer == overlong_buffer(40)
+    assert get["grpo_off_policy_mask"].off_policy_mask_threshold == 0.5
+    for name in ("clip_cov", "kl_cov", "grpo_entropy_bonus", "grpo_adaptive_entropy", "grpo_off_policy_mask"):
+        assert not get[name].entropy_split and not get[name].dynamic_sampling, name
 
 
 def test_preset_errors_name_the_preset():

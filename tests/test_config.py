@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -169,3 +171,56 @@ def test_prompt_section_and_renamed_keys():
     old = load_config(None, ["data.prompt_template={prompt} =", "data.chat_template=true"])
     assert old.prompt.template == "{prompt} =" and old.prompt.chat_template is True
     assert "prompt.instruction" in describe_keys()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (
+            ["algorithm.loss=grpo", "algorithm.clip_cov_ratio=0.01"],
+            "clip_cov_ratio applies to algorithm.loss=clip_cov",
+        ),
+        (
+            ["algorithm.loss=clip_cov", "algorithm.kl_cov_coef=2"],
+            "kl_cov_coef applies to algorithm.loss=kl_cov",
+        ),
+        (["algorithm.entropy_coef=-0.1"], "entropy_coef=-0.1 must be >= 0"),
+        (["algorithm.entropy_target=0.5"], "entropy_target has no effect without algorithm.entropy_adaptive"),
+        (["algorithm.entropy_adaptive=true", "algorithm.entropy_coef=2.0"], "must lie in [entropy_coef_min"),
+        (
+            ["algorithm.entropy_adaptive=true", "algorithm.entropy_coef_delta=0"],
+            "entropy_coef_delta=0.0 must be > 0",
+        ),
+        (["algorithm.top_entropy_quantile=1.5"], "top_entropy_quantile must be in [0, 1]"),
+        (["algorithm.off_policy_mask_threshold=-1"], "off_policy_mask_threshold must be >= 0"),
+        (
+            ["algorithm.loss=gspo", "algorithm.top_entropy_quantile=0.2"],
+            "does not combine with algorithm.loss='gspo'",
+        ),
+        (["algorithm.loss=kl_cov", "algorithm.kl_cov_ratio=-1"], "kl_cov_ratio"),
+    ],
+)
+def test_baseline_terms_refuse_what_makes_no_sense(overrides, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        load_config(None, overrides).validate()
+
+
+def test_baseline_terms_combine_where_they_make_sense():
+    for overrides in (
+        ["algorithm.loss=aspo", "algorithm.entropy_coef=0.01"],
+        ["algorithm.loss=aspo", "algorithm.entropy_adaptive=true", "algorithm.entropy_target=0.5"],
+        [
+            "algorithm.loss=aspo",
+            "algorithm.off_policy_mask_threshold=0.5",
+            "algorithm.top_entropy_quantile=0.2",
+        ],
+        ["algorithm.loss=clip_cov", "algorithm.clip_cov_ratio=0.01", "algorithm.entropy_coef=0.001"],
+        ["algorithm.loss=kl_cov", "algorithm.kl_cov_ratio=0.002", "algorithm.off_policy_mask_threshold=1"],
+    ):
+        algorithm = load_config(None, overrides).validate().algorithm
+        params = algorithm.resolved_objective_params()
+        for item in overrides:
+            key, _, value = item.partition("=")
+            name = key.split(".")[1]
+            if name in params:
+                assert str(params[name]) in (value, str(float(value))), item

@@ -40,8 +40,9 @@ def batches(draw, max_gap: float = 3.0):
 
 def run(name, inputs, entropy=None, **params):
     log_prob = inputs["log_prob"].clone().requires_grad_(True)
+    draws = torch.Generator().manual_seed(0)  # clip_cov's draw: the same in every call
     loss, metrics = policy_loss(name, log_prob, **{k: v for k, v in inputs.items() if k != "log_prob"},
-                                entropy=entropy, **params)  # fmt: skip
+                                entropy=entropy, generator=draws, **params)  # fmt: skip
     loss.backward()
     return loss.detach(), log_prob.grad, metrics
 
@@ -49,9 +50,22 @@ def run(name, inputs, entropy=None, **params):
 finite_junk = st.floats(-1e30, 1e30, allow_nan=False, allow_infinity=False)
 
 
-@settings(max_examples=60, deadline=None)
-@given(batches(), st.sampled_from(NAMES), st.sampled_from(AGG_MODES), finite_junk, finite_junk, finite_junk)
-def test_padding_values_never_change_loss_or_gradients(drawn, name, mode, junk_lp, junk_old, junk_adv):
+# the composable terms (top-entropy selection, off-policy mask): off, each, both
+TERMS = [{}, {"top_entropy_quantile": 0.3}, {"off_policy_mask_threshold": 0.2},
+         {"top_entropy_quantile": 0.5, "off_policy_mask_threshold": 0.0}]  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    batches(),
+    st.sampled_from(NAMES),
+    st.sampled_from(AGG_MODES),
+    finite_junk,
+    finite_junk,
+    finite_junk,
+    st.sampled_from(TERMS),
+)
+def test_padding_values_never_change_loss_or_gradients(drawn, name, mode, junk_lp, junk_old, junk_adv, terms):
     inputs, entropy = drawn
     padding = ~inputs["response_mask"]
     dirty = dict(inputs)
@@ -60,8 +74,8 @@ def test_padding_values_never_change_loss_or_gradients(drawn, name, mode, junk_l
     if inputs["advantages"].dim() == 2:
         dirty["advantages"] = inputs["advantages"].masked_fill(padding, junk_adv)
     dirty_entropy = entropy.masked_fill(padding, abs(junk_adv))
-    clean_loss, clean_grad, clean_metrics = run(name, inputs, entropy, loss_agg_mode=mode)
-    dirty_loss, dirty_grad, dirty_metrics = run(name, dirty, dirty_entropy, loss_agg_mode=mode)
+    clean_loss, clean_grad, clean_metrics = run(name, inputs, entropy, loss_agg_mode=mode, **terms)
+    dirty_loss, dirty_grad, dirty_metrics = run(name, dirty, dirty_entropy, loss_agg_mode=mode, **terms)
     assert torch.equal(clean_loss, dirty_loss)
     assert torch.equal(clean_grad, dirty_grad)
     assert torch.equal(dirty_grad[padding], torch.zeros_like(dirty_grad[padding]))

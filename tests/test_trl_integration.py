@@ -199,6 +199,8 @@ def _cycle_log_ratio(row: int, col: int) -> float:
         ("aspo", "seq-mean-token-sum-norm", 0.0),
         ("grpo", "seq-mean-token-mean", 0.0),
         ("aspo", "token-mean", 0.05),
+        ("kl_cov", "token-mean", 0.0),
+        ("clip_cov", "seq-mean-token-mean", 0.0),
     ],
 )
 def test_loss_and_gradient_equal_native_objective(
@@ -206,7 +208,12 @@ def test_loss_and_gradient_equal_native_objective(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    trainer = make_trainer(checkpoint, tmp_path, loss_type=loss_type, loss_agg_mode=loss_agg_mode, beta=beta)
+    # clip_cov / kl_cov at shares that select several tokens (clip_cov: every candidate, so no draw matters)
+    own = {"clip_cov": {"clip_cov_ratio": 1.0, "clip_cov_lb": 0.0}, "kl_cov": {"kl_cov_ratio": 0.2}}
+    own_params = own.get(loss_type, {})
+    trainer = make_trainer(
+        checkpoint, tmp_path, loss_type=loss_type, loss_agg_mode=loss_agg_mode, beta=beta, **own_params
+    )
     native = AutoModelForCausalLM.from_pretrained(checkpoint)
     batch = _batch(trainer, [7, 5, 3, 6], _cycle_log_ratio)
     max_len = trainer.args.max_completion_length
@@ -239,6 +246,7 @@ def test_loss_and_gradient_equal_native_objective(
         native_mask,
         entropy=entropy,
         loss_agg_mode=loss_agg_mode,
+        **own_params,
     )
     if beta:
         ref = torch.nn.functional.pad(batch["ref_per_token_logps"], (0, pad))
@@ -257,6 +265,9 @@ def test_loss_and_gradient_equal_native_objective(
     assert logged["clipfrac/neg"][-1] == pytest.approx(metrics["clipfrac/neg"])
     if loss_type == "aspo":
         assert 0.0 < logged["entropy_high_frac"][-1] < 1.0  # the entropy split was applied
+    if loss_type in own:
+        assert logged["cov_selected_frac"][-1] == pytest.approx(metrics["cov_selected_frac"])
+        assert metrics["cov_selected_frac"] > 0
 
 
 def test_trl_entropies_set_aspo_clip_ranges(checkpoint, tmp_path) -> None:
@@ -308,7 +319,10 @@ def test_gradient_accumulation_splits_token_mean_over_the_window(checkpoint, tmp
         ({"loss_type": "bnpo"}, "loss_type"),
         ({"loss_agg_mode": "token-sum"}, "loss_agg_mode"),
         ({"importance_sampling_level": "sequence"}, "importance_sampling_level"),
-        ({"top_entropy_quantile": 0.2}, "top_entropy_quantile"),
+        ({"delta": 3.0}, "delta"),
+        ({"loss_type": "grpo", "clip_cov_ratio": 0.1}, "clip_cov_ratio applies to loss_type='clip_cov'"),
+        ({"loss_type": "kl_cov", "kl_cov_ratio": 2.0}, "kl_cov_ratio must be in"),
+        ({"top_entropy_quantile": 1.5}, "top_entropy_quantile must be in"),
     ],
 )
 def test_config_rejects_what_it_cannot_honour(tmp_path, overrides, needle) -> None:
@@ -340,8 +354,22 @@ def test_config_maps_to_policy_loss_params(tmp_path) -> None:
     ("trl_loss_type", "loss_agg_mode"),
     [("dapo", "token-mean"), ("grpo", "seq-mean-token-mean"), ("dr_grpo", "seq-mean-token-sum-norm")],
 )
+@pytest.mark.parametrize(
+    "terms",
+    [
+        {},
+        {"top_entropy_quantile": 0.4, "entropy_coef": 0.05},
+        {"off_policy_mask_threshold": 0.3},
+        {
+            "use_adaptive_entropy": True,
+            "entropy_coef": 0.02,
+            "entropy_target": 50.0,
+            "top_entropy_quantile": 0.5,
+        },
+    ],
+)
 def test_trl_own_loss_equals_our_ppo_under_the_documented_mapping(
-    checkpoint, tmp_path, trl_loss_type, loss_agg_mode
+    checkpoint, tmp_path, trl_loss_type, loss_agg_mode, terms
 ) -> None:
     """Control: TRL's own GRPOTrainer loss (PPO-clip, no dual clip) == ASPOTrainer with our ``ppo`` and the
     aggregation the module docstring maps TRL's loss_type to -- with gradient accumulation, the KL term and
@@ -361,6 +389,7 @@ def test_trl_own_loss_equals_our_ppo_under_the_documented_mapping(
         seed=0,
         beta=0.05,
         epsilon=0.2,
+        **terms,
     )
     ours = make_trainer(checkpoint, tmp_path, loss_type="ppo", loss_agg_mode=loss_agg_mode, **common)
     theirs = GRPOTrainer(
@@ -380,16 +409,28 @@ def test_trl_own_loss_equals_our_ppo_under_the_documented_mapping(
     batch["ref_per_token_logps"] = (current + 0.3 * shift.flip(-1)).masked_fill(~mask, 0.0)
     batch["importance_sampling_ratio"] = torch.linspace(0.0, 2.0, 28).reshape(4, 7)
     batch["num_items_in_batch"] = torch.tensor(40)  # the generation batch spans 2 micro-batches
+    # vLLM's own log-probs: rows 1 and 3 (A < 0) drifted by a mean 0.5 and 0.1 nats, row 2 (A > 0) by 0.6
+    drift = torch.tensor([0.0, 0.5, 0.6, 0.1]).unsqueeze(1)
+    batch["sampling_per_token_logps"] = (current + drift).masked_fill(~mask, 0.0)
+    batch["sampling_per_token_logps"][0, 2] = float("nan")  # a token vLLM could not score
 
     results = []
     for trainer in (theirs, ours):
         trainer.current_gradient_accumulation_steps = 2
         trainer.use_vllm = trainer.vllm_importance_sampling_correction = True  # apply the IS weights
         trainer.model.train()
-        loss = trainer.compute_loss(trainer.model, dict(batch))
-        loss.backward()
-        results.append((loss.detach(), _grads(trainer.model)))
-    (their_loss, their_grads), (our_loss, our_grads) = results
+        losses = []
+        for window_end in (False, True, True):  # the controller adapts where an optimizer step ends
+            trainer.accelerator.gradient_state._set_sync_gradients(window_end)
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+            loss.backward()
+            losses.append(loss.detach())
+        results.append((torch.stack(losses), _grads(trainer.model), trainer.entropy_coef))
+    (their_loss, their_grads, their_coef), (our_loss, our_grads, our_coef) = results
     torch.testing.assert_close(our_loss, their_loss, rtol=1e-5, atol=1e-7)
     for name, grad in their_grads.items():
         torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    assert our_coef == their_coef
+    if terms.get("use_adaptive_entropy"):
+        assert our_coef == pytest.approx(0.03)  # two optimizer steps below the target: 0.02 + 2 * 0.005
+        assert not torch.allclose(our_loss[1], our_loss[2])  # the bonus applies from the second step on

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from aspo.models import token_logprobs
@@ -147,3 +148,61 @@ def test_mini_batches_by_count_or_size_shuffled_or_in_order():
     assert [len(i) for i in mini_batch_indices(6, 4, None, size=4)] == [4, 2]  # fewer rows: fewer steps
     # another rank holds 4 of the 10 rows: every rank cuts its share into ceil(10 / 4) = 3 parts
     assert [len(i) for i in mini_batch_indices(6, 4, None, size=4, global_rows=10)] == [2, 2, 2]
+
+
+def test_the_entropy_bonus_adds_its_own_gradient_through_the_model(tiny_policy):
+    """stage.backward(entropy_coef=c) = the policy loss's gradient + d(-c * agg(H))/dtheta, micro-batched
+    or not; the reference here is autograd through the model's entropies, aggregated by hand."""
+    model, tok = tiny_policy
+    batch = _batch_with_an_empty_row(model, tok)
+    mask = batch.response_mask
+    for mode in ("token-mean", "seq-mean-token-mean"):
+        model.zero_grad(set_to_none=True)
+        logp, entropy = token_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, mask)
+        policy, _ = policy_loss(
+            "grpo", logp, batch.behaviour_logprobs, batch.advantages, mask, loss_agg_mode=mode
+        )
+        masked = torch.where(mask, entropy, 0.0)
+        if mode == "token-mean":
+            mean_entropy = masked.sum() / mask.sum()
+        else:
+            mean_entropy = (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / mask.shape[0]
+        (policy - 0.3 * mean_entropy).backward()
+        expected = torch.cat([p.grad.flatten() for p in model.parameters()])
+        total_entropy = float(masked.sum())
+        for size in (0, 2):
+            stage = _update_stage(
+                model, tok, "algorithm.loss=grpo", "algorithm.entropy_split=false",
+                f"algorithm.loss_agg_mode={mode}", micro_batch_size=size,
+            )  # fmt: skip
+            model.zero_grad(set_to_none=True)
+            result = stage.backward(batch, entropy_coef=0.3, with_entropy_sum=True)
+            got = torch.cat([p.grad.flatten() for p in model.parameters()])
+            scale = float(expected.abs().max())
+            assert float((got - expected).abs().max()) <= 1e-5 * scale, (mode, size)
+            assert result.entropy_sum == pytest.approx(total_entropy, rel=1e-5)
+            assert all(m["entropy_coef"] == 0.3 for m in result.metrics)
+    model.zero_grad(set_to_none=True)
+
+
+def test_top_entropy_selection_without_the_entropy_split_keeps_one_clip_range(tiny_policy):
+    """aspo with entropy_split=false and top_entropy_quantile < 1: the entropies reach the objective for the
+    selection only, every token keeps the 0.2 range (not aspo's 0.4 for high-entropy tokens)."""
+    model, tok = tiny_policy
+    batch = _batch_with_an_empty_row(model, tok)
+    mask = batch.response_mask
+    logp, entropy = token_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, mask)
+    old = logp.detach() + torch.linspace(-0.5, 0.5, logp.numel()).view_as(logp)  # some tokens past 0.2
+    batch.behaviour_logprobs = old
+    common = dict(entropy=entropy, top_entropy_quantile=0.5)
+    one_range, _ = policy_loss("aspo", logp, old, batch.advantages, mask, **common,
+                               high_entropy_clip_ratio_low=0.2, high_entropy_clip_ratio_high=0.2)  # fmt: skip
+    split, _ = policy_loss("aspo", logp, old, batch.advantages, mask, **common)
+    assert not torch.allclose(one_range, split)  # the two readings differ on this batch
+    for flag, expected in (("false", one_range), ("true", split)):
+        stage = _update_stage(
+            model, tok, f"algorithm.entropy_split={flag}", "algorithm.top_entropy_quantile=0.5"
+        )
+        loss, metrics, _ = stage.loss(batch)
+        assert torch.allclose(loss, expected, rtol=1e-6, atol=1e-7), flag
+        assert metrics["top_entropy_frac"] > 0

@@ -23,6 +23,16 @@ from aspo.errors import UserError
 
 REPORT_TARGETS = ("tensorboard", "wandb")
 
+# objective parameters of clip_cov / kl_cov (aspo.objectives.covariance); None: the objective's default
+COV_KEYS = ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio", "kl_cov_coef")
+# the adaptive entropy controller's settings and their defaults (TRL's GRPOConfig, after Skywork-OR1)
+ENTROPY_CONTROL_DEFAULTS = {
+    "entropy_target": 0.2,
+    "entropy_coef_delta": 0.005,
+    "entropy_coef_min": 0.0,
+    "entropy_coef_max": 1.0,
+}
+
 
 def report_targets(spec: str) -> list[str]:
     """``train.report_to`` as a list: "tensorboard,wandb" -> ["tensorboard", "wandb"]; "none" -> []."""
@@ -75,7 +85,10 @@ class PromptConfig:
 class AlgorithmConfig:
     """The objective (see `aspo.objectives`) and everything that shapes the advantage."""
 
-    loss: str = _f("aspo", "policy loss: aspo, grpo, dapo, gspo, cispo, sapo, no_is, aspo_flip_only, ...")
+    loss: str = _f(
+        "aspo",
+        "policy loss: aspo, grpo, dapo, gspo, cispo, sapo, no_is, aspo_flip_only, clip_cov, kl_cov, ...",
+    )
     advantage: str = _f("grpo", "advantage estimator: grpo, dr_grpo, rloo, reinforce_plus_plus_baseline")
     clip_ratio_low: float | None = _f(None, "eps_low of the trust region (None: the objective's default)")
     clip_ratio_high: float | None = _f(None, "eps_high (None: the objective's default; dapo uses 0.28)")
@@ -95,6 +108,35 @@ class AlgorithmConfig:
         "eps_low for high-entropy tokens (None: the objective's default: 0.4 for aspo, no split for others)",
     )
     high_entropy_clip_ratio_high: float | None = _f(None, "eps_high for high-entropy tokens (None: as above)")
+    clip_cov_ratio: float | None = _f(None, "clip_cov: share of tokens whose gradient is cut (None: 2e-4)")
+    clip_cov_lb: float | None = _f(None, "clip_cov: lower covariance bound of the candidates (None: 1.0)")
+    clip_cov_ub: float | None = _f(None, "clip_cov: upper covariance bound of the candidates (None: 5.0)")
+    kl_cov_ratio: float | None = _f(None, "kl_cov: share of tokens given the KL penalty (None: 2e-4)")
+    kl_cov_coef: float | None = _f(None, "kl_cov: coefficient of |log r| on those tokens (None: 1.0)")
+    top_entropy_quantile: float = _f(
+        1.0,
+        "rho: only the top-rho share of a batch's tokens by entropy keep a policy loss (arXiv 2506.01939 "
+        "recommends 0.2; 1.0: every token); composes with every objective",
+    )
+    off_policy_mask_threshold: float | None = _f(
+        None,
+        "delta: drop responses with A < 0 whose mean log(pi_old / pi) exceeds it (DeepSeek-V3.2's "
+        "off-policy sequence mask; None: off); composes with every objective",
+    )
+    entropy_coef: float = _f(
+        0.0,
+        "entropy bonus: loss - coef * H, H the token entropy aggregated like the loss (verl's "
+        "entropy_coeff); with entropy_adaptive, the initial coefficient",
+    )
+    entropy_adaptive: bool = _f(
+        False,
+        "Skywork-OR1's adaptive entropy control: after each optimizer step the coefficient moves by "
+        "entropy_coef_delta towards keeping entropy at entropy_target, and applies only at or below it",
+    )
+    entropy_target: float | None = _f(None, "entropy_adaptive: target token entropy in nats (None: 0.2)")
+    entropy_coef_delta: float | None = _f(None, "entropy_adaptive: step of the coefficient (None: 0.005)")
+    entropy_coef_min: float | None = _f(None, "entropy_adaptive: lower bound of the coefficient (None: 0)")
+    entropy_coef_max: float | None = _f(None, "entropy_adaptive: upper bound of the coefficient (None: 1)")
     kl_coef: float = _f(0.0, "weight of the KL loss to the frozen initial policy (0: no reference model)")
     kl_estimator: str = _f("k3", "k1 | k2 | k3 (low-variance KL, as the reference recipe)")
     kl_high_entropy_coef: float | None = _f(
@@ -124,8 +166,59 @@ class AlgorithmConfig:
             "entropy_quantile": self.entropy_quantile,
             "high_entropy_clip_ratio_low": self.high_entropy_clip_ratio_low,
             "high_entropy_clip_ratio_high": self.high_entropy_clip_ratio_high,
+            "top_entropy_quantile": self.top_entropy_quantile,
+            "off_policy_mask_threshold": self.off_policy_mask_threshold,
+            **{key: getattr(self, key) for key in COV_KEYS},
         }
+        if not self.entropy_split and self.top_entropy_quantile < 1.0:
+            # the entropy reaches the objective for the token selection only: one clip range for every token
+            from aspo.objectives import POLICY_LOSS_DEFAULTS
+
+            defaults = POLICY_LOSS_DEFAULTS.get(self.loss, {})
+            for side in ("low", "high"):
+                own = params[f"clip_ratio_{side}"]
+                params[f"high_entropy_clip_ratio_{side}"] = (
+                    own if own is not None else defaults.get(f"clip_ratio_{side}")
+                )
         return {k: v for k, v in params.items() if v is not None}
+
+    def entropy_control(self) -> dict[str, float]:
+        """The adaptive entropy controller's settings, defaults filled in (TRL's / Skywork-OR1's)."""
+        given = {key: getattr(self, key) for key in ENTROPY_CONTROL_DEFAULTS}
+        return {key: float(ENTROPY_CONTROL_DEFAULTS[key] if v is None else v) for key, v in given.items()}
+
+    def validate_terms(self) -> None:
+        """The entropy bonus and the composable terms: values, and combinations that do not make sense."""
+        for key in COV_KEYS:
+            owner = "clip_cov" if key.startswith("clip_cov") else "kl_cov"
+            if getattr(self, key) is not None and self.loss != owner:
+                raise UserError(
+                    f"algorithm.{key} applies to algorithm.loss={owner} only (algorithm.loss={self.loss!r})"
+                )
+        if not self.entropy_coef >= 0:
+            raise UserError(f"algorithm.entropy_coef={self.entropy_coef!r} must be >= 0 (it is a bonus)")
+        set_knobs = [key for key in ENTROPY_CONTROL_DEFAULTS if getattr(self, key) is not None]
+        if set_knobs and not self.entropy_adaptive:
+            raise UserError(f"algorithm.{set_knobs[0]} has no effect without algorithm.entropy_adaptive=true")
+        if self.entropy_adaptive:
+            control = self.entropy_control()
+            if not control["entropy_target"] > 0:
+                raise UserError(f"algorithm.entropy_target={control['entropy_target']!r} must be > 0")
+            if not control["entropy_coef_delta"] > 0:
+                raise UserError(f"algorithm.entropy_coef_delta={control['entropy_coef_delta']!r} must be > 0")
+            if not 0 <= control["entropy_coef_min"] <= self.entropy_coef <= control["entropy_coef_max"]:
+                raise UserError(
+                    f"algorithm.entropy_coef={self.entropy_coef!r} must lie in [entropy_coef_min, "
+                    f"entropy_coef_max] = [{control['entropy_coef_min']!r}, "
+                    f"{control['entropy_coef_max']!r}], "
+                    "with entropy_coef_min >= 0"
+                )
+        if self.loss == "gspo" and self.top_entropy_quantile < 1.0:
+            raise UserError(
+                f"algorithm.top_entropy_quantile={self.top_entropy_quantile!r} does not combine with "
+                "algorithm.loss='gspo': GSPO's ratio and gradient are per response, token selection breaks "
+                "both"
+            )
 
     def resolved_objective_params(self) -> dict[str, Any]:
         """Every parameter the objective will run with: ``objective_params`` over its registered defaults.
@@ -388,6 +481,7 @@ class Config:
             value = getattr(self.algorithm, key)
             if value is not None and not 0 <= value < 10:
                 raise UserError(f"algorithm.{key}={value!r} must be in [0, 10)")
+        self.algorithm.validate_terms()
         self.algorithm.resolved_objective_params()  # the objective's own checks: bad name or value fails now
         if self.model != "tiny":
             from aspo.pretrained import model_source

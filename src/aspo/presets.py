@@ -10,6 +10,15 @@ no algorithm is tuned more than another. A user's own overrides apply to every p
     aspo                   flipped ratio on positive tokens, soft dual clip, entropy-aware clip ranges
     aspo_flip_only         ablation: aspo without the soft dual clip
     aspo_no_entropy_split  ablation: aspo with one clip range for every token
+    clip_cov               Clip-Cov: PPO-clip, gradient cut on a random 2e-4 of high-covariance tokens
+    kl_cov                 KL-Cov: unclipped ratio, |log r| penalty on the top 2e-4 tokens by covariance
+    grpo_entropy_bonus     grpo + a fixed entropy bonus, coefficient 0.001
+    grpo_adaptive_entropy  grpo + Skywork-OR1's adaptive entropy bonus (target 0.2 nats, step 0.005)
+    dapo_top_entropy       dapo trained on the top 20% of tokens by entropy ("Beyond the 80/20 Rule")
+    grpo_off_policy_mask   grpo + DeepSeek-V3.2's off-policy sequence mask (delta 0.5)
+
+The entropy-preserving baselines keep their references' defaults (verl's for Clip-Cov / KL-Cov, TRL's and
+Skywork-OR1's for the adaptive bonus, TRL's example delta); docs/algorithm.md gives each form and source.
 """
 
 from __future__ import annotations
@@ -28,10 +37,29 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "aspo": ("algorithm.loss=aspo", "algorithm.entropy_split=true"),
     "aspo_flip_only": ("algorithm.loss=aspo_flip_only", "algorithm.entropy_split=true"),
     "aspo_no_entropy_split": ("algorithm.loss=aspo", "algorithm.entropy_split=false"),
+    "clip_cov": ("algorithm.loss=clip_cov", "algorithm.entropy_split=false"),
+    "kl_cov": ("algorithm.loss=kl_cov", "algorithm.entropy_split=false"),
+    "grpo_entropy_bonus": (
+        "algorithm.loss=grpo",
+        "algorithm.entropy_split=false",
+        "algorithm.entropy_coef=0.001",
+    ),
+    "grpo_adaptive_entropy": (
+        "algorithm.loss=grpo",
+        "algorithm.entropy_split=false",
+        "algorithm.entropy_adaptive=true",
+        "algorithm.entropy_coef=0.0",
+    ),
+    "dapo_top_entropy": ("algorithm.loss=dapo", *_DAPO, "algorithm.top_entropy_quantile=0.2"),
+    "grpo_off_policy_mask": (
+        "algorithm.loss=grpo",
+        "algorithm.entropy_split=false",
+        "algorithm.off_policy_mask_threshold=0.5",
+    ),
 }
 
 # presets whose overrides also carry the soft overlong penalty, sized from the response cap
-_OVERLONG_PRESETS = ("dapo", "dapo_no_is")
+_OVERLONG_PRESETS = ("dapo", "dapo_no_is", "dapo_top_entropy")
 
 
 def overlong_buffer(max_new_tokens: int) -> int:

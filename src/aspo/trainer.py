@@ -35,6 +35,7 @@ from aspo.lab.tasks import get_task
 from aspo.lora import apply_lora, reference_policy
 from aspo.memory import fix_mmap_threshold, release_free_memory
 from aspo.models import checkpointing_by_default, enable_activation_checkpointing, token_logprobs
+from aspo.objectives import adapted_entropy_coef, applied_entropy_coef
 from aspo.prompting import format_prompt, uses_chat_template
 from aspo.report.metrics import MetricsLogger, append_lines, read_metrics
 from aspo.rewards import get_reward
@@ -165,6 +166,10 @@ class Trainer:
         self.step = 0
         self.saved_step = -1  # the step of the newest checkpoint on disk
         self.nonfinite_streak = 0
+        # the entropy bonus's coefficient; with entropy_adaptive it moves after every optimizer step, gated
+        # by the previous step's mean token entropy (inf before the first: no bonus yet)
+        self.entropy_coef = self.cfg.algorithm.entropy_coef
+        self.last_entropy = math.inf
 
     def _setup_rollout(self) -> None:
         """The generation engine, and whether behaviour log-probs are recomputed with the trainer's model."""
@@ -200,6 +205,8 @@ class Trainer:
             trainer_state = restore(parts, self.model, self.optimizer, self.scheduler, self.peft_model)
             self.step = self.saved_step = int(trainer_state["step"])
             self.nonfinite_streak = int(trainer_state.get("nonfinite_streak", 0))
+            self.entropy_coef = float(trainer_state.get("entropy_coef", self.entropy_coef))
+            self.last_entropy = float(trainer_state.get("last_entropy", self.last_entropy))
         elif self.cfg.resume:
             logged = max((r.get("step", 0) for r in read_metrics(self.run_dir)), default=0)
             if logged > 0:  # the run trained, but its checkpoints are gone: never restart it from scratch
@@ -340,19 +347,52 @@ class Trainer:
                 if cfg.train.shuffle
                 else None
             )
-            for index in mini_batch_indices(
+            indices = mini_batch_indices(
                 len(batch), cfg.train.mini_batches, gen, cfg.train.mini_batch_size, global_rows
-            ):
-                grads = self.policy_update.backward(batch.rows(index))
+            )
+            for mini_index, index in enumerate(indices):
+                draws = torch.Generator().manual_seed(
+                    seed_for(cfg.train.seed, "objective", step, self.rank, epoch, mini_index)
+                )
+                grads = self.policy_update.backward(
+                    batch.rows(index),
+                    entropy_coef=self.applied_entropy_coef(),
+                    generator=draws,
+                    with_entropy_sum=cfg.algorithm.entropy_adaptive,
+                )
                 stats.add(grads, first_epoch=epoch == 0)
                 if grads.global_tokens == 0:  # no rank has a token: a step would still move AdamW's weights
                     continue
+                if cfg.algorithm.entropy_adaptive:
+                    self.adapt_entropy_coef(grads.entropy_sum / grads.global_tokens)
                 grad_norm = self.optimizer_step(grads.loss)
                 if grad_norm is None:
                     stats.nonfinite_steps += 1
                 else:
                     stats.grad_norms.append(grad_norm)
         return stats.metrics(self.scheduler.get_last_lr()[0])
+
+    def applied_entropy_coef(self) -> float:
+        """The entropy bonus's coefficient for the next mini-batch (adaptive: 0 while entropy is above
+        target)."""
+        algorithm = self.cfg.algorithm
+        if not algorithm.entropy_adaptive:
+            return self.entropy_coef
+        target = algorithm.entropy_control()["entropy_target"]
+        return applied_entropy_coef(self.entropy_coef, self.last_entropy, target)
+
+    def adapt_entropy_coef(self, entropy: float) -> None:
+        """Skywork-OR1's controller, once per optimizer step, on that mini-batch's mean token entropy."""
+        control = self.cfg.algorithm.entropy_control()
+        self.entropy_coef = adapted_entropy_coef(
+            self.entropy_coef,
+            entropy,
+            target=control["entropy_target"],
+            delta=control["entropy_coef_delta"],
+            coef_min=control["entropy_coef_min"],
+            coef_max=control["entropy_coef_max"],
+        )
+        self.last_entropy = entropy
 
     def optimizer_step(self, loss: float) -> float | None:
         """Clip, step and clear the accumulated gradient; returns the gradient norm, or None (and no step)
@@ -463,6 +503,8 @@ class Trainer:
                 self.scheduler,
                 {
                     "nonfinite_streak": self.nonfinite_streak,
+                    "entropy_coef": self.entropy_coef,
+                    "last_entropy": self.last_entropy,
                     "data_position": self.step * self.cfg.train.prompts_per_step,
                 },
                 keep=self.cfg.train.keep_checkpoints,
@@ -544,10 +586,10 @@ class Trainer:
                 if initial is not None:
                     self.log(0, initial)
             while not (stopping := stop.requested(self.accelerator)) and self.step < cfg.train.steps:
-                counters = self.step, self.nonfinite_streak
+                counters = self.step, self.nonfinite_streak, self.entropy_coef, self.last_entropy
                 metrics = stop.attempt(self.train_step)
                 if metrics is None:  # abandoned before it changed anything
-                    self.step, self.nonfinite_streak = counters
+                    self.step, self.nonfinite_streak, self.entropy_coef, self.last_entropy = counters
                     continue
                 if (
                     cfg.train.eval_every

@@ -21,7 +21,7 @@ import torch
 
 from aspo import distributed as dist
 from aspo.models import token_logprobs
-from aspo.objectives import kl_penalty, policy_loss
+from aspo.objectives import entropy_bonus, kl_penalty, policy_loss
 from aspo.objectives.base import high_entropy_tokens, kl_loss
 from aspo.rollout.base import Rollout, select_rows
 
@@ -139,6 +139,7 @@ class GradientPass:
     entropy: list[float] = field(default_factory=list)  # mean token entropy per micro-batch with tokens
     # mean entropy of the tokens above their response's entropy quantile (the top 20 % by default)
     entropy_high: list[float] = field(default_factory=list)
+    entropy_sum: float = 0.0  # token entropies summed over this mini-batch on all ranks (with_entropy_sum)
 
 
 @dataclass
@@ -198,6 +199,9 @@ class PolicyUpdate:
         # the normalisers must agree with it
         self.loss_agg_mode = algorithm.resolved_objective_params()["loss_agg_mode"]
         self.entropy_split = algorithm.entropy_split
+        # the objective sees the entropies for the entropy split or the top-entropy token selection
+        self.pass_entropy = algorithm.entropy_split or algorithm.top_entropy_quantile < 1.0
+        self.entropy_bonus_on = algorithm.entropy_coef != 0 or algorithm.entropy_adaptive  # logs its coef
         self.kl_coef, self.kl_estimator = algorithm.kl_coef, algorithm.kl_estimator
         self.kl_high_entropy_coef, self.entropy_quantile = (
             algorithm.kl_high_entropy_coef,
@@ -212,8 +216,20 @@ class PolicyUpdate:
         # gradient accumulation: a last partial mini-batch weighs less; train.partial_mini_batch=scaled)
         self.nominal_rows = nominal_rows
 
-    def backward(self, mini: UpdateBatch) -> GradientPass:
-        """Accumulate the gradient of ``mini``'s loss (this rank's rows; may be empty) into the model."""
+    def backward(
+        self,
+        mini: UpdateBatch,
+        *,
+        entropy_coef: float = 0.0,
+        generator: torch.Generator | None = None,
+        with_entropy_sum: bool = False,
+    ) -> GradientPass:
+        """Accumulate the gradient of ``mini``'s loss (this rank's rows; may be empty) into the model.
+
+        entropy_coef: the entropy bonus's coefficient for this mini-batch (the trainer owns its schedule);
+        generator: the objective's random draws (clip_cov); with_entropy_sum: also all-reduce the token
+        entropy sum into ``GradientPass.entropy_sum`` (the adaptive entropy controller's measurement).
+        """
         acc = self.accelerator
         tokens = dist.reduce_sum(acc, float(mini.response_mask.sum()))
         if tokens == 0:  # on every rank: nothing to learn from, and every rank knows it
@@ -231,11 +247,12 @@ class PolicyUpdate:
             missing = dist.reduce_max(acc, len(parts)) - len(parts)
             parts += [mini.without_tokens(self.pad_token_id)] * missing
         out = GradientPass(global_tokens=tokens)
+        local_entropy_sum = 0.0
         for i, part in enumerate(parts):
             # gradients are all-reduced once, after the last part
             sync = acc.no_sync(self.model) if i < len(parts) - 1 else contextlib.nullcontext()
             with sync:
-                loss, metrics, entropy = self.loss(part)
+                loss, metrics, entropy = self.loss(part, entropy_coef=entropy_coef, generator=generator)
                 entropy_high = metrics.pop("entropy_high", None)
                 value = float(loss.detach())
                 scale = normaliser_scale(
@@ -249,13 +266,19 @@ class PolicyUpdate:
                 out.metrics.append(metrics)
                 if entropy is not None:
                     out.entropy.append(entropy)
+                    local_entropy_sum += entropy * float(part.response_mask.sum())
                 if entropy_high is not None:
                     out.entropy_high.append(entropy_high)
+        if with_entropy_sum:
+            out.entropy_sum = dist.reduce_sum(acc, local_entropy_sum)
         return out
 
-    def loss(self, part: UpdateBatch) -> tuple[torch.Tensor, dict[str, float], float | None]:
+    def loss(
+        self, part: UpdateBatch, *, entropy_coef: float = 0.0, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, float], float | None]:
         """(loss, metrics, mean token entropy) of one micro-batch; a NaN loss when the log-probs are not
-        finite (diverged weights: the caller skips the step and counts it)."""
+        finite (diverged weights: the caller skips the step and counts it). With ``entropy_coef`` > 0 the
+        loss includes the entropy bonus -coef * agg(H), aggregated like the policy loss."""
         logprobs, entropy = token_logprobs(
             self.model,
             part.prompt_ids,
@@ -274,23 +297,28 @@ class PolicyUpdate:
             part.behaviour_logprobs.to(device),
             part.advantages.to(device),
             mask,
-            entropy=entropy if self.entropy_split else None,
+            entropy=entropy if self.pass_entropy else None,
+            generator=generator,
             **self.params,
         )
         assert entropy is not None  # with_entropy=True
+        high = high_entropy_tokens(entropy.detach(), mask, self.entropy_quantile)
+        if high.any():  # popped by ``backward``: averaged over the first epoch like the mean entropy
+            metrics["entropy_high"] = float(entropy.detach()[high].mean())
         if part.ref_logprobs is not None:
-            split = self.kl_high_entropy_coef is not None
             kl, kl_metrics = kl_loss(
                 kl_penalty(logprobs, part.ref_logprobs.to(device), self.kl_estimator),
                 mask,
                 self.loss_agg_mode,
                 self.kl_coef,
-                high_entropy=high_entropy_tokens(entropy.detach(), mask, self.entropy_quantile)
-                if split
-                else None,
+                high_entropy=high if self.kl_high_entropy_coef is not None else None,
                 high_entropy_coef=self.kl_high_entropy_coef or 0.0,
             )
             metrics.update(kl_metrics)
             loss = loss + kl
+        if entropy_coef:
+            loss = loss + entropy_bonus(entropy, mask, entropy_coef, self.loss_agg_mode)
+        if entropy_coef or self.entropy_bonus_on:  # the coefficient applied (0 while adaptive is gated off)
+            metrics["entropy_coef"] = entropy_coef
         mean_entropy = float(entropy.detach()[mask].mean()) if mask.any() else None
         return loss, metrics, mean_entropy

@@ -295,3 +295,51 @@ def test_entry_point_loads_plugin_on_import_verl() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "aspo.integrations.verl"
+
+
+def _wide_batch(seed: int):
+    """(B, T) = (8, 40) with token-level spread in log-probs, so several tokens pass the covariance band."""
+    generator = torch.Generator().manual_seed(seed)
+    old_log_prob = -torch.rand(8, 40, generator=generator) * 6.0
+    log_prob = old_log_prob + (torch.rand(8, 40, generator=generator) * 2 - 1) * 0.5
+    mask = (torch.arange(40) < torch.randint(5, 41, (8, 1), generator=generator)).float()
+    advantages = (torch.randn(8, generator=generator) * 2).unsqueeze(1).expand(8, 40).clone()
+    return old_log_prob, log_prob, advantages, mask
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("loss_agg_mode", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize(
+    ("loss_mode", "verl_settings", "our_params"),
+    [
+        ("clip_cov", {"clip_cov_ratio": 0.02}, {"clip_cov_ratio": 0.02}),
+        ("clip_cov", {"clip_cov_ratio": 0.0002, "clip_cov_lb": 0.5, "clip_cov_ub": 8.0},
+         {"clip_cov_ratio": 0.0002, "clip_cov_lb": 0.5, "clip_cov_ub": 8.0}),
+        ("kl_cov", {"kl_cov_ratio": 0.05, "ppo_kl_coef": 1.0}, {"kl_cov_ratio": 0.05, "kl_cov_coef": 1.0}),
+        ("kl_cov", {"kl_cov_ratio": 2e-4, "ppo_kl_coef": 0.1}, {"kl_cov_ratio": 2e-4, "kl_cov_coef": 0.1}),
+    ],
+)  # fmt: skip
+def test_verl_own_clip_cov_and_kl_cov_equal_ours(
+    seed, loss_agg_mode, loss_mode, verl_settings, our_params
+) -> None:
+    """Control: verl ships clip_cov and kl_cov (so the plug-in leaves them alone); its own functions and
+    aspo.objectives' give the same loss and gradient -- clip_cov's random draw included, from verl's global
+    generator and ours seeded alike."""
+    batch = _wide_batch(seed)
+    old_log_prob, log_prob, advantages, mask = batch
+    config = actor_config(
+        loss_mode, clip_ratio_low=0.2, clip_ratio_high=0.2, loss_agg_mode=loss_agg_mode,
+        policy_loss=PolicyLossConfig(loss_mode=loss_mode, **verl_settings),
+    )  # fmt: skip
+    torch.manual_seed(1000 + seed)
+    verl_loss, verl_grad, _ = verl_loss_and_grad(loss_mode, batch, loss_agg_mode, config)
+    assert core_algos.get_policy_loss_fn(loss_mode) is VERL_OWN[loss_mode]
+    ours = log_prob.clone().requires_grad_(True)
+    loss, metrics = policy_loss(
+        loss_mode, ours, old_log_prob, advantages, mask, loss_agg_mode=loss_agg_mode,
+        generator=torch.Generator().manual_seed(1000 + seed), **our_params,
+    )  # fmt: skip
+    (grad,) = torch.autograd.grad(loss, ours)
+    torch.testing.assert_close(loss.detach(), verl_loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad, verl_grad, rtol=1e-5, atol=1e-9)
+    assert metrics["cov_selected_frac"] > 0

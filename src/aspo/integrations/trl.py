@@ -37,10 +37,14 @@ from aspo.objectives import (
     LOSS_AGG_MODES,
     POLICY_LOSSES,
     PROB_BUCKET_NAMES,
+    adapted_entropy_coef,
     agg_loss,
+    applied_entropy_coef,
     kl_penalty,
     policy_loss,
+    top_entropy_tokens,
 )
+from aspo.objectives.base import resolve_params
 
 # The metrics ``policy_loss`` can return, in a fixed order so every process gathers the same vector.
 _METRIC_KEYS = (
@@ -56,7 +60,15 @@ _METRIC_KEYS = (
     "weight/neg",
     *(f"pos_weight_by_prob/{name}" for name in PROB_BUCKET_NAMES),
     "entropy_high_frac",
+    "cov_selected_frac",
+    "top_entropy_frac",
+    "offpolicy_masked_frac",
 )
+# clip_cov / kl_cov parameters (``aspo.objectives.covariance``); None = the objective's default
+_COV_PARAMS = {
+    "clip_cov": ("clip_cov_ratio", "clip_cov_lb", "clip_cov_ub"),
+    "kl_cov": ("kl_cov_ratio", "kl_cov_coef"),
+}
 
 
 @dataclass
@@ -66,13 +78,18 @@ class ASPOConfig(GRPOConfig):
     Every ``GRPOConfig`` argument keeps its meaning except:
 
     - ``loss_type``: one of ``aspo.objectives.POLICY_LOSSES`` (aspo, aspo_flip_only, grpo, dapo, ppo,
-      no_is, gspo, cispo, sapo). Note ours differ from TRL's same-named losses where documented there:
+      no_is, gspo, cispo, sapo, clip_cov, kl_cov). Note ours differ from TRL's same-named losses where
+      documented there:
       our ``grpo`` has the hard dual clip (verl's vanilla), ``ppo`` is TRL's ``grpo`` per-token rule, our
       ``cispo`` bounds the weight at ``1 + epsilon_high`` (TRL: at ``epsilon_high``).
     - ``epsilon`` / ``epsilon_high``: ``clip_ratio_low`` / ``clip_ratio_high`` (eps in 1 - eps, 1 + eps).
       ``None`` (the default here) means the objective's own default (0.2 for aspo; dapo 0.2 / 0.28);
       ``epsilon_high=None`` with ``epsilon`` set means ``epsilon`` for both, as in TRL.
     - ``sapo_temperature_pos`` / ``_neg`` are the ``sapo`` objective's ``tau_pos`` / ``tau_neg``.
+    - TRL's own terms compose with every objective, in TRL's forms: ``top_entropy_quantile`` (the
+      threshold over this process's micro-batch; TRL gathers it over processes, the same on one),
+      ``off_policy_mask_threshold`` (against ``sampling_per_token_logps`` when vLLM supplies them),
+      ``entropy_coef`` and ``use_adaptive_entropy`` (the bonus over the selected tokens, TRL's controller).
 
     Added:
 
@@ -81,11 +98,12 @@ class ASPOConfig(GRPOConfig):
     - ``entropy_quantile``, ``high_entropy_clip_ratio_low``, ``high_entropy_clip_ratio_high``: the
       entropy-aware ranges -- tokens above the per-response ``entropy_quantile`` of TRL's token entropies
       get the looser range (aspo's default 0.4 / 0.4 above the 0.8 quantile; None = objective default).
+    - ``clip_cov_ratio``, ``clip_cov_lb``, ``clip_cov_ub`` (``loss_type="clip_cov"``) and ``kl_cov_ratio``,
+      ``kl_cov_coef`` (``loss_type="kl_cov"``): None = verl's defaults (2e-4, 1, 5; 2e-4, 1).
 
     Rejected (``UserError``), because they reshape the loss in ways the objectives already cover or that
     would silently change their weights: ``importance_sampling_level="sequence"`` (use ``loss_type="gspo"``),
-    ``top_entropy_quantile < 1``, ``delta``, ``off_policy_mask_threshold``, ``use_adaptive_entropy`` (a
-    fixed ``entropy_coef`` works as in TRL).
+    ``delta`` (use ``loss_type="grpo"``).
     """
 
     loss_type: str = field(
@@ -116,6 +134,15 @@ class ASPOConfig(GRPOConfig):
         default=None,
         metadata={"help": "eps_high for high-entropy tokens; None = objective default (aspo 0.4)."},
     )
+    clip_cov_ratio: float | None = field(default=None, metadata={"help": "clip_cov: share cut (None: 2e-4)."})
+    clip_cov_lb: float | None = field(
+        default=None, metadata={"help": "clip_cov: covariance lower bound (1)."}
+    )
+    clip_cov_ub: float | None = field(
+        default=None, metadata={"help": "clip_cov: covariance upper bound (5)."}
+    )
+    kl_cov_ratio: float | None = field(default=None, metadata={"help": "kl_cov: share penalised (2e-4)."})
+    kl_cov_coef: float | None = field(default=None, metadata={"help": "kl_cov: |log r| coefficient (1)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,16 +157,24 @@ class ASPOConfig(GRPOConfig):
             )
         unsupported = {
             "importance_sampling_level": (self.importance_sampling_level != "token", "use loss_type='gspo'"),
-            "top_entropy_quantile": (self.top_entropy_quantile < 1.0, "the objectives use all tokens"),
             "delta": (self.delta is not None, "use loss_type='grpo' (hard dual clip clip_ratio_c)"),
-            "off_policy_mask_threshold": (self.off_policy_mask_threshold is not None, "not supported"),
-            "use_adaptive_entropy": (self.use_adaptive_entropy, "use a fixed entropy_coef"),
         }
         for name, (is_set, hint) in unsupported.items():
             if is_set:
                 raise UserError(
                     f"ASPOConfig.{name}={getattr(self, name)!r} is not supported by ASPOTrainer: {hint}"
                 )
+        for loss_type, keys in _COV_PARAMS.items():
+            for key in keys:
+                if getattr(self, key) is not None and self.loss_type != loss_type:
+                    raise UserError(
+                        f"ASPOConfig.{key} applies to loss_type={loss_type!r} only "
+                        f"(loss_type={self.loss_type!r})"
+                    )
+        try:
+            resolve_params(self.loss_type, self.policy_loss_params())
+        except UserError as err:
+            raise UserError(f"ASPOConfig: {err}") from err
 
     def policy_loss_params(self) -> dict[str, Any]:
         """The keyword parameters for ``aspo.objectives.policy_loss`` (None = objective default)."""
@@ -152,8 +187,13 @@ class ASPOConfig(GRPOConfig):
             "high_entropy_clip_ratio_low": self.high_entropy_clip_ratio_low,
             "high_entropy_clip_ratio_high": self.high_entropy_clip_ratio_high,
         }
+        params["top_entropy_quantile"] = self.top_entropy_quantile  # 1.0 (TRL's default): every token
+        if self.off_policy_mask_threshold is not None:
+            params["off_policy_mask_threshold"] = self.off_policy_mask_threshold
         if self.loss_type == "sapo":
             params.update(tau_pos=self.sapo_temperature_pos, tau_neg=self.sapo_temperature_neg)
+        for key in _COV_PARAMS.get(self.loss_type, ()):
+            params[key] = getattr(self, key)
         return params
 
 
@@ -221,6 +261,7 @@ class ASPOTrainer(GRPOTrainer):
             advantages,
             mask,
             entropy=entropy,
+            sampling_log_prob=inputs.get("sampling_per_token_logps"),  # vLLM's own, for the off-policy mask
             **self._policy_loss_params,
         )
         mode = "train" if self.model.training else "eval"
@@ -237,11 +278,8 @@ class ASPOTrainer(GRPOTrainer):
             self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
 
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        if self.entropy_coef != 0.0:
-            # TRL's static bonus: coef * mean token entropy, scaled for accumulation only.
-            loss = (
-                loss - self.entropy_coef * (entropy * mask).sum() / mask.sum().clamp(min=1.0) / accumulation
-            )
+        if getattr(self, "_entropy_bonus_enabled", self.entropy_coef != 0.0):
+            loss = loss - self._entropy_bonus(entropy, mask, mode) / accumulation
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(
@@ -252,6 +290,41 @@ class ASPOTrainer(GRPOTrainer):
         self._metrics[mode]["entropy"].append(self._global_masked_mean(entropy, mask))
         self._log_objective_metrics(metrics, mode, log_prob.device)
         return loss
+
+    def _entropy_bonus(self, entropy: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+        """TRL's bonus, coef * mean entropy over the tokens the policy loss uses (the top-entropy ones when
+        top_entropy_quantile < 1), and with use_adaptive_entropy its controller (Skywork-OR1): the coefficient
+        applies only while the previous optimizer step's entropy was at or below entropy_target, and moves
+        by entropy_coef_delta at every optimizer step (``aspo.objectives.terms``)."""
+        args = self.args
+        effective = mask.float()
+        if args.top_entropy_quantile < 1.0:
+            effective = effective * top_entropy_tokens(entropy, mask.bool(), args.top_entropy_quantile)
+        mean_entropy = (entropy * effective).sum() / effective.sum().clamp(min=1.0)
+        if not args.use_adaptive_entropy:
+            if mode == "train" and self.accelerator.sync_gradients:
+                self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
+            return self.entropy_coef * mean_entropy
+        coef = applied_entropy_coef(self.entropy_coef, self._last_world_entropy, args.entropy_target)
+        if mode == "train":
+            stats = torch.stack([(entropy * effective).sum(), effective.sum()]).detach()
+            window = getattr(self, "_entropy_window_stats", None)
+            self._entropy_window_stats = stats if window is None else window + stats
+            if self.accelerator.sync_gradients:  # an optimizer step: adapt on the window's global entropy
+                totals = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
+                world_entropy = (totals[0] / totals[1].clamp(min=1.0)).item()
+                self.entropy_coef = adapted_entropy_coef(
+                    self.entropy_coef,
+                    world_entropy,
+                    target=args.entropy_target,
+                    delta=args.entropy_coef_delta,
+                    coef_min=args.entropy_coef_min,
+                    coef_max=args.entropy_coef_max,
+                )
+                self._last_world_entropy = world_entropy
+                self._entropy_window_stats = None
+                self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
+        return coef * mean_entropy
 
     def _aggregation_scale(self, mask: torch.Tensor, inputs: dict[str, Any], mode: str) -> float:
         """Factor turning ``policy_loss``'s micro-batch aggregate into this micro-batch's share of the

@@ -9,7 +9,10 @@ used here -- a two-value ``(loss, metrics)`` return and ``rollout_is_weights`` -
 
 Registered names: every ``aspo.objectives.POLICY_LOSSES`` name verl does not already define -- ``aspo``,
 ``aspo_flip_only``, ``grpo`` (= verl's ``vanilla``), ``dapo``, ``ppo``, ``no_is``. verl's own ``gspo``,
-``sapo``, ``cispo`` keep their verl implementations. Each is a function with verl's signature
+``sapo``, ``cispo``, ``clip_cov`` and ``kl_cov`` keep their verl implementations (verl's ``clip_cov`` /
+``kl_cov`` and ours give the same loss and gradient: tests/verl; mind that verl's ``PolicyLossConfig``
+defaults ``ppo_kl_coef`` to 0.1, ours ``kl_cov_coef`` to 1.0, the function's own fallback). Each is a
+function with verl's signature
 ``(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights)
 -> (loss, metrics)``:
 
@@ -23,6 +26,11 @@ Registered names: every ``aspo.objectives.POLICY_LOSSES`` name verl does not alr
   linear in the advantage at a fixed sign, so they are applied by scaling the advantages.
 - metrics: ours under ``actor/`` (``actor/clipfrac/pos``, ``actor/dualclip/neg``, ``actor/ppo_kl``, ...);
   verl averages them over micro-batches.
+
+The entropy bonus is verl's own ``actor.entropy_coeff`` (the same form as ours: -coef times the entropy
+aggregated like the loss). What the interface cannot carry is not offered here: top-entropy token
+selection (no entropies reach a policy loss), the off-policy sequence mask (no config key for its
+threshold) and the adaptive entropy coefficient (trainer state).
 
 No entropy: verl's policy-loss interface passes no token entropies, so ASPO's entropy-aware ranges (the
 looser 0.4 range for each response's top-20% entropy tokens) cannot apply. Every token gets the single

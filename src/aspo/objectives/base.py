@@ -32,6 +32,9 @@ COMMON_DEFAULTS: dict[str, Any] = {
     # None = same range as the low-entropy tokens, i.e. no entropy split (everything but aspo).
     "high_entropy_clip_ratio_low": None,
     "high_entropy_clip_ratio_high": None,
+    # composable terms (``aspo.objectives.terms``): 1.0 / None = off
+    "top_entropy_quantile": 1.0,
+    "off_policy_mask_threshold": None,
 }
 
 
@@ -44,6 +47,7 @@ class TokenInputs:
     advantages: broadcast to (B, T), 0 at padding.  mask: bool validity.
     clip_low_bound / clip_high_bound: lo = 1 - eps_low and hi = 1 + eps_high, each a float, or a (B, T)
     tensor when the entropy split applies.  clip_c: the dual-clip constant c.
+    generator: for objectives that draw at random (clip_cov); None means torch's global generator.
     """
 
     log_ratio: Tensor
@@ -54,6 +58,7 @@ class TokenInputs:
     clip_low_bound: float | Tensor
     clip_high_bound: float | Tensor
     clip_c: float
+    generator: torch.Generator | None = None
 
 
 @dataclass(frozen=True)
@@ -64,12 +69,17 @@ class TokenTerms:
     weight: w_t with dL_t/dlogp_t = -A_t * w_t.
     clipped: tokens whose weight the trust region cut (to 0, or truncated for cispo); None = never.
     dual_clipped: tokens in a dual-clip region (hard: weight 0; soft: weight c); None = never.
+    selected: tokens the objective singled out (Clip-Cov's detached, KL-Cov's penalised); None = none.
+    penalty_grad: a gradient d value / d logp not proportional to A, added to -A * w (KL-Cov's
+        coef * sign(log r)); None = 0. Must be 0 at padding.
     """
 
     value: Tensor
     weight: Tensor
     clipped: Tensor | None = None
     dual_clipped: Tensor | None = None
+    selected: Tensor | None = None
+    penalty_grad: Tensor | None = None
 
 
 ObjectiveFn = Callable[..., TokenTerms]
@@ -77,19 +87,25 @@ ObjectiveFn = Callable[..., TokenTerms]
 
 POLICY_LOSSES: dict[str, ObjectiveFn] = {}  # name -> objective function
 POLICY_LOSS_DEFAULTS: dict[str, dict[str, Any]] = {}  # name -> every parameter it accepts, with defaults
+POLICY_LOSS_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {}  # name -> its own parameters' checks
 
 
-def register_policy_loss(name: str, **defaults: Any) -> Callable[[ObjectiveFn], ObjectiveFn]:
+def register_policy_loss(
+    name: str, check: Callable[[dict[str, Any]], None] | None = None, **defaults: Any
+) -> Callable[[ObjectiveFn], ObjectiveFn]:
     """Decorator: register ``fn(tokens: TokenInputs, **params) -> TokenTerms`` under ``name``.
 
     ``defaults`` override ``COMMON_DEFAULTS`` and declare extra parameters the objective accepts, e.g.
     ``@register_policy_loss("sapo", tau_pos=1.0, tau_neg=1.05)``. The function receives every parameter
     that is not a common one (clip ranges, c and the aggregation reach it through ``TokenInputs``).
+    ``check(params)`` raises UserError on a bad value of the objective's own parameters.
     """
 
     def decorator(fn: ObjectiveFn) -> ObjectiveFn:
         POLICY_LOSSES[name] = fn
         POLICY_LOSS_DEFAULTS[name] = {**COMMON_DEFAULTS, **defaults}
+        if check is not None:
+            POLICY_LOSS_CHECKS[name] = check
         return fn
 
     return decorator
@@ -111,8 +127,12 @@ def resolve_params(name: str, params: dict[str, Any]) -> tuple[ObjectiveFn, dict
         raise UserError(f"loss_agg_mode {merged['loss_agg_mode']!r} is not one of {list(LOSS_AGG_MODES)}")
     if not merged["clip_ratio_c"] > 1.0:
         raise UserError(f"clip_ratio_c must be > 1 (got {merged['clip_ratio_c']})")
-    if not 0.0 <= merged["entropy_quantile"] <= 1.0:
-        raise UserError(f"entropy_quantile must be in [0, 1] (got {merged['entropy_quantile']})")
+    for key in ("entropy_quantile", "top_entropy_quantile"):
+        if not 0.0 <= merged[key] <= 1.0:
+            raise UserError(f"{key} must be in [0, 1] (got {merged[key]})")
+    threshold = merged["off_policy_mask_threshold"]
+    if threshold is not None and not threshold >= 0.0:
+        raise UserError(f"off_policy_mask_threshold must be >= 0 (got {threshold})")
     for key in (
         "clip_ratio_low",
         "clip_ratio_high",
@@ -122,6 +142,8 @@ def resolve_params(name: str, params: dict[str, Any]) -> tuple[ObjectiveFn, dict
         value = merged[key]
         if value is not None and not value >= 0.0:
             raise UserError(f"{key} must be >= 0 (got {value})")
+    if name in POLICY_LOSS_CHECKS:
+        POLICY_LOSS_CHECKS[name](merged)
     return POLICY_LOSSES[name], merged
 
 

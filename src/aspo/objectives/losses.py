@@ -3,8 +3,9 @@
 Notation: r = exp(clamp(logp - old_logp, -20, 20)) per token, A the advantage, lo = 1 - clip_ratio_low,
 hi = 1 + clip_ratio_high, c = clip_ratio_c. Each objective gives the weight w with dL_t/dlogp_t = -A_t w_t
 (before aggregation) and the loss value the reference implementations report. A token with A = 0 has
-zero loss and zero gradient in every objective. Tokens with A = 0 take the positive branch below; that only
-matters for the value (it is 0) and never for the metrics, which split tokens by the sign of A.
+zero loss and zero gradient in every objective but kl_cov (whose penalty acts on selected tokens whatever
+A). Tokens with A = 0 take the positive branch below; that only matters for the value (it is 0) and never
+for the metrics, which split tokens by the sign of A.
 
 Because r is clamped, where |logp - old_logp| > 20 a weight "r" means the clamped r (at most e^-20 ~ 2e-9
 below, where verl's autograd through the clamp gives exactly 0; the two differ by less than 2.1e-9).

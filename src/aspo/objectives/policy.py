@@ -18,6 +18,7 @@ from aspo.objectives.base import (
     high_entropy_tokens,
     resolve_params,
 )
+from aspo.objectives.terms import off_policy_keep, top_entropy_tokens
 
 # Buckets of the behaviour probability exp(old_log_prob) for the pos_weight_by_prob/* metrics.
 PROB_BUCKET_EDGES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -34,6 +35,8 @@ def policy_loss(
     response_mask: Tensor,
     *,
     entropy: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    sampling_log_prob: Tensor | None = None,
     **params: Any,
 ) -> tuple[Tensor, dict[str, float]]:
     """Policy-gradient loss ``name`` (see ``POLICY_LOSSES``) and its metrics.
@@ -45,15 +48,24 @@ def policy_loss(
         response_mask: (B, T) bool or 0/1; padding positions never affect the loss or any gradient.
         entropy: optional (B, T) token entropies of pi_theta; when given and the objective's
             high-entropy ranges differ from its normal ones (aspo: 0.4 vs 0.2), tokens above the
-            per-response ``entropy_quantile`` use ``high_entropy_clip_ratio_low/high``.
+            per-response ``entropy_quantile`` use ``high_entropy_clip_ratio_low/high``; required by
+            ``top_entropy_quantile`` < 1.
+        generator: the random draws of objectives that make them (clip_cov); None: torch's global one.
+        sampling_log_prob: (B, T) the sampler's own log-probs, when they differ from old_log_prob (vLLM):
+            the off-policy mask measures the drift from them (TRL's ``sampling_per_token_logps``); NaN
+            entries (tokens the sampler could not score) count as no drift. Default: old_log_prob.
         params: ``clip_ratio_low``, ``clip_ratio_high``, ``clip_ratio_c``, ``loss_agg_mode``,
-            ``entropy_quantile``, ``high_entropy_clip_ratio_low``, ``high_entropy_clip_ratio_high`` and
-            the objective's own (sapo: ``tau_pos``, ``tau_neg``); None means the objective's default.
+            ``entropy_quantile``, ``high_entropy_clip_ratio_low``, ``high_entropy_clip_ratio_high``, the
+            composable terms ``top_entropy_quantile`` (rho < 1: only the batch's top-rho tokens by entropy
+            keep a loss) and ``off_policy_mask_threshold`` (delta: drop negative responses whose mean
+            log(pi_old / pi) exceeds it; see ``aspo.objectives.terms``), and the objective's own (sapo:
+            ``tau_pos``, ``tau_neg``; clip_cov: ``clip_cov_ratio|lb|ub``; kl_cov: ``kl_cov_ratio|coef``);
+            None means the objective's default.
 
     Returns:
         (loss, metrics): a scalar whose gradient w.r.t. ``log_prob`` is -A * w / normaliser per token,
         w from the objective's weight table, normaliser from ``loss_agg_mode`` (see ``agg_loss``); and
-        a dict of floats (see ``_metrics``).
+        a dict of floats (see ``_metrics``). (kl_cov adds its penalty's gradient to -A * w.)
 
     Raises:
         UserError (a ValueError): unknown name or parameter, mismatched shapes, a mask that is not 0/1,
@@ -62,6 +74,8 @@ def policy_loss(
     """
     objective, settings = resolve_params(name, params)
     mask = _check_inputs(log_prob, old_log_prob, advantages, response_mask, entropy)
+    if settings["top_entropy_quantile"] < 1.0 and entropy is None:
+        raise UserError("top_entropy_quantile < 1 selects tokens by entropy: pass entropy=(B, T) entropies")
     with torch.no_grad():
         # padding gets neutral values (log-probs 0, ratio 1, advantage 0) with one select each
         current = torch.where(mask, log_prob.detach().float(), 0.0)
@@ -82,15 +96,59 @@ def policy_loss(
             clip_low_bound=clip_low_bound,
             clip_high_bound=clip_high_bound,
             clip_c=float(settings["clip_ratio_c"]),
+            generator=generator,
         )
         own_params = {k: v for k, v in settings.items() if k not in COMMON_DEFAULTS}
         terms = objective(tokens, **own_params)
-        value = terms.value * mask.to(terms.value.dtype)  # objectives are finite at padding; drop it
-        grad_coef = (adv * terms.weight).neg_()  # exactly 0 at padding: adv is 0 there, weights finite
+        sampler = behaviour
+        if sampling_log_prob is not None and settings["off_policy_mask_threshold"] is not None:
+            if sampling_log_prob.shape != log_prob.shape:
+                raise UserError(
+                    f"sampling_log_prob has shape {tuple(sampling_log_prob.shape)} but log_prob has "
+                    f"{tuple(log_prob.shape)}"
+                )
+            sampling = sampling_log_prob.detach().float()
+            sampler = torch.where(mask & ~sampling.isnan(), sampling, current)
+        kept, term_metrics = _kept_tokens(settings, entropy, tokens, sampler)
+        keep = mask if kept is None else kept  # the composable terms drop tokens by zeroing value and weight
+        value = terms.value * keep.to(terms.value.dtype)  # objectives are finite at padding; drop it
+        weight = terms.weight if kept is None else terms.weight * kept.to(terms.weight.dtype)
+        grad_coef = (adv * weight).neg_()  # exactly 0 at padding: adv is 0 there, weights finite
+        if terms.penalty_grad is not None:
+            grad_coef.add_(terms.penalty_grad * keep.to(grad_coef.dtype))
+        terms = TokenTerms(
+            value, weight, terms.clipped, terms.dual_clipped, terms.selected, terms.penalty_grad
+        )
 
     per_token_loss = _PolicyGradient.apply(log_prob, value, grad_coef)
     loss = aggregate_zero_padded(per_token_loss, mask, settings["loss_agg_mode"])
-    return loss, _metrics(tokens, terms, behaviour, high_entropy)
+    metrics = _metrics(tokens, terms, behaviour, high_entropy)
+    metrics.update(term_metrics)
+    return loss, metrics
+
+
+def _kept_tokens(
+    settings: dict[str, Any], entropy: Tensor | None, tokens: TokenInputs, sampler: Tensor
+) -> tuple[Tensor | None, dict[str, float]]:
+    """(B, T) bool of the valid tokens the composable terms keep (None when none is on) and their metrics:
+    ``top_entropy_frac`` (share of valid tokens selected by entropy) and ``offpolicy_masked_frac`` (share of
+    responses with a valid token that the off-policy mask drops)."""
+    kept, metrics = None, {}
+    n_valid = max(int(tokens.mask.count_nonzero()), 1)
+    if settings["top_entropy_quantile"] < 1.0:
+        assert entropy is not None  # checked on entry
+        kept = top_entropy_tokens(entropy, tokens.mask, float(settings["top_entropy_quantile"]))
+        metrics["top_entropy_frac"] = int(kept.count_nonzero()) / n_valid
+    if settings["off_policy_mask_threshold"] is not None:
+        threshold = float(settings["off_policy_mask_threshold"])
+        keep = off_policy_keep(tokens.advantages, tokens.log_prob, sampler, tokens.mask, threshold)
+        responses = tokens.mask.any(dim=-1)
+        dropped = (~keep & tokens.mask).any(dim=-1)
+        metrics["offpolicy_masked_frac"] = int(dropped.count_nonzero()) / max(
+            int(responses.count_nonzero()), 1
+        )
+        kept = (tokens.mask if kept is None else kept) & keep
+    return kept, metrics
 
 
 class _PolicyGradient(torch.autograd.Function):
@@ -196,6 +254,7 @@ def _metrics(
       trust region nor a dual clip touched, and ``{pos,neg}_clipfrac_by_prob/<bucket>`` the share they
       touched: a weight of 0 by clipping is the clip range's doing, not the ratio's (flipped or not).
     - ``entropy_high_frac``: share of valid tokens given the high-entropy range (only when split).
+    - ``cov_selected_frac``: share of valid tokens clip_cov / kl_cov selected (only for them).
     A mean over no tokens is omitted rather than faked.
     """
     mask, adv, ratio, weight = tokens.mask, tokens.advantages, tokens.ratio, terms.weight
@@ -233,6 +292,7 @@ def _metrics(
         ratio_lo,
         ratio_hi,
         zero if high_entropy is None else high_entropy.count_nonzero(),
+        zero if terms.selected is None else (terms.selected & mask).count_nonzero(),
     ]
     flat = torch.cat(
         [
@@ -242,7 +302,7 @@ def _metrics(
         ]
     ).tolist()
     (n_valid, clip_pos, clip_neg, dual_pos, dual_neg, neg_log_ratio_sum, ratio_sum, ratio_min, ratio_max,
-     n_high) = flat[: len(scalars)]  # fmt: skip
+     n_high, n_selected) = flat[: len(scalars)]  # fmt: skip
     bin_counts = flat[len(scalars) : len(scalars) + n_bins]
     bin_weights = flat[len(scalars) + n_bins :]
     half = 3 * n_buckets  # bins [0, half) untouched by any clip, [half, 2 * half) touched
@@ -291,4 +351,6 @@ def _metrics(
                 metrics[f"{prefix}_clipfrac_by_prob/{bucket_name}"] = n_cut / (n_free + n_cut)
     if high_entropy is not None:
         metrics["entropy_high_frac"] = n_high / max(n_valid, 1.0)
+    if terms.selected is not None:
+        metrics["cov_selected_frac"] = n_selected / max(n_valid, 1.0)
     return metrics
