@@ -206,3 +206,21 @@ def test_top_entropy_selection_without_the_entropy_split_keeps_one_clip_range(ti
         loss, metrics, _ = stage.loss(batch)
         assert torch.allclose(loss, expected, rtol=1e-6, atol=1e-7), flag
         assert metrics["top_entropy_frac"] > 0
+
+
+def test_the_entropy_of_the_high_entropy_tokens_is_reported_beside_the_mean(tiny_policy):
+    """actor/entropy_high: the mean entropy over each response's tokens above its entropy quantile, the
+    tokens claim 1 of the paper is about; computed from the same forward as the mean entropy."""
+    from aspo.objectives.base import high_entropy_tokens
+
+    model, tok = tiny_policy
+    batch = _batch_with_an_empty_row(model, tok)
+    stage = _update_stage(model, tok)
+    out = stage.backward(batch)
+    with torch.no_grad():
+        _, entropy = token_logprobs(
+            model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask
+        )
+    high = high_entropy_tokens(entropy, batch.response_mask, 0.8)
+    assert high.any() and out.entropy_high == [pytest.approx(float(entropy[high].mean()), rel=1e-5)]
+    assert out.entropy_high[0] > out.entropy[0]
