@@ -4,7 +4,7 @@
 
 Registered names (``POLICY_LOSSES``): aspo, aspo_flip_only, grpo, dapo, ppo, no_is, gspo, cispo, sapo. Each
 objective's docstring (in ``aspo.objectives.losses``) holds its gradient-weight table; docs/algorithm.md
-derives aspo / grpo. Adding one is a few lines::
+derives aspo / grpo. Adding one is a few lines:
 
     @register_policy_loss("mine", clip_ratio_high=0.3)
     def mine(tokens: TokenInputs) -> TokenTerms:
