@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint sandbox smollm2
+.PHONY: demo test lint sandbox smollm2 docs docs-serve
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,24 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
+
+# `make docs`: the documentation site (mkdocs-material, the API reference from the docstrings by
+# mkdocstrings) built into site/ with --strict, so a broken link or a missing reference fails it;
+# `make docs-serve` serves it on http://127.0.0.1:8000 and rebuilds on save. Its own venv (.venv-docs,
+# requirements/docs.txt) that reads src/ without importing it: no torch, and `make test` never needs it.
+DOCS_VENV ?= .venv-docs
+DOCS_STAMP := $(DOCS_VENV)/.installed
+
+$(DOCS_STAMP): requirements/docs.txt
+	test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install -q -r requirements/docs.txt
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs serve
 
 # bubblewrap: the code reward's sandbox (it refuses to run model-written programs without one). Silent when
 # present; installed with apt-get as root; otherwise prints the command to run. Never fails the build.

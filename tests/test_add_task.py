@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from test_pretrained import reference_model, tiny_vocab, write_tiny_gguf
 
-from aspo.benchmarks import lab_reward, load_benchmark
 from aspo.config import load_config
 from aspo.errors import UserError
+from aspo.evalsets import lab_reward, load_benchmark
 from aspo.lab import get_task
 from aspo.report.metrics import read_metrics
 

@@ -202,8 +202,8 @@ def chat_llama_dir(tmp_path_factory):
 
 
 def _sample_lengths(model_dir, max_new_tokens):
+    from aspo.pretrained import load_checkpoint
     from aspo.rollout import HFEngine
-    from aspo.run_setup import load_checkpoint
 
     model, tok = load_checkpoint(str(model_dir), torch.float32)
     engine = HFEngine(model.eval(), tok)

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from aspo.benchmarks import load_benchmark
 from aspo.errors import RewardInfraError
+from aspo.evalsets import load_benchmark
 from aspo.rewards import call_reward, get_reward, score_records
 from aspo.rewards.code import (
     check_code,

@@ -79,3 +79,37 @@ def test_the_graph_sees_function_level_imports():
 
 def test_no_import_circle_in_src_aspo():
     assert circles(import_graph()) == set()
+
+
+# The layers, top down: the command lines, then what runs a training job, then the pieces everything is
+# built from (models, sampling, rewards, objectives, data, checkpoints, reports). An import may go down or
+# stay in its layer, never up: a piece that reached for the run set-up would drag the trainer's world into
+# every user of that piece (as lab/model.py once did for loading a checkpoint).
+ENTRY = ("aspo.cli", "aspo.__main__", "aspo.commands")
+RUN = ("aspo.trainer", "aspo.run_setup", "aspo.update", "aspo.batch", "aspo.graceful_stop", "aspo.memory")
+
+
+def layer(module: str) -> int:
+    """2 for the command lines, 1 for running a job, 0 for the pieces (the package root counts as 0)."""
+    for rank, prefixes in ((2, ENTRY), (1, RUN)):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return 0
+
+
+def upward_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    return {(src, dst) for src, targets in graph.items() for dst in targets if layer(dst) > layer(src)}
+
+
+def test_the_layer_check_finds_an_upward_import():
+    graph = {"aspo.lab.model": {"aspo.run_setup"}, "aspo.run_setup": {"aspo.pretrained"}, "aspo.cli": set()}
+    assert upward_imports(graph) == {("aspo.lab.model", "aspo.run_setup")}
+    assert layer("aspo.commands.eval") == 2 and layer("aspo.update") == 1 and layer("aspo.rollout.hf") == 0
+
+
+def test_imports_never_run_up_the_layers():
+    graph = import_graph()
+    assert all(name in graph for name in ENTRY + RUN), "a layer names a module that no longer exists"
+    assert upward_imports(graph) == set()
+    # loading a checkpoint sits below both the lab and the run set-up
+    assert "aspo.pretrained" in graph["aspo.lab.model"] and "aspo.pretrained" in graph["aspo.run_setup"]

@@ -208,7 +208,7 @@ def test_adapter_checkpoint_loads_merged_and_merge_lora_writes_a_plain_checkpoin
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from aspo.run_setup import load_checkpoint
+    from aspo.pretrained import load_checkpoint
 
     ckpt = lora_run[0] / "checkpoints" / "step-3"
     ids = torch.tensor([[3, 9, 12, 7, 5, 14]])

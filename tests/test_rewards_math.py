@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from aspo.benchmarks import load_benchmark
+from aspo.evalsets import load_benchmark
 from aspo.rewards import get_reward, score_records
 from aspo.rewards.math import (
     _POOL,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aspo.benchmarks import load_benchmark
 from aspo.cli import main
+from aspo.evalsets import load_benchmark
 
 pytestmark = pytest.mark.usefixtures("trusted_code_sandbox")
 

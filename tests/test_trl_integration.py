@@ -104,7 +104,7 @@ def test_off_policy_training_runs_and_logs_aspo_metrics(checkpoint: str, tmp_pat
 
 def test_peft_config_trains_lora_adapters_against_the_base_as_reference(checkpoint: str, tmp_path) -> None:
     peft = pytest.importorskip("peft")
-    from aspo.run_setup import load_checkpoint
+    from aspo.pretrained import load_checkpoint
 
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = make_trainer(

@@ -7,6 +7,7 @@ sampled from the same prompt (any integers, not necessarily contiguous or sorted
 response; ``policy_loss`` broadcasts a (B,) advantage over each response's tokens.
 
 Estimators (``ADVANTAGES``):
+
 - ``grpo``: (R_i - mean_g) / (std_g + eps), std with Bessel's correction (as verl and TRL);
   ``norm_by_std=False`` skips the division.
 - ``dr_grpo``: R_i - mean_g (Dr. GRPO: no std normalisation).

@@ -37,8 +37,18 @@ def _help() -> str:
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:  # called as a function (tests, scripts): the process goes on
         return _dispatch(list(argv))
+    code = 0
     try:
-        return _dispatch(sys.argv[1:])
+        code = _dispatch(sys.argv[1:])
+        sys.stdout.flush()  # a buffered stdout meets a closed pipe here, not in the interpreter's exit
+    except BrokenPipeError:  # `aspo --help | head`: the reader left; nothing more to say
+        _stdout_to_devnull()
+    except SystemExit:  # argparse's --help and usage errors exit through here: flush inside the guard too
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_to_devnull()
+        raise
     finally:
         # the process ends next: spare the ~370k objects that torch, transformers and a run leave behind the
         # collector's passes at interpreter teardown (measured: 11-12 s of a tiny `aspo train` on a loaded
@@ -46,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         import gc
 
         gc.freeze()
+    return code
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe: later writes (and the interpreter's final flush) go nowhere, silently."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -74,9 +92,7 @@ def _dispatch(argv: list[str]) -> int:
         print(f"aspo {name}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `aspo train --help | head`
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _stdout_to_devnull()
         return 0
     except Interrupted as stop:  # SIGTERM / SIGINT in training: what was kept is in the message
         if not stop.quiet:

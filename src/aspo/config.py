@@ -314,7 +314,7 @@ class TrainConfig:
     threads: int = _f(
         0,
         "torch CPU threads per process (0: OMP_NUM_THREADS if set, else one per usable core that other "
-        "processes leave free, re-measured between steps: see README, Sharing the machine)",
+        "processes leave free, re-measured between steps: see docs/performance.md, Sharing the machine)",
     )
     plots: bool = _f(True, "draw plots/*.png at the end of the run")
     report_to: str = _f(

@@ -1,4 +1,6 @@
-"""Pretrained models by name or GGUF file: ``resolve_model(spec)`` gives a local Hugging Face checkpoint dir.
+"""Pretrained models: ``resolve_model(spec)`` gives a local Hugging Face checkpoint dir for a name or GGUF
+file, and ``load_checkpoint(path)`` loads one (a LoRA adapter merged into its base) for every part of aspo:
+the trainer, `aspo eval`, `aspo merge-lora` and the lab's own checkpoints.
 
 ``spec`` is one of
 - a Hugging Face checkpoint directory (``save_pretrained`` output): returned as is;
@@ -19,6 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aspo import cache
 from aspo.errors import UserError
@@ -187,3 +190,38 @@ def forget_gguf_quantizer(model: object) -> None:
     config.__dict__.pop("quantization_config", None)
     if hasattr(model, "is_quantized"):
         model.is_quantized = False  # type: ignore[attr-defined]
+
+
+def load_checkpoint(path: str, dtype: Any = None) -> tuple[Any, Any]:
+    """A local causal LM + tokenizer (never the hub); a pad token is borrowed from EOS when missing.
+
+    A LoRA adapter checkpoint (from a ``lora.rank > 0`` run) loads as its base model with the adapter
+    merged in: a plain transformers model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aspo.lora import attach_adapter, read_adapter_base
+
+    base = read_adapter_base(path)
+    if base is not None:
+        try:
+            model, tokenizer = load_checkpoint(base, dtype)
+        except UserError as err:
+            raise UserError(
+                f"{path!r} is a LoRA adapter on the base model {base!r}, which does not load: {err}"
+            ) from err
+        merged = attach_adapter(model, path, merge=True)
+        merged.name_or_path = str(
+            path
+        )  # a new adapter trained on top of it names this checkpoint as its base
+        return merged, tokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load a causal LM + tokenizer from {path!r}: {err}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"the tokenizer in {path!r} has no EOS token; generation could never stop")
+    return model, tokenizer

@@ -12,6 +12,7 @@ import numpy as np
 
 from aspo.config import Config
 from aspo.errors import UserError
+from aspo.pretrained import load_checkpoint, resolve_model
 
 
 def seed_for(*parts: int | str) -> int:
@@ -40,46 +41,9 @@ def load_policy(cfg: Config) -> tuple[Any, Any, Any]:
 
         path = str(warm_start(cfg.task))
     else:
-        from aspo.pretrained import resolve_model
-
         path = resolve_model(cfg.model)
     model, tokenizer = load_checkpoint(path, torch.float32)
     return model, tokenizer, task
-
-
-def load_checkpoint(path: str, dtype: Any = None) -> tuple[Any, Any]:
-    """A local causal LM + tokenizer (never the hub); a pad token is borrowed from EOS when missing.
-
-    A LoRA adapter checkpoint (from a ``lora.rank > 0`` run) loads as its base model with the adapter
-    merged in: a plain transformers model.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from aspo.lora import attach_adapter, read_adapter_base
-
-    base = read_adapter_base(path)
-    if base is not None:
-        try:
-            model, tokenizer = load_checkpoint(base, dtype)
-        except UserError as err:
-            raise UserError(
-                f"{path!r} is a LoRA adapter on the base model {base!r}, which does not load: {err}"
-            ) from err
-        merged = attach_adapter(model, path, merge=True)
-        merged.name_or_path = str(
-            path
-        )  # a new adapter trained on top of it names this checkpoint as its base
-        return merged, tokenizer
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a causal LM + tokenizer from {path!r}: {err}") from err
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.eos_token_id is None:
-        raise UserError(f"the tokenizer in {path!r} has no EOS token; generation could never stop")
-    return model, tokenizer
 
 
 def load_data(cfg: Config, task: Any) -> tuple[list[dict], list[dict]]:

@@ -62,7 +62,7 @@ _PROMPT_FLAGS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from aspo.benchmarks import BENCHMARKS
+    from aspo.evalsets import BENCHMARKS
 
     parser = CommandParser(
         prog="aspo eval",
@@ -163,8 +163,7 @@ def _load_tokenizer(path: str) -> Any:
 def _load_model(path: str, device: str | None) -> tuple[Any, Any, str]:
     import torch
 
-    from aspo.pretrained import resolve_model
-    from aspo.run_setup import load_checkpoint
+    from aspo.pretrained import load_checkpoint, resolve_model
     from aspo.threads import apply_threads
 
     apply_threads()
@@ -239,7 +238,7 @@ def _check_settings(output: Path, settings: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from aspo.benchmarks import DEFAULT_REWARD, lab_reward, load_benchmark
+    from aspo.evalsets import DEFAULT_REWARD, lab_reward, load_benchmark
     from aspo.evaluate import summarize
     from aspo.rewards import get_reward
 

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from aspo.lora import read_adapter_base
-    from aspo.run_setup import load_checkpoint
+    from aspo.pretrained import load_checkpoint
 
     args = build_parser().parse_args(argv)
     if not args.checkpoint.is_dir():

@@ -73,8 +73,8 @@ def count_parameters(model: Any) -> int:
 
 def load_policy(path: str | Path) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     """Load a lab checkpoint directory (model + tokenizer) written by ``save_pretrained``, ready to sample
-    (eval mode, left padding); the loading itself is ``aspo.run_setup.load_checkpoint``, as for any model."""
-    from aspo.run_setup import load_checkpoint
+    (eval mode, left padding); the loading itself is ``aspo.pretrained.load_checkpoint``, as for any model."""
+    from aspo.pretrained import load_checkpoint
 
     model, tokenizer = load_checkpoint(str(path))
     tokenizer.padding_side = "left"

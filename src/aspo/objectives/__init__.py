@@ -6,7 +6,7 @@ Registered names (``POLICY_LOSSES``): aspo, aspo_flip_only, grpo, dapo, ppo, no_
 clip_cov, kl_cov. Each objective's docstring (in ``aspo.objectives.losses`` and ``.covariance``) holds its
 gradient-weight table; docs/algorithm.md derives aspo / grpo. Every objective composes with the terms of
 ``aspo.objectives.terms`` (top-entropy token selection, off-policy sequence masking: ``policy_loss``
-parameters; the entropy bonus: added by the update stage). Adding one is a few lines::
+parameters; the entropy bonus: added by the update stage). Adding one is a few lines:
 
     @register_policy_loss("mine", clip_ratio_high=0.3)
     def mine(tokens: TokenInputs) -> TokenTerms:

@@ -42,12 +42,16 @@ COMMON_DEFAULTS: dict[str, Any] = {
 class TokenInputs:
     """What an objective sees. All tensors (B, T), float32, no grad; padding holds neutral values.
 
-    log_ratio: clamp(logp - old_logp, -20, 20), 0 at padding.  ratio: exp(log_ratio), 1 at padding.
-    log_prob: current log-probs (detached), 0 at padding -- some reference loss *values* use it.
-    advantages: broadcast to (B, T), 0 at padding.  mask: bool validity.
-    clip_low_bound / clip_high_bound: lo = 1 - eps_low and hi = 1 + eps_high, each a float, or a (B, T)
-    tensor when the entropy split applies.  clip_c: the dual-clip constant c.
-    generator: for objectives that draw at random (clip_cov); None means torch's global generator.
+    Attributes:
+        log_ratio: clamp(logp - old_logp, -20, 20), 0 at padding.
+        ratio: exp(log_ratio), 1 at padding.
+        log_prob: current log-probs (detached), 0 at padding -- some reference loss *values* use it.
+        advantages: broadcast to (B, T), 0 at padding.
+        mask: bool validity.
+        clip_low_bound: lo = 1 - eps_low, a float, or a (B, T) tensor when the entropy split applies.
+        clip_high_bound: hi = 1 + eps_high, a float, or a (B, T) tensor when the entropy split applies.
+        clip_c: the dual-clip constant c.
+        generator: for objectives that draw at random (clip_cov); None means torch's global generator.
     """
 
     log_ratio: Tensor
@@ -65,13 +69,14 @@ class TokenInputs:
 class TokenTerms:
     """What an objective returns, all (B, T).
 
-    value: the per-token surrogate loss value (what the reference implementation reports).
-    weight: w_t with dL_t/dlogp_t = -A_t * w_t.
-    clipped: tokens whose weight the trust region cut (to 0, or truncated for cispo); None = never.
-    dual_clipped: tokens in a dual-clip region (hard: weight 0; soft: weight c); None = never.
-    selected: tokens the objective singled out (Clip-Cov's detached, KL-Cov's penalised); None = none.
-    penalty_grad: a gradient d value / d logp not proportional to A, added to -A * w (KL-Cov's
-        coef * sign(log r)); None = 0. Must be 0 at padding.
+    Attributes:
+        value: the per-token surrogate loss value (what the reference implementation reports).
+        weight: w_t with dL_t/dlogp_t = -A_t * w_t.
+        clipped: tokens whose weight the trust region cut (to 0, or truncated for cispo); None = never.
+        dual_clipped: tokens in a dual-clip region (hard: weight 0; soft: weight c); None = never.
+        selected: tokens the objective singled out (Clip-Cov's detached, KL-Cov's penalised); None = none.
+        penalty_grad: a gradient d value / d logp not proportional to A, added to -A * w (KL-Cov's
+            coef * sign(log r)); None = 0. Must be 0 at padding.
     """
 
     value: Tensor
@@ -183,6 +188,7 @@ def kl_penalty(log_prob: Tensor, ref_log_prob: Tensor, kind: str) -> Tensor:
     """Per-token KL(pi || pi_ref) estimate, (B, T) -> (B, T); aggregate it with ``agg_loss``.
 
     kinds (Schulman's estimators, as named in verl), with d = ref_log_prob - log_prob:
+
     - ``k1``: -d (unbiased, high variance, can be negative);
     - ``k2`` / ``mse``: d^2 / 2 (its gradient is the true KL gradient to first order);
     - ``k3`` / ``low_var_kl``: exp(d) - d - 1 >= 0, clamped to [-10, 10] like verl (the ASPO recipe's

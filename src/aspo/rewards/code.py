@@ -1,6 +1,7 @@
 """Code reward: run the candidate program in the sandbox against the record's tests; 1.0 if all pass.
 
 Test formats (a record carries one of them):
+
   * ``tests = {"inputs": [stdin, ...], "outputs": [stdout, ...]}`` -- LiveCodeBench / CodeContests; outputs
     compared line by line (split on ``\\n`` only), tokens by whitespace, integers exactly and decimals
     within 1e-6;
@@ -10,8 +11,9 @@ Test formats (a record carries one of them):
   * ``test`` (code defining ``check(candidate)``) + ``entry_point`` -- HumanEval / MBPP. When the code does
     not define ``entry_point`` and the record has a ``prompt`` that does, the response is a completion of
     the prompt (HumanEval's convention) and the two are joined.
-``tests`` may also be a JSON string (as LiveCodeBench ships it). Code is taken from the last fenced
-```python block of the response when there is one, else the whole response.
+
+``tests`` may also be a JSON string (as LiveCodeBench ships it). Code is taken from the response's last
+fenced block tagged ``python`` when there is one, else the whole response (``extract_code``).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _fenced_blocks(text: str) -> list[tuple[str, str]]:
 
 
 def extract_code(response: str) -> str:
-    """The last fenced python block (```python / ```py / ```python3), else the last untagged fenced block,
+    """The last fenced block tagged ``python``, ``py`` or ``python3``, else the last untagged fenced block,
     else the response itself."""
     blocks = _fenced_blocks(response)
     for wanted in (("python", "py", "python3"), ("",)):

