@@ -11,8 +11,10 @@ function (``code`` does, to run sandboxes in parallel); ``score_records`` uses i
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +55,26 @@ def _load_target(target: str) -> RewardFn:
     return getattr(importlib.import_module(module_name), attr)
 
 
+def check_reward_spec(spec: str) -> str:
+    """ "builtin" or "file" for a valid reward spec, without importing anything; else a UserError naming it
+    (config validation calls this before anything that depends on the reward)."""
+    if spec in BUILTIN_REWARDS:
+        return "builtin"
+    path, sep, attr = spec.rpartition(":")
+    if sep and path.endswith(".py") and attr:
+        if not os.path.isfile(path):
+            raise UserError(
+                f"reward file {path!r} does not exist (reward spec {spec!r}, expected path/file.py:function)"
+            )
+        return "file"
+    close = difflib.get_close_matches(spec, BUILTIN_REWARDS, n=1)
+    raise UserError(
+        f"unknown reward {spec!r}"
+        + (f" (did you mean {close[0]!r}?)" if close else "")
+        + f"; valid names: {', '.join(sorted(BUILTIN_REWARDS))}, or path/file.py:function"
+    )
+
+
 def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardFn:
     """Resolve a reward name, ``file.py:function`` spec, or callable into a callable.
 
@@ -63,9 +85,9 @@ def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardF
     """
     if callable(spec):
         fn = spec
-    elif spec in BUILTIN_REWARDS:
+    elif check_reward_spec(spec) == "builtin":
         fn = _load_target(BUILTIN_REWARDS[spec])
-    elif ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+    else:
         fn = load_file_function(spec)  # imported here too: a broken file is a UserError at start-up
         from aspo.rewards.bounded import DEFAULT_TIMEOUT, BoundedReward
 
@@ -74,11 +96,6 @@ def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardF
             raise UserError(f"reward_timeout={timeout!r} must be >= 0 (0: no bound)")
         if timeout > 0:
             fn = BoundedReward(spec, fn, timeout)
-    else:
-        raise UserError(
-            f"unknown reward {spec!r}; valid names: {', '.join(sorted(BUILTIN_REWARDS))}, "
-            "or path/file.py:function"
-        )
     preflight = getattr(fn, "preflight", None)
     if preflight is not None:
         preflight()
