@@ -28,6 +28,7 @@ def signal_note(metrics: dict[str, float]) -> str | None:
 
 def expected_format(reward: Any) -> str:
     """What the reward scores, in its own words: the first paragraph of its docstring."""
+    reward = getattr(reward, "__wrapped__", reward)  # a file reward run in a worker: the user's function
     doc = inspect.getdoc(reward) or ""
     first = " ".join(doc.split("\n\n")[0].replace("``", "").split())
     where = f"{getattr(reward, '__module__', '?')}.{getattr(reward, '__name__', reward)!s}"
