@@ -328,6 +328,8 @@ def _generate(
                 }
                 if sample["error"]:
                     row["error"] = sample["error"]
+                if sample["unscored"]:  # the reward failed: no verdict on this response
+                    row["unscored"] = True
                 if with_answers:  # the answer that earned the reward, from the reward itself
                     row["answer"] = sample["answer"]
                 if sample["sample"] == 0:  # what the model saw, once per problem
@@ -375,6 +377,7 @@ def _summarize(
         **stats,
         "truncated_frac": sum(r.get("truncated", False) for r in rows) / len(rows),
         "errors": sum("error" in r for r in rows),
+        "unscored": sum(bool(r.get("unscored")) for r in rows),
         "temperature": args.temperature,
         "top_p": args.top_p,
         "max_new_tokens": args.max_new_tokens,

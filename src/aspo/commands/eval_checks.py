@@ -127,7 +127,7 @@ def _lab_reward(task: str | None) -> str | None:
 def scoring_errors(rows: list[dict[str, Any]], samples: Path) -> str | None:
     """The console line on samples the reward could not score (None when all were scored); a UserError
     with the first error when most of them could not be: their zeros are no verdict on the model."""
-    failed = [r for r in rows if r.get("error")]
+    failed = [r for r in rows if r.get("unscored")]
     if not failed:
         return None
     first = failed[0]

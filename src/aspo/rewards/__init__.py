@@ -43,6 +43,13 @@ class ScoreResult:
     answer: str | None = field(
         default=None, kw_only=True
     )  # the extracted final answer that earned the reward
+    # False: the reward failed before judging the response (it raised, its record lacks what it needs)
+    verdict: bool = field(default=True, kw_only=True)
+
+    @property
+    def unscored(self) -> bool:
+        """No verdict on the response: its 0 says nothing about it (`aspo eval` counts these)."""
+        return self.infra or not self.verdict
 
 
 def register_reward(name: str, target: str) -> None:
@@ -118,9 +125,9 @@ def call_reward(fn: RewardFn, record: Mapping[str, Any]) -> ScoreResult:
     except SandboxUnavailable:
         raise  # nothing may run here: not a score
     except Exception as err:  # untrusted / user code: count it, never crash the run
-        return ScoreResult(0.0, f"{type(err).__name__}: {err}")
+        return ScoreResult(0.0, f"{type(err).__name__}: {err}", verdict=False)
     if value != value or value in (float("inf"), float("-inf")):
-        return ScoreResult(0.0, f"non-finite reward {value}")
+        return ScoreResult(0.0, f"non-finite reward {value}", verdict=False)
     return ScoreResult(value)
 
 

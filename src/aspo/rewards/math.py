@@ -197,8 +197,8 @@ def check_math(response: str, answer: Any, *, timeout: float = CHECK_TIMEOUT_S) 
     response committed to (None when it has no admissible one), ``error`` why a check could not run."""
     try:
         gold = gold_answer(answer)
-    except ValueError as err:
-        return ScoreResult(0.0, str(err))
+    except ValueError as err:  # the gold answer is unreadable: no verdict on the response
+        return ScoreResult(0.0, str(err), verdict=False)
     gold_number = as_number(gold)
     stated = [admissible(s, gold_number is not None) for s in answer_statements(response or "")]
     if not stated or None in stated:  # no answer, or one statement is not an answer (hedge, restatement)
