@@ -280,6 +280,8 @@ def test_a_missing_data_file_or_benchmark_is_named(model_dir, tmp_path, capsys):
     missing = tmp_path / "test.jsonl"
     err = _err(capsys, "--model", model_dir, "--data", missing, "--reward", "number")
     assert err == f"aspo eval: error: data file '{missing}' does not exist\n"
+    err = _err(capsys, "--model", model_dir, "--data", missing, "--reward", "numbr")  # the name first
+    assert err.startswith("aspo eval: error: unknown reward 'numbr' (did you mean 'number'?)")
     err = _err(capsys, "--model", model_dir, "--data", "gsm8kk")
     assert err == (
         "aspo eval: error: unknown benchmark 'gsm8kk' (did you mean 'gsm8k'?): valid names are aime24, "

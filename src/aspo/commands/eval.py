@@ -221,10 +221,12 @@ def _check_settings(output: Path, settings: dict[str, Any]) -> None:
 def main(argv: list[str]) -> int:
     from aspo.benchmarks import DEFAULT_REWARD, lab_reward, load_benchmark
     from aspo.evaluate import summarize
-    from aspo.rewards import get_reward
+    from aspo.rewards import check_reward_spec, get_reward
 
     args = build_parser().parse_args(argv)
     _validate(args)
+    if args.reward:  # a misspelt reward is named before the data it would score
+        check_reward_spec(args.reward)
     problems = load_benchmark(args.data)
     reward = args.reward or DEFAULT_REWARD.get(args.data) or lab_reward(args.data)
     if reward is None:
