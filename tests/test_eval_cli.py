@@ -372,11 +372,7 @@ def test_a_lab_checkpoint_on_another_lab_task_is_named(model_dir, tmp_path, caps
         "'add', "
         "which it never saw (--data lab:arithmetic evaluates what it learned)\n" in err
     )
-    # the run's reward differs too (arithmetic's verifier vs add's number reward)
-    assert (
-        "aspo eval: warning: the run was scored with reward='arithmetic'; this evaluation uses 'number'\n"
-        in err
-    )
+    assert err.count("warning") == 1  # its other reward (add's `number`) follows from the other task
     assert (tmp_path / "runs" / "eval-lab-add-2" / "summary.json").is_file()  # no colons in the folder name
     capsys.readouterr()
     assert main(["eval", "--model", str(ckpt), "--data", "lab:arithmetic:2", "--max-new-tokens", "4"]) == 0
@@ -409,8 +405,7 @@ def test_a_chat_checkpoint_without_its_template_is_named(model_dir, problems, re
     tree = {"model": "x", "task": "arithmetic", "reward": "number", "data": {"train": "t.jsonl"}}
     ckpt = _run_checkpoint(chat, tmp_path / "run", {**tree, "prompt": {**LAB_PROMPT, "chat_template": True}})
     capsys.readouterr()
-    assert _eval(ckpt, problems, tmp_path / "run-plain", "--reward", "number", "--no-chat-template") == 0
-    assert (
-        "aspo eval: warning: prompts are formatted unlike the run's: chat_template True -> False\n"
-        in capsys.readouterr().err
-    )
+    assert _eval(ckpt, problems, tmp_path / "run-plain", "--reward", "math", "--no-chat-template") == 0
+    err = capsys.readouterr().err
+    assert "aspo eval: warning: prompts are formatted unlike the run's: chat_template True -> False\n" in err
+    assert "aspo eval: warning: the run was scored with reward='number'; this evaluation uses 'math'\n" in err

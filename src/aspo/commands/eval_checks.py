@@ -95,7 +95,7 @@ def mismatch_notes(
                     f"never saw (--data lab:{task} evaluates what it learned)"
                 )
         run_reward = tree.get("reward") or (None if trained_on else _lab_reward(task))
-        if run_reward and run_reward != reward:
+        if run_reward and run_reward != reward and not notes:  # another task's reward: said above
             notes.append(f"the run was scored with reward={run_reward!r}; this evaluation uses {reward!r}")
         run_prompt = tree.get("prompt") or {}
         changed = [
