@@ -168,6 +168,24 @@ def test_progress_line_says_when_a_step_has_no_signal():
     assert signal_note({"groups/sampled": 4, "groups/with_signal": 1}) is None
 
 
+def test_summary_prints_the_run_directory_on_one_line_and_what_it_holds(finished_run, capsys):
+    from aspo.report.console import print_summary
+
+    out = finished_run[0]
+    capsys.readouterr()
+    print_summary(out, 12.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert any("held-out pass@2 " in line for line in lines)  # k = eval.n
+    where = lines.index(f"run directory: {out}")  # whole, however long, for copying
+    assert lines[where + 1 :] == [
+        "  metrics:     metrics.jsonl",
+        "  plots:       plots/*.png",
+        "  samples:     samples.jsonl",
+        "  checkpoints: checkpoints/step-2, checkpoints/step-3",
+        f"  TensorBoard: tensorboard --logdir {out / 'tensorboard'}",
+    ]
+
+
 def test_checkpoint_is_a_loadable_model(finished_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
