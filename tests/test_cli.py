@@ -90,3 +90,10 @@ def test_train_checks_the_data_before_loading_the_model(tmp_path, capsys):
     )
     assert err.endswith(f"aspo train: error: {data}:2: record has no 'answer' field\n")
     assert "cannot load" not in err
+
+
+def test_a_transposed_objective_name_is_suggested(capsys):
+    assert _train_error(capsys, "algorithm.loss=apso") == (
+        "aspo train: error: algorithm.loss='apso' is unknown (did you mean 'aspo'?); valid names: aspo, "
+        "aspo_flip_only, cispo, dapo, grpo, gspo, no_is, ppo, sapo\n"
+    )

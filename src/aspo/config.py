@@ -437,8 +437,10 @@ class Config:
             ("algorithm.loss", self.algorithm.loss, POLICY_LOSSES),
             ("algorithm.advantage", self.algorithm.advantage, ADVANTAGES),
         ):
-            if value not in valid:
-                close = difflib.get_close_matches(value, valid, n=1)
+            if value not in valid:  # a transposition ("apso") first, else the closest spelling
+                close = [v for v in valid if sorted(v) == sorted(value)] or difflib.get_close_matches(
+                    value, valid, n=1
+                )
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise UserError(f"{key}={value!r} is unknown{hint}; valid names: {', '.join(sorted(valid))}")
         if self.model != "tiny":
