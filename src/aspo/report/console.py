@@ -26,8 +26,8 @@ class Progress:
         if "eval/pass@1" in metrics:
             self.last_pass = metrics["eval/pass@1"]
         post = {
-            "reward": f"{metrics.get('reward/mean', float('nan')):.3f}",
-            "entropy": f"{metrics.get('actor/entropy', float('nan')):.3f}",
+            "reward": _fmt(metrics.get("reward/mean")),
+            "entropy": _fmt(metrics.get("actor/entropy")),  # - : no update this step
         }
         if self.last_pass is not None:
             post["pass@1"] = f"{self.last_pass:.3f}"
