@@ -3,8 +3,14 @@
 The demo's figures differ between machines (another CPU sums floats in another order, and the draws then
 part ways), so the README states a range; what must hold everywhere is that the run learns. The shortened
 demo is the `aspo train` default cut to 20 of its 60 steps (the schedule has no decay, so these are exactly
-the demo's first 20 steps), evaluated before and after. Measured on an Intel Xeon (KVM, 2 cores, busy),
-one thread, seeds 0-4: gains listed in GAINS_MEASURED; the floor sits well below the smallest.
+the demo's first 20 steps), evaluated before and after.
+
+Gains measured after 20 steps (held-out pass@1, 128 problems x 8 samples at temperature 1):
+- Intel Xeon (KVM, 2 cores, load ~10, threads auto), `aspo train train.seed=0` on 2026-12-03: 0.303 -> 0.472
+  (+0.169; the full 60 steps: 0.303 -> 0.562);
+- docs/results/lab-arithmetic (the same ASPO config, another 2-CPU machine, older code), seeds 0-2: +0.238,
+  +0.249, +0.267.
+The floor sits 0.12 below the smallest: about 4 standard errors of a pass@1 difference over 128 problems.
 """
 
 import pytest
@@ -21,8 +27,7 @@ SHORT_DEMO = [
     "train.report_to=none",
     "train.threads=1",
 ]
-GAINS_MEASURED = {}  # seed -> held-out pass@1 gain after 20 steps (see module docstring)
-FLOOR = 0.0
+FLOOR = 0.05
 
 
 @pytest.mark.slow  # ~20 s of training on a quiet core, and the lab's warm start once (~45 s, then cached)
