@@ -38,7 +38,7 @@ def test_problems_answers_and_disjoint_splits():
             [f"model={Path(__file__).parent}", "task=add", "reward=math"],
             "data.train is required with reward='math'",
         ),
-        (["model=no/such/dir", "task=add"], "'no/such/dir' is neither"),
+        (["model=no/such/dir", "task=add"], "model path 'no/such/dir' does not exist"),
         (["task=nope"], "unknown lab task 'nope'"),
     ],
 )

@@ -7,6 +7,7 @@ import math
 import shutil
 import statistics
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,6 +258,12 @@ def test_compare_end_to_end_and_resume(tmp_path, capsys, tiny_run_inputs):
         "eval_pass_at_1.png",
         "token_weight.png",
         "algorithm.loss=aspo",
+        "; 2 seeds (0, 1) per algorithm",
+        # every table column is defined under its table
+        "- `pass@1_gain`: final minus step-0 held-out pass@1\n",
+        "- `jitter_ppo_kl`: mean |change| of ppo_kl between consecutive steps\n",
+        "- `avg_dualclip_pos`: dual-clip fraction of positive tokens, mean over steps\n",
+        "- `repetition`: held-out repetition rate at the last eval\n",
     ):
         assert needle in report
     for name in (
@@ -435,3 +442,45 @@ def test_a_run_that_spelled_out_its_objectives_aggregation_still_resumes(tmp_pat
         else:
             with pytest.raises(UserError, match="loss_agg_mode='token-mean' \\(now 'seq-mean-token-mean'\\)"):
                 check_existing(run)
+
+
+def test_one_seed_is_singular_in_the_setup():
+    from aspo.report.compare_text import _setup_lines, plural
+
+    assert plural(1, "seed") == "1 seed" and plural(3, "seed") == "3 seeds"
+    setup = {"config": {"model": "tiny", "task": "arithmetic"}, "seeds": [0]}
+    assert "- model `tiny`, task `arithmetic`; 1 seed (0) per algorithm" in _setup_lines(setup)
+
+
+def test_curve_figures_say_their_title_once_and_tick_whole_steps(tmp_path, monkeypatch):
+    """A 2-step comparison: matplotlib's default ticks would be 0, 0.25, ... 2.0; a one-panel figure had its
+    title both above the figure and above the panel."""
+    from matplotlib.figure import Figure
+
+    from aspo.report.compare_figures import plot_curves
+
+    drawn = {}
+    save = Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        fig.canvas.draw()
+        ticks = [[t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]] for ax in fig.axes]
+        suptitle = fig._suptitle.get_text() if fig._suptitle is not None else None
+        drawn[Path(path).stem] = (suptitle, [ax.get_title() for ax in fig.axes], ticks)
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    runs = [
+        [
+            {"step": s, "eval/pass@1": 0.1 * s + seed, "actor/clipfrac/pos": 0.1, "actor/clipfrac/neg": 0.2}
+            for s in (0, 1, 2)
+        ]
+        for seed in (0, 0.05)
+    ]
+    plot_curves({"grpo": runs, "aspo": runs}, tmp_path)
+    assert drawn["eval_pass_at_1"][:2] == (None, ["held-out pass@1"])
+    suptitle, titles, _ = drawn["clip_fraction"]
+    assert suptitle == "trust-region clip fraction by advantage sign"
+    assert titles == ["positive-advantage tokens", "negative-advantage tokens"]
+    for stem, (_, _, ticks) in drawn.items():
+        assert all(ax_ticks and all(float(t).is_integer() for t in ax_ticks) for ax_ticks in ticks), stem

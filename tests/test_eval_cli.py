@@ -191,7 +191,7 @@ def test_eval_default_prompts_for_a_plain_checkpoint():
 
 def test_bad_arguments_are_clear_errors(model_dir, problems, tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "missing"), "--data", "gsm8k"]) == 2
-    assert "is neither a local Hugging Face checkpoint directory" in capsys.readouterr().err
+    assert f"model path '{tmp_path / 'missing'}' does not exist" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--data", "nope"]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--data", str(problems)]) == 2
@@ -267,3 +267,145 @@ def test_math_answers_and_maj_use_the_rewards_extraction_and_equivalence(model_d
     # "\frac{3}{4}" and "0.75" are one answer for the reward, so they outvote "0.5" (by text they would tie,
     # and the first, wrong, answer would win); the empty box is no vote
     assert summary["maj@3"] == 1.0 and summary["pass@3"] == 1.0
+
+
+def _err(capsys, *args) -> str:
+    """`aspo eval ARGS` must exit 2; its stderr."""
+    capsys.readouterr()
+    assert main(["eval", *map(str, args)]) == 2
+    return capsys.readouterr().err
+
+
+def test_a_missing_data_file_or_benchmark_is_named(model_dir, tmp_path, capsys):
+    missing = tmp_path / "test.jsonl"
+    err = _err(capsys, "--model", model_dir, "--data", missing, "--reward", "number")
+    assert err == f"aspo eval: error: data file '{missing}' does not exist\n"
+    err = _err(capsys, "--model", model_dir, "--data", missing, "--reward", "numbr")  # the name first
+    assert err.startswith("aspo eval: error: unknown reward 'numbr' (did you mean 'number'?)")
+    err = _err(capsys, "--model", model_dir, "--data", "gsm8kk")
+    assert err == (
+        "aspo eval: error: unknown benchmark 'gsm8kk' (did you mean 'gsm8k'?): valid names are aime24, "
+        "amc23, "
+        "gsm8k, minerva_math, humaneval, lab:TASK[:N], or a path to a .jsonl / .parquet file or a datasets "
+        "directory\n"
+    )
+
+
+def test_a_record_without_an_answer_is_rejected_before_the_model_loads(tmp_path, capsys):
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"id": "a", "prompt": "1+1=", "answer": "2"}\n{"id": "b", "prompt": "2+2="}\n')
+    (tmp_path / "not-a-model").mkdir()  # would fail to load: the data is named first
+    err = _err(capsys, "--model", tmp_path / "not-a-model", "--data", data, "--reward", "number")
+    assert err == (
+        f"aspo eval: error: {data}:2: record has no 'answer' field (reward 'number' compares the response "
+        "with it)\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def raising_reward(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("reward") / "needs_solution.py"
+    path.write_text(
+        "def some(prompt, response, answer, **kw):\n"
+        "    if answer == '0':\n"
+        "        raise KeyError('solution')\n"
+        "    return 0.0\n\n"
+        "def every(prompt, response, answer, **kw):\n"
+        "    raise KeyError('solution')\n"
+    )
+    return path
+
+
+def test_unscored_samples_are_counted_and_most_unscored_is_an_error(
+    model_dir, problems, raising_reward, tmp_path, capsys
+):
+    # one problem of five cannot be scored: a warning line, exit 0
+    capsys.readouterr()
+    assert _eval(model_dir, problems, tmp_path / "some", "--reward", f"{raising_reward}:some") == 0
+    err = capsys.readouterr().err
+    assert (
+        "aspo eval: warning: 3 of 15 samples could not be scored and count as 0 (first: problem p0 sample 0: "
+        "KeyError: 'solution')\n" in err
+    )
+    # none can: exit 2 with the first error, the summary still written
+    out = tmp_path / "every"
+    capsys.readouterr()
+    assert _eval(model_dir, problems, out, "--reward", f"{raising_reward}:every") == 2
+    assert capsys.readouterr().err.endswith(
+        "aspo eval: error: 15 of 15 samples could not be scored (they count as 0, so the figures say "
+        "nothing); "
+        f"first: problem p0 sample 0: KeyError: 'solution'. Samples in {out / 'samples.jsonl'}\n"
+    )
+    assert json.loads((out / "summary.json").read_text())["errors"] == 15
+
+
+def _run_checkpoint(model_dir: Path, root: Path, tree: dict) -> Path:
+    """``model_dir`` as checkpoint step-1 of a run whose config.yaml is ``tree``."""
+    import shutil
+
+    import yaml
+
+    ckpt = root / "checkpoints" / "step-1"
+    shutil.copytree(model_dir, ckpt)
+    (root / "config.yaml").write_text(yaml.safe_dump(tree))
+    return ckpt
+
+
+LAB_PROMPT = {"template": "{prompt}", "chat_template": False, "system": None, "instruction": ""}
+
+
+def test_a_lab_checkpoint_on_another_lab_task_is_named(model_dir, tmp_path, capsys, monkeypatch):
+    tree = {
+        "model": "tiny",
+        "task": "arithmetic",
+        "reward": None,
+        "data": {"train": None},
+        "prompt": LAB_PROMPT,
+    }
+    ckpt = _run_checkpoint(model_dir, tmp_path / "run", tree)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(ckpt), "--data", "lab:add:2", "--max-new-tokens", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        "aspo eval: warning: the checkpoint was trained on task='arithmetic'; --data lab:add:2 is task "
+        "'add', "
+        "which it never saw (--data lab:arithmetic evaluates what it learned)\n" in err
+    )
+    assert err.count("warning") == 1  # its other reward (add's `number`) follows from the other task
+    assert (tmp_path / "runs" / "eval-lab-add-2" / "summary.json").is_file()  # no colons in the folder name
+    capsys.readouterr()
+    assert main(["eval", "--model", str(ckpt), "--data", "lab:arithmetic:2", "--max-new-tokens", "4"]) == 0
+    assert "warning" not in capsys.readouterr().err  # the task it trained on: nothing to say
+
+
+def test_a_chat_checkpoint_without_its_template_is_named(model_dir, problems, reward_file, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    chat = tmp_path / "chat"
+    import shutil
+
+    shutil.copytree(model_dir, chat)
+    tokenizer = AutoTokenizer.from_pretrained(chat)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}="
+    tokenizer.save_pretrained(chat)
+    capsys.readouterr()
+    assert (
+        _eval(
+            chat, problems, tmp_path / "plain", "--reward", f"{reward_file}:has_digit", "--no-chat-template"
+        )
+        == 0
+    )
+    assert (
+        "aspo eval: warning: the tokenizer has a chat template, but prompts are plain text "
+        "(--no-chat-template); "
+        "a chat model answers its own template's prompts\n" in capsys.readouterr().err
+    )
+    # a run that trained with the template, evaluated without it
+    tree = {"model": "x", "task": "arithmetic", "reward": "number", "data": {"train": "t.jsonl"}}
+    ckpt = _run_checkpoint(chat, tmp_path / "run", {**tree, "prompt": {**LAB_PROMPT, "chat_template": True}})
+    capsys.readouterr()
+    assert _eval(ckpt, problems, tmp_path / "run-plain", "--reward", "math", "--no-chat-template") == 0
+    err = capsys.readouterr().err
+    assert "aspo eval: warning: prompts are formatted unlike the run's: chat_template True -> False\n" in err
+    assert "aspo eval: warning: the run was scored with reward='number'; this evaluation uses 'math'\n" in err

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 from conftest import DATA, tiny_overrides
@@ -82,6 +83,107 @@ def test_run_directory_is_complete(finished_run):
         "trainer_state.json",
     ):
         assert (out / "checkpoints" / "step-3" / f).is_file(), f
+
+
+def test_a_run_with_signal_neither_warns_nor_writes_training_samples(tiny_run_inputs, tmp_path):
+    out = tmp_path / "normal"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(
+            load_config(None, tiny_overrides(tiny_run_inputs, out, "train.eval_every=0")), progress=False
+        ).run()
+    assert not [w for w in caught if "learning signal" in str(w.message)]
+    rows = [r for r in read_metrics(out) if "groups/with_signal" in r]
+    assert len(rows) == 3 and all(0 < r["groups/with_signal"] <= r["groups/sampled"] == 4 for r in rows)
+    samples = [json.loads(line) for line in open(out / "samples.jsonl")]
+    assert {s["step"] for s in samples} == {0, 3} and not any(s.get("split") == "train" for s in samples)
+
+
+def test_a_reward_that_never_scores_warns_with_the_responses_it_got(tiny_run_inputs, tmp_path):
+    """The lab's arithmetic data scored by `number`: no response of the random policy states the sum, every
+    group is all 0, and the third step warns once with responses, rewards, the format and the counts."""
+    out = tmp_path / "mismatch"
+    cfg = load_config(None, tiny_overrides(tiny_run_inputs, out, "reward=number", "train.steps=4"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(cfg, progress=False).run()
+    found = [str(w.message) for w in caught if "learning signal" in str(w.message)]
+    assert len(found) == 1, found
+    message = found[0]
+    lines = message.splitlines()
+    assert lines[0] == (
+        "no group had a learning signal in steps 1-3 (every response scored 0: the reward may not read the "
+        "answers in the format the model writes); nothing is being learned."
+    )
+    assert (
+        lines[1] == "  groups: 12 sampled, 12 with equal rewards (groups/solve_none 12, groups/solve_all 0, "
+        "groups/valid 0)"
+    )
+    assert lines[2].startswith(
+        "  reward 'number' expects: 1.0 iff response states exactly one final number equal to answer"
+    )
+    samples = [json.loads(line) for line in open(out / "samples.jsonl")]
+    train = [s for s in samples if s.get("split") == "train"]
+    assert {s["step"] for s in train} == {1, 2, 3} and all(s["reward"] == 0.0 for s in train)
+    quoted = [line for line in lines if line.startswith("  step ")]
+    assert len(quoted) == 4
+    for line in quoted:  # each quoted response is one written to samples.jsonl, with the reward it got
+        assert any(repr(s["response"])[:100] in line and line.endswith("got reward 0") for s in train), line
+    assert lines[-2] == f"  more responses in {out / 'samples.jsonl'} (split 'train')"
+    assert lines[-1] == "  train.on_no_signal=stop stops the run here instead of warning"
+
+
+def test_a_reward_that_always_scores_one_stops_with_on_no_signal_stop(tiny_run_inputs, tmp_path):
+    out = tmp_path / "ones"
+    args = tiny_overrides(tiny_run_inputs, out, f"reward={DATA / 'rewards.py'}:always_one", "train.steps=6")
+    result = run_cli("train", *args, "train.on_no_signal=stop")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        "aspo train: error: no group had a learning signal in steps 1-3 (every response scored 1: the reward "
+        "accepts anything, or the task is already solved (a harder task or a stricter reward gives signal)); "
+        "nothing is being learned." in result.stderr
+    )
+    assert (
+        f"  reward '{DATA / 'rewards.py'}:always_one' expects: Accepts anything: every group is solved, "
+        "so no group has a learning signal. [aspo_user_reward_rewards.always_one]\n" in result.stderr
+    )
+    assert "stopped at step 3 (train.on_no_signal=stop)" in result.stderr
+    assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 3]  # it stopped there
+
+
+def test_progress_line_says_when_a_step_has_no_signal():
+    from aspo.report.signal import signal_note
+
+    assert signal_note({"groups/sampled": 16, "groups/with_signal": 0, "groups/solve_none": 16}) == (
+        "none (16/16 all 0)"
+    )
+    assert (
+        signal_note({"groups/sampled": 4, "groups/with_signal": 0, "groups/solve_all": 4})
+        == "none (4/4 all 1)"
+    )
+    assert (
+        signal_note({"groups/sampled": 4, "groups/with_signal": 0, "groups/solve_all": 1})
+        == "none (4/4 equal)"
+    )
+    assert signal_note({"groups/sampled": 4, "groups/with_signal": 1}) is None
+
+
+def test_summary_prints_the_run_directory_on_one_line_and_what_it_holds(finished_run, capsys):
+    from aspo.report.console import print_summary
+
+    out = finished_run[0]
+    capsys.readouterr()
+    print_summary(out, 12.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert any("held-out pass@2 " in line for line in lines)  # k = eval.n
+    where = lines.index(f"run directory: {out}")  # whole, however long, for copying
+    assert lines[where + 1 :] == [
+        "  metrics:     metrics.jsonl",
+        "  plots:       plots/*.png",
+        "  samples:     samples.jsonl",
+        "  checkpoints: checkpoints/step-2, checkpoints/step-3",
+        f"  TensorBoard: tensorboard --logdir {out / 'tensorboard'}",
+    ]
 
 
 def test_checkpoint_is_a_loadable_model(finished_run):

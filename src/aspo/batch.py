@@ -145,6 +145,14 @@ class TrainingBatch:
             "groups/solve_all": float(sum(r.solve_all for r in self.rounds)),
             "groups/solve_none": float(sum(r.solve_none for r in self.rounds)),
             "groups/valid": float(len(self.advantages) / self.group_size),
+            # groups whose responses did not all score alike: the only ones with a gradient signal
+            "groups/with_signal": float(
+                sum(
+                    int(keep_groups(r.rewards.view(-1, self.group_size), "zero_variance").sum())
+                    for r in self.rounds
+                )
+            ),
+            "groups/sampled": float(sum(len(r.rewards) // self.group_size for r in self.rounds)),
             "groups/sampling_rounds": float(len(self.rounds)),
             "response/length_mean": float(torch.cat([s.response_lengths.float() for s in sampled]).mean()),
             "response/truncated_frac": float(torch.cat([s.truncated.float() for s in sampled]).mean()),

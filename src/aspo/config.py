@@ -316,6 +316,12 @@ class TrainConfig:
         "torch CPU threads per process (0: OMP_NUM_THREADS if set, else one per usable core that other "
         "processes leave free, re-measured between steps: see docs/performance.md, Sharing the machine)",
     )
+    on_no_signal: str = _f(
+        "warn",
+        "when no group of the first 3 steps has a learning signal (every response of every group scored "
+        "the same: all wrong, or all right): warn (once, with sample responses, their rewards and what "
+        "the reward expects) | stop (exit with that message) | ignore",
+    )
     plots: bool = _f(True, "draw plots/*.png at the end of the run")
     report_to: str = _f(
         "tensorboard",
@@ -391,7 +397,9 @@ class Config:
 
     # -- validation -------------------------------------------------------------------------------
     def validate(self) -> Config:
-        """Reject impossible values, naming the key."""
+        """Reject impossible values, naming the key. Names and paths first (a misspelt reward, task or
+        objective, or a missing file is the real problem), then values, then the rules that depend on them."""
+        self._check_names()
         checks = [
             ("rollout.n", self.rollout.n >= 1, "must be >= 1"),
             ("rollout.temperature", self.rollout.temperature > 0, "must be > 0"),
@@ -460,6 +468,11 @@ class Config:
                 "must name at least one module",
             ),
             (
+                "train.on_no_signal",
+                self.train.on_no_signal in ("warn", "stop", "ignore"),
+                "must be warn, stop or ignore",
+            ),
+            (
                 "train.report_to",
                 set(report_targets(self.train.report_to)) <= set(REPORT_TARGETS),
                 f"must be a comma-separated list of {', '.join(REPORT_TARGETS)} (or none)",
@@ -482,11 +495,7 @@ class Config:
             if value is not None and not 0 <= value < 10:
                 raise UserError(f"algorithm.{key}={value!r} must be in [0, 10)")
         self.algorithm.validate_terms()
-        self.algorithm.resolved_objective_params()  # the objective's own checks: bad name or value fails now
-        if self.model != "tiny":
-            from aspo.pretrained import model_source
-
-            model_source(self.model)  # a missing directory, file or package is named now, not after imports
+        self.algorithm.resolved_objective_params()  # the objective's own value checks
         if self.lora.rank and self.rollout.engine != "hf":
             raise UserError(
                 f"lora.rank={self.lora.rank} works with rollout.engine=hf only (the {self.rollout.engine!r} "
@@ -505,10 +514,6 @@ class Config:
                 "train.report_to includes wandb, but the wandb package is not installed: "
                 'pip install "aspo[wandb]"'
             )
-        for key in ("train", "test"):
-            path = getattr(self.data, key)
-            if path is not None and not os.path.exists(path):  # a file, or a datasets save_to_disk directory
-                raise UserError(f"data.{key} file {path!r} does not exist")
         if self.data.train is None:
             from aspo.lab.tasks import get_task
 
@@ -524,6 +529,35 @@ class Config:
                     "give model=smollm2-135m-instruct (or another checkpoint)"
                 )
         return self
+
+    def _check_names(self) -> None:
+        """Every name and path the run depends on: lab task, reward, objective, advantage estimator, model
+        and data files. Each is checked on its own, so the message names it, not a rule it feeds."""
+        from aspo.advantages import ADVANTAGES
+        from aspo.lab.tasks import get_task
+        from aspo.objectives import POLICY_LOSSES
+        from aspo.pretrained import model_source
+        from aspo.rewards import check_reward_spec
+
+        get_task(self.task)
+        if self.reward is not None:
+            check_reward_spec(self.reward)
+        for key, value, valid in (
+            ("algorithm.loss", self.algorithm.loss, POLICY_LOSSES),
+            ("algorithm.advantage", self.algorithm.advantage, ADVANTAGES),
+        ):
+            if value not in valid:  # a transposition ("apso") first, else the closest spelling
+                close = [v for v in valid if sorted(v) == sorted(value)] or difflib.get_close_matches(
+                    value, valid, n=1
+                )
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise UserError(f"{key}={value!r} is unknown{hint}; valid names: {', '.join(sorted(valid))}")
+        if self.model != "tiny":
+            model_source(self.model)  # a missing directory, file or package is named now, not after imports
+        for key in ("train", "test"):
+            path = getattr(self.data, key)
+            if path is not None and not os.path.exists(path):  # a file, or a datasets save_to_disk directory
+                raise UserError(f"data.{key} file {path!r} does not exist")
 
     # -- rules derived from the tree (each in one place) ---------------------------------------
     @property

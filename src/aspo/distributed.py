@@ -18,7 +18,14 @@ from typing import Any
 import torch
 
 # metrics that count things: summed over data-parallel ranks instead of averaged
-COUNT_METRICS = ("reward/errors", "groups/solve_all", "groups/solve_none", "groups/valid")
+COUNT_METRICS = (
+    "reward/errors",
+    "groups/solve_all",
+    "groups/solve_none",
+    "groups/valid",
+    "groups/with_signal",
+    "groups/sampled",
+)
 
 
 def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:

@@ -16,6 +16,7 @@ source tree (the package is installed editable from the repository), or ``./data
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,13 @@ def load_benchmark(name_or_path: str) -> list[dict[str, Any]]:
     if name_or_path.startswith("lab:"):
         return _load_lab_split(name_or_path)
     if not os.path.exists(name_or_path):
+        if os.sep in name_or_path or Path(name_or_path).suffix:  # meant as a file
+            raise UserError(f"data file {name_or_path!r} does not exist")
+        close = difflib.get_close_matches(name_or_path, BENCHMARKS, n=1)
         raise UserError(
-            f"unknown benchmark {name_or_path!r}: valid names are {', '.join(BENCHMARKS)}, "
+            f"unknown benchmark {name_or_path!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f": valid names are {', '.join(BENCHMARKS)}, lab:TASK[:N], "
             "or a path to a .jsonl / .parquet file or a datasets directory"
         )
     return _load_file(name_or_path)

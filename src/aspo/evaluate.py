@@ -113,6 +113,7 @@ def sample_policy(
                 "response": rollout.responses[i],
                 "reward": result.reward,
                 "error": result.error,
+                "unscored": result.unscored,
                 "answer": result.answer,
                 "length": int(lengths[i]),
                 "truncated": bool(rollout.truncated[i]),

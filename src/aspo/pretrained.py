@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,11 @@ def model_source(name_or_path: str) -> Path:
             return ggufs[0]
         return path
     names = ", ".join(NAMED_MODELS)
+    if not path.exists() and (os.sep in name_or_path or name_or_path.startswith((".", "~")) or path.suffix):
+        raise UserError(
+            f"model path {name_or_path!r} does not exist (expected a local Hugging Face checkpoint "
+            f"directory, a .gguf file, or a known model name: {names})"
+        )
     raise UserError(
         f"model {name_or_path!r} is neither a local Hugging Face checkpoint directory, a .gguf file, "
         f"nor a known model name ({names})"

@@ -38,6 +38,12 @@ from aspo.models import checkpointing_by_default, enable_activation_checkpointin
 from aspo.objectives import adapted_entropy_coef, applied_entropy_coef
 from aspo.prompting import format_prompt, uses_chat_template
 from aspo.report.metrics import MetricsLogger, append_lines, read_metrics
+from aspo.report.signal import (
+    NO_SIGNAL_STEPS,
+    TRAIN_SAMPLES_PER_STEP,
+    no_signal_message,
+    train_sample_rows,
+)
 from aspo.rewards import get_reward
 from aspo.rollout import Rollout, make_engine
 from aspo.run_setup import load_data, load_policy, resolve_run_dir, seed_for
@@ -52,6 +58,7 @@ class Trainer:
         self.cfg = cfg.validate()
         self._setup_runtime(progress)
         self._setup_reward()
+        self._load_records()
         self._setup_model()
         self._setup_data()
         self._setup_optimizer()
@@ -135,10 +142,14 @@ class Trainer:
         elif cfg.algorithm.kl_coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
+    def _load_records(self) -> None:
+        """Training and held-out records, before the model loads: a bad data file fails in a second."""
+        task = get_task(self.cfg.task) if self.cfg.uses_lab_task else None
+        self.train_records, self.test_records = load_data(self.cfg, task)
+
     def _setup_data(self) -> None:
-        """Training and held-out records, the response cap."""
+        """The prompt settings on the records (they need the tokenizer), the response cap."""
         cfg = self.cfg
-        self.train_records, self.test_records = load_data(cfg, self.task)
         for record in (
             self.train_records[:1] + self.test_records[:1]
         ):  # bad prompt settings fail now, not mid-run
@@ -170,6 +181,9 @@ class Trainer:
         # by the previous step's mean token entropy (inf before the first: no bonus yet)
         self.entropy_coef = self.cfg.algorithm.entropy_coef
         self.last_entropy = math.inf
+        # signal-less steps from the first (None once a step had signal, or for a resumed run)
+        self.signal_streak: list[dict[str, float]] | None = []
+        self.early_samples: list[dict[str, Any]] = []  # training responses of the first steps (rank 0)
 
     def _setup_rollout(self) -> None:
         """The generation engine, and whether behaviour log-probs are recomputed with the trainer's model."""
@@ -204,6 +218,7 @@ class Trainer:
             resume_step, _, parts = found
             trainer_state = restore(parts, self.model, self.optimizer, self.scheduler, self.peft_model)
             self.step = self.saved_step = int(trainer_state["step"])
+            self.signal_streak = None  # the first steps were watched by the run that took them
             self.nonfinite_streak = int(trainer_state.get("nonfinite_streak", 0))
             self.entropy_coef = float(trainer_state.get("entropy_coef", self.entropy_coef))
             self.last_entropy = float(trainer_state.get("last_entropy", self.last_entropy))
@@ -285,6 +300,8 @@ class Trainer:
             )
             scored.logprob_gap, scored.seconds_sampling = gap, t1 - t0
             scored.seconds_scoring = time.perf_counter() - t1
+            if round_ == 0:
+                self.keep_train_samples(step, records, scored)
             rounds.append(scored)
             if sum(len(r.kept) for r in rounds) >= want_rows:
                 break
@@ -408,6 +425,58 @@ class Trainer:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
+
+    # -- signal health (aspo.report.signal) -------------------------------------------------------
+    def keep_train_samples(self, step: int, records: list[dict[str, Any]], scored: SampledRound) -> None:
+        """A few of the step's responses (rank 0): written to samples.jsonl at once when the run has no
+        held-out data, else kept for the no-signal warning of the first steps."""
+        if not self.is_main or (self.test_records and step > NO_SIGNAL_STEPS):
+            return
+        rows = train_sample_rows(
+            step,
+            records,
+            [self.format(r) for r in records[:TRAIN_SAMPLES_PER_STEP]],
+            scored.rollout,
+            scored.raw_rewards,
+            self.cfg.rollout.n,
+        )
+        if self.test_records:
+            self.early_samples += rows
+        else:
+            from aspo.data import write_jsonl
+
+            write_jsonl(str(self.run_dir / "samples.jsonl"), rows)
+            self.early_samples = (self.early_samples + rows)[-NO_SIGNAL_STEPS * len(rows) :]
+
+    def watch_signal(self, step: int, metrics: dict[str, float]) -> None:
+        """After ``NO_SIGNAL_STEPS`` steps from the start without a group with signal, warn once (or stop,
+        ``train.on_no_signal``) with the responses and rewards to look at."""
+        if self.signal_streak is None or self.cfg.train.on_no_signal == "ignore":
+            return
+        if metrics.get("groups/with_signal", 1) > 0:
+            self.signal_streak = None  # the run has signal: the check is over
+            return
+        self.signal_streak.append(metrics)
+        if len(self.signal_streak) < NO_SIGNAL_STEPS:
+            return
+        steps, self.signal_streak = self.signal_streak, None
+        mode = self.cfg.train.on_no_signal
+        message = "no group had a learning signal in the first steps (see rank 0)"
+        if self.is_main:
+            samples = self.run_dir / "samples.jsonl"
+            if self.test_records:  # not written yet: the held-out rows are there, add these
+                from aspo.data import write_jsonl
+
+                write_jsonl(str(samples), self.early_samples)
+            reward_name = self.cfg.reward or get_task(self.cfg.task).reward
+            message = no_signal_message(
+                reward_name, self.reward, steps, self.early_samples, str(samples), mode
+            )
+        self.early_samples = []
+        if mode == "stop":
+            raise UserError(f"{message}\n  stopped at step {step} (train.on_no_signal=stop)")
+        if self.is_main:
+            warnings.warn(message, stacklevel=2)
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
@@ -599,6 +668,7 @@ class Trainer:
                     metrics.update(self.evaluate_and_record(self.step))
                 self.log(self.step, metrics)
                 bar.update(self.step, metrics)
+                self.watch_signal(self.step, metrics)
                 if cfg.train.save_every and (
                     self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps
                 ):

@@ -45,3 +45,8 @@ def spins_on_some(prompt, response, answer, **fields):
     if len(response) % 4 == 3:
         os._exit(1)
     return digit_share(prompt, response, answer)
+
+
+def always_one(prompt, response, answer, **fields):
+    """Accepts anything: every group is solved, so no group has a learning signal."""
+    return 1.0

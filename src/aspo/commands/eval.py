@@ -25,14 +25,20 @@ import argparse
 import dataclasses
 import inspect
 import json
+import re
 import sys
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from aspo.commands.eval_checks import (
+    mismatch_notes,
+    require_answers,
+    run_prompt_config,
+    run_tree,
+    scoring_errors,
+)
 from aspo.commands.parser import CommandParser
 from aspo.config import PromptConfig
 from aspo.errors import UserError
@@ -173,32 +179,6 @@ def _load_model(path: str, device: str | None) -> tuple[Any, Any, str]:
     return model.to(device).eval(), tokenizer, device
 
 
-def run_prompt_config(model: str) -> PromptConfig | None:
-    """The ``prompt`` section a run trained with, for a checkpoint ``<run>/checkpoints/step-N``; None for a
-    checkpoint outside a run directory. Runs saved before the section existed keep their ``data.*`` keys."""
-    from aspo.config import RENAMED_KEYS, Config, set_key
-
-    path = Path(model).resolve()
-    config_path = path.parent.parent / "config.yaml"
-    if path.parent.name != "checkpoints" or not config_path.is_file():
-        return None
-    try:
-        tree = yaml.safe_load(config_path.read_text()) or {}
-        data, prompt = tree.get("data") or {}, tree.get("prompt") or {}
-        cfg = Config()
-        for old in RENAMED_KEYS:
-            if old.startswith("data.") and old.split(".", 1)[1] in data:
-                set_key(cfg, old, data[old.split(".", 1)[1]])
-        for key, value in prompt.items():
-            set_key(cfg, f"prompt.{key}", value)
-    except (yaml.YAMLError, AttributeError, UserError) as err:
-        raise UserError(
-            f"{config_path}: cannot read the run's prompt settings ({err}); give them as flags "
-            "(--prompt-template, --chat-template, --system, --instruction)"
-        ) from err
-    return cfg.prompt
-
-
 def resolve_prompt_config(
     args: argparse.Namespace, reward: str, problems: list[dict], tokenizer: Any
 ) -> PromptConfig:
@@ -240,10 +220,12 @@ def _check_settings(output: Path, settings: dict[str, Any]) -> None:
 def main(argv: list[str]) -> int:
     from aspo.evalsets import DEFAULT_REWARD, lab_reward, load_benchmark
     from aspo.evaluate import summarize
-    from aspo.rewards import get_reward
+    from aspo.rewards import check_reward_spec, get_reward
 
     args = build_parser().parse_args(argv)
     _validate(args)
+    if args.reward:  # a misspelt reward is named before the data it would score
+        check_reward_spec(args.reward)
     problems = load_benchmark(args.data)
     reward = args.reward or DEFAULT_REWARD.get(args.data) or lab_reward(args.data)
     if reward is None:
@@ -255,8 +237,12 @@ def main(argv: list[str]) -> int:
         problems = problems[: args.limit]
     if not problems:
         raise UserError(f"no problems in {args.data!r}")
-    output = args.output or Path("runs") / f"eval-{Path(args.data).stem}"
-    prompt_cfg = resolve_prompt_config(args, reward, problems, _load_tokenizer(args.model))
+    require_answers(problems, reward, args.data)
+    output = args.output or Path("runs") / f"eval-{re.sub(r'[^A-Za-z0-9._-]+', '-', Path(args.data).stem)}"
+    tokenizer = _load_tokenizer(args.model)
+    prompt_cfg = resolve_prompt_config(args, reward, problems, tokenizer)
+    for note in mismatch_notes(run_tree(args.model), args.data, reward, prompt_cfg, tokenizer):
+        print(f"aspo eval: warning: {note}", file=sys.stderr)
     settings = {k: getattr(args, k) for k in _SAMPLE_SETTINGS if k not in ("reward", "prompt")} | {
         "reward": reward,
         "prompt": dataclasses.asdict(prompt_cfg),
@@ -283,10 +269,13 @@ def main(argv: list[str]) -> int:
     rows = _read_done(samples_path)
     summary = _summarize(rows, problems, args, reward, answer_classes, summarize, output)
     (output / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    errors = scoring_errors(rows, samples_path)  # most samples unscored: an error, after the summary is kept
     metrics = ", ".join(f"{k} {summary[k]:.4f}" for k in summary if "@" in k)
     print(
         f"aspo eval: {args.data} ({len(problems)} problems x {args.n}): {metrics}\n  wrote {output / SUMMARY}"
     )
+    if errors:
+        print(f"aspo eval: warning: {errors}", file=sys.stderr)
     return 0
 
 
@@ -340,6 +329,8 @@ def _generate(
                 }
                 if sample["error"]:
                     row["error"] = sample["error"]
+                if sample["unscored"]:  # the reward failed: no verdict on this response
+                    row["unscored"] = True
                 if with_answers:  # the answer that earned the reward, from the reward itself
                     row["answer"] = sample["answer"]
                 if sample["sample"] == 0:  # what the model saw, once per problem
@@ -387,6 +378,7 @@ def _summarize(
         **stats,
         "truncated_frac": sum(r.get("truncated", False) for r in rows) / len(rows),
         "errors": sum("error" in r for r in rows),
+        "unscored": sum(bool(r.get("unscored")) for r in rows),
         "temperature": args.temperature,
         "top_p": args.top_p,
         "max_new_tokens": args.max_new_tokens,

@@ -51,6 +51,15 @@ def main(argv: list[str]) -> int:
     import warnings
 
     warnings.formatwarning = lambda msg, cat, *a, **k: f"aspo train: warning: {msg}\n"
+    show = warnings.showwarning
+
+    def above_the_bar(*args: object, **kwargs: object) -> None:  # not glued to the progress bar's line
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode():
+            show(*args, **kwargs)  # type: ignore[arg-type]
+
+    warnings.showwarning = above_the_bar
     from aspo.config import load_config
 
     config_path, overrides = parse_args(argv)

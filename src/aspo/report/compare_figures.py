@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from aspo.report.plots import series
+from aspo.report.plots import series, step_axis
 from aspo.report.stats import band, mean_ci95, trailing_mean
 
 # figure file stem -> (title, [(metric key, panel title), ...]); one panel per key
@@ -127,11 +127,13 @@ def plot_curves(rows_by_algo: dict[str, list[list[dict[str, Any]]]], out_dir: Pa
                 xs, mean, half = curve
                 ax.plot(xs, mean, color=colors[algo], label=algo, marker="o" if len(xs) < 15 else None, ms=3)
                 ax.fill_between(xs, mean - half, mean + half, color=colors[algo], alpha=0.18, lw=0)
-            ax.set_title(label, fontsize=10)
-            ax.set_xlabel("step")
+            # one panel: the figure's title alone (a panel title would repeat it)
+            ax.set_title(label if len(panels) > 1 else title, fontsize=10 if len(panels) > 1 else 11)
+            step_axis(ax)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        fig.suptitle(title, fontsize=11)
+        if len(panels) > 1:
+            fig.suptitle(title, fontsize=11)
         fig.tight_layout()
         name = f"{stem}.png"
         fig.savefig(out_dir / name, dpi=100)

@@ -188,8 +188,9 @@ def _setup_lines(setup: dict[str, Any]) -> list[str]:
     if setup.get("command"):
         lines += [f"- command: `{setup['command']}`"]
     lines += [
-        f"- model `{cfg.get('model')}`, task `{cfg.get('task')}`; {len(setup.get('seeds', []))} seeds "
-        f"({', '.join(map(str, setup.get('seeds', [])))}) per algorithm",
+        f"- model `{cfg.get('model')}`, task `{cfg.get('task')}`; "
+        f"{plural(len(setup.get('seeds', [])), 'seed')} ({', '.join(map(str, setup.get('seeds', [])))}) "
+        "per algorithm",
         f"- {train.get('steps')} steps of {train.get('prompts_per_step')} prompts "
         f"x {rollout.get('n')} responses "
         f"(max {setup.get('max_new_tokens')} tokens, temperature {rollout.get('temperature')}); "
@@ -221,6 +222,16 @@ def _setup_lines(setup: dict[str, Any]) -> list[str]:
     return lines
 
 
+def plural(count: int, noun: str) -> str:
+    """ "1 seed", "3 seeds"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def definition_lines(definitions: dict[str, str], columns: list[str]) -> list[str]:
+    """What each column of the report's tables is, from summary.json's ``metric_definitions``."""
+    return [f"- `{c}`: {definitions[c]}" for c in columns if c in definitions]
+
+
 def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min ({seconds:.0f} s)"
 
@@ -239,6 +250,8 @@ def render_report(summary: dict[str, Any], figures: list[tuple[str, str]], notes
     lines += _setup_lines(setup)
     lines += ["", "## Final metrics", ""]
     lines += _metric_table(agg, algos, FINAL_COLUMNS, n_seeds)
+    definitions = summary.get("metric_definitions", {})
+    lines += ["", *definition_lines(definitions, FINAL_COLUMNS)]
     initial = [fmt_stat(agg[a].get("initial_pass@1")) for a in algos]
     defs = summary["metric_definitions"]
     lines += ["", "Failure modes (runs showing each / finished runs), counted apart:", ""]
@@ -259,6 +272,7 @@ def render_report(summary: dict[str, Any], figures: list[tuple[str, str]], notes
         "",
     ]
     lines += _metric_table(agg, algos, TRAINING_COLUMNS, n_seeds)
+    lines += ["", *definition_lines(definitions, TRAINING_COLUMNS)]
     buckets = [k for a in algos for k in agg[a] if k.startswith("pos_weight/")]
     buckets = sorted(set(buckets), key=lambda k: float(k.split("/")[1].split("-")[0]))
     if buckets:

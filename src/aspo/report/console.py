@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from aspo.report.metrics import read_metrics
+from aspo.report.signal import signal_note
 
 
 class Progress:
@@ -25,11 +26,14 @@ class Progress:
         if "eval/pass@1" in metrics:
             self.last_pass = metrics["eval/pass@1"]
         post = {
-            "reward": f"{metrics.get('reward/mean', float('nan')):.3f}",
-            "entropy": f"{metrics.get('actor/entropy', float('nan')):.3f}",
+            "reward": _fmt(metrics.get("reward/mean")),
+            "entropy": _fmt(metrics.get("actor/entropy")),  # - : no update this step
         }
         if self.last_pass is not None:
             post["pass@1"] = f"{self.last_pass:.3f}"
+        note = signal_note(metrics)
+        if note is not None:  # no group with signal: this step taught nothing
+            post["signal"] = note
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(step - self.bar.n)
 
@@ -47,12 +51,35 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def run_contents(run_dir: str | Path) -> list[tuple[str, str]]:
+    """(what, where) for each output the run directory holds, paths relative to it."""
+    run = Path(run_dir)
+    checkpoints = sorted(
+        (p for p in (run / "checkpoints").glob("step-*") if p.name[5:].isdigit()),
+        key=lambda p: int(p.name[5:]),
+    )
+    found = [
+        ("metrics", "metrics.jsonl", (run / "metrics.jsonl").exists()),
+        ("plots", "plots/*.png", any((run / "plots").glob("*.png"))),
+        ("samples", "samples.jsonl", (run / "samples.jsonl").exists()),
+        (
+            "checkpoints",
+            ", ".join(str(p.relative_to(run)) for p in checkpoints),
+            bool(checkpoints),
+        ),
+        ("TensorBoard", f"tensorboard --logdir {run / 'tensorboard'}", (run / "tensorboard").is_dir()),
+    ]
+    return [(what, where) for what, where, present in found if present]
+
+
 def print_summary(run_dir: str | Path, wall_s: float, enabled: bool = True) -> dict[str, Any]:
-    """Before -> after table of the run; returns the numbers it shows."""
+    """Before -> after table of the run, then the run directory on a line of its own (so it can be copied)
+    and what it holds; returns the numbers it shows."""
     rows = read_metrics(run_dir)
+    k = next((int(r["eval/k"]) for r in rows if isinstance(r.get("eval/k"), (int, float))), None)
     keys = {
         "held-out pass@1": "eval/pass@1",
-        "held-out pass@k": "eval/pass@k",
+        f"held-out pass@{k if k is not None else 'k'}": "eval/pass@k",
         "train reward": "reward/mean",
         "token entropy": "actor/entropy",
         "response length": "response/length_mean",
@@ -64,7 +91,7 @@ def print_summary(run_dir: str | Path, wall_s: float, enabled: bool = True) -> d
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"aspo train -- {run_dir}")
+        table = Table(title="aspo train: first -> last")
         table.add_column("metric")
         table.add_column("first", justify="right")
         table.add_column("last", justify="right")
@@ -72,5 +99,10 @@ def print_summary(run_dir: str | Path, wall_s: float, enabled: bool = True) -> d
             first, last = out[key]
             table.add_row(label, _fmt(first), _fmt(last))
         table.add_row("wall time", "", f"{wall_s:.0f} s")
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        # plain print: rich would wrap a long path over several lines
+        print(f"run directory: {run_dir}")
+        for what, where in run_contents(run_dir):
+            print(f"  {what + ':':<13}{where}")
     return {"before_after": out}

@@ -30,6 +30,14 @@ def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
+def step_axis(ax: Any) -> None:
+    """An x axis of training steps: labelled, whole numbers only (no 2.5 steps on a short run)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write ``plots/<name>.png`` for every figure with data; returns the paths written."""
     import matplotlib
@@ -51,7 +59,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             if xs:
                 ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=key)
         ax.set_title(title)
-        ax.set_xlabel("step")
+        step_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -11,8 +11,10 @@ function (``code`` does, to run sandboxes in parallel); ``score_records`` uses i
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,13 @@ class ScoreResult:
     answer: str | None = field(
         default=None, kw_only=True
     )  # the extracted final answer that earned the reward
+    # False: the reward failed before judging the response (it raised, its record lacks what it needs)
+    verdict: bool = field(default=True, kw_only=True)
+
+    @property
+    def unscored(self) -> bool:
+        """No verdict on the response: its 0 says nothing about it (`aspo eval` counts these)."""
+        return self.infra or not self.verdict
 
 
 def register_reward(name: str, target: str) -> None:
@@ -53,6 +62,26 @@ def _load_target(target: str) -> RewardFn:
     return getattr(importlib.import_module(module_name), attr)
 
 
+def check_reward_spec(spec: str) -> str:
+    """ "builtin" or "file" for a valid reward spec, without importing anything; else a UserError naming it
+    (config validation calls this before anything that depends on the reward)."""
+    if spec in BUILTIN_REWARDS:
+        return "builtin"
+    path, sep, attr = spec.rpartition(":")
+    if sep and path.endswith(".py") and attr:
+        if not os.path.isfile(path):
+            raise UserError(
+                f"reward file {path!r} does not exist (reward spec {spec!r}, expected path/file.py:function)"
+            )
+        return "file"
+    close = difflib.get_close_matches(spec, BUILTIN_REWARDS, n=1)
+    raise UserError(
+        f"unknown reward {spec!r}"
+        + (f" (did you mean {close[0]!r}?)" if close else "")
+        + f"; valid names: {', '.join(sorted(BUILTIN_REWARDS))}, or path/file.py:function"
+    )
+
+
 def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardFn:
     """Resolve a reward name, ``file.py:function`` spec, or callable into a callable.
 
@@ -63,9 +92,9 @@ def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardF
     """
     if callable(spec):
         fn = spec
-    elif spec in BUILTIN_REWARDS:
+    elif check_reward_spec(spec) == "builtin":
         fn = _load_target(BUILTIN_REWARDS[spec])
-    elif ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+    else:
         fn = load_file_function(spec)  # imported here too: a broken file is a UserError at start-up
         from aspo.rewards.bounded import DEFAULT_TIMEOUT, BoundedReward
 
@@ -74,11 +103,6 @@ def get_reward(spec: str | RewardFn, *, timeout: float | None = None) -> RewardF
             raise UserError(f"reward_timeout={timeout!r} must be >= 0 (0: no bound)")
         if timeout > 0:
             fn = BoundedReward(spec, fn, timeout)
-    else:
-        raise UserError(
-            f"unknown reward {spec!r}; valid names: {', '.join(sorted(BUILTIN_REWARDS))}, "
-            "or path/file.py:function"
-        )
     preflight = getattr(fn, "preflight", None)
     if preflight is not None:
         preflight()
@@ -101,9 +125,9 @@ def call_reward(fn: RewardFn, record: Mapping[str, Any]) -> ScoreResult:
     except SandboxUnavailable:
         raise  # nothing may run here: not a score
     except Exception as err:  # untrusted / user code: count it, never crash the run
-        return ScoreResult(0.0, f"{type(err).__name__}: {err}")
+        return ScoreResult(0.0, f"{type(err).__name__}: {err}", verdict=False)
     if value != value or value in (float("inf"), float("-inf")):
-        return ScoreResult(0.0, f"non-finite reward {value}")
+        return ScoreResult(0.0, f"non-finite reward {value}", verdict=False)
     return ScoreResult(value)
 
 

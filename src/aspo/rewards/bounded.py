@@ -70,6 +70,7 @@ class BoundedReward:
         self.spec, self.timeout = spec, timeout
         self.__signature__ = inspect.signature(fn)  # call_reward passes only the fields fn accepts
         self.__name__ = getattr(fn, "__name__", spec)
+        self.__wrapped__ = fn  # its docstring says what it scores (aspo.report.signal)
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         atexit.register(self.close)

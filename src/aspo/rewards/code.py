@@ -316,7 +316,7 @@ def score_batch(records: Iterable[Mapping[str, Any]], workers: int | None = None
         except SandboxUnavailable:
             raise
         except Exception as err:  # a malformed record scores 0 with its reason, the batch goes on
-            return ScoreResult(0.0, f"{type(err).__name__}: {err}")
+            return ScoreResult(0.0, f"{type(err).__name__}: {err}", verdict=False)
 
     # Each check is ~half sandbox start-up (waiting on the kernel), so a few more threads than cores help.
     workers = workers or 2 * default_workers()

@@ -202,8 +202,8 @@ def check_math(response: str, answer: Any, *, timeout: float = CHECK_TIMEOUT_S) 
     response committed to (None when it has no admissible one), ``error`` why a check could not run."""
     try:
         gold = gold_answer(answer)
-    except ValueError as err:
-        return ScoreResult(0.0, str(err))
+    except ValueError as err:  # the gold answer is unreadable: no verdict on the response
+        return ScoreResult(0.0, str(err), verdict=False)
     gold_number = number_and_unit(gold)
     gold_unit = gold_number[1] if gold_number else None
     stated = []
