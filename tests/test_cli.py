@@ -55,7 +55,7 @@ def _train_error(capsys, *args):
         (
             ["algorithm.loss=grop", "data.train=no.jsonl"],
             "algorithm.loss='grop' is unknown (did you mean "
-            "'grpo'?); valid names: aspo, aspo_flip_only, cispo, dapo, grpo, gspo, no_is, ppo, sapo",
+            "'grpo'?); valid names: aspo, aspo_flip_only, cispo, clip_cov, dapo, grpo, gspo, kl_cov, no_is, ppo, sapo",
         ),
         (
             ["algorithm.advantage=rlo", "rollout.n=0"],
@@ -95,5 +95,5 @@ def test_train_checks_the_data_before_loading_the_model(tmp_path, capsys):
 def test_a_transposed_objective_name_is_suggested(capsys):
     assert _train_error(capsys, "algorithm.loss=apso") == (
         "aspo train: error: algorithm.loss='apso' is unknown (did you mean 'aspo'?); valid names: aspo, "
-        "aspo_flip_only, cispo, dapo, grpo, gspo, no_is, ppo, sapo\n"
+        "aspo_flip_only, cispo, clip_cov, dapo, grpo, gspo, kl_cov, no_is, ppo, sapo\n"
     )
