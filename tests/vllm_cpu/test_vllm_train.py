@@ -9,10 +9,12 @@ colocated vLLM engine.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +28,9 @@ from aspo.report.metrics import read_metrics  # noqa: E402
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 ARGS = [
     "model=smollm2-135m-instruct",
-    "task=add",
-    "reward=number",
+    # a partial credit (the share of digits in the response) so that every group has signal and every step
+    # updates the weights; the strict number reward gives a 2-step run mostly all-zero groups
+    f"reward={Path(__file__).parent.parent / 'data' / 'rewards.py'}:digit_share",
     "prompt.chat_template=true",
     "rollout.engine=vllm",
     "rollout.n=4",
@@ -48,9 +51,10 @@ ARGS = [
 ]
 
 
-def train(*args: str) -> subprocess.CompletedProcess[str]:
+def train(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    files = [f"data.train={data / 'train.jsonl'}", f"data.test={data / 'test.jsonl'}"]
     return subprocess.run(
-        [sys.executable, "-m", "aspo", "train", *ARGS, *args],
+        [sys.executable, "-m", "aspo", "train", *ARGS, *files, *args],
         capture_output=True,
         text=True,
         timeout=900,
@@ -63,8 +67,11 @@ def comparable(rows):
 
 
 def test_train_with_vllm_writes_the_run_logs_the_mismatch_and_resumes_exactly(tmp_path):
+    for name, pairs in (("train", [(a, a + 3) for a in range(2, 18)]), ("test", [(5, 7), (11, 4)])):
+        rows = [json.dumps({"prompt": f"What is {a} + {b}?", "answer": str(a + b)}) for a, b in pairs]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
     whole = tmp_path / "whole"
-    done = train(f"output_dir={whole}")
+    done = train(tmp_path, f"output_dir={whole}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert {"config.yaml", "metrics.jsonl", "checkpoints"} <= {p.name for p in whole.iterdir()}
     assert [step for step, _ in list_checkpoints(whole)] == [1, 2]
@@ -74,14 +81,14 @@ def test_train_with_vllm_writes_the_run_logs_the_mismatch_and_resumes_exactly(tm
     for r in steps:
         # vLLM's fp32 log-probs against the trainer's recompute: a real, small gap
         assert 0 < r["rollout/logprob_abs_diff"] < 1e-3, r["rollout/logprob_abs_diff"]
-        assert r["time/weight_sync"] > 0  # pushed after every step's updates (and once at the start)
-        assert r["actor/optimizer_steps"] == 2
+        assert r["time/weight_sync"] > 0  # step 1: the initial push; step 2: step 1's updated weights
+        assert r["actor/optimizer_steps"] > 0  # the weights moved: step 2 samples from new ones
     print("mismatch", [r["rollout/logprob_abs_diff"] for r in steps])
     print("weight sync s", [r["time/weight_sync"] for r in steps])
 
     resumed = tmp_path / "resumed"
     shutil.copytree(whole, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step-2")
-    again = train(f"output_dir={resumed}", "resume=true")
+    again = train(tmp_path, f"output_dir={resumed}", "resume=true")
     assert again.returncode == 0, again.stderr[-3000:]
     assert comparable(read_metrics(resumed)) == comparable(rows)
