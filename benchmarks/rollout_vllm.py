@@ -80,17 +80,17 @@ def main() -> None:
         f"weight push {engines['vllm'].last_sync_seconds * 1e3:.0f} ms"  # type: ignore[attr-defined]
     )
 
-    def call(name: str, seed: int) -> dict[str, float]:
+    def call(name: str, seed: int, rows: int = args.prompts, n: int = args.n, new: int = args.max_new_tokens):
         w0, c0 = time.perf_counter(), time.process_time()
         r = engines[name].generate(
-            prompts, n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=seed
+            prompts[:rows], n=n, max_new_tokens=new, temperature=args.temperature, seed=seed
         )
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         tokens = float(r.response_mask.sum())
         return {"tokens": tokens, "wall_s": wall, "cpu_s": cpu, "tok_per_s": tokens / wall}
 
-    for name in engines:  # warm-up: first-call allocations, vLLM's first scheduling
-        call(name, 10_000)
+    for name in engines:  # a small warm-up call: first-call allocations, vLLM's first scheduling
+        call(name, 10_000, rows=2, n=2, new=8)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in engines}
     order = ["aspo", "vllm"]
     for rep in range(args.reps):
