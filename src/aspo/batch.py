@@ -58,7 +58,8 @@ class SampledRound:
     solve_all: int  # groups dropped for having every response right
     solve_none: int  # groups dropped for having every response wrong
     logprob_gap: float | None = None  # mean |engine - trainer| behaviour log-prob (when recomputed)
-    seconds_sampling: float = 0.0
+    seconds_sampling: float = 0.0  # the engine's weight push included
+    seconds_weight_sync: float | None = None  # that push alone (engines other than hf)
     seconds_scoring: float = 0.0
 
     @staticmethod
@@ -171,6 +172,9 @@ class TrainingBatch:
             "perf/tokens_per_s": sum(float(s.response_mask.sum()) for s in sampled)
             / max(seconds_sampling, 1e-9),
         }
+        syncs = [r.seconds_weight_sync for r in self.rounds if r.seconds_weight_sync is not None]
+        if syncs:
+            metrics["time/weight_sync"] = sum(syncs)
         gaps = [r.logprob_gap for r in self.rounds if r.logprob_gap is not None]
         if gaps:
             metrics["rollout/logprob_abs_diff"] = float(np.mean(gaps))

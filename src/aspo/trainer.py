@@ -194,6 +194,7 @@ class Trainer:
             self.tokenizer,
             add_special_tokens=not uses_chat_template(cfg.prompt, self.tokenizer),
         )
+        self.sync_seconds = 0.0  # the latest weight push into the engine
         recompute = cfg.rollout.recompute_logprobs
         self.recompute_logprobs = recompute == "true" or (recompute == "auto" and cfg.rollout.engine != "hf")
 
@@ -267,12 +268,15 @@ class Trainer:
 
     # -- one step: sample -> score -> filter -> update ---------------------------------------------
     def sample(self, records: list[dict[str, Any]], seed: int) -> tuple[Rollout, float | None]:
-        """G responses per record from current weights; (rollout, behaviour log-prob gap if recomputed)."""
+        """G responses per record from current weights; (rollout, behaviour log-prob gap if recomputed).
+        The engine's weight push, when it made one, is timed in ``self.sync_seconds``."""
         cfg = self.cfg
         self.release_heap_between_phases()  # what the last update or eval freed, before the KV cache
         self.model.eval()
         with dist.full_weights(self.accelerator, self.train_model):
+            t0 = time.perf_counter()
             self.engine.sync_weights(self.model, version=self.weights_version)
+            self.sync_seconds = time.perf_counter() - t0
             rollout = self.engine.generate(
                 [self.format(r) for r in records],
                 n=cfg.rollout.n,
@@ -299,6 +303,8 @@ class Trainer:
                 records, rollout, self.reward, alg, self.max_new_tokens, cfg.rollout.n
             )
             scored.logprob_gap, scored.seconds_sampling = gap, t1 - t0
+            if cfg.rollout.engine != "hf":  # hf samples from the trainer's own tensors: nothing to push
+                scored.seconds_weight_sync = self.sync_seconds
             scored.seconds_scoring = time.perf_counter() - t1
             if round_ == 0:
                 self.keep_train_samples(step, records, scored)
@@ -318,11 +324,13 @@ class Trainer:
 
     @torch.no_grad()
     def recompute_behaviour_logprobs(self, rollout: Rollout) -> float:
-        """Replace the engine's log-probs with the trainer model's; returns their mean absolute gap."""
+        """Replace the engine's log-probs with the trainer model's, keeping the engine's as
+        ``rollout.sampler_logprobs`` (the sampler side of the mismatch metrics); returns their mean absolute
+        gap."""
         logprobs = self.rollout_logprobs(self.model, rollout)
         mask = rollout.response_mask
         gap = float((logprobs - rollout.behaviour_logprobs)[mask].abs().mean()) if mask.any() else 0.0
-        rollout.behaviour_logprobs = logprobs
+        rollout.sampler_logprobs, rollout.behaviour_logprobs = rollout.behaviour_logprobs, logprobs
         return gap
 
     @torch.no_grad()
@@ -709,6 +717,9 @@ class Trainer:
     def close(self) -> None:
         """Tear down the process group, then give the signals back (a rank killed before the teardown would
         leave the others waiting in its barrier)."""
+        engine_close = getattr(self.engine, "close", None)
+        if engine_close is not None:  # vLLM: its engine core and KV cache
+            engine_close()
         dist.close(self.accelerator, self.train_model)
         if self.graceful_stop is not None:
             self.graceful_stop.restore()

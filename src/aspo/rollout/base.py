@@ -32,6 +32,9 @@ class Rollout:
     group_ids           (B*G,) long, index of the prompt in this call
     responses           decoded response texts without EOS / padding, length B*G
     truncated           (B*G,) bool, True where the response hit max_new_tokens without EOS
+    sampler_logprobs    (B*G, R) float32 or None: the engine's own log-probs, kept when the trainer replaced
+                        ``behaviour_logprobs`` with its recompute (the inputs of the rollout-correction
+                        metrics: sampler vs trainer); None when the two are the same numbers
     """
 
     prompt_ids: torch.Tensor
@@ -42,6 +45,7 @@ class Rollout:
     group_ids: torch.Tensor
     responses: list[str]
     truncated: torch.Tensor
+    sampler_logprobs: torch.Tensor | None = None
 
     @property
     def response_lengths(self) -> torch.Tensor:
@@ -60,6 +64,7 @@ class Rollout:
         for r in parts:
             group_ids.append(r.group_ids + offset)
             offset += int(r.group_ids.max()) + 1 if len(r.group_ids) else 0
+        sampler = [r.sampler_logprobs for r in parts if r.sampler_logprobs is not None]
         return Rollout(
             prompt_ids=pad_to_width([r.prompt_ids for r in parts], pad_token_id, left=True),
             prompt_mask=pad_to_width([r.prompt_mask for r in parts], False, left=True),
@@ -69,6 +74,7 @@ class Rollout:
             group_ids=torch.cat(group_ids),
             responses=[s for r in parts for s in r.responses],
             truncated=torch.cat([r.truncated for r in parts]),
+            sampler_logprobs=pad_to_width(sampler, 0.0) if len(sampler) == len(parts) else None,
         )
 
 
