@@ -55,7 +55,8 @@ def _train_error(capsys, *args):
         (
             ["algorithm.loss=grop", "data.train=no.jsonl"],
             "algorithm.loss='grop' is unknown (did you mean "
-            "'grpo'?); valid names: aspo, aspo_flip_only, cispo, clip_cov, dapo, grpo, gspo, kl_cov, no_is, ppo, sapo",
+            "'grpo'?); valid names: aspo, aspo_flip_only, cispo, clip_cov, dapo, grpo, gspo, kl_cov, no_is, "
+            "ppo, sapo",
         ),
         (
             ["algorithm.advantage=rlo", "rollout.n=0"],
