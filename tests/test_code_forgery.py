@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 from test_sandbox import _KWARGS, FAST, MODES, _assert_clean
 
-from aspo.benchmarks import load_benchmark
+from aspo.evalsets import load_benchmark
 from aspo.rewards.code import check_code, outputs_match, returns_match
 
 
