@@ -14,7 +14,6 @@ with every part weighted by its share of the global token count, metrics are red
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 import warnings
@@ -37,7 +36,7 @@ from aspo.memory import fix_mmap_threshold, release_free_memory
 from aspo.models import checkpointing_by_default, enable_activation_checkpointing, token_logprobs
 from aspo.objectives import adapted_entropy_coef, applied_entropy_coef
 from aspo.prompting import format_prompt, uses_chat_template
-from aspo.report.metrics import MetricsLogger, append_lines, read_metrics
+from aspo.report.metrics import MetricsLogger, append_rows, read_metrics
 from aspo.report.signal import (
     NO_SIGNAL_STEPS,
     TRAIN_SAMPLES_PER_STEP,
@@ -451,9 +450,7 @@ class Trainer:
         if self.test_records:
             self.early_samples += rows
         else:
-            from aspo.data import write_jsonl
-
-            write_jsonl(str(self.run_dir / "samples.jsonl"), rows)
+            append_rows(self.run_dir / "samples.jsonl", rows)  # a full disk: one clear error
             self.early_samples = (self.early_samples + rows)[-NO_SIGNAL_STEPS * len(rows) :]
 
     def watch_signal(self, step: int, metrics: dict[str, float]) -> None:
@@ -473,9 +470,7 @@ class Trainer:
         if self.is_main:
             samples = self.run_dir / "samples.jsonl"
             if self.test_records:  # not written yet: the held-out rows are there, add these
-                from aspo.data import write_jsonl
-
-                write_jsonl(str(samples), self.early_samples)
+                append_rows(samples, self.early_samples)
             reward_name = self.cfg.reward or get_task(self.cfg.task).reward
             message = no_signal_message(
                 reward_name, self.reward, steps, self.early_samples, str(samples), mode
@@ -547,8 +542,7 @@ class Trainer:
             for r in rows
             if r["index"] < SAMPLES_PER_EVAL
         ]
-        lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in keep]
-        append_lines(self.run_dir / "samples.jsonl", lines)  # a full disk: one clear error
+        append_rows(self.run_dir / "samples.jsonl", keep)  # a full disk: one clear error
 
     def evaluate_and_record(self, step: int) -> dict[str, float]:
         """``evaluate`` then ``write_samples``; returns the metrics."""

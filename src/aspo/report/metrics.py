@@ -47,6 +47,11 @@ def truncate_after(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
+def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``append_lines`` of one JSON object per row."""
+    append_lines(path, [json.dumps(row, ensure_ascii=False) + "\n" for row in rows])
+
+
 def append_lines(path: Path, lines: list[str]) -> None:
     """Append whole lines or nothing: a failed write (a full disk, a quota) is cut back off the file and
     raised as one UserError naming it -- the run's checkpoints are untouched, so it can resume."""
