@@ -273,22 +273,22 @@ def test_one_update_under_the_recipe_equals_the_reference_loop(micro_batch_size,
     # AdamW's eps regime amplifies rounding where a gradient nearly vanishes: measured 3e-3 of the movement
     assert gap <= 1e-2 * moved, (gap, moved)
 
-    # weighting the partial mini-batch as a full one (the default) changes exactly the partial steps
-    full = [*overrides, "train.partial_mini_batch=full"]
-    full_cfg = load_config(str(RECIPE), _inputs(tiny_run_inputs, tmp_path / "full", *full))
-    other = Trainer(full_cfg, progress=False)
-    other.ref_model.load_state_dict(trainer.ref_model.state_dict())
-    full_errors = _relative_errors(_update_recording_steps(other, batch), their_steps)
-    other.close()
-    assert max(full_errors[:2]) <= 1e-5 < 1e-2 < full_errors[2], full_errors
+    def errors_with(name, override):
+        """Each step's relative error against the reference when the recipe changes by ``override``."""
+        cfg_changed = load_config(
+            str(RECIPE), _inputs(tiny_run_inputs, tmp_path / name, *overrides, override)
+        )
+        other = Trainer(cfg_changed, progress=False)
+        other.ref_model.load_state_dict(trainer.ref_model.state_dict())
+        changed = _relative_errors(_update_recording_steps(other, batch), their_steps)
+        other.close()
+        return changed
 
+    # weighting the partial mini-batch as a full one (the default) changes exactly the partial steps
+    full_errors = errors_with("full", "train.partial_mini_batch=full")
+    assert max(full_errors[:2]) <= 1e-5 < 1e-2 < full_errors[2], full_errors
     # the KL over every token (the entropy split off) is another update, and the comparison sees it
-    unsplit = [*overrides, "algorithm.kl_high_entropy_coef=null"]
-    unsplit_cfg = load_config(str(RECIPE), _inputs(tiny_run_inputs, tmp_path / "unsplit", *unsplit))
-    other = Trainer(unsplit_cfg, progress=False)
-    other.ref_model.load_state_dict(trainer.ref_model.state_dict())
-    unsplit_errors = _relative_errors(_update_recording_steps(other, batch), their_steps)
-    other.close()
+    unsplit_errors = errors_with("unsplit", "algorithm.kl_high_entropy_coef=null")
     assert max(unsplit_errors) > 1e-5, unsplit_errors
 
 
