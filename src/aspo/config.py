@@ -148,8 +148,19 @@ class RolloutConfig:
         "auto",
         "recompute behaviour log-probs with the trainer's model: auto (only "
         "for engines other than hf, whose log-probs are the trainer's own) | "
-        "true | false; the gap is logged as rollout/logprob_abs_diff",
+        "true | false; on whenever rollout.correction is set); the gap is logged as "
+        "rollout/logprob_abs_diff and the mismatch metrics as rollout_corr/*",
     )
+    correction: str = _f(
+        "none",
+        "importance weights for the sampler-trainer mismatch (docs/algorithm.md, Rollout correction): "
+        "none | token_truncate | token_mask | sequence_truncate | sequence_mask (TRL's "
+        "vllm_importance_sampling_mode, verl's rollout_is / rollout_rs); each token's policy loss is "
+        "multiplied by pi_old/mu (per token, or per response as the product over its tokens), clamped "
+        "into [correction_low, correction_high] (truncate) or zeroed outside them (mask)",
+    )
+    correction_low: float = _f(0.0, "lower bound of the rollout-correction weight (0: none)")
+    correction_high: float = _f(2.0, "upper bound of the rollout-correction weight (verl's default 2)")
 
 
 @dataclass
@@ -230,6 +241,15 @@ class TrainConfig:
         "with several processes, shard weights, gradients and optimizer state over them (torch's FSDP2 "
         "fully_shard, per decoder layer; CPU/gloo or GPUs; full model only, hf engine): docs/scaling.md",
     )
+    precision: str = _f(
+        "auto",
+        "matmul precision of sampling and training: auto | fp32 | bf16. bf16 runs the linear layers, "
+        "attention and the LM head in bfloat16 under torch.autocast, with float32 weights, gradients, "
+        "AdamW state, norms' statistics, log-softmax, log-probs, entropy, ratios and loss; auto: bf16 on "
+        "a CUDA device, and on a CPU only with native bf16 (amx_bf16 / avx512_bf16) where it measures "
+        "faster at the model's shapes, else fp32 (docs/performance.md, Precision). The choice and why "
+        "are printed and saved in the run's config.yaml",
+    )
     deterministic: bool = _f(
         True,
         "torch deterministic algorithms: bit-identical reruns and resumes with several "
@@ -294,6 +314,9 @@ class Config:
     # -- validation -------------------------------------------------------------------------------
     def validate(self) -> Config:
         """Reject impossible values, naming the key."""
+        from aspo.objectives.rollout_correction import CORRECTION_MODES, check_bounds
+        from aspo.precision import PRECISIONS
+
         checks = [
             ("rollout.n", self.rollout.n >= 1, "must be >= 1"),
             ("rollout.temperature", self.rollout.temperature > 0, "must be > 0"),
@@ -308,6 +331,16 @@ class Config:
                 "rollout.recompute_logprobs",
                 self.rollout.recompute_logprobs in ("auto", "true", "false"),
                 "must be auto, true or false",
+            ),
+            (
+                "rollout.correction",
+                self.rollout.correction in CORRECTION_MODES,
+                f"must be one of {', '.join(CORRECTION_MODES)}",
+            ),
+            (
+                "train.precision",
+                self.train.precision in PRECISIONS,
+                f"must be one of {', '.join(PRECISIONS)}",
             ),
             ("eval.temperature", self.eval.temperature > 0, "must be > 0"),
             ("eval.top_p", 0 < self.eval.top_p <= 1, "must be in (0, 1]"),
@@ -367,6 +400,18 @@ class Config:
             )
         if self.train.partial_mini_batch == "scaled" and not self.train.mini_batch_size:
             raise UserError("train.partial_mini_batch='scaled' needs train.mini_batch_size > 0 (the divisor)")
+        if self.rollout.correction != "none":
+            if self.rollout.recompute_logprobs == "false":
+                raise UserError(
+                    f"rollout.correction={self.rollout.correction!r} compares the sampler's log-probs with "
+                    "the trainer's recomputation: it needs rollout.recompute_logprobs=auto or true, not false"
+                )
+            why = check_bounds(self.rollout.correction_low, self.rollout.correction_high)
+            if why:
+                raise UserError(
+                    f"rollout.correction_low={self.rollout.correction_low!r}, "
+                    f"rollout.correction_high={self.rollout.correction_high!r}: {why}"
+                )
         if self.reward_timeout < 0:
             raise UserError(f"reward_timeout={self.reward_timeout!r} must be >= 0 (0: no bound)")
         for key in ("clip_ratio_low", "clip_ratio_high"):
@@ -433,6 +478,15 @@ class Config:
 
             return int(get_task(self.task).max_new_tokens)
         return 256
+
+    @property
+    def recompute_logprobs(self) -> bool:
+        """Whether the trainer recomputes the behaviour log-probs: asked (true), or auto for an engine
+        other than hf (whose log-probs are the trainer's own) or with a rollout correction."""
+        recompute = self.rollout.recompute_logprobs
+        return recompute == "true" or (
+            recompute == "auto" and (self.rollout.engine != "hf" or self.rollout.correction != "none")
+        )
 
     @property
     def has_heldout_data(self) -> bool:

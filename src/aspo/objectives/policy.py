@@ -34,6 +34,7 @@ def policy_loss(
     response_mask: Tensor,
     *,
     entropy: Tensor | None = None,
+    token_weights: Tensor | None = None,
     **params: Any,
 ) -> tuple[Tensor, dict[str, float]]:
     """Policy-gradient loss ``name`` (see ``POLICY_LOSSES``) and its metrics.
@@ -46,6 +47,9 @@ def policy_loss(
         entropy: optional (B, T) token entropies of pi_theta; when given and the objective's
             high-entropy ranges differ from its normal ones (aspo: 0.4 vs 0.2), tokens above the
             per-response ``entropy_quantile`` use ``high_entropy_clip_ratio_low/high``.
+        token_weights: optional (B, T) constant weights multiplying each token's loss and gradient (the
+            rollout correction's importance weights, ``aspo.objectives.rollout_correction``); the
+            normaliser is unchanged.
         params: ``clip_ratio_low``, ``clip_ratio_high``, ``clip_ratio_c``, ``loss_agg_mode``,
             ``entropy_quantile``, ``high_entropy_clip_ratio_low``, ``high_entropy_clip_ratio_high`` and
             the objective's own (sapo: ``tau_pos``, ``tau_neg``); None means the objective's default.
@@ -62,6 +66,10 @@ def policy_loss(
     """
     objective, settings = resolve_params(name, params)
     mask = _check_inputs(log_prob, old_log_prob, advantages, response_mask, entropy)
+    if token_weights is not None and token_weights.shape != log_prob.shape:
+        raise UserError(
+            f"token_weights has shape {tuple(token_weights.shape)}, log_prob {tuple(log_prob.shape)}"
+        )
     with torch.no_grad():
         # padding gets neutral values (log-probs 0, ratio 1, advantage 0) with one select each
         current = torch.where(mask, log_prob.detach().float(), 0.0)
@@ -87,6 +95,9 @@ def policy_loss(
         terms = objective(tokens, **own_params)
         value = terms.value * mask.to(terms.value.dtype)  # objectives are finite at padding; drop it
         grad_coef = (adv * terms.weight).neg_()  # exactly 0 at padding: adv is 0 there, weights finite
+        if token_weights is not None:
+            weights = torch.where(mask, token_weights.detach().float(), 0.0)
+            value, grad_coef = value * weights, grad_coef * weights
 
     per_token_loss = _PolicyGradient.apply(log_prob, value, grad_coef)
     loss = aggregate_zero_padded(per_token_loss, mask, settings["loss_agg_mode"])

@@ -32,6 +32,8 @@ class Rollout:
     group_ids           (B*G,) long, index of the prompt in this call
     responses           decoded response texts without EOS / padding, length B*G
     truncated           (B*G,) bool, True where the response hit max_new_tokens without EOS
+    sampler_logprobs    (B*G, R) float32 or None: the engine's own log-probs, kept beside
+                        ``behaviour_logprobs`` when the trainer recomputed those (rollout correction)
     """
 
     prompt_ids: torch.Tensor
@@ -42,6 +44,7 @@ class Rollout:
     group_ids: torch.Tensor
     responses: list[str]
     truncated: torch.Tensor
+    sampler_logprobs: torch.Tensor | None = None
 
     @property
     def response_lengths(self) -> torch.Tensor:
@@ -69,6 +72,9 @@ class Rollout:
             group_ids=torch.cat(group_ids),
             responses=[s for r in parts for s in r.responses],
             truncated=torch.cat([r.truncated for r in parts]),
+            sampler_logprobs=None
+            if any(r.sampler_logprobs is None for r in parts)
+            else pad_to_width([r.sampler_logprobs for r in parts if r.sampler_logprobs is not None], 0.0),
         )
 
 
