@@ -30,8 +30,10 @@ def report_targets(spec: str) -> list[str]:
     return [] if names == ["none"] else names
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best in the field list below
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, bool_words: bool = False) -> Any:  # noqa: A002 - "help" reads best
+    """A config field; ``bool_words``: a text key whose values include true / false, which YAML reads as
+    booleans (``key=false`` on the command line): those are taken as the words."""
+    return field(default=default, metadata={"help": help, "bool_words": bool_words})
 
 
 @dataclass
@@ -150,6 +152,7 @@ class RolloutConfig:
         "for engines other than hf, whose log-probs are the trainer's own) | "
         "true | false; on whenever rollout.correction is set); the gap is logged as "
         "rollout/logprob_abs_diff and the mismatch metrics as rollout_corr/*",
+        bool_words=True,
     )
     correction: str = _f(
         "none",
@@ -561,6 +564,8 @@ def _coerce(dotted: str, f: dataclasses.Field, value: Any) -> Any:
             return value
         if t is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if t is str and isinstance(value, bool) and f.metadata.get("bool_words"):
+            return "true" if value else "false"
     names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
     raise UserError(f"{dotted}={value!r} has the wrong type: expected {names}")
 
