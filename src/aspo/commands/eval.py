@@ -310,10 +310,9 @@ def _generate(
     from tqdm.auto import tqdm
 
     from aspo.evaluate import sample_policy
+    from aspo.precision import resolve_precision
     from aspo.prompting import format_prompt, uses_chat_template
     from aspo.rollout import HFEngine
-
-    from aspo.precision import resolve_precision
 
     model, tokenizer, device = _load_model(args.model, args.device)
     engine = HFEngine(model, tokenizer, add_special_tokens=not uses_chat_template(prompt_cfg, tokenizer))
