@@ -7,6 +7,8 @@ carries ~|z| / 512 of rounding); the bf16 gradient's cosine similarity to float3
 is >= 0.99. SmolLM2's figures are in tests/test_smollm2_heavy.py and docs/performance.md.
 """
 
+import re
+
 import pytest
 import torch
 from conftest import tiny_overrides
@@ -16,7 +18,7 @@ from aspo.config import load_config
 from aspo.errors import UserError
 from aspo.models import packed_token_logprobs, padded_token_logprobs, token_logprobs
 from aspo.objectives import policy_loss
-from aspo.precision import FP32, Precision, cpu_flags, resolve_precision
+from aspo.precision import AUTO_MIN_SPEEDUP, FP32, Precision, cpu_flags, resolve_precision
 from aspo.report.metrics import read_metrics
 from aspo.rollout import HFEngine
 from aspo.trainer import Trainer
@@ -248,3 +250,19 @@ def test_lora_trains_in_bf16(tiny_run_inputs, tmp_path):
     assert before and all(after[n].dtype == torch.float32 for n in before)
     assert any(not torch.equal(after[n].detach(), v) for n, v in before.items())
     assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 3]
+
+
+def test_the_start_up_measurement_leaves_the_model_as_it_was(tiny_policy):
+    """``auto`` with native bf16 times the model's own forward + backward in both precisions: a ratio,
+    and afterwards no gradient, the same mode, the same global random stream."""
+    from aspo.precision import model_speedup
+
+    model, _ = tiny_policy
+    state = torch.random.get_rng_state()
+    speedup = model_speedup(model, rows=2, tokens=8, reps=1)
+    assert 0 < speedup < float("inf")
+    assert all(p.grad is None for p in model.parameters()) and not model.training
+    assert torch.equal(torch.random.get_rng_state(), state)
+    chosen = resolve_precision("auto", "cpu", model, flags={"amx_bf16"})  # measures anew
+    measured = float(re.search(r"in bf16 measured ([0-9.]+)x", chosen.reason).group(1))
+    assert chosen.name == ("bf16" if measured >= AUTO_MIN_SPEEDUP else "fp32")

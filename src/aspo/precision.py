@@ -7,8 +7,9 @@ bf16  ``torch.autocast(device, bfloat16)`` around the sampler's and the trainer'
       log-probs, entropy, ratios, the loss, advantages and the KL stay float32. The chunked LM head
       (``aspo.models.head``) casts its weight once per call and returns float32 log-probs.
 auto  bf16 on a CUDA device that supports it; on a CPU only where it has native bf16 instructions
-      (``amx_bf16`` or ``avx512_bf16`` among /proc/cpuinfo's flags) *and* a bf16 matmul at the model's
-      shapes measures at least ``AUTO_MIN_SPEEDUP`` x the float32 one; else fp32. Without the flags,
+      (``amx_bf16`` or ``avx512_bf16`` among /proc/cpuinfo's flags) *and* the model's own training
+      forward + backward on a small batch measures at least ``AUTO_MIN_SPEEDUP`` x faster in bf16
+      (``model_speedup``, a few seconds at start-up); else fp32. Without the flags,
       bf16 is emulated (converted to float32 in the kernels) and slower: on a 2-core Xeon with AVX-512
       but neither flag, a 2048 x 576 x 1536 matmul ran 54-145 GFLOP/s in float32 and 23-26 in bf16
       (torch 2.13, one thread; docs/performance.md), so no measurement is spent there.
@@ -26,9 +27,10 @@ import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# bf16 must beat float32 by this much on the model's matmuls before `auto` takes it: the casts, the
-# float32 parts (norms, log-softmax, the optimizer) and attention's small GEMMs do not speed up
-AUTO_MIN_SPEEDUP = 1.3
+# bf16 must beat float32 by this much on the model's forward + backward before `auto` takes it: the
+# measurement is short and noisy, the sampler's small decode GEMMs gain less than the update's, and the
+# optimizer step (float32, memory-bound) not at all
+AUTO_MIN_SPEEDUP = 1.2
 
 
 @dataclass(frozen=True)
@@ -74,33 +76,42 @@ def native_bf16_flags(flags: Iterable[str]) -> list[str]:
     return [f for f in NATIVE_BF16_FLAGS if f in have]
 
 
-def matmul_speedup(hidden: int, intermediate: int, rows: int = 512, seconds: float = 0.3) -> float:
-    """bf16 over float32 throughput of the (rows x hidden) @ (hidden x intermediate) and its transpose
-    GEMMs on this CPU at the current thread count: > 1 means bf16 is faster. About ``seconds`` of work."""
+def model_speedup(model: torch.nn.Module, rows: int = 4, tokens: int = 64, reps: int = 3) -> float:
+    """float32 over bf16 seconds of ``model``'s own training forward + backward (``token_logprobs`` on
+    ``rows`` random sequences of ``tokens``, half prompt, half response; the fastest of ``reps`` after a
+    warm-up each): > 1 means bf16 is faster for this model, casts, norms and LM head included. Leaves no
+    gradient behind and draws from no global random stream."""
+    from aspo.models import token_logprobs  # aspo.models uses this module: imported when measuring
 
-    def best(dtype: torch.dtype) -> float:
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(rows, hidden, generator=gen).to(dtype)
-        w = torch.randn(intermediate, hidden, generator=gen).to(dtype)
-        g = torch.randn(rows, intermediate, generator=gen).to(dtype)
-        fastest = float("inf")
-        deadline = time.perf_counter() + seconds / 2
-        while True:
+    device = next(model.parameters()).device
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 2)
+    gen = torch.Generator().manual_seed(0)
+    half = max(tokens // 2, 1)
+    prompt_ids = torch.randint(vocab, (rows, half), generator=gen).to(device)
+    response_ids = torch.randint(vocab, (rows, half), generator=gen).to(device)
+    mask = torch.ones(rows, half, dtype=torch.bool, device=device)
+    was_training = model.training
+    model.eval()
+
+    def seconds(precision: Precision) -> float:
+        best = float("inf")
+        for _ in range(reps + 1):  # the first: warm-up
             start = time.perf_counter()
-            x @ w.t()
-            g @ w
-            fastest = min(fastest, time.perf_counter() - start)
-            if time.perf_counter() > deadline:
-                return fastest
+            with precision.autocast():
+                logprobs, entropy = token_logprobs(model, prompt_ids, mask, response_ids, mask)
+            assert entropy is not None
+            (logprobs.sum() + entropy.sum()).backward()
+            best = min(best, time.perf_counter() - start)
+        return best
 
-    return best(torch.float32) / best(torch.bfloat16)
-
-
-def model_shape(model: torch.nn.Module) -> tuple[int, int]:
-    """(hidden size, MLP width) of a transformers model's config (a 4x MLP when it names none)."""
-    cfg: Any = getattr(model, "config", None)
-    hidden = int(getattr(cfg, "hidden_size", 0) or 0) or 512
-    return hidden, int(getattr(cfg, "intermediate_size", 0) or 0) or 4 * hidden
+    device_type = device.type
+    try:
+        return seconds(Precision("fp32", device_type=device_type)) / seconds(
+            Precision("bf16", device_type=device_type)
+        )
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
 
 
 def resolve_precision(
@@ -113,8 +124,8 @@ def resolve_precision(
 ) -> Precision:
     """``train.precision`` -> the precision to run in, with the reason.
 
-    ``flags`` (default: this CPU's) and ``speedup`` (default: ``matmul_speedup`` at ``model``'s shapes,
-    measured only when the flags allow bf16) can be given to decide without touching the hardware.
+    ``flags`` (default: this CPU's) and ``speedup`` (default: ``model_speedup`` of ``model``, measured only
+    when the flags allow bf16) can be given to decide without touching the hardware.
     """
     device_type = torch.device(device).type
     if requested not in PRECISIONS:
@@ -136,9 +147,12 @@ def resolve_precision(
             device_type,
         )
     if speedup is None:
-        hidden, intermediate = model_shape(model) if model is not None else (512, 2048)
-        speedup = matmul_speedup(hidden, intermediate)
-    where = f"this CPU has {' and '.join(native)}; bf16 matmuls at the model's shapes measured {speedup:.2f}x"
+        if model is None:
+            return Precision("fp32", "auto: no model to measure bf16 on", device_type)
+        speedup = model_speedup(model)
+    where = (
+        f"this CPU has {' and '.join(native)}; the model's forward + backward in bf16 measured {speedup:.2f}x"
+    )
     if speedup >= AUTO_MIN_SPEEDUP:
         return Precision("bf16", f"auto: {where} float32's", device_type)
     return Precision("fp32", f"auto: {where} float32's, below the {AUTO_MIN_SPEEDUP}x it takes", device_type)

@@ -53,11 +53,12 @@ class Trainer:
         self._setup_runtime(progress)
         self._setup_reward()
         self._setup_model()
+        precision = self._resolve_precision()  # measured (auto) on the whole model, before any sharding
         self._setup_data()
         self._setup_optimizer()
         self._setup_rollout()
         self._setup_update()
-        self._use_precision(self._resolve_precision())
+        self._use_precision(precision)
         self.run_dir = Path(resolve_run_dir(cfg, self.accelerator))
         self.graceful_stop: GracefulStop | None = None  # owns SIGTERM / SIGINT from `train` on
         self._resume_or_start()
