@@ -10,7 +10,8 @@ gradient's direction, and the time of each phase in both precisions.
    log-probs and entropies to float32's (max and mean over the tokens), and the rollout-correction
    metrics (``aspo.objectives.rollout_correction.mismatch_metrics``) of each sampler against each trainer.
 3. One forward + backward of the ASPO loss (GRPO-style advantages from a fixed ramp) in each precision,
-   seconds, and the cosine similarity of the two gradients.
+   seconds, and the cosine similarity of the two gradients: with the old log-probs from each precision's
+   own forward (ratio 1: the numerics alone) and from the bf16 sampler (the mismatch enters the clip).
 Prints the CPU's model and flags: where it has neither amx_bf16 nor avx512_bf16, bf16 is emulated and slower.
 """
 
@@ -154,28 +155,41 @@ def main() -> None:
         enable_activation_checkpointing(model)  # as the trainer does for this size
     model.train()
     adv = torch.linspace(-1, 1, len(ro.group_ids))
-    grads, update_s = {}, {}
+    # old log-probs: each precision's own forward (on-policy, ratio 1: the numerics alone), and the bf16
+    # sampler's (what an update without the recompute sees: the mismatch moves ratios past the clip range)
+    grads: dict[tuple[str, str], torch.Tensor] = {}
+    update_s = {}
     for precision in (FP32, bf16):
+        for old_from in ("own forward", "bf16 sampler"):
 
-        def step(precision: Precision = precision) -> torch.Tensor:
-            model.zero_grad(set_to_none=True)
-            with precision.autocast():
-                lp, ent = token_logprobs(
-                    model,
-                    ro.prompt_ids,
-                    ro.prompt_mask,
-                    ro.response_ids,
-                    ro.response_mask,
-                    temperature=args.temperature,
+            def step(precision: Precision = precision, old_from: str = old_from) -> torch.Tensor:
+                model.zero_grad(set_to_none=True)
+                with precision.autocast():
+                    lp, ent = token_logprobs(
+                        model,
+                        ro.prompt_ids,
+                        ro.prompt_mask,
+                        ro.response_ids,
+                        ro.response_mask,
+                        temperature=args.temperature,
+                    )
+                old = lp.detach() if old_from == "own forward" else ro.behaviour_logprobs
+                loss, metrics = policy_loss("aspo", lp, old, adv, mask, entropy=ent)
+                loss.backward()
+                print(
+                    f"  {precision.name}, old from the {old_from}: clipped fraction of A > 0 tokens "
+                    f"{metrics['clipfrac/pos']:.3f}, of A < 0 {metrics['clipfrac/neg']:.3f}"
                 )
-            loss, _ = policy_loss("aspo", lp, ro.behaviour_logprobs, adv, mask, entropy=ent)
-            loss.backward()
-            return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+                return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
-        update_s[precision.name], grads[precision.name] = timed(step, args.reps)
-    cosine = torch.nn.functional.cosine_similarity(grads["fp32"].double(), grads["bf16"].double(), dim=0)
+            seconds, grads[precision.name, old_from] = timed(step, args.reps)
+            update_s.setdefault(precision.name, seconds)
     print("\nforward + backward, ASPO loss (CPU s):", {k: round(v, 2) for k, v in update_s.items()})
-    print(f"  bf16 / fp32 time: {update_s['bf16'] / update_s['fp32']:.2f}x; gradient cosine {cosine:.5f}")
+    print(f"  bf16 / fp32 time: {update_s['bf16'] / update_s['fp32']:.2f}x")
+    for old_from in ("own forward", "bf16 sampler"):
+        a, b = grads["fp32", old_from].double(), grads["bf16", old_from].double()
+        cosine = torch.nn.functional.cosine_similarity(a, b, dim=0)
+        print(f"  gradient cosine bf16 vs fp32, old log-probs from the {old_from}: {cosine:.5f}")
 
 
 if __name__ == "__main__":

@@ -249,7 +249,10 @@ def test_lora_trains_in_bf16(tiny_run_inputs, tmp_path):
     after = dict(trainer.model.named_parameters())
     assert before and all(after[n].dtype == torch.float32 for n in before)
     assert any(not torch.equal(after[n].detach(), v) for n, v in before.items())
-    assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 3]
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    # bf16 with recompute_logprobs=auto: the trainer's forward gives the behaviour log-probs, the gap logged
+    assert trainer.recompute_logprobs and all(r["rollout_corr/logprob_abs_diff"] > 0 for r in rows[1:])
 
 
 def test_the_start_up_measurement_leaves_the_model_as_it_was(tiny_policy):

@@ -134,9 +134,10 @@ def test_bad_correction_settings_are_one_clear_message(overrides, needle):
 
 
 def test_a_correction_turns_the_recompute_on():
-    assert not load_config(None, []).recompute_logprobs  # hf: the sampler's log-probs are the trainer's
-    assert load_config(None, ["rollout.correction=sequence_mask"]).recompute_logprobs
-    assert load_config(None, ["rollout.engine=vllm"]).recompute_logprobs
+    assert not load_config(None, []).recomputes_logprobs()  # hf in fp32: the sampler's are the trainer's
+    assert load_config(None, []).recomputes_logprobs("bf16")  # its decode rounds otherwise in bf16
+    assert load_config(None, ["rollout.correction=sequence_mask"]).recomputes_logprobs()
+    assert load_config(None, ["rollout.engine=vllm"]).recomputes_logprobs()
     # `false` on the command line is YAML's boolean: read as the word
     off = load_config(None, ["rollout.engine=vllm", "rollout.recompute_logprobs=false"])
-    assert off.rollout.recompute_logprobs == "false" and not off.recompute_logprobs
+    assert off.rollout.recompute_logprobs == "false" and not off.recomputes_logprobs("bf16")

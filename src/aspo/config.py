@@ -148,9 +148,9 @@ class RolloutConfig:
     top_p: float = _f(1.0, "nucleus sampling threshold")
     recompute_logprobs: str = _f(
         "auto",
-        "recompute behaviour log-probs with the trainer's model: auto (only "
-        "for engines other than hf, whose log-probs are the trainer's own) | "
-        "true | false; on whenever rollout.correction is set); the gap is logged as "
+        "recompute behaviour log-probs with the trainer's model: auto (for engines other than hf, "
+        "whose float32 log-probs are the trainer's own; for hf in bf16; and whenever "
+        "rollout.correction is set) | true | false; the gap is logged as "
         "rollout/logprob_abs_diff and the mismatch metrics as rollout_corr/*",
         bool_words=True,
     )
@@ -482,13 +482,15 @@ class Config:
             return int(get_task(self.task).max_new_tokens)
         return 256
 
-    @property
-    def recompute_logprobs(self) -> bool:
-        """Whether the trainer recomputes the behaviour log-probs: asked (true), or auto for an engine
-        other than hf (whose log-probs are the trainer's own) or with a rollout correction."""
+    def recomputes_logprobs(self, precision: str = "fp32") -> bool:
+        """Whether the trainer recomputes the behaviour log-probs when it runs in ``precision`` (fp32 |
+        bf16, as resolved): asked (true), or auto for an engine other than hf, for the hf engine in bf16
+        (its one-token-at-a-time decode rounds differently from the packed forward: docs/performance.md,
+        Precision), or with a rollout correction."""
         recompute = self.rollout.recompute_logprobs
         return recompute == "true" or (
-            recompute == "auto" and (self.rollout.engine != "hf" or self.rollout.correction != "none")
+            recompute == "auto"
+            and (self.rollout.engine != "hf" or precision == "bf16" or self.rollout.correction != "none")
         )
 
     @property

@@ -177,7 +177,7 @@ class Trainer:
             self.tokenizer,
             add_special_tokens=not uses_chat_template(cfg.prompt, self.tokenizer),
         )
-        self.recompute_logprobs = cfg.recompute_logprobs
+        self.recompute_logprobs = cfg.recomputes_logprobs()  # as in float32; ``_use_precision`` settles it
 
     def _setup_update(self) -> None:
         """The update stage (micro-batches, objective, backward) on the wrapped model."""
@@ -209,6 +209,7 @@ class Trainer:
         if hasattr(self.engine, "precision"):  # the hf engine; others sample in their own dtype
             self.engine.precision = precision
         self.policy_update.precision = precision
+        self.recompute_logprobs = self.cfg.recomputes_logprobs(precision.name)
 
     def _resume_or_start(self) -> None:
         with warnings.catch_warnings(record=not self.is_main):  # an unreadable checkpoint is reported once
