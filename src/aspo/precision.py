@@ -81,7 +81,7 @@ def model_speedup(model: torch.nn.Module, rows: int = 4, tokens: int = 64, reps:
     ``rows`` random sequences of ``tokens``, half prompt, half response; the fastest of ``reps`` after a
     warm-up each): > 1 means bf16 is faster for this model, casts, norms and LM head included. Leaves no
     gradient behind and draws from no global random stream."""
-    from aspo.models import token_logprobs  # aspo.models uses this module: imported when measuring
+    from aspo.models import token_logprobs
 
     device = next(model.parameters()).device
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 2)
@@ -156,13 +156,6 @@ def resolve_precision(
     if speedup >= AUTO_MIN_SPEEDUP:
         return Precision("bf16", f"auto: {where} float32's", device_type)
     return Precision("fp32", f"auto: {where} float32's, below the {AUTO_MIN_SPEEDUP}x it takes", device_type)
-
-
-def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype an enclosing autocast region gives matmuls on ``device_type``; None outside one."""
-    if not torch.is_autocast_enabled(device_type):
-        return None
-    return torch.get_autocast_dtype(device_type)
 
 
 def saved_precision(run_dir: Any) -> str | None:

@@ -20,8 +20,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from aspo.precision import autocast_dtype
-
 CHUNK_ELEMENTS = 1 << 24  # about 64 MB of float32 logits per chunk
 # output columns per GEMM in ``head_logits``: one thread computes 64 x 576 x 49k (SmolLM2's decode step)
 # in 1024-column blocks ~20 % faster than in one call, and the update's 341-row chunks ~10 % (2-core
@@ -59,6 +57,14 @@ def head_logprobs(
         hidden, weight, bias, targets, float(temperature), bool(with_entropy), int(chunk), mm_dtype
     )
     return logprobs, entropy if with_entropy else None
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype an enclosing autocast region gives matmuls on ``device_type`` (``train.precision=bf16``:
+    ``aspo.precision``); None outside one."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

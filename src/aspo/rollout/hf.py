@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from aspo.errors import NonFiniteError
-from aspo.models.head import head_logits, matmul_weights
+from aspo.models.head import autocast_dtype, head_logits, matmul_weights
 from aspo.models.llama import (
     Attend,
     decoder_layer,
@@ -32,7 +32,7 @@ from aspo.models.llama import (
     rotary_tables,
     self_attention_mask,
 )
-from aspo.precision import FP32, Precision, autocast_dtype
+from aspo.precision import FP32, Precision
 from aspo.rollout.base import Rollout, pad_to_width
 
 
