@@ -71,9 +71,9 @@ def test_smollm2_arithmetic_learns_and_eval_reproduces_it(tmp_path):
     assert abs(summary["pass@1"] - evals[-1]["eval/pass@1"]) < 0.15
 
 
-# SmolLM2's bf16 tolerance (docs/performance.md, Precision): its logits reach |z| ~ 30, whose bf16
-# rounding (~|z| / 512 per product, accumulated over 30 layers) puts a few tokens ~0.1-0.3 nats off
-SMOLLM2_MAX_GAP, SMOLLM2_MEAN_GAP = 0.5, 0.05
+# SmolLM2's bf16 tolerance (docs/performance.md, Precision): bf16 keeps 8 significant bits over 30
+# layers; measured on 32-64 responses, bf16 - fp32 log-probs: max 0.37-0.45 nats, mean 0.028-0.030
+SMOLLM2_MAX_GAP, SMOLLM2_MEAN_GAP = 0.75, 0.05
 
 
 def test_smollm2_bf16_logprobs_entropies_and_gradient_against_fp32():
