@@ -269,3 +269,18 @@ def test_the_start_up_measurement_leaves_the_model_as_it_was(tiny_policy):
     chosen = resolve_precision("auto", "cpu", model, flags={"amx_bf16"})  # measures anew
     measured = float(re.search(r"in bf16 measured ([0-9.]+)x", chosen.reason).group(1))
     assert chosen.name == ("bf16" if measured >= AUTO_MIN_SPEEDUP else "fp32")
+
+
+def test_compare_passes_the_precision_to_every_run_and_can_sweep_it(tmp_path):
+    from aspo.commands.compare import plan_runs
+
+    runs, _, _ = plan_runs(None, ["train.precision=bf16"], ["grpo", "aspo"], [0], tmp_path / "a", {})
+    assert [r.cfg.train.precision for r in runs] == ["bf16", "bf16"]
+    assert all("train.precision=bf16" in r.overrides for r in runs)
+    runs, _, _ = plan_runs(None, [], ["aspo"], [0, 1], tmp_path / "b", {"train.precision": ["fp32", "bf16"]})
+    assert sorted((r.cfg.train.precision, r.cfg.train.seed) for r in runs) == [
+        ("bf16", 0),
+        ("bf16", 1),
+        ("fp32", 0),
+        ("fp32", 1),
+    ]
