@@ -205,7 +205,8 @@ def test_auto_without_native_bf16_trains_in_fp32_and_says_why(tiny_run_inputs, t
     assert "precision fp32 (auto: this CPU has no native bf16" in capsys.readouterr().out
 
 
-def test_bf16_run_with_rollout_correction_resumes_exactly(tiny_run_inputs, tmp_path):
+def test_bf16_run_with_rollout_correction_resumes_exactly(tiny_run_inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda path="/proc/cpuinfo": set())  # auto: fp32
     extra = [
         "train.precision=bf16",
         "rollout.correction=token_truncate",
@@ -220,11 +221,14 @@ def test_bf16_run_with_rollout_correction_resumes_exactly(tiny_run_inputs, tmp_p
     Trainer(
         load_config(None, tiny_overrides(tiny_run_inputs, part, "train.steps=2", *extra)), progress=False
     ).run()
+    # resumed with precision auto (fp32 on a CPU without native bf16): the run goes on in the bf16 it began in
+    auto = [e.replace("precision=bf16", "precision=auto") for e in extra]
     resumed = Trainer(
-        load_config(None, tiny_overrides(tiny_run_inputs, part, "train.steps=4", "resume=true", *extra)),
+        load_config(None, tiny_overrides(tiny_run_inputs, part, "train.steps=4", "resume=true", *auto)),
         progress=False,
     )
     assert resumed.step == 2 and resumed.precision.name == "bf16"
+    assert "as the run being resumed" in resumed.precision.reason
     resumed.run()
     rows = read_metrics(whole)
     assert comparable(read_metrics(part)) == comparable(rows)

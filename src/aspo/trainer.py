@@ -195,6 +195,9 @@ class Trainer:
     def _resolve_precision(self) -> Precision:
         """``train.precision`` for this model on this device; with several processes bf16 only where every
         rank chose it (``auto`` measures per machine)."""
+        self.precision_requested = (
+            self.cfg.train.precision
+        )  # kept: ``_use_precision`` writes the resolved one
         precision = resolve_precision(self.cfg.train.precision, self.accelerator.device, self.model)
         if self.world > 1 and dist.reduce_max(self.accelerator, int(not precision.is_bf16)):
             if precision.is_bf16:
@@ -204,7 +207,6 @@ class Trainer:
     def _use_precision(self, precision: Precision) -> None:
         """Sample, recompute and update in ``precision``; the resolved name goes into the saved config."""
         self.precision = precision
-        self.precision_requested = self.cfg.train.precision
         self.cfg.train.precision = precision.name
         if hasattr(self.engine, "precision"):  # the hf engine; others sample in their own dtype
             self.engine.precision = precision
