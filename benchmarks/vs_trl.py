@@ -186,7 +186,7 @@ def main() -> None:
         print(
             f"ratio {variant} / {first}: wall {median(per_run_wall):.2f}x (median of per-run ratios; runs "
             f"{', '.join(f'{r:.2f}' for r in per_run_wall)}), cpu {median(per_run_cpu):.2f}x; "
-            f"training steps only {med(variant, 'step') / med('aspo', 'step'):.2f}x; "
+            f"training steps only {med(variant, 'step') / med(first, 'step'):.2f}x; "
             f"peak memory {first} / {variant}: {med(first, 'max_rss_mb') / med(variant, 'max_rss_mb'):.2f}"
         )
     for name in aspo_names:
