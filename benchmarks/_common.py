@@ -156,8 +156,9 @@ class Settings:
     trl_checkpointing: bool | None = None
 
 
-def aspo_command(job: Job, settings: Settings, out_dir: Path) -> list[str]:
-    """`aspo train` on the job: grpo loss, grpo advantages, no group filter, no eval, one update a step."""
+def aspo_command(job: Job, settings: Settings, out_dir: Path, precision: str = "auto") -> list[str]:
+    """`aspo train` on the job: grpo loss, grpo advantages, no group filter, no eval, one update a step,
+    in ``precision`` (train.precision)."""
     s = settings
     return [
         PYTHON,
@@ -192,6 +193,7 @@ def aspo_command(job: Job, settings: Settings, out_dir: Path) -> list[str]:
         "algorithm.filter_groups=false",
         "algorithm.entropy_split=false",
         "algorithm.kl_coef=0.0",
+        f"train.precision={precision}",
     ]
 
 

@@ -4,18 +4,19 @@ MFU, decode tokens/s against its bound.
     .venv/bin/python benchmarks/machine_limits.py [--threads 1] [--model DIR] [--steps 1] [--profile]
         [key=value ...]
 
-1. Measures, at ``--threads`` torch threads, the sustained float32 matmul throughput at the model's own
-   shapes: every GEMM of the update (forward ``x @ W.T``, input gradient ``g @ W``, weight gradient
-   ``g.T @ x``) for each projection of a decoder layer at ``--rows`` tokens and for the tied LM head at
-   the chunked head's chunk of tokens; and the decode step's GEMMs at ``--decode-rows`` rows (the head's
-   forward also as ``aspo.models.head.head_logits`` computes it, in vocabulary blocks). Each is timed for
-   about ``--seconds`` of CPU; the "mix" figure is what the machine attains on the job's FLOP mix (sum of
-   FLOPs / sum of FLOPs / rate, weighted by parameters x layers, each GEMM the faster way measured),
-   the reference for the targets.
-   Also a STREAM-like copy and triad on 256 MB arrays (the L3 is tens of MB).
-2. Runs the SmolLM2 config's job in this process (``configs/smollm2-arithmetic.yaml`` with one update on
-   all responses, groups without signal kept: 8 chat prompts x 8 samples, 64 new tokens, T=0.7) for
-   ``--steps`` steps, and reports
+1. Measures, at ``--threads`` torch threads, the sustained float32 and bfloat16 matmul throughput at the
+   model's own shapes (the CPU's bf16 flags printed: without amx_bf16 / avx512_bf16 bf16 is emulated): every
+   GEMM of the update (forward ``x @ W.T``, input gradient ``g @ W``, weight gradient ``g.T @ x``) for each
+   projection of a decoder layer at ``--rows`` tokens and for the tied LM head at the chunked head's chunk
+   of tokens; and the decode step's GEMMs at ``--decode-rows`` rows (the head's forward also as
+   ``aspo.models.head.head_logits`` computes it, in vocabulary blocks). Each is timed for about
+   ``--seconds`` of CPU; the "mix" figure is what the machine attains on the job's FLOP mix (sum of FLOPs /
+   sum of FLOPs / rate, weighted by parameters x layers, each GEMM the faster way measured), the reference
+   for the targets. Also a STREAM-like copy and triad on 256 MB arrays (the L3 is tens of MB).
+2. Runs the SmolLM2 config's job in this process (in the precision ``train.precision`` resolves to: pass
+   ``train.precision=bf16`` to run it in bf16; MFU is against that precision's peaks, and also the other's)
+   (``configs/smollm2-arithmetic.yaml`` with one update on all responses, groups without signal kept: 8 chat
+   prompts x 8 samples, 64 new tokens, T=0.7) for ``--steps`` steps, and reports
    - update: model FLOPs / forward + backward CPU seconds as a fraction of the mix peak (MFU), with model
      FLOPs = 6 x (matmul parameters) x (tokens computed) + attention over the real (causal) query-key pairs,
      and separately the hardware FLOPs: what the kernels run, padding of attention and the recompute of
@@ -67,20 +68,25 @@ def _rate(fn: Any, flops: float, seconds: float) -> float:
     return statistics.median(rates)
 
 
-def matmul_rates(shape: Shape, rows: int, chunk: int, decode_rows: int, seconds: float) -> dict[str, Any]:
+def matmul_rates(
+    shape: Shape, rows: int, chunk: int, decode_rows: int, seconds: float, dtype: str = "float32"
+) -> dict[str, Any]:
     """FLOP/s of each GEMM of the update (``rows`` tokens through the layers, ``chunk`` through the head)
-    and of the decode step (``decode_rows``), float32; and the mix each job phase attains."""
+    and of the decode step (``decode_rows``), in ``dtype`` (float32 or bfloat16: the operands in that
+    dtype, as autocast hands them to the kernels); and the mix each job phase attains."""
     import torch
 
     from aspo.models.head import VOCAB_BLOCK, head_logits
 
+    kind_of = getattr(torch, dtype)
+
     def gemms(m: int, k: int, n: int, backward: bool) -> list[tuple[str, float]]:
-        x, w = torch.randn(m, k), torch.randn(n, k)
+        x, w = torch.randn(m, k).to(kind_of), torch.randn(n, k).to(kind_of)
         out = [("fwd", _rate(lambda: x @ w.t(), 2.0 * m * k * n, seconds))]
         if n > 2 * VOCAB_BLOCK:  # the LM head: also as aspo computes it; the mix takes the faster
             out.append(("fwd, blocks", _rate(lambda: head_logits(x, w, None), 2.0 * m * k * n, seconds)))
         if backward:
-            g = torch.randn(m, n)
+            g = torch.randn(m, n).to(kind_of)
             out.append(("dx", _rate(lambda: g @ w, 2.0 * m * k * n, seconds)))
             out.append(("dw", _rate(lambda: g.t() @ x, 2.0 * m * k * n, seconds)))
         return out
@@ -144,6 +150,7 @@ class JobRecord:
     updates: list[dict[str, Any]]
     optimizer_s: list[float]
     shape: Shape | None = None
+    precision: str = "fp32"  # what the trainer resolved train.precision to
     weight_bytes: float = 0.0
     profile: str | None = None
 
@@ -228,6 +235,8 @@ def run_job(args: argparse.Namespace, overrides: list[str]) -> JobRecord:
             ).validate()
             trainer = Trainer(cfg, progress=False)
             record.shape = Shape.of(trainer.model.config)
+            record.precision = trainer.precision.name
+            print(f"job: {trainer.precision.describe()}")
             # tied embeddings count once: the decode step reads the LM head's matrix, not the embedding's
             record.weight_bytes = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
             try:
@@ -261,10 +270,18 @@ def peak_rss_mb() -> float:
 
 
 def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it, and whether it has AVX-512 (a 2x wider float32 FMA)."""
+    """The CPU model as /proc/cpuinfo names it, whether it has AVX-512 (a 2x wider float32 FMA), and its
+    bf16 flags (native bf16 dot products or AMX tiles, or none: bf16 is then emulated)."""
+    from aspo.precision import cpu_flags
+
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line), "?")
-    return f"{name}{', AVX-512' if 'avx512f' in info else ''}"
+    flags = cpu_flags()
+    bf16 = sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
+    return (
+        f"{name}{', AVX-512' if 'avx512f' in flags else ''}; bf16 flags: {' '.join(bf16) or 'none'} "
+        f"(AVX-512 flags: {' '.join(sorted(f for f in flags if f.startswith('avx512'))) or 'none'})"
+    )
 
 
 def neighbours() -> str:
@@ -281,10 +298,13 @@ def neighbours() -> str:
     return f"load {one:.2f}/{five:.2f} on {os.cpu_count()} cores; busy: {', '.join(busy) or 'none'}"
 
 
-def report_job(record: JobRecord, rates: dict[str, Any], bandwidth_used: float) -> None:
-    """The update's MFU and the decode's fraction of its bound, step by step, as markdown tables. Both are
-    on CPU seconds, as the peaks: time a neighbour takes the core from us is not ours to fix (wall
-    seconds beside them)."""
+def report_job(
+    record: JobRecord, rates: dict[str, Any], bandwidth_used: float, other: dict[str, Any] | None = None
+) -> None:
+    """The update's MFU and the decode's fraction of its bound, step by step, as markdown tables, against
+    the peaks of the precision the job ran in (``rates``); the update's MFU also against the other
+    precision's peaks (``other``). Both are on CPU seconds, as the peaks: time a neighbour takes the core
+    from us is not ours to fix (wall seconds beside them)."""
     shape = record.shape
     assert shape is not None
     gf = 1e9
@@ -327,9 +347,13 @@ def report_job(record: JobRecord, rates: dict[str, Any], bandwidth_used: float) 
         f"({record.weight_bytes / 1e6:.0f} MB of weights + its KV cache) at {bandwidth_used / gf:.1f} GB/s); "
         "the prefill at the update mix"
     )
+    against = ""
+    if other is not None:
+        other_mfu = [mfu * rates["update"] / other["update"] for mfu in mfus]
+        against = f"; against the other precision's update mix: MFU {statistics.median(other_mfu):.0%}"
     print(
-        f"\nsummary: update MFU {statistics.median(mfus):.0%} (target >= 50 %), "
-        f"decode at {statistics.median(fractions):.0%} of its bound (target >= 50 %)"
+        f"\nsummary ({record.precision}): update MFU {statistics.median(mfus):.0%} (target >= 50 %), "
+        f"decode at {statistics.median(fractions):.0%} of its bound (target >= 50 %){against}"
     )
 
 
@@ -368,31 +392,40 @@ def main() -> None:
         )
         print(f"after the job: {neighbours()}")
     chunk = default_chunk(shape.vocab)
-    rates = matmul_rates(shape, args.rows, chunk, args.decode_rows, args.seconds)
+    peaks = {
+        name: matmul_rates(shape, args.rows, chunk, args.decode_rows, args.seconds, dtype)
+        for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))
+    }
     bw = bandwidth()
     gf = 1e9
     print(
-        f"\nmachine: {cpu_name()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
-        "float32; "
+        f"\nmachine: {cpu_name()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}; "
         f"{neighbours()}"
     )
-    print("| GEMM | rows x in x out | kind | GFLOP/s |")
-    print("|---|---|---|---|")
-    for name, m, k, n, kind, rate in rates["table"]:
-        print(f"| {name} | {m} x {k} x {n} | {kind} | {rate / gf:.1f} |")
-    best = max(r for *_, r in rates["table"])
-    print(
-        f"matmul peak: best GEMM {best / gf:.1f} GFLOP/s; the update's mix {rates['update'] / gf:.1f} "
-        f"(layers at {args.rows} tokens, head at {chunk}); the decode step's mix {rates['decode'] / gf:.1f} "
-        f"({args.decode_rows} rows)"
-    )
+    print("| GEMM | rows x in x out | kind | float32 GFLOP/s | bfloat16 GFLOP/s | bf16 / fp32 |")
+    print("|---|---|---|---|---|---|")
+    for (name, m, k, n, kind, rate), (*_, rate16) in zip(
+        peaks["fp32"]["table"], peaks["bf16"]["table"], strict=True
+    ):
+        print(
+            f"| {name} | {m} x {k} x {n} | {kind} | {rate / gf:.1f} | {rate16 / gf:.1f} | "
+            f"{rate16 / rate:.2f} |"
+        )
+    for name, rates in peaks.items():
+        best = max(r for *_, r in rates["table"])
+        print(
+            f"matmul peak {name}: best GEMM {best / gf:.1f} GFLOP/s; the update's mix "
+            f"{rates['update'] / gf:.1f} (layers at {args.rows} tokens, head at {chunk}); the decode step's "
+            f"mix {rates['decode'] / gf:.1f} ({args.decode_rows} rows)"
+        )
     used = max(bw.values())
     print(
         f"memory bandwidth (256 MB arrays): copy {bw['copy'] / gf:.1f} GB/s, triad {bw['triad'] / gf:.1f} "
         f"GB/s; the decode bound uses {used / gf:.1f}"
     )
     if not args.no_job:
-        report_job(record, rates, used)
+        in_use = record.precision
+        report_job(record, peaks[in_use], used, peaks["bf16" if in_use == "fp32" else "fp32"])
         if record.profile:
             print("\nprofile of one more step (torch.profiler, self CPU time):\n" + record.profile)
 

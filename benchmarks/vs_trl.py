@@ -1,6 +1,7 @@
 """aspo's native trainer against TRL's GRPOTrainer on one identical job, as whole processes.
 
     .venv/bin/python benchmarks/vs_trl.py [--runs 3] [--steps 40] [--threads 1] [--workdir DIR]
+        [--precisions auto | fp32,bf16] [--trl trl,trl-nockpt | none]
 
 The job (benchmarks/_common.py): a random-init tiny Qwen2 (the lab's size, ~0.8 M parameters) with the
 lab's character tokenizer, saved with ``save_pretrained``; a JSONL of addition prompts; one reward function.
@@ -15,6 +16,8 @@ the loss is the on-policy PPO-clip surrogate averaged over all response tokens o
 epsilon (aspo 1e-6, TRL 1e-4), the random streams (so the samples differ, not their distribution), the
 data order, aspo's dual-clip constant (never binds at ratio 1), and what each writes: aspo a metrics file,
 TensorBoard events, plots and a final checkpoint with optimizer state; TRL only its console log.
+``--precisions fp32,bf16`` runs aspo once per ``train.precision`` in the same interleaved series
+(``aspo-fp32``, ``aspo-bf16``) and prints their ratio; ``--trl none`` leaves TRL out.
 
 Both run as fresh processes (start-up included: users pay it), interleaved (ABAB... with the order flipped
 every run), with the same torch thread count (OMP_NUM_THREADS). Reported: median wall time, median CPU
@@ -86,6 +89,11 @@ def main() -> None:
         default="trl",
         help=f"comma-separated TRL variants to run against aspo: {', '.join(TRL_VARIANTS)}",
     )
+    parser.add_argument(
+        "--precisions",
+        default="auto",
+        help="comma-separated train.precision values aspo runs in (default auto: one run, named aspo)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each trainer (interleaved)")
     parser.add_argument("--steps", type=int, default=None, help="default: 40 (tiny), 5 (smollm2)")
     parser.add_argument("--lr", type=float, default=None, help="default: 3e-4 (tiny), 1e-7 (smollm2)")
@@ -98,9 +106,12 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="default: a temporary directory, removed at the end")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args()
-    variants = [v.strip() for v in args.trl.split(",") if v.strip()]
+    variants = [v.strip() for v in args.trl.split(",") if v.strip() and v.strip() != "none"]
     unknown = [v for v in variants if v not in TRL_VARIANTS]
-    if unknown or not variants:
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or any(p not in ("auto", "fp32", "bf16") for p in precisions):
+        parser.error(f"--precisions: {args.precisions!r}; choose from auto, fp32, bf16")
+    if unknown or not (variants or len(precisions) > 1):
         parser.error(f"--trl: unknown variant(s) {unknown}; choose from {', '.join(TRL_VARIANTS)}")
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="aspo-vs-trl-"))
@@ -112,7 +123,11 @@ def main() -> None:
         job, base = build_chat_job(work / "job", resolve_model(args.model)), CHAT_SETTINGS
     settings = replace(base, steps=args.steps or base.steps, lr=args.lr or base.lr)
     env = child_env(args.threads)
-    commands = {"aspo": lambda out: aspo_command(job, settings, out)}
+    aspo_names = ["aspo"] if precisions == ["auto"] else [f"aspo-{p}" for p in precisions]
+    commands = {
+        name: lambda out, p=p: aspo_command(job, settings, out, p)
+        for name, p in zip(aspo_names, precisions, strict=True)
+    }
     for variant in variants:
         trl_settings = replace(settings, trl_checkpointing=TRL_VARIANTS[variant])
         commands[variant] = lambda out, s=trl_settings: trl_command(job, s, out)
@@ -123,8 +138,11 @@ def main() -> None:
     )
     # one short untimed run each: file-system caches and .pyc files warm for all alike
     warm = replace(settings, steps=1, prompts_per_step=2, n=2, max_new_tokens=4)
-    for name, build in (("aspo", aspo_command), ("trl", trl_command)):
-        run_timed(build(job, warm, work / f"warm-{name}"), env, work / f"warm-{name}.log")
+    warm_up = {"aspo": lambda out: aspo_command(job, warm, out)}
+    if variants:
+        warm_up["trl"] = lambda out: trl_command(job, warm, out)
+    for name, build in warm_up.items():
+        run_timed(build(work / f"warm-{name}"), env, work / f"warm-{name}.log")
 
     names = list(commands)
     results: dict[str, list[dict]] = {name: [] for name in names}
@@ -136,7 +154,7 @@ def main() -> None:
             load = load_average()
             timed: Timed = run_timed(commands[name](out), env, work / f"{name}-{run}.log")
             row = {"wall_s": timed.wall_s, "cpu_s": timed.cpu_s, "max_rss_mb": timed.max_rss_mb, "load": load}
-            if name == "aspo":
+            if name in aspo_names:
                 row.update(aspo_time_shares(out))
             else:
                 log = work / f"{name}-{run}.log"
@@ -160,26 +178,34 @@ def main() -> None:
             f"outside them (start-up, teardown) {med(name, 'wall_s') - med(name, 'step'):4.1f} s, "
             f"mean response {med(name, 'length'):.1f} tokens"
         )
-    for variant in variants:
-        pairs = list(zip(results["aspo"], results[variant], strict=True))
+    first = aspo_names[0]
+    for variant in variants + aspo_names[1:]:
+        pairs = list(zip(results[first], results[variant], strict=True))
         per_run_wall = [t["wall_s"] / a["wall_s"] for a, t in pairs]
         per_run_cpu = [t["cpu_s"] / a["cpu_s"] for a, t in pairs]
         print(
-            f"ratio {variant} / aspo: wall {median(per_run_wall):.2f}x (median of per-run ratios; runs "
+            f"ratio {variant} / {first}: wall {median(per_run_wall):.2f}x (median of per-run ratios; runs "
             f"{', '.join(f'{r:.2f}' for r in per_run_wall)}), cpu {median(per_run_cpu):.2f}x; "
-            f"training steps only {med(variant, 'step') / med('aspo', 'step'):.2f}x; "
-            f"peak memory aspo / {variant}: {med('aspo', 'max_rss_mb') / med(variant, 'max_rss_mb'):.2f}"
+            f"training steps only {med(variant, 'step') / med(first, 'step'):.2f}x; "
+            f"peak memory {first} / {variant}: {med(first, 'max_rss_mb') / med(variant, 'max_rss_mb'):.2f}"
         )
-    step = med("aspo", "step")
-    print(
-        f"aspo: {med('aspo', 'tokens') / med('aspo', 'rollout'):.0f} generated tokens/s in generation; "
-        f"of step time: generation {med('aspo', 'rollout') / step:.0%}, scoring "
-        f"{med('aspo', 'reward') / step:.1%}, update {med('aspo', 'update') / step:.0%}"
-    )
+    for name in aspo_names:
+        step = med(name, "step")
+        print(
+            f"{name}: {med(name, 'tokens') / med(name, 'rollout'):.0f} generated tokens/s in generation; "
+            f"of step time: generation {med(name, 'rollout') / step:.0%}, scoring "
+            f"{med(name, 'reward') / step:.1%}, update {med(name, 'update') / step:.0%}"
+        )
     if args.json:
         Path(args.json).write_text(
             json.dumps(
-                {"job": args.job, "settings": settings.__dict__, "threads": args.threads, "results": results},
+                {
+                    "job": args.job,
+                    "settings": settings.__dict__,
+                    "threads": args.threads,
+                    "precisions": precisions,
+                    "results": results,
+                },
                 indent=1,
             )
         )

@@ -96,6 +96,19 @@ def test_eval_writes_samples_and_unbiased_summary(model_dir, problems, reward_fi
     assert "maj@3" not in summary  # answers of a custom reward are not comparable
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32", "auto"])
+def test_eval_samples_in_the_precision_asked(model_dir, problems, reward_file, tmp_path, capsys, precision):
+    out = tmp_path / "ev"
+    extra = ("--reward", f"{reward_file}:has_digit", "--limit", "2", "--precision", precision)
+    assert _eval(model_dir, problems, out, *extra) == 0
+    err = capsys.readouterr().err
+    if precision == "auto":  # this machine's flags decide; the choice and why are printed
+        assert "aspo eval: precision fp32 (auto:" in err or "aspo eval: precision bf16 (auto:" in err
+    else:
+        assert f"aspo eval: precision {precision} (requested)" in err
+    assert len(_rows(out)) == 6
+
+
 def test_eval_resumes_to_the_same_samples(model_dir, problems, reward_file, tmp_path):
     out = tmp_path / "ev"
     args = ("--reward", f"{reward_file}:has_digit")

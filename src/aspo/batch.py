@@ -57,7 +57,9 @@ class SampledRound:
     infra_errors: int  # of those, checks that could not run at all (not wrong answers)
     solve_all: int  # groups dropped for having every response right
     solve_none: int  # groups dropped for having every response wrong
-    logprob_gap: float | None = None  # mean |engine - trainer| behaviour log-prob (when recomputed)
+    # the sampler-trainer mismatch (``rollout_correction.mismatch_metrics``) when the trainer recomputed
+    # the behaviour log-probs
+    mismatch: dict[str, float] | None = None
     seconds_sampling: float = 0.0  # the engine's weight push included
     seconds_weight_sync: float | None = None  # that push alone (engines other than hf)
     seconds_scoring: float = 0.0
@@ -175,7 +177,9 @@ class TrainingBatch:
         syncs = [r.seconds_weight_sync for r in self.rounds if r.seconds_weight_sync is not None]
         if syncs:
             metrics["time/weight_sync"] = sum(syncs)
-        gaps = [r.logprob_gap for r in self.rounds if r.logprob_gap is not None]
-        if gaps:
-            metrics["rollout/logprob_abs_diff"] = float(np.mean(gaps))
+        mismatches = [r.mismatch for r in self.rounds if r.mismatch]
+        for key in mismatches[0] if mismatches else ():
+            metrics[f"rollout_corr/{key}"] = float(np.mean([m[key] for m in mismatches]))
+        if mismatches:  # the name it had before the other mismatch metrics
+            metrics["rollout/logprob_abs_diff"] = metrics["rollout_corr/logprob_abs_diff"]
         return metrics

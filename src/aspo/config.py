@@ -40,8 +40,10 @@ def report_targets(spec: str) -> list[str]:
     return [] if names == ["none"] else names
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best in the field list below
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, bool_words: bool = False) -> Any:  # noqa: A002 - "help" reads best
+    """A config field; ``bool_words``: a text key whose values include true / false, which YAML reads as
+    booleans (``key=false`` on the command line): those are taken as the words."""
+    return field(default=default, metadata={"help": help, "bool_words": bool_words})
 
 
 @dataclass
@@ -244,10 +246,22 @@ class RolloutConfig:
     top_p: float = _f(1.0, "nucleus sampling threshold")
     recompute_logprobs: str = _f(
         "auto",
-        "recompute behaviour log-probs with the trainer's model: auto (only "
-        "for engines other than hf, whose log-probs are the trainer's own) | "
-        "true | false; the gap is logged as rollout/logprob_abs_diff",
+        "recompute behaviour log-probs with the trainer's model: auto (for engines other than hf, "
+        "whose float32 log-probs are the trainer's own; for hf in bf16; and whenever "
+        "rollout.correction is set) | true | false; the gap is logged as "
+        "rollout/logprob_abs_diff and the mismatch metrics as rollout_corr/*",
+        bool_words=True,
     )
+    correction: str = _f(
+        "none",
+        "importance weights for the sampler-trainer mismatch (docs/algorithm.md, Rollout correction): "
+        "none | token_truncate | token_mask | sequence_truncate | sequence_mask (TRL's "
+        "vllm_importance_sampling_mode, verl's rollout_is / rollout_rs); each token's policy loss is "
+        "multiplied by pi_old/mu (per token, or per response as the product over its tokens), clamped "
+        "into [correction_low, correction_high] (truncate) or zeroed outside them (mask)",
+    )
+    correction_low: float = _f(0.0, "lower bound of the rollout-correction weight (0: none)")
+    correction_high: float = _f(2.0, "upper bound of the rollout-correction weight (verl's default 2)")
 
 
 @dataclass
@@ -334,6 +348,15 @@ class TrainConfig:
         "with several processes, shard weights, gradients and optimizer state over them (torch's FSDP2 "
         "fully_shard, per decoder layer; CPU/gloo or GPUs; full model only, hf engine): docs/scaling.md",
     )
+    precision: str = _f(
+        "auto",
+        "matmul precision of sampling and training: auto | fp32 | bf16. bf16 runs the linear layers, "
+        "attention and the LM head in bfloat16 under torch.autocast, with float32 weights, gradients, "
+        "AdamW state, norms' statistics, log-softmax, log-probs, entropy, ratios and loss; auto: bf16 on "
+        "a CUDA device, and on a CPU only with native bf16 (amx_bf16 / avx512_bf16) where it measures "
+        "faster at the model's shapes, else fp32 (docs/performance.md, Precision). The choice and why "
+        "are printed and saved in the run's config.yaml",
+    )
     deterministic: bool = _f(
         True,
         "torch deterministic algorithms: bit-identical reruns and resumes with several "
@@ -399,6 +422,9 @@ class Config:
     def validate(self) -> Config:
         """Reject impossible values, naming the key. Names and paths first (a misspelt reward, task or
         objective, or a missing file is the real problem), then values, then the rules that depend on them."""
+        from aspo.objectives.rollout_correction import CORRECTION_MODES, check_bounds
+        from aspo.precision import PRECISIONS
+
         self._check_names()
         checks = [
             ("rollout.n", self.rollout.n >= 1, "must be >= 1"),
@@ -414,6 +440,16 @@ class Config:
                 "rollout.recompute_logprobs",
                 self.rollout.recompute_logprobs in ("auto", "true", "false"),
                 "must be auto, true or false",
+            ),
+            (
+                "rollout.correction",
+                self.rollout.correction in CORRECTION_MODES,
+                f"must be one of {', '.join(CORRECTION_MODES)}",
+            ),
+            (
+                "train.precision",
+                self.train.precision in PRECISIONS,
+                f"must be one of {', '.join(PRECISIONS)}",
             ),
             ("eval.temperature", self.eval.temperature > 0, "must be > 0"),
             ("eval.top_p", 0 < self.eval.top_p <= 1, "must be in (0, 1]"),
@@ -488,6 +524,18 @@ class Config:
             )
         if self.train.partial_mini_batch == "scaled" and not self.train.mini_batch_size:
             raise UserError("train.partial_mini_batch='scaled' needs train.mini_batch_size > 0 (the divisor)")
+        if self.rollout.correction != "none":
+            if self.rollout.recompute_logprobs == "false":
+                raise UserError(
+                    f"rollout.correction={self.rollout.correction!r} compares the sampler's log-probs with "
+                    "the trainer's recomputation: it needs rollout.recompute_logprobs=auto or true, not false"
+                )
+            why = check_bounds(self.rollout.correction_low, self.rollout.correction_high)
+            if why:
+                raise UserError(
+                    f"rollout.correction_low={self.rollout.correction_low!r}, "
+                    f"rollout.correction_high={self.rollout.correction_high!r}: {why}"
+                )
         if self.reward_timeout < 0:
             raise UserError(f"reward_timeout={self.reward_timeout!r} must be >= 0 (0: no bound)")
         for key in ("clip_ratio_low", "clip_ratio_high"):
@@ -577,6 +625,17 @@ class Config:
             return int(get_task(self.task).max_new_tokens)
         return 256
 
+    def recomputes_logprobs(self, precision: str = "fp32") -> bool:
+        """Whether the trainer recomputes the behaviour log-probs when it runs in ``precision`` (fp32 |
+        bf16, as resolved): asked (true), or auto for an engine other than hf, for the hf engine in bf16
+        (its one-token-at-a-time decode rounds differently from the packed forward: docs/performance.md,
+        Precision), or with a rollout correction."""
+        recompute = self.rollout.recompute_logprobs
+        return recompute == "true" or (
+            recompute == "auto"
+            and (self.rollout.engine != "hf" or precision == "bf16" or self.rollout.correction != "none")
+        )
+
     @property
     def has_heldout_data(self) -> bool:
         """Whether runs evaluate on held-out problems: data.test, or the lab task's split when it also
@@ -650,6 +709,8 @@ def _coerce(dotted: str, f: dataclasses.Field, value: Any) -> Any:
             return value
         if t is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if t is str and isinstance(value, bool) and f.metadata.get("bool_words"):
+            return "true" if value else "false"
     names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
     raise UserError(f"{dotted}={value!r} has the wrong type: expected {names}")
 

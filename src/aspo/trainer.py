@@ -35,6 +35,8 @@ from aspo.lora import apply_lora, reference_policy
 from aspo.memory import fix_mmap_threshold, release_free_memory
 from aspo.models import checkpointing_by_default, enable_activation_checkpointing, token_logprobs
 from aspo.objectives import adapted_entropy_coef, applied_entropy_coef
+from aspo.objectives.rollout_correction import correction_weights, mismatch_metrics
+from aspo.precision import Precision, resolve_precision, saved_precision
 from aspo.prompting import format_prompt, uses_chat_template
 from aspo.report.metrics import MetricsLogger, append_rows, read_metrics
 from aspo.report.signal import (
@@ -59,10 +61,12 @@ class Trainer:
         self._setup_reward()
         self._load_records()
         self._setup_model()
+        precision = self._resolve_precision()  # measured (auto) on the whole model, before any sharding
         self._setup_data()
         self._setup_optimizer()
         self._setup_rollout()
         self._setup_update()
+        self._use_precision(precision)
         self.run_dir = Path(resolve_run_dir(cfg, self.accelerator))
         self.graceful_stop: GracefulStop | None = None  # owns SIGTERM / SIGINT from `train` on
         self._resume_or_start()
@@ -194,8 +198,7 @@ class Trainer:
             add_special_tokens=not uses_chat_template(cfg.prompt, self.tokenizer),
         )
         self.sync_seconds = 0.0  # the latest weight push into the engine
-        recompute = cfg.rollout.recompute_logprobs
-        self.recompute_logprobs = recompute == "true" or (recompute == "auto" and cfg.rollout.engine != "hf")
+        self.recompute_logprobs = cfg.recomputes_logprobs()  # as in float32; ``_use_precision`` settles it
 
     def _setup_update(self) -> None:
         """The update stage (micro-batches, objective, backward) on the wrapped model."""
@@ -208,7 +211,28 @@ class Trainer:
             micro_batch_size=train.micro_batch_size,
             pad_token_id=self.tokenizer.pad_token_id,
             nominal_rows=train.mini_batch_size if train.partial_mini_batch == "scaled" else 0,
-        )
+        )  # its precision: ``_use_precision``
+
+    def _resolve_precision(self) -> Precision:
+        """``train.precision`` for this model on this device; with several processes bf16 only where every
+        rank chose it (``auto`` measures per machine)."""
+        self.precision_requested = (
+            self.cfg.train.precision
+        )  # kept: ``_use_precision`` writes the resolved one
+        precision = resolve_precision(self.cfg.train.precision, self.accelerator.device, self.model)
+        if self.world > 1 and dist.reduce_max(self.accelerator, int(not precision.is_bf16)):
+            if precision.is_bf16:
+                precision = Precision("fp32", "auto: another rank chose fp32", precision.device_type)
+        return precision
+
+    def _use_precision(self, precision: Precision) -> None:
+        """Sample, recompute and update in ``precision``; the resolved name goes into the saved config."""
+        self.precision = precision
+        self.cfg.train.precision = precision.name
+        if hasattr(self.engine, "precision"):  # the hf engine; others sample in their own dtype
+            self.engine.precision = precision
+        self.policy_update.precision = precision
+        self.recompute_logprobs = self.cfg.recomputes_logprobs(precision.name)
 
     def _resume_or_start(self) -> None:
         with warnings.catch_warnings(record=not self.is_main):  # an unreadable checkpoint is reported once
@@ -222,6 +246,12 @@ class Trainer:
             self.nonfinite_streak = int(trainer_state.get("nonfinite_streak", 0))
             self.entropy_coef = float(trainer_state.get("entropy_coef", self.entropy_coef))
             self.last_entropy = float(trainer_state.get("last_entropy", self.last_entropy))
+            saved = saved_precision(self.run_dir)
+            if self.precision_requested == "auto" and saved and saved != self.precision.name:
+                # a resumed run continues in the precision its start chose, whatever this start measures
+                self._use_precision(
+                    Precision(saved, "auto: as the run being resumed", self.precision.device_type)
+                )
         elif self.cfg.resume:
             logged = max((r.get("step", 0) for r in read_metrics(self.run_dir)), default=0)
             if logged > 0:  # the run trained, but its checkpoints are gone: never restart it from scratch
@@ -238,6 +268,10 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, str(self.run_dir / "config.yaml"))
+            with open(self.run_dir / "config.yaml", "a") as fh:  # why this precision, for the reader
+                fh.write(f"# train.precision: {self.precision_requested} -> {self.precision.describe()}\n")
+            if self.progress:
+                print(f"aspo: {self.precision.describe()}", flush=True)
             self.logger = MetricsLogger(
                 self.run_dir,
                 resume_step=resume_step if found else -1,
@@ -266,9 +300,10 @@ class Trainer:
         return format_prompt(record, self.cfg.prompt, self.tokenizer)
 
     # -- one step: sample -> score -> filter -> update ---------------------------------------------
-    def sample(self, records: list[dict[str, Any]], seed: int) -> tuple[Rollout, float | None]:
-        """G responses per record from current weights; (rollout, behaviour log-prob gap if recomputed).
-        The engine's weight push, when it made one, is timed in ``self.sync_seconds``."""
+    def sample(self, records: list[dict[str, Any]], seed: int) -> tuple[Rollout, dict[str, float] | None]:
+        """G responses per record from current weights; (rollout, the sampler-trainer mismatch metrics if the
+        behaviour log-probs were recomputed). The engine's weight push, when it made one, is timed in
+        ``self.sync_seconds``."""
         cfg = self.cfg
         self.release_heap_between_phases()  # what the last update or eval freed, before the KV cache
         self.model.eval()
@@ -284,8 +319,8 @@ class Trainer:
                 top_p=cfg.rollout.top_p,
                 seed=seed,
             )
-            gap = self.recompute_behaviour_logprobs(rollout) if self.recompute_logprobs else None
-        return rollout, gap
+            mismatch = self.recompute_behaviour_logprobs(rollout) if self.recompute_logprobs else None
+        return rollout, mismatch
 
     def collect(self, step: int) -> TrainingBatch:
         """Sampling rounds (sample, score, filter) until the batch is full: one round, or with dynamic
@@ -296,12 +331,14 @@ class Trainer:
         for round_ in range(alg.max_sampling_rounds if alg.dynamic_sampling else 1):
             records = [self.train_records[i] for i in self.prompt_indices(step, round_)]
             t0 = time.perf_counter()
-            rollout, gap = self.sample(records, seed_for(cfg.train.seed, "rollout", step, self.rank, round_))
+            rollout, mismatch = self.sample(
+                records, seed_for(cfg.train.seed, "rollout", step, self.rank, round_)
+            )
             t1 = time.perf_counter()
             scored = SampledRound.score(
                 records, rollout, self.reward, alg, self.max_new_tokens, cfg.rollout.n
             )
-            scored.logprob_gap, scored.seconds_sampling = gap, t1 - t0
+            scored.mismatch, scored.seconds_sampling = mismatch, t1 - t0
             if cfg.rollout.engine != "hf":  # hf samples from the trainer's own tensors: nothing to push
                 scored.seconds_weight_sync = self.sync_seconds
             scored.seconds_scoring = time.perf_counter() - t1
@@ -322,15 +359,22 @@ class Trainer:
         return batch
 
     @torch.no_grad()
-    def recompute_behaviour_logprobs(self, rollout: Rollout) -> float:
+    def recompute_behaviour_logprobs(self, rollout: Rollout) -> dict[str, float]:
         """Replace the engine's log-probs with the trainer model's, keeping the engine's as
-        ``rollout.sampler_logprobs`` (the sampler side of the mismatch metrics); returns their mean absolute
-        gap."""
+        ``rollout.sampler_logprobs`` (the sampler side of the mismatch metrics and of a rollout
+        correction); returns the mismatch metrics between the two."""
+        roll = self.cfg.rollout
         logprobs = self.rollout_logprobs(self.model, rollout)
-        mask = rollout.response_mask
-        gap = float((logprobs - rollout.behaviour_logprobs)[mask].abs().mean()) if mask.any() else 0.0
+        metrics = mismatch_metrics(
+            rollout.behaviour_logprobs,
+            logprobs,
+            rollout.response_mask,
+            roll.correction,
+            roll.correction_low,
+            roll.correction_high,
+        )
         rollout.sampler_logprobs, rollout.behaviour_logprobs = rollout.behaviour_logprobs, logprobs
-        return gap
+        return metrics
 
     @torch.no_grad()
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor | None:
@@ -344,21 +388,33 @@ class Trainer:
     @torch.no_grad()
     def rollout_logprobs(self, model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
         """(rows, R) log-probs of the rollout's responses under ``model``, sampling temperature, on CPU."""
-        logprobs, _ = token_logprobs(
-            model,
-            rollout.prompt_ids,
-            rollout.prompt_mask,
-            rollout.response_ids,
-            rollout.response_mask,
-            temperature=self.cfg.rollout.temperature,
-            with_entropy=False,
-        )
+        with self.precision.autocast():
+            logprobs, _ = token_logprobs(
+                model,
+                rollout.prompt_ids,
+                rollout.prompt_mask,
+                rollout.response_ids,
+                rollout.response_mask,
+                temperature=self.cfg.rollout.temperature,
+                with_entropy=False,
+            )
         return logprobs.cpu()
 
     def update(self, step: int, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
         """mini_batches x epochs optimizer steps on one rollout."""
         cfg = self.cfg
-        batch = UpdateBatch.from_rollout(rollout, advantages, self.reference_logprobs(rollout))
+        roll = cfg.rollout
+        weights = None
+        if rollout.sampler_logprobs is not None and roll.correction != "none":
+            weights = correction_weights(
+                rollout.sampler_logprobs,
+                rollout.behaviour_logprobs,
+                rollout.response_mask,
+                roll.correction,
+                roll.correction_low,
+                roll.correction_high,
+            )
+        batch = UpdateBatch.from_rollout(rollout, advantages, self.reference_logprobs(rollout), weights)
         global_rows = int(dist.reduce_sum(self.accelerator, len(batch)))
         if global_rows == 0:
             return {"actor/skipped_no_signal": 1.0}

@@ -23,6 +23,7 @@ from aspo import distributed as dist
 from aspo.models import token_logprobs
 from aspo.objectives import entropy_bonus, kl_penalty, policy_loss
 from aspo.objectives.base import high_entropy_tokens, kl_loss
+from aspo.precision import FP32, Precision
 from aspo.rollout.base import Rollout, select_rows
 
 
@@ -37,10 +38,14 @@ class UpdateBatch:
     behaviour_logprobs: torch.Tensor
     advantages: torch.Tensor  # (rows,)
     ref_logprobs: torch.Tensor | None = None
+    correction_weights: torch.Tensor | None = None  # rollout correction's per-token weights (or None)
 
     @staticmethod
     def from_rollout(
-        rollout: Rollout, advantages: torch.Tensor, ref_logprobs: torch.Tensor | None = None
+        rollout: Rollout,
+        advantages: torch.Tensor,
+        ref_logprobs: torch.Tensor | None = None,
+        correction_weights: torch.Tensor | None = None,
     ) -> UpdateBatch:
         return UpdateBatch(
             rollout.prompt_ids,
@@ -50,6 +55,7 @@ class UpdateBatch:
             rollout.behaviour_logprobs,
             advantages,
             ref_logprobs,
+            correction_weights,
         )
 
     def rows(self, index: torch.Tensor) -> UpdateBatch:
@@ -60,7 +66,13 @@ class UpdateBatch:
         trimmed = dataclasses.replace(
             self, prompt_ids=self.prompt_ids[:, p_keep:], prompt_mask=self.prompt_mask[:, p_keep:]
         )
-        for name in ("response_ids", "response_mask", "behaviour_logprobs", "ref_logprobs"):
+        for name in (
+            "response_ids",
+            "response_mask",
+            "behaviour_logprobs",
+            "ref_logprobs",
+            "correction_weights",
+        ):
             value = getattr(self, name)
             setattr(trimmed, name, None if value is None else value[:, :r_keep])
         return select_rows(trimmed, index)  # indexing the trimmed views copies once, contiguous
@@ -192,8 +204,12 @@ class PolicyUpdate:
         micro_batch_size: int,
         pad_token_id: int,
         nominal_rows: int = 0,
+        precision: Precision = FP32,
     ) -> None:
         self.accelerator, self.model = accelerator, model
+        self.precision = (
+            precision  # the forward runs in its autocast; the backward follows the forward's dtypes
+        )
         self.objective, self.params = algorithm.loss, algorithm.objective_params()
         # the aggregation the objective really uses (its registered default unless set): the KL term and
         # the normalisers must agree with it
@@ -279,14 +295,15 @@ class PolicyUpdate:
         """(loss, metrics, mean token entropy) of one micro-batch; a NaN loss when the log-probs are not
         finite (diverged weights: the caller skips the step and counts it). With ``entropy_coef`` > 0 the
         loss includes the entropy bonus -coef * agg(H), aggregated like the policy loss."""
-        logprobs, entropy = token_logprobs(
-            self.model,
-            part.prompt_ids,
-            part.prompt_mask,
-            part.response_ids,
-            part.response_mask,
-            temperature=self.temperature,
-        )
+        with self.precision.autocast():
+            logprobs, entropy = token_logprobs(
+                self.model,
+                part.prompt_ids,
+                part.prompt_mask,
+                part.response_ids,
+                part.response_mask,
+                temperature=self.temperature,
+            )
         device = logprobs.device
         mask = part.response_mask.to(device)
         if not bool(torch.isfinite(logprobs[mask]).all()):  # through the graph: see ``backward``
@@ -299,6 +316,7 @@ class PolicyUpdate:
             mask,
             entropy=entropy if self.pass_entropy else None,
             generator=generator,
+            token_weights=None if part.correction_weights is None else part.correction_weights.to(device),
             **self.params,
         )
         assert entropy is not None  # with_entropy=True

@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="matmul precision of sampling, as train.precision (default auto: bf16 on CUDA, and on a CPU "
+        "with native bf16 that measures faster; else fp32)",
+    )
+    parser.add_argument(
         "--prompt-template",
         default=None,
         help="user-message template, {prompt} and record fields (default: the run's, else {prompt})",
@@ -291,11 +298,14 @@ def _generate(
     from tqdm.auto import tqdm
 
     from aspo.evaluate import sample_policy
+    from aspo.precision import resolve_precision
     from aspo.prompting import format_prompt, uses_chat_template
     from aspo.rollout import HFEngine
 
-    model, tokenizer, _ = _load_model(args.model, args.device)
+    model, tokenizer, device = _load_model(args.model, args.device)
     engine = HFEngine(model, tokenizer, add_special_tokens=not uses_chat_template(prompt_cfg, tokenizer))
+    engine.precision = resolve_precision(args.precision, device, model)
+    print(f"aspo eval: {engine.precision.describe()}", file=sys.stderr)
     total = sum(len(b) for b in batches)
     done = sum(len(b) for b in batches[:start_batch])
     bar = tqdm(

@@ -45,14 +45,26 @@ def head_logprobs(
     """log softmax(head(hidden) / T)[target] and the entropy of that softmax, token by token.
 
     hidden (N, H); weight (V, H) and bias (V,) or None of the LM head; targets (N,) long. Returns logprobs
-    (N,) float32 and entropy (N,) float32 (or None). Differentiable w.r.t. hidden, weight and bias; equal
-    to the plain ``log_softmax(F.linear(hidden, weight, bias).float() / T)`` path up to float summation order.
+    (N,) float32 and entropy (N,) float32 (or None). Under ``torch.autocast`` the matmuls run in its dtype
+    (the weight cast once per call), the softmax and everything after it in float32. Differentiable
+    w.r.t. hidden, weight and bias; equal to the plain ``log_softmax(F.linear(hidden, weight, bias).float()
+    / T)`` path up to float summation order.
     """
     chunk = chunk or default_chunk(weight.shape[0])
+    # inside an autocast region (train.precision=bf16) the head multiplies in its dtype, in the backward too
+    mm_dtype = autocast_dtype(hidden.device.type) or weight.dtype
     logprobs, entropy = _ChunkedHead.apply(
-        hidden, weight, bias, targets, float(temperature), bool(with_entropy), int(chunk)
+        hidden, weight, bias, targets, float(temperature), bool(with_entropy), int(chunk), mm_dtype
     )
     return logprobs, entropy if with_entropy else None
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype an enclosing autocast region gives matmuls on ``device_type`` (``train.precision=bf16``:
+    ``aspo.precision``); None outside one."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -68,11 +80,22 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return out
 
 
+def matmul_weights(
+    weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The head's weight and bias in the matmul dtype: themselves when it is theirs, else one cast copy
+    (autocast would cast every vocabulary block of every chunk anew: they are views, not parameters)."""
+    if weight.dtype == dtype:
+        return weight, bias
+    return weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
 def _chunk_logits(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float
 ) -> torch.Tensor:
-    """(C, H) -> (C, V) float32 logits / T, computed in the head's dtype like the model's own forward."""
-    logits = head_logits(hidden, weight, bias).float()
+    """(C, H) -> (C, V) float32 logits / T, computed in the (matmul) weight's dtype like the model's own
+    forward."""
+    logits = head_logits(hidden.to(weight.dtype), weight, bias).float()
     return logits / temperature if temperature != 1.0 else logits
 
 
@@ -87,20 +110,27 @@ class _ChunkedHead(torch.autograd.Function):
         temperature: float,
         with_entropy: bool,
         chunk: int,
+        mm_dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = hidden.shape[0]
+        w, b = matmul_weights(weight, bias, mm_dtype)
         logprobs = torch.zeros(n, dtype=torch.float32, device=hidden.device)
         entropy = torch.zeros(n, dtype=torch.float32, device=hidden.device)
         log_norm = torch.zeros(n, dtype=torch.float32, device=hidden.device)
         for i in range(0, n, chunk):
-            z = _chunk_logits(hidden[i : i + chunk], weight, bias, temperature)
+            z = _chunk_logits(hidden[i : i + chunk], w, b, temperature)
             lse = torch.logsumexp(z, dim=-1)
             log_norm[i : i + chunk] = lse
             logprobs[i : i + chunk] = z.gather(-1, targets[i : i + chunk, None]).squeeze(-1) - lse
             if with_entropy:  # H = lse - sum_v p_v z_v
                 entropy[i : i + chunk] = lse - torch.softmax(z, dim=-1).mul_(z).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, targets, log_norm, entropy)
-        ctx.temperature, ctx.with_entropy, ctx.chunk = temperature, with_entropy, chunk
+        ctx.temperature, ctx.with_entropy, ctx.chunk, ctx.mm_dtype = (
+            temperature,
+            with_entropy,
+            chunk,
+            mm_dtype,
+        )
         if not with_entropy:
             ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
@@ -111,6 +141,7 @@ class _ChunkedHead(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias, targets, log_norm, entropy = ctx.saved_tensors
         temperature, chunk = ctx.temperature, ctx.chunk
+        w, b = matmul_weights(weight, bias, ctx.mm_dtype)
         n = hidden.shape[0]
         g_lp = torch.zeros(n, device=hidden.device) if grad_logprobs is None else grad_logprobs.float()
         use_entropy = ctx.with_entropy and grad_entropy is not None
@@ -125,10 +156,10 @@ class _ChunkedHead(torch.autograd.Function):
             torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_bias else None
         )
         for i in range(0, n, chunk):
-            h, g = hidden[i : i + chunk], g_lp[i : i + chunk, None]
+            h, g = hidden[i : i + chunk].to(w.dtype), g_lp[i : i + chunk, None]
             # dlogp_t/dz = onehot_t - p and dH/dz = -p (log p + H), with log p = z - lse:
             # dL/dz = -p (g_lp + g_H (log p + H)) + g_lp onehot_t, built in place on one (C, V) buffer
-            log_p = _chunk_logits(h, weight, bias, temperature).sub_(log_norm[i : i + chunk, None])
+            log_p = _chunk_logits(h, w, b, temperature).sub_(log_norm[i : i + chunk, None])
             p = log_p.exp()
             coef = g
             if use_entropy:
@@ -139,9 +170,9 @@ class _ChunkedHead(torch.autograd.Function):
             del log_p, coef
             if temperature != 1.0:
                 grad_z.div_(temperature)
-            grad_z = grad_z.to(weight.dtype)
+            grad_z = grad_z.to(w.dtype)
             if grad_hidden is not None:
-                grad_hidden[i : i + chunk] = grad_z @ weight
+                grad_hidden[i : i + chunk] = grad_z @ w
             if grad_weight is not None:
                 if grad_z.dtype == torch.float32:
                     grad_weight.addmm_(grad_z.t(), h)  # no (V, H) temporary
@@ -153,6 +184,7 @@ class _ChunkedHead(torch.autograd.Function):
             grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(weight.dtype),
+            None,
             None,
             None,
             None,

@@ -37,6 +37,7 @@ def policy_loss(
     entropy: Tensor | None = None,
     generator: torch.Generator | None = None,
     sampling_log_prob: Tensor | None = None,
+    token_weights: Tensor | None = None,
     **params: Any,
 ) -> tuple[Tensor, dict[str, float]]:
     """Policy-gradient loss ``name`` (see ``POLICY_LOSSES``) and its metrics.
@@ -54,6 +55,9 @@ def policy_loss(
         sampling_log_prob: (B, T) the sampler's own log-probs, when they differ from old_log_prob (vLLM):
             the off-policy mask measures the drift from them (TRL's ``sampling_per_token_logps``); NaN
             entries (tokens the sampler could not score) count as no drift. Default: old_log_prob.
+        token_weights: optional (B, T) constant weights multiplying each token's loss and gradient (the
+            rollout correction's importance weights, ``aspo.objectives.rollout_correction``); the
+            normaliser is unchanged.
         params: ``clip_ratio_low``, ``clip_ratio_high``, ``clip_ratio_c``, ``loss_agg_mode``,
             ``entropy_quantile``, ``high_entropy_clip_ratio_low``, ``high_entropy_clip_ratio_high``, the
             composable terms ``top_entropy_quantile`` (rho < 1: only the batch's top-rho tokens by entropy
@@ -76,6 +80,10 @@ def policy_loss(
     mask = _check_inputs(log_prob, old_log_prob, advantages, response_mask, entropy)
     if settings["top_entropy_quantile"] < 1.0 and entropy is None:
         raise UserError("top_entropy_quantile < 1 selects tokens by entropy: pass entropy=(B, T) entropies")
+    if token_weights is not None and token_weights.shape != log_prob.shape:
+        raise UserError(
+            f"token_weights has shape {tuple(token_weights.shape)}, log_prob {tuple(log_prob.shape)}"
+        )
     with torch.no_grad():
         # padding gets neutral values (log-probs 0, ratio 1, advantage 0) with one select each
         current = torch.where(mask, log_prob.detach().float(), 0.0)
@@ -116,6 +124,9 @@ def policy_loss(
         grad_coef = (adv * weight).neg_()  # exactly 0 at padding: adv is 0 there, weights finite
         if terms.penalty_grad is not None:
             grad_coef.add_(terms.penalty_grad * keep.to(grad_coef.dtype))
+        if token_weights is not None:  # the rollout correction scales each token's loss and gradient
+            weights = torch.where(mask, token_weights.detach().float(), 0.0)
+            value, grad_coef = value * weights, grad_coef * weights
         terms = TokenTerms(
             value, weight, terms.clipped, terms.dual_clipped, terms.selected, terms.penalty_grad
         )

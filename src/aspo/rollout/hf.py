@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from aspo.errors import NonFiniteError
-from aspo.models.head import head_logits
+from aspo.models.head import autocast_dtype, head_logits, matmul_weights
 from aspo.models.llama import (
     Attend,
     decoder_layer,
@@ -32,6 +32,7 @@ from aspo.models.llama import (
     rotary_tables,
     self_attention_mask,
 )
+from aspo.precision import FP32, Precision
 from aspo.rollout.base import Rollout, pad_to_width
 
 
@@ -91,6 +92,7 @@ class HFEngine:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
         self.eos_ids = _eos_ids(model, tokenizer)
         self.lean = True  # use lean_decode where the architecture allows it (False: always the generic loop)
+        self.precision: Precision = FP32  # the trainer's (train.precision): sampling runs in its autocast
 
     def sync_weights(self, model: torch.nn.Module, version: int | None = None) -> None:
         self.model = model  # same process, same tensors: nothing to copy
@@ -125,17 +127,18 @@ class HFEngine:
         sample = self._sample
         if self.lean and lean_supported(self.model):
             sample = self._sample_lean
-        parts = [
-            sample(
-                prompt_ids[i : i + chunk],
-                prompt_mask[i : i + chunk],
-                max_new_tokens,
-                temperature,
-                top_p,
-                generator,
-            )
-            for i in range(0, rows, chunk)
-        ]
+        with self.precision.autocast():
+            parts = [
+                sample(
+                    prompt_ids[i : i + chunk],
+                    prompt_mask[i : i + chunk],
+                    max_new_tokens,
+                    temperature,
+                    top_p,
+                    generator,
+                )
+                for i in range(0, rows, chunk)
+            ]
         response_ids = pad_to_width([p[0] for p in parts], tok.pad_token_id)
         response_mask = pad_to_width([p[1] for p in parts], False)
         logprobs = pad_to_width([p[2] for p in parts], 0.0)
@@ -297,7 +300,13 @@ def lean_decode(
     """
     base: Any = model.model
     lm_head: Any = model.lm_head
-    device, dtype = base.embed_tokens.weight.device, base.embed_tokens.weight.dtype
+    device = base.embed_tokens.weight.device
+    # under autocast (precision bf16) the KV cache holds what the projections produce, and the head's
+    # weight is cast once here rather than block by block at every step
+    dtype = autocast_dtype(device.type) or base.embed_tokens.weight.dtype
+    plain_head = type(lm_head) is torch.nn.Linear  # else (e.g. adapter-wrapped) through its own forward
+    if plain_head:
+        head_weight, head_bias = matmul_weights(lm_head.weight, lm_head.bias, dtype)
     rows, prompt_len = prompt_ids.shape
     total = prompt_len + max_new_tokens
     valid = torch.zeros(rows, total, dtype=torch.bool, device=device)  # key columns that hold real tokens
@@ -336,10 +345,9 @@ def lean_decode(
     caches = [(k[group], v[group]) for k, v in shared]
     del shared
     steps = 0
-    plain_head = type(lm_head) is torch.nn.Linear  # else (e.g. adapter-wrapped) through its own forward
     for step in range(max_new_tokens):
         last = base.norm(x[:, -1])
-        logits = head_logits(last, lm_head.weight, lm_head.bias) if plain_head else lm_head(last)
+        logits = head_logits(last.to(dtype), head_weight, head_bias) if plain_head else lm_head(last)
         token, logp, ended = pick(logits)
         write = live[~done]
         out_tokens[write, step], out_logps[write, step] = token[~done], logp[~done].float()
