@@ -225,6 +225,8 @@ def check_existing(run: PlannedRun) -> None:
     now = copy.deepcopy(run.cfg)
     for cfg in (saved, now):  # an unset aggregation is the objective's own: runs that spelled it out match
         cfg.algorithm.loss_agg_mode = cfg.algorithm.resolved_objective_params()["loss_agg_mode"]
+    if now.train.precision == "auto":  # a run saves what auto chose, and a resumed auto run keeps it
+        now.train.precision = saved.train.precision
     diffs = [
         f"{key}={value!r} (now {v2!r})"
         for (key, _, value), (_, _, v2) in zip(all_keys(saved), all_keys(now), strict=True)
