@@ -9,8 +9,8 @@ from conftest import tiny_overrides
 
 from aspo.config import load_config
 from aspo.errors import UserError
-from aspo.lab.code_problems import HELD_OUT_NAMES, TEMPLATES, TRAIN_TEMPLATES
-from aspo.lab.tasks import CODE_CONTRACT, get_task
+from aspo.lab.code_problems import ANSWER_FORMAT, HELD_OUT_NAMES, TEMPLATES, TRAIN_TEMPLATES
+from aspo.lab.tasks import get_task
 from aspo.report.metrics import read_metrics
 from aspo.rewards.code import score_batch
 
@@ -34,7 +34,7 @@ def test_generation_is_deterministic_by_seed():
     assert first != task.make_split("train", 40, seed=1)  # other problems, or other test cases
     record = first[0]
     assert len(record["tests"]["inputs"]) == len(record["tests"]["outputs"]) == task.cases
-    assert record["prompt"].endswith(CODE_CONTRACT) and "Example input:" in record["prompt"]
+    assert record["prompt"].endswith(ANSWER_FORMAT) and "Example input:" in record["prompt"]
     # a record carries exactly what the code reward takes
     assert set(record["tests"]) == {"inputs", "outputs"}
 

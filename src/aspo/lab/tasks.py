@@ -29,7 +29,7 @@ from fractions import Fraction
 from typing import Any
 
 from aspo.errors import UserError
-from aspo.lab.code_problems import HELD_OUT_NAMES, TEMPLATES
+from aspo.lab.code_problems import HELD_OUT_NAMES, TEMPLATES, code_prompt
 from aspo.lab.expr import ExprError, evaluate
 
 SPLITS = ("train", "test")
@@ -303,11 +303,6 @@ class AdditionQuestionTask(Task):
 
 # ---------------------------------------------------------------- code (stdin/stdout programs)
 
-CODE_CONTRACT = (
-    "Write a Python 3 program that reads the input from standard input with input() (no prompt text) and "
-    "prints only the answer, nothing else. Put the program in one ```python block."
-)
-
 
 @dataclass(frozen=True)
 class CodeTask(Task):
@@ -333,12 +328,8 @@ class CodeTask(Task):
         param = rng.choice(template.params)
         inputs = [template.make_input(rng, param) for _ in range(self.cases + 1)]
         example, inputs = inputs[0], inputs[1:]
-        prompt = (
-            f"{template.statement(param)}\n\nExample input:\n```\n{example}```\nExample output:\n```\n"
-            f"{template.solve(example, param)}\n```\n\n{CODE_CONTRACT}"
-        )
         return {
-            "prompt": prompt,
+            "prompt": code_prompt(template, param, example),
             "answer": template.program(param),  # the reference program (the code reward runs only tests)
             "tests": {"inputs": inputs, "outputs": [template.solve(x, param) for x in inputs]},
             "template": template.name,
