@@ -99,7 +99,9 @@ def main() -> None:
     cmd += [f"train.steps={args.steps}", *overrides]
     print(_cpu())
     load_before = os.getloadavg()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out.with_name(args.out.name + ".log")  # the child's console (its progress bar), beside the run
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     metrics = args.out / "metrics.jsonl"
     seen: set[tuple[int, str]] = set()
     rows: list[dict] = []
@@ -130,7 +132,8 @@ def main() -> None:
             break
         time.sleep(0.2)
     if proc.returncode != 0:
-        sys.exit(f"aspo train failed ({proc.returncode}): {' '.join(cmd)}")
+        tail = log.read_text().strip().splitlines()[-3:]
+        sys.exit(f"aspo train failed ({proc.returncode}): {' '.join(cmd)}\n" + "\n".join(tail))
     time.sleep(1.0)  # let killed sandboxes finish dying
     alive = _parents()
     leaked = [pid for pid, start in seen if alive.get(pid, (0, ""))[1] == start]
