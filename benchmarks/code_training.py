@@ -101,6 +101,7 @@ def main() -> None:
     load_before = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out.with_name(args.out.name + ".log")  # the child's console (its progress bar), beside the run
+    start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     metrics = args.out / "metrics.jsonl"
     seen: set[tuple[int, str]] = set()
@@ -134,10 +135,17 @@ def main() -> None:
     if proc.returncode != 0:
         tail = log.read_text().strip().splitlines()[-3:]
         sys.exit(f"aspo train failed ({proc.returncode}): {' '.join(cmd)}\n" + "\n".join(tail))
+    wall = time.perf_counter() - start
     time.sleep(1.0)  # let killed sandboxes finish dying
     alive = _parents()
     leaked = [pid for pid, start in seen if alive.get(pid, (0, ""))[1] == start]
     steps = [r for r in rows if "time/step" in r]
+    evals = [r for r in rows if "eval/pass@1" in r]
+    if evals:
+        print(
+            f"held-out pass@1 {evals[0]['eval/pass@1']:.3f} (step {evals[0]['step']}) -> "
+            f"{evals[-1]['eval/pass@1']:.3f} (step {evals[-1]['step']}); aspo train wall {wall:.0f} s"
+        )
     third = max(1, len(steps) // 3)
     early, late = steps[:third], steps[-third:]
     print(
