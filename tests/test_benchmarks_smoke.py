@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,17 @@ def test_scaling_benchmark_on_a_checkpoint_dir(chat_llama_dir, tmp_path):
     assert all(r["step"] > 0 and r["max_rss_mb"] > 50 for r in result["by_length"] + result["by_group"])
     assert len(list((tmp_path / "work").glob("L*-n*.log"))) == 3  # (4, 8) ran once for both sweeps
     assert "growth with response length L" in done.stdout
+
+
+def test_code_training_benchmark_sees_descendants_and_their_end():
+    """benchmarks/code_training.py counts a leaked sandbox as a live descendant of the trainer."""
+    bench = load_benchmark_module("code_training.py", "code_training_bench")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        found = bench.descendants(os.getpid())
+        assert child.pid in {pid for pid, _ in found}
+        assert bench.rss_mib(child.pid) > 0
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in {pid for pid, _ in bench.descendants(os.getpid())}

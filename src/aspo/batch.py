@@ -101,7 +101,8 @@ class SampledRound:
             rewards=rewards,
             advantages=compute_advantages(algorithm.advantage, rewards, rollout.group_ids),
             kept=keep.nonzero().squeeze(-1),
-            errors=sum(r.error is not None for r in results),
+            # not wrong answers (the code reward says why a program failed): calls that gave no verdict
+            errors=sum(r.unscored for r in results),
             infra_errors=sum(r.infra for r in results),
             solve_all=int(((raw_grouped >= 1).all(1) & ~has_signal).sum()),
             solve_none=int(((raw_grouped <= 0).all(1) & ~has_signal).sum()),
@@ -171,6 +172,8 @@ class TrainingBatch:
             ),
             "time/rollout": seconds_sampling,
             "time/reward": sum(r.seconds_scoring for r in self.rounds),
+            "perf/reward_checks_per_s": sum(len(r.raw_rewards) for r in self.rounds)
+            / max(sum(r.seconds_scoring for r in self.rounds), 1e-9),
             "perf/tokens_per_s": sum(float(s.response_mask.sum()) for s in sampled)
             / max(seconds_sampling, 1e-9),
         }

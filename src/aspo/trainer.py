@@ -680,6 +680,8 @@ class Trainer:
             metrics = {"actor/nonfinite_steps": 1.0, "actor/optimizer_steps": 0.0}
         metrics["time/update"] = time.perf_counter() - t1
         metrics["time/step"] = time.perf_counter() - t0
+        if "time/reward" in metrics:  # the scoring's share of the step (the code reward's sandboxes)
+            metrics["perf/reward_share"] = metrics["time/reward"] / metrics["time/step"]
         metrics["perf/threads"] = float(threads)
         metrics = dist.reduce_metrics(self.accelerator, metrics)
         self.step = step

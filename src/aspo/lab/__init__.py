@@ -1,7 +1,8 @@
 """The embedded tiny lab: a no-download default for ``aspo train``.
 
 A character tokenizer (``build_tokenizer``), a ~1 M-parameter Qwen2 model (``build_model``), synthetic
-verifiable tasks (``get_task``: ``arithmetic``, ``countdown``) and a cached supervised warm start
+verifiable tasks (``get_task``: ``arithmetic``, ``countdown``; ``add`` and ``code`` for pretrained chat
+models) and a cached supervised warm start
 (``warm_start``). Importing this package is cheap: torch and transformers load on first use.
 """
 

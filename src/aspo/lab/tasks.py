@@ -11,6 +11,9 @@ the response starts; a demonstration is the response text without any end-of-seq
   each given number exactly once (as a multiset) and equals the target scores 1.
 - ``add``: ``What is 21 + 10?`` -> a short answer stating ``31``, scored by the strict ``number`` reward. A
   task for pretrained chat models (``model=smollm2-135m-instruct``), not for the lab's character model.
+- ``code``: a small stdin/stdout problem (``Read an integer n and print n * 7.``, an example, the I/O
+  contract) -> a Python program, run against generated tests by the sandboxed ``code`` reward. Held out
+  by template (``aspo.lab.code_problems.HELD_OUT``), not by hash. For pretrained chat models.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from fractions import Fraction
 from typing import Any
 
 from aspo.errors import UserError
+from aspo.lab.code_problems import HELD_OUT_NAMES, TEMPLATES, code_prompt
 from aspo.lab.expr import ExprError, evaluate
 
 SPLITS = ("train", "test")
@@ -297,15 +301,66 @@ class AdditionQuestionTask(Task):
         return number_reward(prompt, response, answer)
 
 
+# ---------------------------------------------------------------- code (stdin/stdout programs)
+
+
+@dataclass(frozen=True)
+class CodeTask(Task):
+    """Small stdin/stdout programs (``aspo.lab.code_problems``), each with ``cases`` generated tests, scored
+    by the sandboxed ``code`` reward. Held out by template: ``HELD_OUT`` templates are never trained on.
+    ``level`` (1-3) keeps the templates up to that difficulty; a problem is a (template, parameter) pair."""
+
+    name: str = "code"
+    level: int = 3
+    cases: int = 5
+    max_new_tokens: int = 128
+    reward: str = "code"
+    lab_model: bool = False
+
+    def __post_init__(self) -> None:
+        if self.level not in (1, 2, 3) or self.cases < 1:
+            raise UserError(
+                f"task 'code': level must be 1, 2 or 3 and cases >= 1 (got {self.level}, {self.cases})"
+            )
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        template = rng.choice([t for t in TEMPLATES.values() if t.level <= self.level])
+        param = rng.choice(template.params)
+        inputs = [template.make_input(rng, param) for _ in range(self.cases + 1)]
+        example, inputs = inputs[0], inputs[1:]
+        return {
+            "prompt": code_prompt(template, param, example),
+            "answer": template.program(param),  # the reference program (the code reward runs only tests)
+            "tests": {"inputs": inputs, "outputs": [template.solve(x, param) for x in inputs]},
+            "template": template.name,
+            "param": param,
+        }
+
+    def key(self, record: dict[str, Any]) -> str:
+        return f"{record['template']}:{record['param']}"
+
+    def split_of(self, record: dict[str, Any]) -> str:
+        return "test" if record["template"] in HELD_OUT_NAMES else "train"
+
+    def demonstration(self, record: dict[str, Any]) -> str:
+        return f"```python\n{record['answer']}```"
+
+    def verify(self, prompt: str, response: str, answer: Any, **fields: Any) -> float:
+        from aspo.rewards.code import code_reward
+
+        return code_reward(prompt, response, answer, tests=fields.get("tests"))
+
+
 TASKS: dict[str, type[Task]] = {
     "arithmetic": ArithmeticTask,
     "countdown": CountdownTask,
     "add": AdditionQuestionTask,
+    "code": CodeTask,
 }
 
 
 def get_task(name: str, **params: Any) -> Task:
-    """The lab task ``name`` (``arithmetic``, ``countdown``, ``add``), with optional size ``params``."""
+    """The lab task ``name`` (``arithmetic``, ``countdown``, ``add``, ``code``), with optional ``params``."""
     if name not in TASKS:
         raise UserError(f"unknown lab task {name!r}; valid: {', '.join(sorted(TASKS))}")
     try:
