@@ -51,7 +51,7 @@ def _train_error(capsys, *args):
             "reward file './no_such.py' does not exist (reward spec "
             "'./no_such.py:score', expected path/file.py:function)",
         ),
-        (["task=ad", "reward=number"], "unknown lab task 'ad'; valid: add, arithmetic, countdown"),
+        (["task=ad", "reward=number"], "unknown lab task 'ad'; valid: add, arithmetic, code, countdown"),
         (
             ["algorithm.loss=grop", "data.train=no.jsonl"],
             "algorithm.loss='grop' is unknown (did you mean "

@@ -7,9 +7,9 @@ bf16  ``torch.autocast(device, bfloat16)`` around the sampler's and the trainer'
       log-probs, entropy, ratios, the loss, advantages and the KL stay float32. The chunked LM head
       (``aspo.models.head``) casts its weight once per call and returns float32 log-probs.
 auto  bf16 on a CUDA device that supports it; on a CPU only where it has native bf16 instructions
-      (``amx_bf16`` or ``avx512_bf16`` among /proc/cpuinfo's flags) *and* the model's own training
-      forward + backward on a small batch measures at least ``AUTO_MIN_SPEEDUP`` x faster in bf16
-      (``model_speedup``, a few seconds at start-up); else fp32. Without the flags,
+      (``amx_bf16`` or ``avx512_bf16`` among /proc/cpuinfo's flags) *and* the model has at least
+      ``AUTO_MIN_PARAMS`` parameters; else fp32. A rule, not a timing: the same command on the same
+      machine always runs in the same precision, whatever else the machine is doing. Without the flags,
       bf16 is emulated (converted to float32 in the kernels) and slower: on a 2-core Xeon with AVX-512
       but neither flag, a 2048 x 576 x 1536 matmul ran 54-145 GFLOP/s in float32 and 23-26 in bf16
       (torch 2.13, one thread; docs/performance.md), so no measurement is spent there.
@@ -27,10 +27,11 @@ import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# bf16 must beat float32 by this much on the model's forward + backward before `auto` takes it: the
-# measurement is short and noisy, the sampler's small decode GEMMs gain less than the update's, and the
-# optimizer step (float32, memory-bound) not at all
-AUTO_MIN_SPEEDUP = 1.2
+# `auto` takes bf16 (on a CPU with native bf16) only from this many parameters. On a 2-core AMD EPYC with
+# avx512_bf16 (no AMX), `model_speedup` measured 0.61-1.25x for the 0.86M-parameter lab model (its small
+# GEMMs gain nothing over the casts) and 1.27-1.79x for SmolLM2-135M (docs/performance.md). An earlier
+# start-up timing flipped between runs of the same config on a busy machine, so seeds did not repeat.
+AUTO_MIN_PARAMS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,12 @@ def resolve_precision(
     model: torch.nn.Module | None = None,
     *,
     flags: Iterable[str] | None = None,
-    speedup: float | None = None,
+    params: int | None = None,
 ) -> Precision:
     """``train.precision`` -> the precision to run in, with the reason.
 
-    ``flags`` (default: this CPU's) and ``speedup`` (default: ``model_speedup`` of ``model``, measured only
-    when the flags allow bf16) can be given to decide without touching the hardware.
+    ``flags`` (default: this CPU's) and ``params`` (default: ``model``'s parameter count, frozen ones
+    included) can be given to decide without touching the hardware or a model.
     """
     device_type = torch.device(device).type
     if requested not in PRECISIONS:
@@ -146,16 +147,18 @@ def resolve_precision(
             "matmuls would be emulated and slower",
             device_type,
         )
-    if speedup is None:
+    if params is None:
         if model is None:
-            return Precision("fp32", "auto: no model to measure bf16 on", device_type)
-        speedup = model_speedup(model)
-    where = (
-        f"this CPU has {' and '.join(native)}; the model's forward + backward in bf16 measured {speedup:.2f}x"
+            return Precision("fp32", "auto: no model to size", device_type)
+        params = sum(p.numel() for p in model.parameters())
+    where = f"this CPU has {' and '.join(native)} and the model {params / 1e6:.1f}M parameters"
+    if params >= AUTO_MIN_PARAMS:
+        return Precision("bf16", f"auto: {where}", device_type)
+    return Precision(
+        "fp32",
+        f"auto: {where}, below the {AUTO_MIN_PARAMS // 1_000_000}M from which bf16 pays for its casts",
+        device_type,
     )
-    if speedup >= AUTO_MIN_SPEEDUP:
-        return Precision("bf16", f"auto: {where} float32's", device_type)
-    return Precision("fp32", f"auto: {where} float32's, below the {AUTO_MIN_SPEEDUP}x it takes", device_type)
 
 
 def saved_precision(run_dir: Any) -> str | None:

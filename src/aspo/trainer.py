@@ -61,7 +61,7 @@ class Trainer:
         self._setup_reward()
         self._load_records()
         self._setup_model()
-        precision = self._resolve_precision()  # measured (auto) on the whole model, before any sharding
+        precision = self._resolve_precision()  # sized (auto) on the whole model, before any sharding
         self._setup_data()
         self._setup_optimizer()
         self._setup_rollout()
@@ -215,7 +215,7 @@ class Trainer:
 
     def _resolve_precision(self) -> Precision:
         """``train.precision`` for this model on this device; with several processes bf16 only where every
-        rank chose it (``auto`` measures per machine)."""
+        rank chose it (``auto`` reads each machine's CPU flags)."""
         self.precision_requested = (
             self.cfg.train.precision
         )  # kept: ``_use_precision`` writes the resolved one
@@ -248,7 +248,7 @@ class Trainer:
             self.last_entropy = float(trainer_state.get("last_entropy", self.last_entropy))
             saved = saved_precision(self.run_dir)
             if self.precision_requested == "auto" and saved and saved != self.precision.name:
-                # a resumed run continues in the precision its start chose, whatever this start measures
+                # a resumed run continues in the precision its start chose, whatever this machine's flags say
                 self._use_precision(
                     Precision(saved, "auto: as the run being resumed", self.precision.device_type)
                 )
