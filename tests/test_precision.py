@@ -39,13 +39,14 @@ def comparable(rows):
     [
         (set(), 135_000_000, "fp32"),  # no native bf16: never bf16
         ({"avx512f", "avx512_vnni"}, 135_000_000, "fp32"),  # AVX-512 alone is not bf16
-        ({"avx512f", "avx512_bf16"}, 135_000_000, "bf16"),
+        ({"avx512f", "avx512_bf16"}, 135_000_000, "fp32"),  # native, no AMX: too little gain
+        ({"amx_bf16", "avx512_bf16"}, 135_000_000, "bf16"),
         ({"amx_bf16", "amx_tile"}, AUTO_MIN_PARAMS, "bf16"),
         ({"amx_bf16"}, AUTO_MIN_PARAMS - 1, "fp32"),  # native, but a model too small to gain
         ({"avx512_bf16"}, 858_624, "fp32"),  # the lab model
     ],
 )
-def test_auto_takes_bf16_only_with_native_bf16_and_a_large_enough_model(flags, params, want):
+def test_auto_takes_bf16_only_with_amx_and_a_large_enough_model(flags, params, want):
     got = resolve_precision("auto", "cpu", flags=flags, params=params)
     assert got.name == want and got.reason.startswith("auto:")
     if not flags & {"amx_bf16", "avx512_bf16"}:
@@ -269,8 +270,9 @@ def test_auto_sizes_the_model_and_never_times_it(tiny_policy):
         p.requires_grad_(False)  # as `aspo eval` holds it
     chosen = {resolve_precision("auto", "cpu", model, flags={"amx_bf16"}).name for _ in range(5)}
     assert chosen == {"bf16" if params >= AUTO_MIN_PARAMS else "fp32"}
-    reason = resolve_precision("auto", "cpu", model, flags={"avx512_bf16"}).reason
-    assert f"{params / 1e6:.1f}M parameters" in reason and "avx512_bf16" in reason
+    reason = resolve_precision("auto", "cpu", model, flags={"amx_bf16"}).reason
+    assert f"{params / 1e6:.1f}M parameters" in reason and "amx_bf16" in reason
+    assert "but no AMX" in resolve_precision("auto", "cpu", model, flags={"avx512_bf16"}).reason
 
 
 def test_the_speed_probe_leaves_the_model_as_it_was(tiny_policy):

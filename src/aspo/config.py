@@ -353,8 +353,8 @@ class TrainConfig:
         "matmul precision of sampling and training: auto | fp32 | bf16. bf16 runs the linear layers, "
         "attention and the LM head in bfloat16 under torch.autocast, with float32 weights, gradients, "
         "AdamW state, norms' statistics, log-softmax, log-probs, entropy, ratios and loss; auto: bf16 on "
-        "a CUDA device, and on a CPU only with native bf16 (amx_bf16 / avx512_bf16) for a model of "
-        ">= 50M parameters, else fp32 (docs/performance.md, Precision). The choice and why "
+        "a CUDA device, and on a CPU only with AMX (amx_bf16) for a model of >= 50M parameters, "
+        "else fp32 (docs/performance.md, Precision). The choice and why "
         "are printed and saved in the run's config.yaml",
     )
     deterministic: bool = _f(

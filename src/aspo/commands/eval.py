@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "fp32", "bf16"),
         default="auto",
         help="matmul precision of sampling, as train.precision (default auto: bf16 on CUDA, and on a CPU "
-        "with native bf16 for a model of >= 50M parameters; else fp32)",
+        "with AMX for a model of >= 50M parameters; else fp32)",
     )
     parser.add_argument(
         "--prompt-template",
