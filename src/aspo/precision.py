@@ -8,13 +8,13 @@ bf16  ``torch.autocast(device, bfloat16)`` around the sampler's and the trainer'
       (``aspo.models.head``) casts its weight once per call and returns float32 log-probs.
 auto  bf16 on a CUDA device that supports it; on a CPU only where it has AMX (``amx_bf16`` among
       /proc/cpuinfo's flags) *and* the model has at least ``AUTO_MIN_PARAMS`` parameters; else fp32.
-      With ``avx512_bf16`` but no AMX bf16 is native but gains too little to pay for the mismatch it
-      brings (the whole SmolLM2 job ran ~1.1x faster, at 13 % more memory; docs/performance.md). A rule,
-      not a timing: the same command on the same machine always runs in the same precision, whatever
-      else the machine is doing. Without either flag,
-      bf16 is emulated (converted to float32 in the kernels) and slower: on a 2-core Xeon with AVX-512
-      but neither flag, a 2048 x 576 x 1536 matmul ran 54-145 GFLOP/s in float32 and 23-26 in bf16
-      (torch 2.13, one thread; docs/performance.md), so no measurement is spent there.
+      With ``avx512_bf16`` but no AMX, bf16 is native but gains too little to pay for the mismatch it
+      brings (the whole SmolLM2 job took 0.91x float32's CPU time, at 13 % more memory, its decode
+      slower; docs/performance.md). A rule, not a timing: the same command on the same machine always
+      runs in the same precision, whatever else the machine is doing. Without either flag, bf16 is
+      emulated (converted to float32 in the kernels) and slower: on a 2-core Xeon with AVX-512 but
+      neither flag, a 2048 x 576 x 1536 matmul ran 54-145 GFLOP/s in float32 and 23-26 in bf16 (torch
+      2.13, one thread; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # `auto` takes bf16 on a CPU only with AMX, and only from this many parameters. On a 2-core AMD EPYC with
 # avx512_bf16 but no AMX, `model_speedup` measured 0.61-1.25x for the 0.86M-parameter lab model (its small
 # GEMMs gain nothing over the casts) and 1.27-1.79x for SmolLM2-135M's forward + backward, but the whole
-# job only 1.13x (docs/performance.md). An earlier start-up timing flipped between runs of one config on a
-# busy machine, so seeds did not repeat.
+# job only 1.10x by CPU time (docs/performance.md). An earlier start-up timing flipped between runs of
+# one config on a busy machine, so seeds did not repeat.
 AUTO_BF16_FLAG = "amx_bf16"
 AUTO_MIN_PARAMS = 50_000_000
 
@@ -154,8 +154,8 @@ def resolve_precision(
     if AUTO_BF16_FLAG not in native:
         return Precision(
             "fp32",
-            f"auto: this CPU has {' and '.join(native)} but no AMX; there bf16 ran the SmolLM2 job only "
-            "~1.1x faster, at 13 % more memory, so float32 (train.precision=bf16 forces it)",
+            f"auto: this CPU has {' and '.join(native)} but no AMX; there bf16 saved only ~9 % of the "
+            "SmolLM2 job's CPU time, at 13 % more memory, so float32 (train.precision=bf16 forces it)",
             device_type,
         )
     if params is None:
