@@ -194,10 +194,10 @@ def run_job(args: argparse.Namespace, overrides: list[str]) -> JobRecord:
         )
         return out
 
-    def timed_backward(self: Any, mini: Any) -> Any:
+    def timed_backward(self: Any, mini: Any, **options: Any) -> Any:
         layer = getattr(self.model, "module", self.model).model.layers[0]
         start, cpu = time.perf_counter(), time.process_time()
-        out = backward(self, mini)
+        out = backward(self, mini, **options)
         record.updates.append(
             {
                 "seconds": time.perf_counter() - start,

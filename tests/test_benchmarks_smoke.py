@@ -258,3 +258,13 @@ def test_code_training_benchmark_sees_descendants_and_their_end():
         child.kill()
         child.wait()
     assert child.pid not in {pid for pid, _ in bench.descendants(os.getpid())}
+
+
+def test_machine_limits_benchmark_runs_its_job_on_a_checkpoint_dir(chat_llama_dir):
+    """machine_limits.py --model DIR: the peaks in both precisions, then one timed training step of the
+    job in bf16 (its wrappers pass the update's keyword options through) and the MFU lines."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "machine_limits.py"), "--model", str(chat_llama_dir)]
+    cmd += ["--steps", "1", "--seconds", "0.02", "--rows", "64", "train.precision=bf16"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "matmul peak bf16" in done.stdout and "MFU" in done.stdout
