@@ -273,6 +273,26 @@ def run_timed(cmd: list[str], env: dict[str, str], log: Path) -> Timed:
     return Timed(wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime)
 
 
+def cpu_description() -> str:
+    """The CPU as every speed figure names it: /proc/cpuinfo's model name, the logical CPUs, its AVX-512
+    flags (a 2x wider float32 FMA) and its bf16 ones (avx512_bf16 dot products, AMX tiles; with neither,
+    bf16 matmuls are emulated)."""
+    from aspo.precision import cpu_flags
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = cpu_flags()
+    avx512 = sorted(f for f in flags if f.startswith("avx512") and "bf16" not in f)
+    bf16 = sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
+    return (
+        f"{name}; {os.cpu_count()} logical CPUs; AVX-512: {' '.join(avx512) or 'none'}; "
+        f"bf16: {' '.join(bf16) or 'none (emulated)'}"
+    )
+
+
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} cores)"

@@ -26,19 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU"
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?"
-    )
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}; {os.cpu_count()} logical CPUs; flags {' '.join(wanted) or 'none of note'}"
+from _common import cpu_description  # noqa: E402  (the sibling module, after the path line)
 
 
 def _parents() -> dict[int, tuple[int, str]]:
@@ -97,7 +87,7 @@ def main() -> None:
     overrides += [f"{k}={v}" for k, v in defaults.items() if k not in given]
     cmd = [sys.executable, "-m", "aspo", "train", str(args.config), f"output_dir={args.out}"]
     cmd += [f"train.steps={args.steps}", *overrides]
-    print(_cpu())
+    print(cpu_description())
     load_before = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out.with_name(args.out.name + ".log")  # the child's console (its progress bar), beside the run

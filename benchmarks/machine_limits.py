@@ -47,7 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "smollm2-arithmetic.yaml"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _flops import Shape, decode_bound, decode_flops, update_flops  # noqa: E402  (the sibling module)
+from _common import cpu_description  # noqa: E402  (the sibling modules)
+from _flops import Shape, decode_bound, decode_flops, update_flops  # noqa: E402
 
 # -- the machine ------------------------------------------------------------------------------------
 
@@ -269,21 +270,6 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it, whether it has AVX-512 (a 2x wider float32 FMA), and its
-    bf16 flags (native bf16 dot products or AMX tiles, or none: bf16 is then emulated)."""
-    from aspo.precision import cpu_flags
-
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line), "?")
-    flags = cpu_flags()
-    bf16 = sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
-    return (
-        f"{name}{', AVX-512' if 'avx512f' in flags else ''}; bf16 flags: {' '.join(bf16) or 'none'} "
-        f"(AVX-512 flags: {' '.join(sorted(f for f in flags if f.startswith('avx512'))) or 'none'})"
-    )
-
-
 def neighbours() -> str:
     """The load average and the busiest other processes, to print beside the numbers."""
     one, five, _ = os.getloadavg()
@@ -399,8 +385,8 @@ def main() -> None:
     bw = bandwidth()
     gf = 1e9
     print(
-        f"\nmachine: {cpu_name()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}; "
-        f"{neighbours()}"
+        f"\nmachine: {cpu_description()}, {torch.get_num_threads()} torch thread(s), "
+        f"torch {torch.__version__}; {neighbours()}"
     )
     print("| GEMM | rows x in x out | kind | float32 GFLOP/s | bfloat16 GFLOP/s | bf16 / fp32 |")
     print("|---|---|---|---|---|---|")

@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import cpu_description  # noqa: E402  (the sibling module, after the path line)
 
 
 def main() -> None:
@@ -41,7 +44,7 @@ def main() -> None:
     from aspo.models import enable_activation_checkpointing, token_logprobs
     from aspo.objectives import policy_loss
     from aspo.objectives.rollout_correction import mismatch_metrics
-    from aspo.precision import FP32, Precision, cpu_flags, native_bf16_flags, resolve_precision
+    from aspo.precision import FP32, Precision, resolve_precision
     from aspo.rollout import HFEngine
 
     torch.set_num_threads(args.threads)
@@ -68,21 +71,7 @@ def main() -> None:
             for q in questions[: args.prompts]
         ]
     model.eval()
-    flags = cpu_flags()
-    name = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in ln
-        ),
-        "?",
-    )
-    print(
-        f"CPU: {name}; native bf16 flags: {' '.join(native_bf16_flags(flags)) or 'none'}; AVX-512: "
-        f"{' '.join(sorted(f for f in flags if f.startswith('avx512'))) or 'none'}; amx: "
-        f"{' '.join(sorted(f for f in flags if f.startswith('amx'))) or 'none'}; torch {torch.__version__}, "
-        f"{args.threads} thread(s)"
-    )
+    print(f"CPU: {cpu_description()}; torch {torch.__version__}, {args.threads} thread(s)")
     print(f"auto here: {resolve_precision('auto', 'cpu', model).describe()}")
     engine = HFEngine(model, tokenizer, add_special_tokens=args.model == "tiny")
 

@@ -19,7 +19,13 @@ import json
 import os
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import cpu_description  # noqa: E402  (the sibling module, after the path line)
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -32,14 +38,6 @@ def prompts_of_the_job(tokenizer, count: int) -> list[str]:
     random.Random(0).shuffle(pairs)  # benchmarks/_common.py's build_chat_job order
     cfg = PromptConfig(chat_template=True)
     return [format_prompt({"prompt": f"What is {a} + {b}?"}, cfg, tokenizer) for a, b in pairs[:count]]
-
-
-def cpu_flags() -> str:
-    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "fma")
-    return f"{name}; {os.cpu_count()} cores; flags: {' '.join(f for f in wanted if f in flags)}"
 
 
 def main() -> None:
@@ -72,7 +70,7 @@ def main() -> None:
     vllm_start = time.perf_counter() - t0
     for engine in engines.values():
         engine.sync_weights(model, version=0)
-    print(f"CPU: {cpu_flags()}; torch threads {torch.get_num_threads()}; load {os.getloadavg()[0]:.2f}")
+    print(f"CPU: {cpu_description()}; torch threads {torch.get_num_threads()}; load {os.getloadavg()[0]:.2f}")
     print(
         f"job: {args.prompts} prompts x {args.n} = {args.prompts * args.n} rows, "
         f"<= {args.max_new_tokens} new tokens, T={args.temperature}, float32; "

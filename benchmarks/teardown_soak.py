@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -30,6 +29,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import cpu_description  # noqa: E402  (the sibling module, after the path line)
+
 PY = sys.executable
 ACCELERATE = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
 ACCELERATE += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -157,16 +160,6 @@ def spread(rows: list[dict]) -> str:
     return f"wall median {statistics.median(walls):.1f} s, max {max(walls):.1f} s"
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -198,9 +191,7 @@ def main() -> int:
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
-    print(
-        f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; {args.spinners} spinner(s); bound {args.bound} s"
-    )
+    print(f"CPU: {cpu_description()}; {args.spinners} spinner(s); bound {args.bound} s")
     for kind in dict.fromkeys(r["kind"] for r in rows):
         mine = [r for r in rows if r["kind"] == kind]
         hangs = sum(r["hung"] for r in mine)

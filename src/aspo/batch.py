@@ -141,6 +141,7 @@ class TrainingBatch:
         """Reward, group and response statistics over everything sampled this step; timings."""
         sampled = [r.rollout for r in self.rounds]
         seconds_sampling = sum(r.seconds_sampling for r in self.rounds)
+        seconds_scoring = sum(r.seconds_scoring for r in self.rounds)
         metrics = {
             "reward/mean": float(torch.cat([r.rewards for r in self.rounds]).mean()),
             "reward/raw_mean": float(torch.cat([r.raw_rewards for r in self.rounds]).mean()),
@@ -171,9 +172,9 @@ class TrainingBatch:
                 )
             ),
             "time/rollout": seconds_sampling,
-            "time/reward": sum(r.seconds_scoring for r in self.rounds),
+            "time/reward": seconds_scoring,
             "perf/reward_checks_per_s": sum(len(r.raw_rewards) for r in self.rounds)
-            / max(sum(r.seconds_scoring for r in self.rounds), 1e-9),
+            / max(seconds_scoring, 1e-9),
             "perf/tokens_per_s": sum(float(s.response_mask.sum()) for s in sampled)
             / max(seconds_sampling, 1e-9),
         }
