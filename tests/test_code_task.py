@@ -96,7 +96,8 @@ def test_config_rules(tmp_path):
     # a local directory stands in for the bundled model (whose check needs its package)
     base = [f"model={os.path.dirname(__file__)}", f"output_dir={tmp_path / 'r'}"]
     cfg = load_config(CONFIG, base).validate()
-    assert cfg.uses_lab_task and cfg.has_heldout_data and cfg.response_cap == 96
+    assert cfg.uses_lab_task and cfg.has_heldout_data
+    assert cfg.response_cap == recipe["rollout"]["max_new_tokens"]  # the config's cap wins over the task's
     default_cap = load_config(None, [*base, "task=code"]).validate()
     assert default_cap.response_cap == get_task("code").max_new_tokens
     with pytest.raises(UserError, match="task='code' is for pretrained chat models"):
