@@ -169,7 +169,7 @@ def test_the_entropy_bonus_adds_its_own_gradient_through_the_model(tiny_policy):
             mean_entropy = (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / mask.shape[0]
         (policy - 0.3 * mean_entropy).backward()
         expected = torch.cat([p.grad.flatten() for p in model.parameters()])
-        total_entropy = float(masked.sum())
+        total_entropy = float(masked.sum().detach())
         for size in (0, 2):
             stage = _update_stage(
                 model, tok, "algorithm.loss=grpo", "algorithm.entropy_split=false",
